@@ -1,0 +1,7 @@
+"""``python -m gradlens`` runs the command line."""
+
+import sys
+
+from gradlens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""Small helpers shared by the op families (argument checks, broadcasting)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+def unsupported(fn: str, option: str, value: Any) -> NotImplementedError:
+    """The error for an option gradlens does not implement yet (never a wrong result)."""
+    return NotImplementedError(
+        f"gradlens.functional.{fn}: {option}={value!r} is not supported yet; "
+        f"use torch.nn.functional.{fn} for this call"
+    )
+
+
+def check_tensor(fn: str, name: str, value: Any, *, floating: bool = False) -> None:
+    """Raise a torch-like ``TypeError`` naming the argument when it is not a (floating) tensor."""
+    if not torch.is_tensor(value):
+        raise TypeError(f"{fn}(): argument '{name}' must be Tensor, not {type(value).__name__}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{fn}(): argument '{name}' must be a floating-point tensor, got {value.dtype}")
+
+
+def sum_to_shape(grad: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Reduce a broadcast gradient back to ``shape`` (the adjoint of broadcasting)."""
+    shape = tuple(shape)
+    if tuple(grad.shape) == shape:
+        return grad
+    lead = grad.dim() - len(shape)
+    if lead > 0:
+        grad = grad.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if dims:
+        grad = grad.sum(dim=dims, keepdim=True)
+    return grad

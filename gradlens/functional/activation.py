@@ -1,0 +1,3 @@
+"""gradlens.functional.activation (to be filled in)."""
+
+__all__: list = []

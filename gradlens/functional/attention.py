@@ -1,0 +1,3 @@
+"""gradlens.functional.attention (to be filled in)."""
+
+__all__: list = []

@@ -1,0 +1,3 @@
+"""gradlens.functional.conv (to be filled in)."""
+
+__all__: list = []

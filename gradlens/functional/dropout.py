@@ -1,0 +1,3 @@
+"""gradlens.functional.dropout (to be filled in)."""
+
+__all__: list = []

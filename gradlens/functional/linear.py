@@ -1,0 +1,3 @@
+"""gradlens.functional.linear (to be filled in)."""
+
+__all__: list = []

@@ -1,0 +1,3 @@
+"""gradlens.functional.loss (to be filled in)."""
+
+__all__: list = []

@@ -1,0 +1,3 @@
+"""gradlens.functional.norm (to be filled in)."""
+
+__all__: list = []

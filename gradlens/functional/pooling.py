@@ -1,0 +1,3 @@
+"""gradlens.functional.pooling (to be filled in)."""
+
+__all__: list = []

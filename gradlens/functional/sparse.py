@@ -1,0 +1,3 @@
+"""gradlens.functional.sparse (to be filled in)."""
+
+__all__: list = []
