@@ -4,11 +4,14 @@ Forward is torch's own convolution (run without autograd recording, so its shape
 and argument checks and its speed are torch's). Backward is the chain rule:
 
 * ``dL/dx`` is the transposed convolution of ``g`` with ``W``
-  (:func:`torch.nn.grad.conv2d_input`),
-* ``dL/dW`` is the correlation of ``x`` with ``g`` (:func:`torch.nn.grad.conv2d_weight`),
+  (what :func:`torch.nn.grad.conv2d_input` computes),
+* ``dL/dW`` is the correlation of ``x`` with ``g`` (what
+  :func:`torch.nn.grad.conv2d_weight` computes),
 * ``dL/db`` is ``g`` summed over batch and positions.
 
-Both ``torch.nn.grad`` helpers are differentiable, so double backward works.
+The first two come from one call of ``aten.convolution_backward``, the primitive
+both ``torch.nn.grad`` helpers wrap (one call shares their setup). It is
+differentiable, so double backward works.
 
 Example:
     >>> import torch
@@ -28,7 +31,6 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.nn.grad as nn_grad
 
 from gradlens.functional._util import check_tensor
 
@@ -37,8 +39,6 @@ __all__ = ["conv1d", "conv2d"]
 _IntOrTuple = Union[int, Sequence[int]]
 
 _FORWARD = {1: F.conv1d, 2: F.conv2d}
-_GRAD_INPUT = {1: nn_grad.conv1d_input, 2: nn_grad.conv2d_input}
-_GRAD_WEIGHT = {1: nn_grad.conv1d_weight, 2: nn_grad.conv2d_weight}
 
 
 def _expand(value: _IntOrTuple, nd: int) -> Tuple[int, ...]:
@@ -95,24 +95,30 @@ class _ConvNdFn(torch.autograd.Function):
         batched_shape = ((1,) if unbatched else ()) + tuple(ctx.x_shape)
         seen_shape = batched_shape[:2] + tuple(n + e for n, e in zip(batched_shape[2:], ctx.extra))
         asymmetric = any(ctx.extra)
-        args = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
         grad_x = grad_w = grad_b = None
-        if need_x:
-            # dL/dx = conv_transpose(g, W)   (the adjoint of the convolution)
-            grad_x = _GRAD_INPUT[nd](seen_shape, weight, g, *args)
-            if asymmetric:
-                # drop the gradient of the extra right padding
-                for dim, n in enumerate(batched_shape[2:], start=2):
-                    grad_x = grad_x.narrow(dim, 0, n)
-            if unbatched:
-                grad_x = grad_x.squeeze(0)
-        if need_w:
-            xb = x.unsqueeze(0) if unbatched else x
-            if asymmetric:
-                pad = [p for e in reversed(ctx.extra) for p in (0, e)]
-                xb = F.pad(xb, pad)
-            # dL/dW[o, i, k] = sum over batch and positions of g[o, pos] * x[i, pos*stride + k*dilation]
-            grad_w = _GRAD_WEIGHT[nd](xb, ctx.w_shape, g, *args)
+        if need_x or need_w:
+            if need_w:
+                x_seen = x.unsqueeze(0) if unbatched else x
+                if asymmetric:
+                    x_seen = F.pad(x_seen, [p for e in reversed(ctx.extra) for p in (0, e)])
+            else:
+                x_seen = g.new_empty(1).expand(seen_shape)  # only its shape is read
+            w_seen = weight if need_x else g.new_empty(1).expand(ctx.w_shape)  # likewise
+            # dL/dx = conv_transpose(g, W)       (the adjoint of the convolution)
+            # dL/dW[o, i, k] = sum over batch and positions p of g[o, p] * x[i, p*stride + k*dilation]
+            # One call of the primitive behind torch.nn.grad.conv{1,2}d_input/_weight computes
+            # both (sharing its setup: measurably faster than two calls on CPU).
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                g, x_seen, w_seen, None, ctx.stride, ctx.padding, ctx.dilation,
+                False, [0] * nd, ctx.groups, (need_x, need_w, False),
+            )
+            if need_x:
+                if asymmetric:
+                    # drop the gradient of the extra right padding
+                    for dim, n in enumerate(batched_shape[2:], start=2):
+                        grad_x = grad_x.narrow(dim, 0, n)
+                if unbatched:
+                    grad_x = grad_x.squeeze(0)
         if need_b:
             # dL/db[o] = sum over batch and positions of g[o, ...]
             grad_b = g.sum(dim=[0] + list(range(2, g.dim())))
