@@ -11,7 +11,8 @@ and argument checks and its speed are torch's). Backward is the chain rule:
 
 The first two come from one call of ``aten.convolution_backward``, the primitive
 both ``torch.nn.grad`` helpers wrap (one call shares their setup). It is
-differentiable, so double backward works.
+differentiable, so double backward works. When autograd would record nothing (no
+argument needs a gradient, or grad mode is off) the functions simply call torch's op.
 
 Example:
     >>> import torch
@@ -39,6 +40,11 @@ __all__ = ["conv1d", "conv2d"]
 _IntOrTuple = Union[int, Sequence[int]]
 
 _FORWARD = {1: F.conv1d, 2: F.conv2d}
+
+
+def _records_grad(*tensors) -> bool:
+    """Whether autograd would record this call (else torch's op alone gives the same result)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _expand(value: _IntOrTuple, nd: int) -> Tuple[int, ...]:
@@ -140,6 +146,9 @@ def _conv(
     check_tensor(name, "weight", weight)
     if bias is not None:
         check_tensor(name, "bias", bias)
+    if not _records_grad(input, weight, bias):
+        # nothing to differentiate: torch's op as is
+        return _FORWARD[nd](input, weight, bias, stride, padding, dilation, groups)
     return _ConvNdFn.apply(input, weight, bias, stride, padding, dilation, groups, nd)
 
 

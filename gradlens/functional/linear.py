@@ -1,5 +1,8 @@
 """Linear layer: ``y = x W^T + b`` with its backward pass written out by hand.
 
+When autograd would record nothing (no argument needs a gradient, or grad mode is
+off) :func:`linear` simply calls torch's op.
+
 Example:
     >>> import torch
     >>> from gradlens.functional import linear
@@ -21,6 +24,11 @@ import torch.nn.functional as F
 from gradlens.functional._util import check_tensor, sum_to_shape
 
 __all__ = ["linear"]
+
+
+def _records_grad(*tensors) -> bool:
+    """Whether autograd would record this call (else torch's op alone gives the same result)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class _LinearFn(torch.autograd.Function):
@@ -75,6 +83,8 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     check_tensor("linear", "weight", weight)
     if bias is not None:
         check_tensor("linear", "bias", bias)
+    if not _records_grad(input, weight, bias):
+        return F.linear(input, weight, bias)  # nothing to differentiate: torch's op as is
     if weight.dim() == 1:
         if bias is not None:
             # torch rejects this combination too (addmm with a 1-D mat2).

@@ -12,7 +12,9 @@ output sizes and speed are torch's). Backward:
   ``dL/dx = A_h^T g A_w``;
 * flatten: the gradient reshaped back.
 
-Every backward is built from differentiable ops, so double backward works.
+Every backward is built from differentiable ops, so double backward works. When
+autograd would record nothing (no input needs a gradient, or grad mode is off) each
+function simply calls torch's op.
 
 Example:
     >>> import torch
@@ -44,6 +46,11 @@ __all__ = [
 ]
 
 _IntOrTuple = Union[int, Sequence[int]]
+
+
+def _records_grad(*tensors) -> bool:
+    """Whether autograd would record this call (else torch's op alone gives the same result)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _expand(value: _IntOrTuple, nd: int) -> Tuple[int, ...]:
@@ -90,6 +97,10 @@ class _MaxPoolFn(torch.autograd.Function):
 
 def _max_pool(name, nd, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     check_tensor(name, "input", input)
+    if not _records_grad(input):
+        # nothing to differentiate: torch's op as is
+        return _MAX_POOL[nd](input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                             return_indices=return_indices)
     out, idx = _MaxPoolFn.apply(input, kernel_size, stride, padding, dilation, ceil_mode, nd)
     return (out, idx) if return_indices else out
 
@@ -248,6 +259,8 @@ def avg_pool1d(
         tensor([[[2., 1.]]])
     """
     check_tensor("avg_pool1d", "input", input)
+    if not _records_grad(input):
+        return F.avg_pool1d(input, kernel_size, stride, padding, ceil_mode, count_include_pad)
     return _AvgPoolFn.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1)
 
 
@@ -277,6 +290,8 @@ def avg_pool2d(
                   [4., 4.]]]])
     """
     check_tensor("avg_pool2d", "input", input)
+    if not _records_grad(input):
+        return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     return _AvgPoolFn.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2)
 
 
@@ -332,6 +347,8 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: Union[int, None, Seque
         torch.Size([2, 3, 2, 5])
     """
     check_tensor("adaptive_avg_pool2d", "input", input)
+    if not _records_grad(input):
+        return F.adaptive_avg_pool2d(input, output_size)
     return _AdaptiveAvgPool2dFn.apply(input, output_size)
 
 
@@ -381,6 +398,6 @@ def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch
             f"flatten(): 'start_dim' and 'end_dim' must be int, got "
             f"{type(start_dim).__name__} and {type(end_dim).__name__}"
         )
-    if not (input.requires_grad and torch.is_grad_enabled()):
+    if not _records_grad(input):
         return torch.flatten(input, start_dim, end_dim)
     return _FlattenFn.apply(input, start_dim, end_dim)

@@ -56,6 +56,7 @@ CASES = [
     _c2("same-even-kernel", (1, 1, 4, 5), (2, 1, 2, 4), padding="same"),
     _c2("same-mixed-dilated", (1, 1, 5, 5), (2, 1, 2, 3), padding="same", dilation=(1, 2)),
     _c2("valid", (1, 2, 4, 4), (2, 2, 3, 3), padding="valid"),
+    _c2("unbatched-same-even", (2, 4, 4), (2, 2, 2, 2), padding="same", dilation=(1, 2)),
     _c2("1x1", (2, 3, 3, 3), (2, 3, 1, 1)),
 ]
 
@@ -80,6 +81,15 @@ def test_conv_gradcheck(case, device):
     check_gradcheck(case, device)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_conv_without_grad_equals_torch(case):
+    # Nothing needs a gradient: the fast path (torch's op alone) gives torch's result.
+    args = case.make_inputs(torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = case.ours(*[a.requires_grad_(True) for a in args], **case.kwargs)
+    assert torch.equal(ours, case.theirs(*args, **case.kwargs)) and not ours.requires_grad
+
+
 def test_conv_frozen_weight_gets_no_grad():
     x = torch.randn(1, 2, 5, 5, requires_grad=True)
     w = torch.randn(3, 2, 3, 3)
@@ -89,6 +99,11 @@ def test_conv_frozen_weight_gets_no_grad():
 
 _X2 = torch.randn(1, 2, 8, 8)
 _W2 = torch.randn(3, 2, 3, 3)
+
+def _requiring_grad(args):
+    """The same args with every floating tensor requiring grad (the autograd.Function path)."""
+    return tuple(a.clone().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
 
 # (id, fn, args, kwargs, expected error, message fragment): bad input raises like torch.
 FAIL_SETTINGS = [
@@ -116,6 +131,8 @@ FAIL_SETTINGS = [
 def test_conv_bad_input_raises(fn, args, kwargs, error, match):
     with pytest.raises(error, match=match):
         getattr(GF, fn)(*args, **kwargs)
+    with pytest.raises(error, match=match):
+        getattr(GF, fn)(*_requiring_grad(args), **kwargs)
     if error is RuntimeError:  # torch agrees it is an error
         with pytest.raises(RuntimeError):
             getattr(F, fn)(*args, **kwargs)

@@ -70,6 +70,11 @@ def test_linear_broadcast_bias(device):
     check_gradcheck(case, device)
 
 
+def _requiring_grad(args):
+    """The same args with every floating tensor requiring grad (the autograd.Function path)."""
+    return tuple(a.clone().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
 # (id, args, expected error, message fragment): bad input must raise, like torch.
 FAIL_SETTINGS = [
     ("input-not-tensor", ([[1.0, 2.0]], torch.randn(2, 2)), TypeError, "input"),
@@ -86,6 +91,8 @@ FAIL_SETTINGS = [
 def test_linear_bad_input_raises(args, error, match):
     with pytest.raises(error, match=match):
         GF.linear(*args)
+    with pytest.raises(error, match=match):
+        GF.linear(*_requiring_grad(args))
     if error is RuntimeError:  # torch agrees it is an error
         with pytest.raises(RuntimeError):
             F.linear(*args)

@@ -127,12 +127,26 @@ def test_flatten_result_accepts_inplace_ops():
     torch.testing.assert_close(x.grad, (x > 0).float())
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_pooling_without_grad_equals_torch(case):
+    # No input needs a gradient: the fast path (torch's op alone) gives torch's result.
+    (x,) = case.make_inputs(torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    ours, theirs = case.ours(x), case.theirs(x)
+    for o, t in zip(ours if isinstance(ours, tuple) else (ours,), theirs if isinstance(theirs, tuple) else (theirs,)):
+        assert torch.equal(o, t) and not o.requires_grad
+
+
 def test_max_pool_indices_are_not_differentiable():
     _, idx = GF.max_pool2d(torch.randn(1, 1, 4, 4, requires_grad=True), 2, return_indices=True)
     assert not idx.requires_grad and idx.dtype == torch.int64
 
 
 _X = torch.randn(1, 2, 6, 6)
+
+def _requiring_grad(args):
+    """The same args with every floating tensor requiring grad (the autograd.Function path)."""
+    return tuple(a.clone().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
 
 # (id, fn, args, kwargs, expected error, message fragment): bad input raises like torch.
 FAIL_SETTINGS = [
@@ -163,6 +177,8 @@ FAIL_SETTINGS = [
 def test_pooling_bad_input_raises(fn, args, kwargs, error, match):
     with pytest.raises(error, match=match or None):
         getattr(GF, fn)(*args, **kwargs)
+    with pytest.raises(error, match=match or None):
+        getattr(GF, fn)(*_requiring_grad(args), **kwargs)
     if error is not TypeError:  # torch agrees it is an error
         ref = getattr(F, fn, None) or getattr(torch, fn)
         with pytest.raises(error):
