@@ -1,3 +1,343 @@
-"""gradlens.functional.norm (to be filled in)."""
+"""Normalization layers with hand-written backward passes (drop-ins for ``torch.nn.functional``).
 
-__all__: list = []
+All of batch, layer and group norm share one backward: with ``x̂ = (x - mean) * rstd``
+over a group of ``N`` elements and ``ĝ = dy * weight``,
+
+    dx = rstd / N * (N * ĝ - Σ ĝ - x̂ * Σ(ĝ * x̂))
+    dweight = Σ dy * x̂,   dbias = Σ dy
+
+(the sums run over the normalized group for ``dx`` and over everything else for the
+affine parameters). ``forward`` calls torch's fused kernel, which also updates
+BatchNorm running statistics in place exactly as torch does. For double backward the
+statistics are recomputed from ``x`` with differentiable ops (only when a graph of
+the backward is being built), so second derivatives flow through mean and variance.
+
+Example:
+    >>> import torch
+    >>> import gradlens.functional as GF
+    >>> x = torch.randn(4, 6, requires_grad=True)
+    >>> y = GF.layer_norm(x, (6,))
+    >>> torch.allclose(y, torch.nn.functional.layer_norm(x, (6,)), atol=1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from gradlens.functional._util import check_tensor
+
+__all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm"]
+
+
+def _normalize_backward(
+    g: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, dims: Tuple[int, ...], n: int
+) -> torch.Tensor:
+    """dx = rstd / N * (N ĝ - Σ ĝ - x̂ Σ(ĝ x̂)) for ĝ = dL/dx̂ (sums over ``dims``, keepdim)."""
+    sum_g = g.sum(dims, keepdim=True)
+    sum_gx = (g * xhat).sum(dims, keepdim=True)
+    return (rstd / n) * (n * g - sum_g - xhat * sum_gx)
+
+
+def _stats(x: torch.Tensor, dims: Tuple[int, ...], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Biased mean and 1/sqrt(var + eps) over ``dims`` (keepdim), differentiably."""
+    var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
+    return mean, torch.rsqrt(var + eps)
+
+
+# --------------------------------------------------------------------- layer_norm
+class _LayerNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, shape: List[int], eps: float):
+        out, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.eps = eps
+        ctx.dims = tuple(range(x.dim() - len(shape), x.dim()))
+        ctx.mean, ctx.rstd = mean, rstd  # constants unless rebuilt for double backward
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dims = ctx.dims
+        if torch.is_grad_enabled():  # building a graph of backward: stats must depend on x
+            mean, rstd = _stats(x, dims, ctx.eps)
+        else:
+            mean, rstd = ctx.mean, ctx.rstd
+        # x̂ = (x - mean) * rstd
+        xhat = (x - mean) * rstd
+        lead = tuple(range(x.dim() - len(dims)))
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            g = dy * weight if weight is not None else dy
+            dx = _normalize_backward(g, xhat, rstd, dims, math.prod(x.shape[d] for d in dims))
+        if weight is not None and ctx.needs_input_grad[1]:
+            # dL/dw = Σ_batch dy * x̂
+            dw = (dy * xhat).sum(lead) if lead else dy * xhat
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            # dL/db = Σ_batch dy
+            db = dy.sum(lead) if lead else dy
+        return dx, dw, db, None, None
+
+
+def _check_affine(fn: str, name: str, t: Optional[torch.Tensor], shape: Sequence[int]) -> None:
+    if t is None:
+        return
+    check_tensor(fn, name, t, floating=True)
+    if tuple(t.shape) != tuple(shape):
+        raise RuntimeError(f"{fn}(): expected {name} of shape {list(shape)}, got {list(t.shape)}")
+
+
+def layer_norm(
+    input: torch.Tensor,
+    normalized_shape: List[int],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-05,
+) -> torch.Tensor:
+    """Layer normalization over the trailing ``normalized_shape`` dims.
+
+    Same signature as :func:`torch.nn.functional.layer_norm`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.layer_norm(torch.tensor([[1.0, 3.0]]), [2])
+        tensor([[-1.0000,  1.0000]])
+    """
+    check_tensor("layer_norm", "input", input, floating=True)
+    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+    if not shape or any(not isinstance(s, int) or isinstance(s, bool) for s in shape):
+        raise TypeError(f"layer_norm(): normalized_shape must be a non-empty list of ints, got {normalized_shape!r}")
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(
+            f"layer_norm(): normalized_shape={shape} does not match the trailing dims of input of shape {list(input.shape)}"
+        )
+    _check_affine("layer_norm", "weight", weight, shape)
+    _check_affine("layer_norm", "bias", bias, shape)
+    return _LayerNormFn.apply(input, weight, bias, shape, float(eps))
+
+
+# --------------------------------------------------------------------- batch_norm
+class _BatchNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float):
+        # torch's kernel: also updates running_mean/running_var in place (unbiased var, momentum).
+        out, save_mean, save_rstd = torch.native_batch_norm(
+            x, weight, bias, running_mean, running_var, training, momentum, eps
+        )
+        ctx.training, ctx.eps = training, eps
+        ctx.has_bias = bias is not None
+        if training:
+            ctx.mean, ctx.rstd = save_mean, save_rstd
+        else:
+            ctx.mean, ctx.rstd = running_mean.clone(), torch.rsqrt(running_var + eps)
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        c = x.shape[1]
+        dims = (0,) + tuple(range(2, x.dim()))
+        bshape = (1, c) + (1,) * (x.dim() - 2)
+        if ctx.training and torch.is_grad_enabled():  # double backward: stats depend on x
+            mean, rstd = _stats(x, dims, ctx.eps)
+        else:
+            mean, rstd = ctx.mean.view(bshape), ctx.rstd.view(bshape)
+        # x̂ = (x - mean) * rstd  (batch statistics in training, running ones in eval)
+        xhat = (x - mean) * rstd
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            g = dy * weight.view(bshape) if weight is not None else dy
+            if ctx.training:
+                dx = _normalize_backward(g, xhat, rstd, dims, x.numel() // c)
+            else:
+                # eval: an affine map, dx = ĝ * rstd
+                dx = g * rstd
+        if weight is not None and ctx.needs_input_grad[1]:
+            # dL/dw_c = Σ dy * x̂ over batch and space
+            dw = (dy * xhat).sum(dims)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            # dL/db_c = Σ dy
+            db = dy.sum(dims)
+        return dx, dw, db, None, None, None, None, None
+
+
+def batch_norm(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-05,
+) -> torch.Tensor:
+    """Batch normalization over dim 1 of an ``(N, C, *)`` input.
+
+    Same signature and running-statistics update as :func:`torch.nn.functional.batch_norm`:
+    in training, ``running_mean``/``running_var`` (if given) are updated in place with
+    ``momentum`` and the unbiased batch variance; in eval they normalize the input.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> rm, rv = torch.zeros(2), torch.ones(2)
+        >>> y = GF.batch_norm(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), rm, rv, training=True)
+        >>> rm
+        tensor([0.1000, 0.2000])
+    """
+    check_tensor("batch_norm", "input", input, floating=True)
+    if input.dim() < 2:
+        raise ValueError(f"batch_norm(input=...) expects a tensor of shape (N, C, *), got shape {list(input.shape)}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        _check_affine("batch_norm", name, t, (c,))
+    if training:
+        values_per_channel = input.shape[0] * math.prod(input.shape[2:])
+        if values_per_channel == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("batch_norm(): running_mean and running_var must be defined in evaluation mode (training=False)")
+    return _BatchNormFn.apply(
+        input, weight, bias, running_mean, running_var, bool(training), float(momentum), float(eps)
+    )
+
+
+# --------------------------------------------------------------------- group_norm
+class _GroupNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        n, c = x.shape[0], x.shape[1]
+        hw = x.numel() // (n * c) if n * c else 0
+        x = x.contiguous()  # the fused kernel wants a contiguous input
+        w = weight.contiguous() if weight is not None else None
+        b = bias.contiguous() if bias is not None else None
+        out, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, groups, eps)
+        ctx.groups, ctx.eps = groups, eps
+        ctx.mean, ctx.rstd = mean, rstd  # (N, G)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        n, c, grp = x.shape[0], x.shape[1], ctx.groups
+        xg = x.reshape(n, grp, -1)  # (N, G, C/G * HW)
+        if torch.is_grad_enabled():  # double backward: stats depend on x
+            mean, rstd = _stats(xg, (2,), ctx.eps)
+        else:
+            mean, rstd = ctx.mean.unsqueeze(-1), ctx.rstd.unsqueeze(-1)
+        # x̂ = (x - mean_group) * rstd_group, viewed as (N, C, HW)
+        xhat = ((xg - mean) * rstd).reshape(n, c, -1)
+        dy3 = dy.reshape(n, c, -1)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            g = dy3 * weight.view(1, c, 1) if weight is not None else dy3
+            dx = _normalize_backward(g.reshape(n, grp, -1), xhat.reshape(n, grp, -1), rstd, (2,), xg.shape[2])
+            dx = dx.reshape(x.shape)
+        if weight is not None and ctx.needs_input_grad[1]:
+            # dL/dw_c = Σ dy * x̂ over batch and space
+            dw = (dy3 * xhat).sum((0, 2))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            # dL/db_c = Σ dy
+            db = dy3.sum((0, 2))
+        return dx, dw, db, None, None
+
+
+def group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-05,
+) -> torch.Tensor:
+    """Group normalization of an ``(N, C, *)`` input in ``num_groups`` channel groups.
+
+    Same signature as :func:`torch.nn.functional.group_norm`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.group_norm(torch.tensor([[1.0, 3.0]]), 1)
+        tensor([[-1.0000,  1.0000]])
+    """
+    check_tensor("group_norm", "input", input, floating=True)
+    if input.dim() < 2:
+        raise RuntimeError(f"group_norm(): expected input of shape (N, C, *), got shape {list(input.shape)}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
+        raise ValueError(f"group_norm(num_groups=...) expects a positive int, got {num_groups!r}")
+    c = input.shape[1]
+    if c % num_groups:
+        raise RuntimeError(f"group_norm(): number of channels ({c}) must be divisible by num_groups={num_groups}")
+    _check_affine("group_norm", "weight", weight, (c,))
+    _check_affine("group_norm", "bias", bias, (c,))
+    return _GroupNormFn.apply(input, weight, bias, num_groups, float(eps))
+
+
+# ----------------------------------------------------------------------- rms_norm
+class _RMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, dims: Tuple[int, ...], eps: float):
+        # r = 1 / sqrt(mean(x^2) + eps);  y = x * r * w
+        rstd = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+        out = x * rstd
+        if weight is not None:
+            out = out * weight
+        ctx.dims, ctx.eps, ctx.rstd = dims, eps, rstd
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dims = ctx.dims
+        if torch.is_grad_enabled():  # double backward: r depends on x
+            rstd = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + ctx.eps)
+        else:
+            rstd = ctx.rstd
+        xhat = x * rstd
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            g = dy * weight if weight is not None else dy
+            # dx = r * (ĝ - x̂ * mean(ĝ * x̂))
+            dx = rstd * (g - xhat * (g * xhat).mean(dims, keepdim=True))
+        if weight is not None and ctx.needs_input_grad[1]:
+            lead = tuple(range(x.dim() - len(dims)))
+            # dL/dw = Σ_batch dy * x̂
+            dw = (dy * xhat).sum(lead) if lead else dy * xhat
+        return dx, dw, None, None
+
+
+def rms_norm(
+    input: torch.Tensor,
+    normalized_shape: List[int],
+    weight: Optional[torch.Tensor] = None,
+    eps: Optional[float] = None,
+) -> torch.Tensor:
+    """Root-mean-square normalization over the trailing ``normalized_shape`` dims.
+
+    Same signature as :func:`torch.nn.functional.rms_norm`; ``eps=None`` means
+    ``torch.finfo(input.dtype).eps`` as in torch.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.rms_norm(torch.tensor([[3.0, 4.0]]), [2], eps=0.0)
+        tensor([[0.8485, 1.1314]])
+    """
+    check_tensor("rms_norm", "input", input, floating=True)
+    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+    if not shape or any(not isinstance(s, int) or isinstance(s, bool) for s in shape):
+        raise TypeError(f"rms_norm(): normalized_shape must be a non-empty list of ints, got {normalized_shape!r}")
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(
+            f"rms_norm(): normalized_shape={shape} does not match the trailing dims of input of shape {list(input.shape)}"
+        )
+    _check_affine("rms_norm", "weight", weight, shape)
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    dims = tuple(range(input.dim() - len(shape), input.dim()))
+    return _RMSNormFn.apply(input, weight, dims, float(eps))
