@@ -34,12 +34,19 @@ __all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm"]
 
 
 def _normalize_backward(
-    g: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, dims: Tuple[int, ...], n: int
+    g: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, mean_g: torch.Tensor, mean_gx: torch.Tensor
 ) -> torch.Tensor:
-    """dx = rstd / N * (N ĝ - Σ ĝ - x̂ Σ(ĝ x̂)) for ĝ = dL/dx̂ (sums over ``dims``, keepdim)."""
-    sum_g = g.sum(dims, keepdim=True)
-    sum_gx = (g * xhat).sum(dims, keepdim=True)
-    return (rstd / n) * (n * g - sum_g - xhat * sum_gx)
+    """dx = rstd / N * (N ĝ - Σ ĝ - x̂ Σ(ĝ x̂)) = rstd ĝ - rstd mean(ĝ) - x̂ rstd mean(ĝ x̂).
+
+    ``mean_g``/``mean_gx`` are the group means of ĝ and ĝ x̂ (keepdim, broadcastable);
+    the two full-size passes are fused multiply-adds.
+    """
+    return torch.addcmul(torch.addcmul(-(rstd * mean_g), g, rstd), xhat, rstd * mean_gx, value=-1)
+
+
+def _xhat(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """x̂ = (x - mean) * rstd, as one fused pass: x * rstd + (-mean * rstd)."""
+    return torch.addcmul(-(mean * rstd), x, rstd)
 
 
 def _stats(x: torch.Tensor, dims: Tuple[int, ...], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +76,12 @@ class _LayerNormFn(torch.autograd.Function):
         else:
             mean, rstd = ctx.mean, ctx.rstd
         # x̂ = (x - mean) * rstd
-        xhat = (x - mean) * rstd
+        xhat = _xhat(x, mean, rstd)
         lead = tuple(range(x.dim() - len(dims)))
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             g = dy * weight if weight is not None else dy
-            dx = _normalize_backward(g, xhat, rstd, dims, math.prod(x.shape[d] for d in dims))
+            dx = _normalize_backward(g, xhat, rstd, g.mean(dims, keepdim=True), (g * xhat).mean(dims, keepdim=True))
         if weight is not None and ctx.needs_input_grad[1]:
             # dL/dw = Σ_batch dy * x̂
             dw = (dy * xhat).sum(lead) if lead else dy * xhat
@@ -149,21 +156,27 @@ class _BatchNormFn(torch.autograd.Function):
         else:
             mean, rstd = ctx.mean.view(bshape), ctx.rstd.view(bshape)
         # x̂ = (x - mean) * rstd  (batch statistics in training, running ones in eval)
-        xhat = (x - mean) * rstd
+        xhat = _xhat(x, mean, rstd)
         dx = dw = db = None
+        # Per channel: Σ dy and Σ dy x̂ (= dbias and dweight; Σ ĝ and Σ ĝ x̂ are w times these).
+        sum_dy = dy.sum(dims)
+        sum_dy_xhat = (dy * xhat).sum(dims)
         if ctx.needs_input_grad[0]:
-            g = dy * weight.view(bshape) if weight is not None else dy
+            w = weight.view(bshape) if weight is not None else None
+            scale = rstd * w if w is not None else rstd
             if ctx.training:
-                dx = _normalize_backward(g, xhat, rstd, dims, x.numel() // c)
+                m = x.numel() // c
+                # dx = w rstd (dy - mean(dy) - x̂ mean(dy x̂))
+                dx = _normalize_backward(dy, xhat, scale, (sum_dy / m).view(bshape), (sum_dy_xhat / m).view(bshape))
             else:
-                # eval: an affine map, dx = ĝ * rstd
-                dx = g * rstd
+                # eval: an affine map, dx = dy * w * rstd
+                dx = dy * scale
         if weight is not None and ctx.needs_input_grad[1]:
             # dL/dw_c = Σ dy * x̂ over batch and space
-            dw = (dy * xhat).sum(dims)
+            dw = sum_dy_xhat
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # dL/db_c = Σ dy
-            db = dy.sum(dims)
+            db = sum_dy
         return dx, dw, db, None, None, None, None, None
 
 
@@ -232,20 +245,30 @@ class _GroupNormFn(torch.autograd.Function):
             mean, rstd = _stats(xg, (2,), ctx.eps)
         else:
             mean, rstd = ctx.mean.unsqueeze(-1), ctx.rstd.unsqueeze(-1)
-        # x̂ = (x - mean_group) * rstd_group, viewed as (N, C, HW)
-        xhat = ((xg - mean) * rstd).reshape(n, c, -1)
+        # x̂ = (x - mean_group) * rstd_group
+        xhat = _xhat(xg, mean, rstd)  # (N, G, K)
         dy3 = dy.reshape(n, c, -1)
+        xhat3 = xhat.view(n, c, -1)
         dx = dw = db = None
+        dy_xhat = None
+        if (weight is not None and ctx.needs_input_grad[1]) or (ctx.needs_input_grad[0] and weight is None):
+            dy_xhat = dy3 * xhat3
         if ctx.needs_input_grad[0]:
-            g = dy3 * weight.view(1, c, 1) if weight is not None else dy3
-            dx = _normalize_backward(g.reshape(n, grp, -1), xhat.reshape(n, grp, -1), rstd, (2,), xg.shape[2])
-            dx = dx.reshape(x.shape)
+            if weight is not None:
+                g = dy3 * weight.view(1, c, 1)
+                g_xhat = g * xhat3
+            else:
+                g, g_xhat = dy3, dy_xhat
+            k = xg.shape[2]
+            mean_g = g.reshape(n, grp, -1).sum(2, keepdim=True) / k
+            mean_gx = g_xhat.reshape(n, grp, -1).sum(2, keepdim=True) / k
+            dx = _normalize_backward(g.reshape(n, grp, -1), xhat, rstd, mean_g, mean_gx).reshape(x.shape)
         if weight is not None and ctx.needs_input_grad[1]:
             # dL/dw_c = Σ dy * x̂ over batch and space
-            dw = (dy3 * xhat).sum((0, 2))
+            dw = dy_xhat.sum(2).sum(0)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # dL/db_c = Σ dy
-            db = dy3.sum((0, 2))
+            db = dy3.sum(2).sum(0)
         return dx, dw, db, None, None
 
 
