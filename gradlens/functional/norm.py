@@ -36,17 +36,18 @@ __all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm"]
 def _normalize_backward(
     g: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, mean_g: torch.Tensor, mean_gx: torch.Tensor
 ) -> torch.Tensor:
-    """dx = rstd / N * (N ĝ - Σ ĝ - x̂ Σ(ĝ x̂)) = rstd ĝ - rstd mean(ĝ) - x̂ rstd mean(ĝ x̂).
+    """dx = rstd / N * (N ĝ - Σ ĝ - x̂ Σ(ĝ x̂)) = rstd * (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)).
 
-    ``mean_g``/``mean_gx`` are the group means of ĝ and ĝ x̂ (keepdim, broadcastable);
-    the two full-size passes are fused multiply-adds.
+    ``mean_g``/``mean_gx`` are the group means of ĝ and ĝ x̂ (keepdim, broadcastable).
+    (On CPU a broadcast operand as the *base* of ``addcmul`` is slow, so only the
+    full-size base form is used.)
     """
-    return torch.addcmul(torch.addcmul(-(rstd * mean_g), g, rstd), xhat, rstd * mean_gx, value=-1)
+    return torch.addcmul(g - mean_g, xhat, mean_gx, value=-1) * rstd
 
 
 def _xhat(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    """x̂ = (x - mean) * rstd, as one fused pass: x * rstd + (-mean * rstd)."""
-    return torch.addcmul(-(mean * rstd), x, rstd)
+    """x̂ = (x - mean) * rstd."""
+    return (x - mean) * rstd
 
 
 def _stats(x: torch.Tensor, dims: Tuple[int, ...], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
