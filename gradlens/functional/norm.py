@@ -50,6 +50,18 @@ def _xhat(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tens
     return (x - mean) * rstd
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _opmath(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """float32 for half/bfloat16 tensors (torch's norm kernels accumulate in float32 too)."""
+    return t.float() if t is not None and t.dtype in _LOW_PRECISION else t
+
+
+def _cast_back(grad: Optional[torch.Tensor], like: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return grad if grad is None or like is None or grad.dtype == like.dtype else grad.to(like.dtype)
+
+
 def _stats(x: torch.Tensor, dims: Tuple[int, ...], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Biased mean and 1/sqrt(var + eps) over ``dims`` (keepdim), differentiably."""
     var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
@@ -70,7 +82,8 @@ class _LayerNormFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
+        x_in, w_in = ctx.saved_tensors
+        x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
         dims = ctx.dims
         if torch.is_grad_enabled():  # building a graph of backward: stats must depend on x
             mean, rstd = _stats(x, dims, ctx.eps)
@@ -89,7 +102,7 @@ class _LayerNormFn(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # dL/db = Σ_batch dy
             db = dy.sum(lead) if lead else dy
-        return dx, dw, db, None, None
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
 
 
 def _check_affine(fn: str, name: str, t: Optional[torch.Tensor], shape: Sequence[int]) -> None:
@@ -148,14 +161,15 @@ class _BatchNormFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
+        x_in, w_in = ctx.saved_tensors
+        x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
         c = x.shape[1]
         dims = (0,) + tuple(range(2, x.dim()))
         bshape = (1, c) + (1,) * (x.dim() - 2)
         if ctx.training and torch.is_grad_enabled():  # double backward: stats depend on x
             mean, rstd = _stats(x, dims, ctx.eps)
         else:
-            mean, rstd = ctx.mean.view(bshape), ctx.rstd.view(bshape)
+            mean, rstd = _opmath(ctx.mean).view(bshape), _opmath(ctx.rstd).view(bshape)
         # x̂ = (x - mean) * rstd  (batch statistics in training, running ones in eval)
         xhat = _xhat(x, mean, rstd)
         dx = dw = db = None
@@ -178,7 +192,7 @@ class _BatchNormFn(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # dL/db_c = Σ dy
             db = sum_dy
-        return dx, dw, db, None, None, None, None, None
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None, None, None, None
 
 
 def batch_norm(
@@ -239,13 +253,14 @@ class _GroupNormFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
+        x_in, w_in = ctx.saved_tensors
+        x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
         n, c, grp = x.shape[0], x.shape[1], ctx.groups
         xg = x.reshape(n, grp, -1)  # (N, G, C/G * HW)
         if torch.is_grad_enabled():  # double backward: stats depend on x
             mean, rstd = _stats(xg, (2,), ctx.eps)
         else:
-            mean, rstd = ctx.mean.unsqueeze(-1), ctx.rstd.unsqueeze(-1)
+            mean, rstd = _opmath(ctx.mean).unsqueeze(-1), _opmath(ctx.rstd).unsqueeze(-1)
         # x̂ = (x - mean_group) * rstd_group
         xhat = _xhat(xg, mean, rstd)  # (N, G, K)
         dy3 = dy.reshape(n, c, -1)
@@ -270,7 +285,7 @@ class _GroupNormFn(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # dL/db_c = Σ dy
             db = dy3.sum(2).sum(0)
-        return dx, dw, db, None, None
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
 
 
 def group_norm(
@@ -306,18 +321,21 @@ def group_norm(
 class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, dims: Tuple[int, ...], eps: float):
-        # r = 1 / sqrt(mean(x^2) + eps);  y = x * r * w
-        rstd = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
-        out = x * rstd
+        # r = 1 / sqrt(mean(x^2) + eps);  y = x * r * w   (in float32 for half/bfloat16, as torch)
+        xf = _opmath(x)
+        rstd = torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps)
+        out = xf * rstd
         if weight is not None:
             out = out * weight
+        out = out.to(x.dtype)
         ctx.dims, ctx.eps, ctx.rstd = dims, eps, rstd
         ctx.save_for_backward(x, weight)
         return out
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
+        x_in, w_in = ctx.saved_tensors
+        x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
         dims = ctx.dims
         if torch.is_grad_enabled():  # double backward: r depends on x
             rstd = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + ctx.eps)
@@ -333,7 +351,7 @@ class _RMSNormFn(torch.autograd.Function):
             lead = tuple(range(x.dim() - len(dims)))
             # dL/dw = Σ_batch dy * x̂
             dw = (dy * xhat).sum(lead) if lead else dy * xhat
-        return dx, dw, None, None
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), None, None
 
 
 def rms_norm(
@@ -345,7 +363,8 @@ def rms_norm(
     """Root-mean-square normalization over the trailing ``normalized_shape`` dims.
 
     Same signature as :func:`torch.nn.functional.rms_norm`; ``eps=None`` means
-    ``torch.finfo(input.dtype).eps`` as in torch.
+    ``torch.finfo(input.dtype).eps`` as in torch (float32's eps for half/bfloat16
+    inputs, which torch computes in float32).
 
     Example:
         >>> import torch, gradlens.functional as GF
@@ -362,6 +381,7 @@ def rms_norm(
         )
     _check_affine("rms_norm", "weight", weight, shape)
     if eps is None:
-        eps = torch.finfo(input.dtype).eps
+        # torch takes the eps of the dtype it computes in: float32 for half/bfloat16 inputs.
+        eps = torch.finfo(torch.float32 if input.dtype in _LOW_PRECISION else input.dtype).eps
     dims = tuple(range(input.dim() - len(shape), input.dim()))
     return _RMSNormFn.apply(input, weight, dims, float(eps))

@@ -189,3 +189,36 @@ BAD_INPUTS = [
 def test_bad_input_raises(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+LOW_PRECISION_CASES = [
+    pytest.param(lambda m, x, w: m.layer_norm(x, [3], w, w), id="layer_norm"),
+    pytest.param(lambda m, x, w: m.group_norm(x.transpose(1, 2).contiguous(), 3, w, w), id="group_norm"),
+    pytest.param(
+        lambda m, x, w: m.batch_norm(x.transpose(1, 2).contiguous(), torch.zeros(3), torch.ones(3), training=True),
+        id="batch_norm-float-stats",
+    ),
+    pytest.param(lambda m, x, w: m.rms_norm(x, [3], w), id="rms_norm"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("fn", LOW_PRECISION_CASES)
+def test_low_precision_accumulates_in_float32_like_torch(fn, dtype):
+    # Both sides round to the low-precision dtype at the end; 2 ulps of bf16 (2**-7 relative).
+    torch.manual_seed(4)
+    x = torch.randn(4, 6, 3, dtype=dtype)
+    w = (torch.randn(3) + 1).to(dtype)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ws = [w.clone().requires_grad_(True) for _ in range(2)]
+    y, r = fn(GF, xs[0], ws[0]), fn(F, xs[1], ws[1])
+    assert y.dtype == r.dtype == dtype
+    torch.testing.assert_close(y, r, rtol=1.6e-2, atol=1e-2)
+    cot = torch.randn(y.shape).to(dtype)
+    g = torch.autograd.grad(y, [xs[0], ws[0]], cot, allow_unused=True)
+    g_ref = torch.autograd.grad(r, [xs[1], ws[1]], cot, allow_unused=True)
+    for a, b in zip(g, g_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == dtype
+            torch.testing.assert_close(a, b, rtol=1.6e-2, atol=2e-2 * float(b.abs().max()))
