@@ -170,19 +170,23 @@ class _BatchNormFn(torch.autograd.Function):
             mean, rstd = _stats(x, dims, ctx.eps)
         else:
             mean, rstd = _opmath(ctx.mean).view(bshape), _opmath(ctx.rstd).view(bshape)
-        # x̂ = (x - mean) * rstd  (batch statistics in training, running ones in eval)
-        xhat = _xhat(x, mean, rstd)
-        dx = dw = db = None
-        # Per channel: Σ dy and Σ dy x̂ (= dbias and dweight; Σ ĝ and Σ ĝ x̂ are w times these).
+        # Per channel: Σ dy (= dbias) and Σ dy x̂ (= dweight), with x̂ = (x - mean) * rstd
+        # (batch statistics in training, running ones in eval). x̂ is never formed in
+        # full: Σ dy x̂ = rstd (Σ dy x - mean Σ dy).
         sum_dy = dy.sum(dims)
-        sum_dy_xhat = (dy * xhat).sum(dims)
+        sum_dy_xhat = rstd.view(c) * ((dy * x).sum(dims) - mean.view(c) * sum_dy)
+        dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            w = weight.view(bshape) if weight is not None else None
-            scale = rstd * w if w is not None else rstd
+            scale = rstd * weight.view(bshape) if weight is not None else rstd
             if ctx.training:
                 m = x.numel() // c
                 # dx = w rstd (dy - mean(dy) - x̂ mean(dy x̂))
-                dx = _normalize_backward(dy, xhat, scale, (sum_dy / m).view(bshape), (sum_dy_xhat / m).view(bshape))
+                #    = dy * a + x * b + k   with per-channel a = w rstd, b = -a rstd mean(dy x̂),
+                #                                            k = -a mean(dy) - b mean
+                mean_dy = (sum_dy / m).view(bshape)
+                b = -scale * rstd * (sum_dy_xhat / m).view(bshape)
+                k = -scale * mean_dy - b * mean
+                dx = torch.addcmul(torch.addcmul(k, dy, scale), x, b)
             else:
                 # eval: an affine map, dx = dy * w * rstd
                 dx = dy * scale
