@@ -186,7 +186,8 @@ class _BatchNormFn(torch.autograd.Function):
                 mean_dy = (sum_dy / m).view(bshape)
                 b = -scale * rstd * (sum_dy_xhat / m).view(bshape)
                 k = -scale * mean_dy - b * mean
-                dx = torch.addcmul(torch.addcmul(k, dy, scale), x, b)
+                # (in-place on the fresh product: a broadcast base in addcmul is slow on CPU)
+                dx = (dy * scale).addcmul_(x, b).add_(k)
             else:
                 # eval: an affine map, dx = dy * w * rstd
                 dx = dy * scale
