@@ -1,3 +1,364 @@
-"""gradlens.functional.activation (to be filled in)."""
+"""Activations with hand-written backward passes (drop-ins for ``torch.nn.functional``).
 
-__all__: list = []
+Each op is a ``torch.autograd.Function``: ``forward`` calls the fast torch kernel,
+``backward`` writes the derivative out right below it. Where torch offers
+``inplace=True`` we support it too (``ctx.mark_dirty``); the derivative is then
+written from the saved *output* wherever that is possible (relu, leaky_relu and elu
+with a non-negative slope/alpha); otherwise (silu, negative slope/alpha) the op runs
+on a tracked copy that is copied back into the input, which keeps double backward exact.
+
+Example:
+    >>> import torch
+    >>> import gradlens.functional as GF
+    >>> x = torch.tensor([-1.0, 2.0], requires_grad=True)
+    >>> GF.relu(x).sum().backward()
+    >>> x.grad
+    tensor([0., 1.])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+
+from gradlens.functional._util import check_tensor
+
+__all__ = ["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax"]
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_C = 0.044715
+
+
+def _inplace_via_copy(fn, input: torch.Tensor) -> torch.Tensor:
+    """In-place result for ops whose derivative needs the overwritten input.
+
+    The op runs on a (tracked) copy and its result is copied back, so autograd
+    keeps x for the backward pass and double backward stays exact.
+    """
+    return input.copy_(fn(input.clone()))
+
+
+def _step(t: torch.Tensor) -> torch.Tensor:
+    """1[t > 0] in t's dtype (sign+clamp: faster than a comparison kernel on CPU)."""
+    return torch.sign(t).clamp_(min=0)
+
+
+# --------------------------------------------------------------------------- relu
+class _ReluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+        if inplace:
+            out = x.relu_()
+            ctx.mark_dirty(x)
+        else:
+            out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        # d relu(x)/dx = 1[x > 0] = sign(out), since out >= 0 (sign is a much faster kernel than a compare)
+        return g * torch.sign(out), None
+
+
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``max(x, 0)``; same signature as :func:`torch.nn.functional.relu`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.relu(torch.tensor([-1.0, 3.0]))
+        tensor([0., 3.])
+    """
+    check_tensor("relu", "input", input)
+    return _ReluFn.apply(input, bool(inplace))
+
+
+# --------------------------------------------------------------------- leaky_relu
+class _LeakyReluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float, inplace: bool) -> torch.Tensor:
+        ctx.slope = slope
+        # From the output when sign(out) == sign(x) (slope >= 0); otherwise keep the input.
+        ctx.from_out = slope >= 0
+        if inplace:
+            out = torch.nn.functional.leaky_relu_(x, slope)
+            ctx.mark_dirty(x)
+        else:
+            out = torch.nn.functional.leaky_relu(x, slope)
+        ctx.save_for_backward(out if ctx.from_out else x)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (t,) = ctx.saved_tensors
+        # d leaky_relu(x)/dx = 1 if x > 0 else slope  (t > 0 <=> x > 0)
+        return g * _step(t).mul(1 - ctx.slope).add(ctx.slope), None, None
+
+
+def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
+    """``x if x > 0 else negative_slope * x``; as :func:`torch.nn.functional.leaky_relu`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.leaky_relu(torch.tensor([-2.0, 3.0]), 0.5)
+        tensor([-1.,  3.])
+    """
+    check_tensor("leaky_relu", "input", input)
+    if inplace and negative_slope < 0:
+        return _inplace_via_copy(lambda t: _LeakyReluFn.apply(t, float(negative_slope), False), input)
+    return _LeakyReluFn.apply(input, float(negative_slope), bool(inplace))
+
+
+# ---------------------------------------------------------------------------- elu
+class _EluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float, inplace: bool) -> torch.Tensor:
+        ctx.alpha = alpha
+        # With alpha >= 0, x > 0 <=> out > 0 and for x <= 0: alpha*exp(x) = out + alpha.
+        ctx.from_out = alpha >= 0
+        if inplace:
+            out = torch.nn.functional.elu_(x, alpha)
+            ctx.mark_dirty(x)
+        else:
+            out = torch.nn.functional.elu(x, alpha)
+        ctx.save_for_backward(out if ctx.from_out else x)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (t,) = ctx.saved_tensors
+        alpha = ctx.alpha
+        if ctx.from_out:
+            # d elu/dx = 1 if x > 0 else alpha*exp(x) = out + alpha
+            neg = t + alpha
+        else:
+            # d elu/dx = 1 if x > 0 else alpha*exp(x)
+            neg = alpha * torch.exp(t)
+        m = _step(t)
+        return g * (m + (1 - m) * neg), None, None
+
+
+def elu(input: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch.Tensor:
+    """``x if x > 0 else alpha * (exp(x) - 1)``; as :func:`torch.nn.functional.elu`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.elu(torch.tensor([0.0, 2.0]))
+        tensor([0., 2.])
+    """
+    check_tensor("elu", "input", input)
+    if inplace and alpha < 0:
+        return _inplace_via_copy(lambda t: _EluFn.apply(t, float(alpha), False), input)
+    return _EluFn.apply(input, float(alpha), bool(inplace))
+
+
+# --------------------------------------------------------------------------- gelu
+class _GeluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, approximate: str) -> torch.Tensor:
+        ctx.approximate = approximate
+        ctx.save_for_backward(x)
+        return torch.nn.functional.gelu(x, approximate=approximate)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        if ctx.approximate == "tanh":
+            # y = x/2 (1 + tanh u), u = k (x + c x^3):  dy/dx = (1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c x^2)
+            x2 = x * x
+            t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_C * x2))
+            dy = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x2)
+            return g * dy, None
+        # y = x Phi(x):  dy/dx = Phi(x) + x phi(x),  Phi = (1 + erf(x/sqrt2))/2,  phi = exp(-x^2/2)/sqrt(2 pi)
+        cdf = torch.erf(x * _INV_SQRT_2).mul_(0.5).add_(0.5)
+        gauss = torch.exp((x * x).mul_(-0.5))
+        return g * torch.addcmul(cdf, x, gauss, value=_INV_SQRT_2PI), None
+
+
+def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """Gaussian error linear unit ``x * Phi(x)`` (``approximate="tanh"``: tanh form).
+
+    Same signature as :func:`torch.nn.functional.gelu`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.gelu(torch.tensor([0.0]))
+        tensor([0.])
+    """
+    check_tensor("gelu", "input", input)
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu(approximate=...) expects 'none' or 'tanh', got {approximate!r}")
+    return _GeluFn.apply(input, approximate)
+
+
+# --------------------------------------------------------------------------- silu
+class _SiluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.nn.functional.silu(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        # d (x s(x))/dx = s (1 + x (1 - s))
+        return g * (s * (1 + x * (1 - s)))
+
+
+def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``x * sigmoid(x)``; same signature as :func:`torch.nn.functional.silu`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.silu(torch.tensor([0.0]))
+        tensor([0.])
+    """
+    check_tensor("silu", "input", input)
+    if inplace:
+        return _inplace_via_copy(_SiluFn.apply, input)
+    return _SiluFn.apply(input)
+
+
+# ---------------------------------------------------------------------- tanh / sigmoid
+class _TanhFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = torch.tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        # d tanh/dx = 1 - y^2
+        return g * (1 - y * y)
+
+
+def tanh(input: torch.Tensor) -> torch.Tensor:
+    """Hyperbolic tangent; same signature as :func:`torch.nn.functional.tanh`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.tanh(torch.tensor([0.0]))
+        tensor([0.])
+    """
+    check_tensor("tanh", "input", input)
+    return _TanhFn.apply(input)
+
+
+class _SigmoidFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = torch.sigmoid(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        # d sigmoid/dx = y (1 - y)
+        return g * (y * (1 - y))
+
+
+def sigmoid(input: torch.Tensor) -> torch.Tensor:
+    """Logistic sigmoid; same signature as :func:`torch.nn.functional.sigmoid`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.sigmoid(torch.tensor([0.0]))
+        tensor([0.5000])
+    """
+    check_tensor("sigmoid", "input", input)
+    return _SigmoidFn.apply(input)
+
+
+# ------------------------------------------------------------- softmax / log_softmax
+def _softmax_dim(name: str, input: torch.Tensor, dim: Optional[int], stacklevel: int) -> int:
+    """torch's implicit-dim rule (deprecated there too): 0 for 0-, 1- and 3-D input, else 1."""
+    if dim is None:
+        warnings.warn(
+            f"Implicit dimension choice for {name} has been deprecated. "
+            "Change the call to include dim=X as an argument.",
+            stacklevel=stacklevel + 1,
+        )
+        return 0 if input.dim() in (0, 1, 3) else 1
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{name}(): argument 'dim' must be int or None, not {type(dim).__name__}")
+    nd = max(input.dim(), 1)
+    if not -nd <= dim < nd:
+        raise IndexError(f"{name}(dim={dim}): dimension out of range (expected to be in range of [{-nd}, {nd - 1}])")
+    return dim
+
+
+class _SoftmaxFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        out = torch.softmax(x, dim)
+        ctx.dim = dim
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        # dx_i = y_i (g_i - sum_j g_j y_j)
+        return y * (g - (g * y).sum(ctx.dim, keepdim=True)), None
+
+
+class _LogSoftmaxFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        out = torch.log_softmax(x, dim)
+        ctx.dim = dim
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        # dx_i = g_i - softmax_i * sum_j g_j
+        return g - torch.exp(y) * g.sum(ctx.dim, keepdim=True), None
+
+
+def _cast(name: str, input: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    if dtype is None:
+        return input
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name}(): argument 'dtype' must be torch.dtype, not {type(dtype).__name__}")
+    return input.to(dtype)  # differentiable cast; the gradient comes back in input's dtype
+
+
+def softmax(input: torch.Tensor, dim: Optional[int] = None, _stacklevel: int = 3, dtype: Optional[int] = None) -> torch.Tensor:
+    """Softmax along ``dim``; same signature as :func:`torch.nn.functional.softmax`.
+
+    ``dim=None`` follows torch's deprecated implicit choice (with its warning);
+    ``dtype`` casts the input first.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.softmax(torch.zeros(2), dim=0)
+        tensor([0.5000, 0.5000])
+    """
+    check_tensor("softmax", "input", input)
+    d = _softmax_dim("softmax", input, dim, _stacklevel)
+    return _SoftmaxFn.apply(_cast("softmax", input, dtype), d)
+
+
+def log_softmax(input: torch.Tensor, dim: Optional[int] = None, _stacklevel: int = 3, dtype: Optional[int] = None) -> torch.Tensor:
+    """Log of softmax along ``dim``; same signature as :func:`torch.nn.functional.log_softmax`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.log_softmax(torch.zeros(2), dim=0).exp()
+        tensor([0.5000, 0.5000])
+    """
+    check_tensor("log_softmax", "input", input)
+    d = _softmax_dim("log_softmax", input, dim, _stacklevel)
+    return _LogSoftmaxFn.apply(_cast("log_softmax", input, dtype), d)

@@ -1,3 +1,392 @@
-"""gradlens.functional.norm (to be filled in)."""
+"""Normalization layers with hand-written backward passes (drop-ins for ``torch.nn.functional``).
 
-__all__: list = []
+All of batch, layer and group norm share one backward: with ``x̂ = (x - mean) * rstd``
+over a group of ``N`` elements and ``ĝ = dy * weight``,
+
+    dx = rstd / N * (N * ĝ - Σ ĝ - x̂ * Σ(ĝ * x̂))
+    dweight = Σ dy * x̂,   dbias = Σ dy
+
+(the sums run over the normalized group for ``dx`` and over everything else for the
+affine parameters). ``forward`` calls torch's fused kernel, which also updates
+BatchNorm running statistics in place exactly as torch does. For double backward the
+statistics are recomputed from ``x`` with differentiable ops (only when a graph of
+the backward is being built), so second derivatives flow through mean and variance.
+
+Example:
+    >>> import torch
+    >>> import gradlens.functional as GF
+    >>> x = torch.randn(4, 6, requires_grad=True)
+    >>> y = GF.layer_norm(x, (6,))
+    >>> torch.allclose(y, torch.nn.functional.layer_norm(x, (6,)), atol=1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from gradlens.functional._util import check_tensor
+
+__all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm"]
+
+
+def _normalize_backward(
+    g: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, mean_g: torch.Tensor, mean_gx: torch.Tensor
+) -> torch.Tensor:
+    """dx = rstd / N * (N ĝ - Σ ĝ - x̂ Σ(ĝ x̂)) = rstd * (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)).
+
+    ``mean_g``/``mean_gx`` are the group means of ĝ and ĝ x̂ (keepdim, broadcastable).
+    (On CPU a broadcast operand as the *base* of ``addcmul`` is slow, so only the
+    full-size base form is used.)
+    """
+    return torch.addcmul(g - mean_g, xhat, mean_gx, value=-1) * rstd
+
+
+def _xhat(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """x̂ = (x - mean) * rstd."""
+    return (x - mean) * rstd
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _opmath(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """float32 for half/bfloat16 tensors (torch's norm kernels accumulate in float32 too)."""
+    return t.float() if t is not None and t.dtype in _LOW_PRECISION else t
+
+
+def _cast_back(grad: Optional[torch.Tensor], like: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return grad if grad is None or like is None or grad.dtype == like.dtype else grad.to(like.dtype)
+
+
+def _stats(x: torch.Tensor, dims: Tuple[int, ...], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Biased mean and 1/sqrt(var + eps) over ``dims`` (keepdim), differentiably."""
+    var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
+    return mean, torch.rsqrt(var + eps)
+
+
+# --------------------------------------------------------------------- layer_norm
+class _LayerNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, shape: List[int], eps: float):
+        out, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.eps = eps
+        ctx.dims = tuple(range(x.dim() - len(shape), x.dim()))
+        ctx.mean, ctx.rstd = mean, rstd  # constants unless rebuilt for double backward
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_in, w_in = ctx.saved_tensors
+        x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
+        dims = ctx.dims
+        if torch.is_grad_enabled():  # building a graph of backward: stats must depend on x
+            mean, rstd = _stats(x, dims, ctx.eps)
+        else:
+            mean, rstd = ctx.mean, ctx.rstd
+        # x̂ = (x - mean) * rstd
+        xhat = _xhat(x, mean, rstd)
+        lead = tuple(range(x.dim() - len(dims)))
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            g = dy * weight if weight is not None else dy
+            dx = _normalize_backward(g, xhat, rstd, g.mean(dims, keepdim=True), (g * xhat).mean(dims, keepdim=True))
+        if weight is not None and ctx.needs_input_grad[1]:
+            # dL/dw = Σ_batch dy * x̂
+            dw = (dy * xhat).sum(lead) if lead else dy * xhat
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            # dL/db = Σ_batch dy
+            db = dy.sum(lead) if lead else dy
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
+
+
+def _check_affine(fn: str, name: str, t: Optional[torch.Tensor], shape: Sequence[int]) -> None:
+    if t is None:
+        return
+    check_tensor(fn, name, t, floating=True)
+    if tuple(t.shape) != tuple(shape):
+        raise RuntimeError(f"{fn}(): expected {name} of shape {list(shape)}, got {list(t.shape)}")
+
+
+def layer_norm(
+    input: torch.Tensor,
+    normalized_shape: List[int],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-05,
+) -> torch.Tensor:
+    """Layer normalization over the trailing ``normalized_shape`` dims.
+
+    Same signature as :func:`torch.nn.functional.layer_norm`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.layer_norm(torch.tensor([[1.0, 3.0]]), [2])
+        tensor([[-1.0000,  1.0000]])
+    """
+    check_tensor("layer_norm", "input", input, floating=True)
+    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+    if not shape or any(not isinstance(s, int) or isinstance(s, bool) for s in shape):
+        raise TypeError(f"layer_norm(): normalized_shape must be a non-empty list of ints, got {normalized_shape!r}")
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(
+            f"layer_norm(): normalized_shape={shape} does not match the trailing dims of input of shape {list(input.shape)}"
+        )
+    _check_affine("layer_norm", "weight", weight, shape)
+    _check_affine("layer_norm", "bias", bias, shape)
+    return _LayerNormFn.apply(input, weight, bias, shape, float(eps))
+
+
+# --------------------------------------------------------------------- batch_norm
+class _BatchNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float):
+        # torch's kernel: also updates running_mean/running_var in place (unbiased var, momentum).
+        out, save_mean, save_rstd = torch.native_batch_norm(
+            x, weight, bias, running_mean, running_var, training, momentum, eps
+        )
+        ctx.training, ctx.eps = training, eps
+        ctx.has_bias = bias is not None
+        if training:
+            ctx.mean, ctx.rstd = save_mean, save_rstd
+        else:
+            ctx.mean, ctx.rstd = running_mean.clone(), torch.rsqrt(running_var + eps)
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_in, w_in = ctx.saved_tensors
+        x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
+        c = x.shape[1]
+        dims = (0,) + tuple(range(2, x.dim()))
+        bshape = (1, c) + (1,) * (x.dim() - 2)
+        if ctx.training and torch.is_grad_enabled():  # double backward: stats depend on x
+            mean, rstd = _stats(x, dims, ctx.eps)
+        else:
+            mean, rstd = _opmath(ctx.mean).view(bshape), _opmath(ctx.rstd).view(bshape)
+        # Per channel: Σ dy (= dbias) and Σ dy x̂ (= dweight), with x̂ = (x - mean) * rstd
+        # (batch statistics in training, running ones in eval). x̂ is never formed in
+        # full: Σ dy x̂ = rstd (Σ dy x - mean Σ dy).
+        sum_dy = dy.sum(dims)
+        sum_dy_xhat = rstd.view(c) * ((dy * x).sum(dims) - mean.view(c) * sum_dy)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            scale = rstd * weight.view(bshape) if weight is not None else rstd
+            if ctx.training:
+                m = x.numel() // c
+                # dx = w rstd (dy - mean(dy) - x̂ mean(dy x̂))
+                #    = dy * a + x * b + k   with per-channel a = w rstd, b = -a rstd mean(dy x̂),
+                #                                            k = -a mean(dy) - b mean
+                mean_dy = (sum_dy / m).view(bshape)
+                b = -scale * rstd * (sum_dy_xhat / m).view(bshape)
+                k = -scale * mean_dy - b * mean
+                # (in-place on the fresh product: a broadcast base in addcmul is slow on CPU)
+                dx = (dy * scale).addcmul_(x, b).add_(k)
+            else:
+                # eval: an affine map, dx = dy * w * rstd
+                dx = dy * scale
+        if weight is not None and ctx.needs_input_grad[1]:
+            # dL/dw_c = Σ dy * x̂ over batch and space
+            dw = sum_dy_xhat
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            # dL/db_c = Σ dy
+            db = sum_dy
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None, None, None, None
+
+
+def batch_norm(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-05,
+) -> torch.Tensor:
+    """Batch normalization over dim 1 of an ``(N, C, *)`` input.
+
+    Same signature and running-statistics update as :func:`torch.nn.functional.batch_norm`:
+    in training, ``running_mean``/``running_var`` (if given) are updated in place with
+    ``momentum`` and the unbiased batch variance; in eval they normalize the input.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> rm, rv = torch.zeros(2), torch.ones(2)
+        >>> y = GF.batch_norm(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), rm, rv, training=True)
+        >>> rm
+        tensor([0.1000, 0.2000])
+    """
+    check_tensor("batch_norm", "input", input, floating=True)
+    if input.dim() < 2:
+        raise ValueError(f"batch_norm(input=...) expects a tensor of shape (N, C, *), got shape {list(input.shape)}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        _check_affine("batch_norm", name, t, (c,))
+    if training:
+        values_per_channel = input.shape[0] * math.prod(input.shape[2:])
+        if values_per_channel == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("batch_norm(): running_mean and running_var must be defined in evaluation mode (training=False)")
+    return _BatchNormFn.apply(
+        input, weight, bias, running_mean, running_var, bool(training), float(momentum), float(eps)
+    )
+
+
+# --------------------------------------------------------------------- group_norm
+class _GroupNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        n, c = x.shape[0], x.shape[1]
+        hw = x.numel() // (n * c) if n * c else 0
+        x = x.contiguous()  # the fused kernel wants a contiguous input
+        w = weight.contiguous() if weight is not None else None
+        b = bias.contiguous() if bias is not None else None
+        out, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, groups, eps)
+        ctx.groups, ctx.eps = groups, eps
+        ctx.mean, ctx.rstd = mean, rstd  # (N, G)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_in, w_in = ctx.saved_tensors
+        x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
+        n, c, grp = x.shape[0], x.shape[1], ctx.groups
+        xg = x.reshape(n, grp, -1)  # (N, G, C/G * HW)
+        if torch.is_grad_enabled():  # double backward: stats depend on x
+            mean, rstd = _stats(xg, (2,), ctx.eps)
+        else:
+            mean, rstd = _opmath(ctx.mean).unsqueeze(-1), _opmath(ctx.rstd).unsqueeze(-1)
+        # x̂ = (x - mean_group) * rstd_group
+        xhat = _xhat(xg, mean, rstd)  # (N, G, K)
+        dy3 = dy.reshape(n, c, -1)
+        xhat3 = xhat.view(n, c, -1)
+        dx = dw = db = None
+        dy_xhat = None
+        if (weight is not None and ctx.needs_input_grad[1]) or (ctx.needs_input_grad[0] and weight is None):
+            dy_xhat = dy3 * xhat3
+        if ctx.needs_input_grad[0]:
+            if weight is not None:
+                g = dy3 * weight.view(1, c, 1)
+                g_xhat = g * xhat3
+            else:
+                g, g_xhat = dy3, dy_xhat
+            k = xg.shape[2]
+            mean_g = g.reshape(n, grp, -1).sum(2, keepdim=True) / k
+            mean_gx = g_xhat.reshape(n, grp, -1).sum(2, keepdim=True) / k
+            dx = _normalize_backward(g.reshape(n, grp, -1), xhat, rstd, mean_g, mean_gx).reshape(x.shape)
+        if weight is not None and ctx.needs_input_grad[1]:
+            # dL/dw_c = Σ dy * x̂ over batch and space
+            dw = dy_xhat.sum(2).sum(0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            # dL/db_c = Σ dy
+            db = dy3.sum(2).sum(0)
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
+
+
+def group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-05,
+) -> torch.Tensor:
+    """Group normalization of an ``(N, C, *)`` input in ``num_groups`` channel groups.
+
+    Same signature as :func:`torch.nn.functional.group_norm`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.group_norm(torch.tensor([[1.0, 3.0]]), 1)
+        tensor([[-1.0000,  1.0000]])
+    """
+    check_tensor("group_norm", "input", input, floating=True)
+    if input.dim() < 2:
+        raise RuntimeError(f"group_norm(): expected input of shape (N, C, *), got shape {list(input.shape)}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
+        raise ValueError(f"group_norm(num_groups=...) expects a positive int, got {num_groups!r}")
+    c = input.shape[1]
+    if c % num_groups:
+        raise RuntimeError(f"group_norm(): number of channels ({c}) must be divisible by num_groups={num_groups}")
+    _check_affine("group_norm", "weight", weight, (c,))
+    _check_affine("group_norm", "bias", bias, (c,))
+    return _GroupNormFn.apply(input, weight, bias, num_groups, float(eps))
+
+
+# ----------------------------------------------------------------------- rms_norm
+class _RMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, dims: Tuple[int, ...], eps: float):
+        # r = 1 / sqrt(mean(x^2) + eps);  y = x * r * w   (in float32 for half/bfloat16, as torch)
+        xf = _opmath(x)
+        rstd = torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps)
+        out = xf * rstd
+        if weight is not None:
+            out = out * weight
+        out = out.to(x.dtype)
+        ctx.dims, ctx.eps, ctx.rstd = dims, eps, rstd
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_in, w_in = ctx.saved_tensors
+        x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
+        dims = ctx.dims
+        if torch.is_grad_enabled():  # double backward: r depends on x
+            rstd = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + ctx.eps)
+        else:
+            rstd = ctx.rstd
+        xhat = x * rstd
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            g = dy * weight if weight is not None else dy
+            # dx = r * (ĝ - x̂ * mean(ĝ * x̂))
+            dx = rstd * (g - xhat * (g * xhat).mean(dims, keepdim=True))
+        if weight is not None and ctx.needs_input_grad[1]:
+            lead = tuple(range(x.dim() - len(dims)))
+            # dL/dw = Σ_batch dy * x̂
+            dw = (dy * xhat).sum(lead) if lead else dy * xhat
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), None, None
+
+
+def rms_norm(
+    input: torch.Tensor,
+    normalized_shape: List[int],
+    weight: Optional[torch.Tensor] = None,
+    eps: Optional[float] = None,
+) -> torch.Tensor:
+    """Root-mean-square normalization over the trailing ``normalized_shape`` dims.
+
+    Same signature as :func:`torch.nn.functional.rms_norm`; ``eps=None`` means
+    ``torch.finfo(input.dtype).eps`` as in torch (float32's eps for half/bfloat16
+    inputs, which torch computes in float32).
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.rms_norm(torch.tensor([[3.0, 4.0]]), [2], eps=0.0)
+        tensor([[0.8485, 1.1314]])
+    """
+    check_tensor("rms_norm", "input", input, floating=True)
+    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+    if not shape or any(not isinstance(s, int) or isinstance(s, bool) for s in shape):
+        raise TypeError(f"rms_norm(): normalized_shape must be a non-empty list of ints, got {normalized_shape!r}")
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(
+            f"rms_norm(): normalized_shape={shape} does not match the trailing dims of input of shape {list(input.shape)}"
+        )
+    _check_affine("rms_norm", "weight", weight, shape)
+    if eps is None:
+        # torch takes the eps of the dtype it computes in: float32 for half/bfloat16 inputs.
+        eps = torch.finfo(torch.float32 if input.dtype in _LOW_PRECISION else input.dtype).eps
+    dims = tuple(range(input.dim() - len(shape), input.dim()))
+    return _RMSNormFn.apply(input, weight, dims, float(eps))

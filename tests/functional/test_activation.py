@@ -1,0 +1,181 @@
+"""gradlens.functional.activation against torch (float32) and gradcheck (float64)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradlens.functional as GF
+from conftest import DEVICES
+from harness import OpCase, check_against_torch, check_gradcheck
+
+
+def _away_from_kink(shape):
+    """Random input with |x| >= 0.1, so finite differences never straddle a kink at 0."""
+
+    def make(dtype, device, gen):
+        x = torch.randn(*shape, generator=gen, dtype=dtype)
+        x = x + 0.1 * torch.sign(x)
+        return (x.to(device),)
+
+    return make
+
+
+def _randn(shape):
+    def make(dtype, device, gen):
+        return (torch.randn(*shape, generator=gen, dtype=dtype).to(device),)
+
+    return make
+
+
+def _clone_first(fn):
+    """Run an in-place op on a non-leaf copy (in-place on a leaf that requires grad is illegal)."""
+
+    @functools.wraps(fn)
+    def run(x, *args, **kwargs):
+        return fn(x * 1, *args, **kwargs)
+
+    return run
+
+
+def _out_of_place(fn):
+    """The torch reference without ``inplace`` (for settings whose in-place backward torch refuses)."""
+
+    def run(x, *args, inplace=False, **kwargs):
+        return fn(x, *args, **kwargs)
+
+    return run
+
+
+CASES = [
+    OpCase("relu-2d", GF.relu, F.relu, _away_from_kink((5, 4))),
+    OpCase("relu-batch1-4d", GF.relu, F.relu, _away_from_kink((1, 2, 3, 3))),
+    OpCase("relu-inplace", _clone_first(GF.relu), _clone_first(F.relu), _away_from_kink((4, 3)), {"inplace": True}),
+    OpCase("leaky_relu-default", GF.leaky_relu, F.leaky_relu, _away_from_kink((5, 4))),
+    OpCase("leaky_relu-slope0.2", GF.leaky_relu, F.leaky_relu, _away_from_kink((5, 4)), {"negative_slope": 0.2}),
+    OpCase("leaky_relu-negslope", GF.leaky_relu, F.leaky_relu, _away_from_kink((5, 4)), {"negative_slope": -0.3}),
+    OpCase(
+        "leaky_relu-inplace",
+        _clone_first(GF.leaky_relu),
+        _clone_first(F.leaky_relu),
+        _away_from_kink((5, 4)),
+        {"negative_slope": 0.1, "inplace": True},
+    ),
+    OpCase(
+        "leaky_relu-inplace-negslope",
+        _clone_first(GF.leaky_relu),
+        _out_of_place(F.leaky_relu),  # torch refuses this backward; compare with out-of-place
+        _away_from_kink((5, 4)),
+        {"negative_slope": -0.2, "inplace": True},
+    ),
+    OpCase("elu-default", GF.elu, F.elu, _away_from_kink((5, 4))),
+    OpCase("elu-alpha0.5", GF.elu, F.elu, _away_from_kink((2, 3, 4)), {"alpha": 0.5}),
+    OpCase("elu-negalpha", GF.elu, F.elu, _away_from_kink((5, 4)), {"alpha": -0.5}),
+    OpCase("elu-inplace", _clone_first(GF.elu), _clone_first(F.elu), _away_from_kink((5, 4)), {"inplace": True}),
+    # torch refuses the backward of in-place elu with a negative alpha; compare with out-of-place.
+    OpCase("elu-inplace-negalpha", _clone_first(GF.elu), _out_of_place(F.elu), _away_from_kink((5, 4)), {"alpha": -0.5, "inplace": True}),
+    OpCase("gelu-exact", GF.gelu, F.gelu, _randn((5, 4))),
+    OpCase("gelu-tanh", GF.gelu, F.gelu, _randn((2, 3, 4)), {"approximate": "tanh"}),
+    OpCase("silu", GF.silu, F.silu, _randn((5, 4))),
+    OpCase("silu-inplace", _clone_first(GF.silu), _clone_first(F.silu), _randn((5, 4)), {"inplace": True}),
+    OpCase("tanh", GF.tanh, torch.tanh, _randn((5, 4))),
+    OpCase("sigmoid-batch1", GF.sigmoid, torch.sigmoid, _randn((1, 7))),
+    OpCase("softmax-dim1", GF.softmax, F.softmax, _randn((3, 5)), {"dim": 1}),
+    OpCase("softmax-dim0-3d", GF.softmax, F.softmax, _randn((3, 4, 2)), {"dim": 0}),
+    OpCase("softmax-dimneg1", GF.softmax, F.softmax, _randn((2, 3, 4)), {"dim": -1}),
+    OpCase("softmax-dtype64", GF.softmax, F.softmax, _randn((3, 5)), {"dim": 1, "dtype": torch.float64}),
+    OpCase("log_softmax-dim1", GF.log_softmax, F.log_softmax, _randn((3, 5)), {"dim": 1}),
+    OpCase("log_softmax-dim-1-4d", GF.log_softmax, F.log_softmax, _randn((2, 2, 3, 3)), {"dim": -1}),
+    OpCase("log_softmax-dtype64", GF.log_softmax, F.log_softmax, _randn((1, 5)), {"dim": -1, "dtype": torch.float64}),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "noncontig"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_against_torch(case, device, contiguous):
+    check_against_torch(case, device, contiguous=contiguous)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_gradcheck(case, device):
+    check_gradcheck(case, device)
+
+
+@pytest.mark.parametrize("name", GF.activation.__all__)
+def test_signature_matches_torch(name):
+    ours = inspect.signature(getattr(GF, name))
+    theirs = getattr(F, name)
+    if name in ("tanh", "sigmoid"):
+        assert list(ours.parameters) == ["input"]
+        return
+    if name == "gelu":  # a builtin without an inspectable signature in torch
+        assert list(ours.parameters) == ["input", "approximate"]
+        assert ours.parameters["approximate"].default == "none"
+        return
+    theirs = inspect.signature(theirs)
+    assert [(p.name, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.default) for p in theirs.parameters.values()
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("relu", {}), ("leaky_relu", {"negative_slope": 0.1}), ("elu", {}), ("silu", {})],
+    ids=["relu", "leaky_relu", "elu", "silu"],
+)
+def test_inplace_modifies_input_and_grads(name, kwargs, device):
+    x = (torch.randn(6, 5, device=device) + 0.0).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    h = x * 2
+    out = getattr(GF, name)(h, inplace=True, **kwargs)
+    assert out.data_ptr() == h.data_ptr(), "inplace=True must return the input's storage"
+    h_ref = x_ref * 2
+    getattr(F, name)(h_ref, inplace=True, **kwargs)
+    torch.testing.assert_close(h, h_ref)
+    (out * torch.arange(30.0, device=device).view(6, 5)).sum().backward()
+    (h_ref * torch.arange(30.0, device=device).view(6, 5)).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape", [(5,), (2, 5), (2, 3, 4), (2, 3, 4, 5)], ids=["1d", "2d", "3d", "4d"])
+def test_softmax_dim_none_like_torch(name, shape):
+    x = torch.randn(*shape)
+    with pytest.warns(UserWarning, match="Implicit dimension"):
+        ours = getattr(GF, name)(x)
+    with pytest.warns(UserWarning):
+        theirs = getattr(F, name)(x)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_softmax_dtype_grad_comes_back_in_input_dtype():
+    x = torch.randn(3, 4, requires_grad=True)
+    y = GF.softmax(x, dim=1, dtype=torch.float64)
+    assert y.dtype == torch.float64
+    y[:, 0].sum().backward()
+    assert x.grad.dtype == torch.float32
+
+
+BAD_INPUTS = [
+    pytest.param(lambda: GF.relu([1.0, -1.0]), TypeError, "input", id="relu-list"),
+    pytest.param(lambda: GF.gelu(torch.randn(3), approximate="fast"), ValueError, "approximate", id="gelu-approx"),
+    pytest.param(lambda: GF.gelu("x"), TypeError, "input", id="gelu-str"),
+    pytest.param(lambda: GF.softmax(torch.randn(2, 3), dim=2), IndexError, "dim", id="softmax-dim-range"),
+    pytest.param(lambda: GF.softmax(torch.randn(2, 3), dim=1.0), TypeError, "dim", id="softmax-dim-float"),
+    pytest.param(lambda: GF.log_softmax(torch.randn(2, 3), dim=1, dtype="float64"), TypeError, "dtype", id="logsm-dtype"),
+    pytest.param(lambda: GF.sigmoid(None), TypeError, "input", id="sigmoid-none"),
+    pytest.param(lambda: GF.relu(torch.randn(3, requires_grad=True), inplace=True), RuntimeError, "leaf", id="relu-inplace-leaf"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD_INPUTS)
+def test_bad_input_raises(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
