@@ -185,12 +185,20 @@ def _prob_count(x: Tensor) -> int:
     return x.numel() // x.shape[1] if x.shape[1] else 0
 
 
-def _index_terms(target: Tensor, weight: Optional[Tensor], ignore_index: int, dtype: torch.dtype):
-    """Per-element mask of kept targets, safe class indices and the target's class weight."""
+def _index_terms(target: Tensor, weight: Optional[Tensor], ignore_index: int):
+    """Mask of kept targets, class indices safe to gather with, and each target's class weight.
+
+    ``w_y`` is None without ``weight`` (every kept target weighs 1).
+    """
     kept = target != ignore_index
-    safe = target.long().masked_fill(~kept, 0)
-    w_y = kept.to(dtype) if weight is None else weight[safe] * kept
+    safe = torch.where(kept, target, 0).long()
+    w_y = None if weight is None else weight[safe] * kept
     return kept, safe, w_y
+
+
+def _kept_weight_sum(kept: Tensor, w_y: Optional[Tensor]) -> Tensor:
+    """The 'mean' normaliser of index targets: summed class weights of kept targets."""
+    return kept.sum() if w_y is None else w_y.sum()
 
 
 class _NLLLossFn(Function):
@@ -208,10 +216,11 @@ class _NLLLossFn(Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         target, weight = ctx.saved_tensors
-        kept, safe, w_y = _index_terms(target, weight, ctx.ignore_index, grad.dtype)
-        g = _scale(grad, ctx.reduction, w_y.sum())
+        kept, safe, w_y = _index_terms(target, weight, ctx.ignore_index)
+        if ctx.reduction == _MEAN:
+            grad = grad / _kept_weight_sum(kept, w_y)
         # dl/dx[i, c] = -w_{y_i} [c == y_i]   (zero for ignored targets, even when mean divides by 0)
-        a = torch.where(kept, w_y * g, 0)
+        a = torch.where(kept, grad if w_y is None else w_y * grad, 0)
         zeros = grad.new_zeros(ctx.input_shape)
         grad_input = zeros.scatter(1, safe.unsqueeze(1), -a.unsqueeze(1))
         return grad_input, None, None, None, None
@@ -284,8 +293,8 @@ class _CrossEntropyFn(Function):
         if reduction == _SUM:
             smooth = smooth.sum()
         elif reduction == _MEAN:
-            _, _, w_y = _index_terms(target, weight, ignore_index, logp.dtype)
-            smooth = smooth.sum() / w_y.sum()
+            kept, _, w_y = _index_terms(target, weight, ignore_index)
+            smooth = smooth.sum() / _kept_weight_sum(kept, w_y)
         return (1 - smoothing) * out + smooth * (smoothing / n_classes)
 
     @staticmethod
@@ -298,7 +307,7 @@ class _CrossEntropyFn(Function):
         if fast:
             # softmax(x) = exp(log softmax(x)); torch's fused softmax kernel is ~1.6x faster
             # on CPU than an elementwise exp of the saved log-probabilities.
-            p = torch.softmax(input, 1)
+            p = torch.softmax(input, 1) if need_x else None
         else:
             # Building a graph of this backward (double backward): recompute from the input
             # with differentiable ops; tensors computed in forward are not connected to it.
@@ -326,28 +335,29 @@ class _CrossEntropyFn(Function):
                 grad_target = -(1 - e) * gt if e > 0 else -gt
             return grad_input, grad_target, None, None, None, None, None
 
-        kept, safe, w_y = _index_terms(target, weight, ctx.ignore_index, grad.dtype)
-        g = _scale(grad, ctx.reduction, w_y.sum())
-        g = torch.where(kept, g, 0)  # ignored targets get exactly 0, even when mean divides by 0
+        kept, safe, w_y = _index_terms(target, weight, ctx.ignore_index)
+        if ctx.reduction == _MEAN:
+            grad = grad / _kept_weight_sum(kept, w_y)
+        g = torch.where(kept, grad, 0)  # ignored targets get exactly 0, even when mean divides by 0
+        wg = g if w_y is None else w_y * g  # w_y = 1 without class weights
         idx = safe.unsqueeze(1)
         if e <= 0:
             # dl/dx = w_y (softmax(x) - onehot(y))
-            a = (g if weight is None else w_y * g).unsqueeze(1)  # w_y is 1 on kept targets without weight
+            a = wg.unsqueeze(1)
             if fast:
                 grad_input = p.mul_(a).scatter_add_(1, idx, a.neg_())
             else:
                 grad_input = (p * a).scatter_add(1, idx, -a)
         else:
-            # dl/dx = softmax(x) * sum_c q_c - q,   sum_c q_c = (1 - e) w_y + e / C sum(w)
-            w_sum = n_classes if weight is None else weight.sum()
-            q_sum = (1 - e) * w_y + (e / n_classes) * w_sum
+            # dl/dx = softmax(x) * sum_c q_c - q,   sum_c q_c = (1 - e) w_y + e / C sum(w)  (1 without w)
+            qg = g if weight is None else ((1 - e) * w_y + (e / n_classes) * weight.sum()) * g
             smooth = (e / n_classes) * g.unsqueeze(1)
             smooth = smooth if w_c is None else smooth * w_c
-            onehot = -(1 - e) * (w_y * g).unsqueeze(1)
+            onehot = -(1 - e) * wg.unsqueeze(1)
             if fast:
-                grad_input = p.mul_((q_sum * g).unsqueeze(1)).sub_(smooth).scatter_add_(1, idx, onehot)
+                grad_input = p.mul_(qg.unsqueeze(1)).sub_(smooth).scatter_add_(1, idx, onehot)
             else:
-                grad_input = (p * (q_sum * g).unsqueeze(1) - smooth).scatter_add(1, idx, onehot)
+                grad_input = (p * qg.unsqueeze(1) - smooth).scatter_add(1, idx, onehot)
         return grad_input, None, None, None, None, None, None
 
 
@@ -475,8 +485,9 @@ def binary_cross_entropy_with_logits(
 
     Example:
         >>> import torch, gradlens.functional as GF
-        >>> GF.binary_cross_entropy_with_logits(torch.tensor([50.0, -50.0]), torch.tensor([1.0, 0.0]))
-        tensor(0.)
+        >>> # confidently wrong logits: a finite loss of 100, not log(0) = inf
+        >>> GF.binary_cross_entropy_with_logits(torch.tensor([100.0, -100.0]), torch.tensor([0.0, 1.0]))
+        tensor(100.)
     """
     check_tensor("binary_cross_entropy_with_logits", "input", input)
     check_tensor("binary_cross_entropy_with_logits", "target", target)

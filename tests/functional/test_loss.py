@@ -415,6 +415,32 @@ def test_ce_uint8_targets_and_unbatched_singleton_target(device):
         torch.testing.assert_close(g, g_ref)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("cross_entropy", {"label_smoothing": 0.1}),
+        ("mse_loss", {}),
+        ("mse_loss", {"weight": "w"}),
+        ("binary_cross_entropy_with_logits", {"pos_weight": "w"}),
+    ],
+    ids=["ce-prob", "mse", "mse-w", "bce-pw"],
+)
+def test_gradient_into_target_only(name, kw, device):
+    """Only the target requires grad (e.g. a learned soft label): backward skips the input."""
+    x = torch.randn(3, 4, device=device)
+    t = torch.rand(3, 4, device=device).softmax(1)
+    kw = {k: torch.rand(3, 4, device=device) + 0.5 if v == "w" else v for k, v in kw.items()}
+    if name == "binary_cross_entropy_with_logits" and "pos_weight" in kw:
+        kw["pos_weight"] = kw["pos_weight"][0]
+    grads = []
+    for fn in (getattr(GF, name), getattr(F, name)):
+        tt = t.clone().requires_grad_(True)
+        out = fn(x, tt, reduction="sum", **kw)
+        grads.append(torch.autograd.grad(out, tt)[0])
+    torch.testing.assert_close(*grads)
+
+
 def test_negative_label_smoothing_is_no_smoothing_like_torch():
     x, y = torch.randn(3, 4), torch.tensor([0, 3, 1])
     torch.testing.assert_close(GF.cross_entropy(x, y, label_smoothing=-0.5), F.cross_entropy(x, y))
