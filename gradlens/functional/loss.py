@@ -405,6 +405,8 @@ def cross_entropy(
         check_tensor("cross_entropy", "weight", weight)
     _no_grad_arg("cross_entropy", "weight", weight)
 
+    if input.dim() < 1:
+        raise IndexError("cross_entropy(): 'input' needs a class dimension, got a 0-dim tensor")
     prob = input.shape == target.shape
     if prob:
         if not target.is_floating_point():
@@ -417,9 +419,6 @@ def cross_entropy(
                 f"cross_entropy: weight tensor should be defined either for all {n_classes} classes "
                 f"or no classes but got weight tensor of shape: {list(weight.shape)}"
             )
-    else:
-        if input.dim() < 1:
-            raise ValueError(f"Expected 1 or more dimensions (got {input.dim()})")
     if not input.is_floating_point():
         raise TypeError(f"cross_entropy(): argument 'input' must be a floating-point tensor, got {input.dtype}")
     unbatched = input.dim() == 1

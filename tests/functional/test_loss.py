@@ -520,6 +520,7 @@ FAIL_SETTINGS = [
     ("ce-label-smoothing-none", _CE, (X, Y), {"label_smoothing": None}, TypeError, "'label_smoothing' must be float"),
     ("ce-prob-ignore-index", _CE, (X, X.softmax(1)), {"ignore_index": 0}, RuntimeError, "ignore_index is not supported"),
     ("ce-bad-reduction", _CE, (X, Y), {"reduction": "avg"}, ValueError, "avg is not a valid value for reduction"),
+    ("ce-0dim-input", _CE, (torch.tensor(1.0), torch.tensor(0.5)), {}, IndexError, "class dimension"),
     ("ce-integer-input", _CE, (X.long(), Y), {}, TypeError, "floating-point"),
     ("nll-0dim-input", _NLL, (torch.tensor(1.0), torch.tensor(0)), {}, ValueError, r"1 or more dimensions \(got 0\)"),
     ("nll-target-float", _NLL, (X, Y.float()), {}, RuntimeError, "Long or Byte"),
