@@ -1,0 +1,32 @@
+"""Smoke test of the benchmark scripts: they run and print their table (timings are never asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_mirror_speed_quick_run_prints_the_table():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mirror_speed.py"), "--quick", "--repeats", "2", "--warmup", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    header = [ln for ln in lines if ln.startswith("| setting")]
+    assert header and "gradlens/torch" in header[0], proc.stdout
+    rows = {ln.split("|")[1].strip(): ln for ln in lines if ln.startswith("| ") and not ln.startswith("| setting")}
+    # Every setting gets a row; the loss twins exist, so their rows carry a ratio.
+    for name in ("Linear(512,512)", "Conv2d(16,32,3,p=1)", "MLP 784-512-512-512-10 + CE", "CrossEntropyLoss"):
+        assert name in rows, proc.stdout
+    assert re.search(r"\| \d+\.\d\dx +\|", rows["CrossEntropyLoss"]), rows["CrossEntropyLoss"]
+    # A twin that raises on the benchmark's inputs shows as an "error" row: that is a bug.
+    errors = [ln for ln in rows.values() if "| error " in ln]
+    assert not errors, "\n".join(errors)
