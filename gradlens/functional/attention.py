@@ -43,7 +43,8 @@ class _AttentionFn(torch.autograd.Function):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
         if bias is not None:
-            scores = scores + bias
+            # in place when the mask broadcasts into the scores (checked by the callers)
+            scores = scores.add_(bias) if bias.dim() <= scores.dim() else scores + bias
         probs = torch.softmax(scores, dim=-1)
         if bias is not None:
             # fully masked rows: softmax of all -inf is NaN; torch gives 0 there
@@ -74,8 +75,9 @@ class _AttentionFn(torch.autograd.Function):
             if grad_probs is not None:
                 grad_p = grad_probs if grad_p is None else grad_p + grad_probs
             if grad_p is not None:
-                # P = softmax(S)  =>  dS = P * (dP - rowsum(dP * P))
-                grad_s = probs * (grad_p - (grad_p * probs).sum(dim=-1, keepdim=True))
+                # P = softmax(S)  =>  dS = P * (dP - rowsum(dP * P)) = dP*P - P * rowsum(dP*P)
+                grad_pp = grad_p * probs
+                grad_s = torch.addcmul(grad_pp, probs, grad_pp.sum(dim=-1, keepdim=True), value=-1.0)
                 # S = scale * Q K^T + bias  =>  dQ = scale dS K ; dK = scale dS^T Q ; dbias = dS
                 if need_q:
                     grad_q = sum_to_shape(torch.matmul(grad_s, k) * ctx.scale, q.shape)
