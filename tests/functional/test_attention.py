@@ -88,7 +88,6 @@ def test_sdpa_dropout_equals_torch_on_cpu(case, contiguous):
 # settings on the smallest shapes that still exercise them (2 heads, L != S, a masked row).
 SDPA_GRAD_CASES = [
     OpCase("sdpa-4d", SDPA_OURS, SDPA_TORCH, _qkv((1, 2, 2, 3), (1, 2, 3, 3), (1, 2, 3, 2))),
-    OpCase("sdpa-2d", SDPA_OURS, SDPA_TORCH, _qkv((2, 3), (3, 3), (3, 2))),
     OpCase("sdpa-broadcast-batch", SDPA_OURS, SDPA_TORCH, _qkv((2, 1, 2, 2), (1, 2, 3, 2), (2, 1, 3, 2))),
     OpCase("sdpa-causal-L<S", SDPA_OURS, SDPA_TORCH, _qkv((1, 2, 3), (1, 4, 3), (1, 4, 2)), kwargs={"is_causal": True}),
     OpCase("sdpa-float-mask", SDPA_OURS, SDPA_TORCH, _qkv((1, 2, 2, 3), (1, 2, 3, 3), (1, 2, 3, 2), "float")),
@@ -303,12 +302,12 @@ def test_mha_dropout_equals_torch_on_cpu(case):
     check_against_torch(case, "cpu")
 
 
-_TINY = {"L": 2, "S": 3, "N": 1, "e": 2, "h": 2}  # head_dim 1: keeps float64 gradgradcheck fast
+# head_dim 1 keeps float64 gradgradcheck fast; unbatched input and separate projection
+# weights only reshape/route tensors and are covered by the float32 comparisons above.
+_TINY = {"L": 2, "S": 3, "N": 1, "e": 2, "h": 2}
 MHA_GRAD_CASES = [
     _mha_case("mha-cross", **_TINY),
     _mha_case("mha-self-packed", self_attn=True, **_TINY),
-    _mha_case("mha-separate-proj", separate=True, kwargs={"use_separate_proj_weight": True}, **_TINY),
-    _mha_case("mha-unbatched", batched=False, **{**_TINY, "N": 1}),
     _mha_case("mha-mask-and-padding", mask="bool", kpm=True, kwargs={"average_attn_weights": False}, **_TINY),
     _mha_case("mha-dropout", dropout=0.4, seeded=True, **_TINY),
 ]
