@@ -38,7 +38,8 @@ class _EmbeddingFn(torch.autograd.Function):
             keep = keep * (flat != ctx.padding_idx).to(rows.dtype)
         if ctx.scale_grad_by_freq:
             # scale_grad_by_freq: each row's gradient is divided by how often its index occurs
-            counts = torch.bincount(flat, minlength=ctx.num_weights).to(rows.dtype)
+            # (index_add, not bincount: no host sync on CUDA)
+            counts = rows.new_zeros(ctx.num_weights).index_add_(0, flat, torch.ones_like(flat, dtype=rows.dtype))
             keep = keep / counts[flat]
         grad_weight = rows.new_zeros(ctx.num_weights, rows.shape[1]).index_add(0, flat, rows * keep[:, None])
         return grad_weight, None, None, None
