@@ -199,9 +199,15 @@ def test_mirror_swaps_multihead_attention_and_out_proj():
 # --- TransformerEncoderLayer --------------------------------------------------------------
 
 
-class _Square(nn.Module):
-    def forward(self, x):
-        return x * x
+class _Block(nn.Module):
+    """A user's transformer block: an encoder layer and a linear head (mirrored through its children)."""
+
+    def __init__(self, layer, head):
+        super().__init__()
+        self.layer, self.head = layer, head
+
+    def forward(self, x, **masks):
+        return self.head(self.layer(x, **masks))
 
 
 LAYER_SETTINGS = [
@@ -226,7 +232,7 @@ def _encoder_inputs(layer, device, masks):
 
 
 def _compare_layers(ours, ref, device, masks, seed=None):
-    x, kwargs = _encoder_inputs(ref, device, masks)
+    x, kwargs = _encoder_inputs(getattr(ref, "layer", ref), device, masks)
     if seed is not None:
         torch.manual_seed(seed)
     out_o = ours(x, **kwargs)
@@ -294,14 +300,12 @@ def test_mirror_transformer_block(ctor, device):
     """A transformer block mirrored with strict=True: every child is a gradlens twin, same loss and gradients."""
     torch.manual_seed(0)
     E = 8
-    model = nn.Sequential(
-        nn.TransformerEncoderLayer(E, 2, dim_feedforward=16, dropout=0.0, **ctor),
-        nn.Linear(E, 3),
-    ).to(device)
+    model = _Block(nn.TransformerEncoderLayer(E, 2, dim_feedforward=16, dropout=0.0, **ctor), nn.Linear(E, 3)).to(device)
     ref = copy.deepcopy(model)
     twin = gradlens.mirror(model, strict=True)
-    layer = twin[0]
+    layer = twin.layer
     assert type(layer) is gnn.TransformerEncoderLayer
-    for name in ("self_attn", "linear1", "linear2", "norm1", "norm2", "dropout", "dropout1", "dropout2"):
-        assert type(getattr(layer, name)).__module__.startswith("gradlens.nn"), name
+    for name in ("self_attn", "self_attn.out_proj", "linear1", "linear2", "norm1", "norm2", "dropout", "dropout1", "dropout2"):
+        assert type(layer.get_submodule(name)).__module__.startswith("gradlens.nn"), name
+    assert type(twin.head).__module__.startswith("gradlens.nn")
     _compare_layers(twin, ref, device, masks=True)
