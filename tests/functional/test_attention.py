@@ -192,13 +192,16 @@ def test_sdpa_signature_matches_torch_doc():
     assert params["scale"].kind is inspect.Parameter.KEYWORD_ONLY  # torch: "scale ... keyword-only"
 
 
-# --- multi_head_attention_forward --- ----------------------------------------------------------
+# --- multi_head_attention_forward ------------------------------------------------------
 
 E, H = 4, 2
 
 
 def _mha_inputs(*, L=3, S=4, N=2, e=E, h=H, self_attn=False, separate=False, bias=True, batched=True, mask=None, kpm=False, dropout=0.0):
-    """Positional args of multi_head_attention_forward (self_attn: query only, see _self)."""
+    """Positional args of multi_head_attention_forward, then a dict of keyword tensors.
+
+    With ``self_attn`` only the query is made; ``_mha_call`` passes it as key and value too.
+    """
 
     def make(dtype, device, gen):
         def r(*s):
