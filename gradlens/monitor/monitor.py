@@ -1,0 +1,839 @@
+"""``gradlens.watch``: attach to a model (and its optimizers) and record gradient health.
+
+Data flows one way: optimizer step pre-hook -> fused statistics on the device
+(:mod:`gradlens.monitor.stats`) -> one host copy per logged step (per device) ->
+a :class:`~gradlens._record.StepRecord` -> sinks (pandas history, TensorBoard) and
+the diagnosis engine. Nothing is computed on unlogged steps.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+import re
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradlens._record import GRAD_STATS, StepRecord, layer_of
+from gradlens.diagnose import engine as _engine
+from gradlens.diagnose.finding import Finding, TrainingHalted
+from gradlens.monitor import stats as _stats
+from gradlens.monitor.hooks import HookSet, ZeroGradTap
+from gradlens.monitor.tracer import Tracer
+from gradlens.sinks.dataframe import DEFAULT_MAX_HISTORY, HistorySink
+
+__all__ = ["watch", "Monitor"]
+
+_log = logging.getLogger("gradlens")
+_COMPILED_PREFIX = "_orig_mod."
+#: Per-parameter TensorBoard scalars are written by default up to this many parameters.
+PARAM_SCALARS_AUTO_LIMIT = 64
+
+
+def _strip(name: str) -> str:
+    while name.startswith(_COMPILED_PREFIX):
+        name = name[len(_COMPILED_PREFIX):]
+    return name.replace("." + _COMPILED_PREFIX, ".")
+
+
+def _group_name(layer: str, depth: Optional[int]) -> str:
+    """Truncate a module path to ``depth`` levels; numeric parts (ModuleList/Sequential
+    indices) stay attached to the name before them, so ``encoder.layer.3.attn.q`` at
+    depth 2 is ``encoder.layer.3``."""
+    if depth is None or "." not in layer:
+        return layer
+    parts = layer.split(".")
+    levels: List[List[str]] = []
+    for part in parts:
+        if part.isdigit() and levels:
+            levels[-1].append(part)
+        else:
+            levels.append([part])
+    return ".".join(p for level in levels[:depth] for p in level)
+
+
+def _patterns(value: Any, arg: str) -> Optional[Tuple[str, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(f"watch({arg}=...) expects a glob pattern string or a list of them, got {type(value).__name__}")
+
+
+def _matches(name: str, patterns: Tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
+
+
+class _Layout:
+    """The watched parameters at one moment: names, layers, per-optimizer indices."""
+
+    def __init__(
+        self,
+        named: List[Tuple[str, nn.Parameter]],
+        opt_params: List[List[nn.Parameter]],
+        group_depth: Optional[int],
+    ) -> None:
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.layers = [_group_name(layer_of(n), group_depth) for n in self.names]
+        self.param_layers = dict(zip(self.names, self.layers))
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self.by_opt = [[index[id(p)] for p in ps if id(p) in index] for ps in opt_params]
+        # layer -> indices of its parameters
+        self.layer_params: Dict[str, List[int]] = {}
+        for i, layer in enumerate(self.layers):
+            self.layer_params.setdefault(layer, []).append(i)
+
+
+class Monitor:
+    """Records per-parameter and per-layer gradient statistics of a model.
+
+    Create it with :func:`gradlens.watch`; see there for every option. Use it as a
+    context manager or call :meth:`close` when done.
+
+    Example:
+        >>> import torch, gradlens
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with gradlens.watch(model, opt) as mon:
+        ...     for _ in range(3):
+        ...         opt.zero_grad()
+        ...         model(torch.randn(16, 4)).pow(2).mean().backward()
+        ...         opt.step()
+        >>> mon.dataframe()[["step", "param"]].head(2).values.tolist()
+        [[0, '0.weight'], [0, '0.bias']]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: List[torch.optim.Optimizer],
+        *,
+        writer: Any,
+        owns_writer: bool,
+        every: int,
+        activations: bool,
+        include: Optional[Tuple[str, ...]],
+        exclude: Optional[Tuple[str, ...]],
+        group_depth: Optional[int],
+        update_every: int,
+        max_history: int,
+        param_scalars: Optional[bool],
+        flow_every: int,
+        histogram_every: int,
+        on_finding: Optional[Callable[[Finding], Any]],
+        halt_on: Tuple[str, ...],
+        thresholds: Optional[Dict[str, Any]],
+    ) -> None:
+        self.model = model
+        self._root = getattr(model, "_orig_mod", model)
+        self._compiled = self._root is not model
+        self._optimizers = list(optimizers)
+        self.every = every
+        self._include, self._exclude = include, exclude
+        self._group_depth = group_depth
+        self._update_every = update_every
+        self._histogram_every = histogram_every
+        self._on_finding = on_finding
+        self._halt_on = halt_on
+        self._warned: Set[Tuple[str, Optional[str]]] = set()
+        self._hooks = HookSet()
+        self._closed = False
+
+        self._step = 0  # index of the record being built
+        self._logged = 0  # logged records so far
+        self._layout: Optional[_Layout] = None
+        self._layout_sig: Any = None
+        self._contrib: Set[int] = set()
+        self._pending: Optional[Dict[str, Any]] = None
+        self._dev: Dict[int, Any] = {}  # optimizer index -> device-side work of this step
+        self._loss: List[Tensor] = []
+        self._origin: Optional[str] = None
+        self._stepped = [False] * len(self._optimizers)
+        self._grad_snap: List[Any] = [None] * len(self._optimizers)
+
+        self._history = HistorySink(max_history)
+        self._diagnoser = _engine.Diagnoser(thresholds=thresholds)
+        self._tb = None
+        if writer is not None:
+            from gradlens.sinks.tensorboard import TensorBoardSink
+
+            n_params = sum(1 for _ in self._root.parameters())
+            ps = param_scalars if param_scalars is not None else n_params <= PARAM_SCALARS_AUTO_LIMIT
+            self._tb = TensorBoardSink(writer, param_scalars=ps, flow_every=flow_every, owns_writer=owns_writer)
+
+        # forward order of modules, found on the first forward (input side first)
+        self._reg_order = {_strip(n) or "": i for i, (n, _) in enumerate(self._root.named_modules())}
+        self._fwd_order: Dict[str, int] = {}
+        self._probe: Optional[HookSet] = None
+
+        for k, opt in enumerate(self._optimizers):
+            self._hooks.add(opt.register_step_pre_hook(self._make_pre(k)))
+            self._hooks.add(opt.register_step_post_hook(self._make_post(k)))
+            self._grad_snap[k] = self._snapshot(k)
+            self._hooks.add(ZeroGradTap(opt, *self._make_zero_grad(k)))
+
+        self._tracer: Optional[Tracer] = None
+        self._origin_probe: Optional[Tracer] = None
+        self._activations = activations
+        if activations and self._compiled:
+            warnings.warn(
+                "gradlens.watch(activations=True) is unavailable for torch.compile'd models "
+                "(forward hooks would be traced into the graph); only gradient statistics are recorded",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._activations = False
+        if self._activations:
+            self._tracer = Tracer(self._traced_modules(), self._is_logged_step)
+        elif not self._compiled:
+            self._arm_order_probe()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def findings(self) -> List[Finding]:
+        """Every finding of the diagnosis engine so far (see :mod:`gradlens.diagnose`)."""
+        return self._diagnoser.findings
+
+    @property
+    def steps_seen(self) -> int:
+        """Number of optimizer steps (or :meth:`step` calls) seen, logged or not."""
+        return self._step + (1 if self._contrib else 0)
+
+    def step(self) -> None:
+        """Record the current ``.grad`` values as one step (monitors without an optimizer).
+
+        With an optimizer, steps are recorded automatically right before
+        ``optimizer.step()``; calling this as well raises ``RuntimeError``.
+        """
+        self._check_open("step")
+        if self._optimizers:
+            raise RuntimeError(
+                "mon.step() is only for monitors without an optimizer; this monitor records "
+                "automatically at each optimizer.step()"
+            )
+        self._pre(-1)
+        self._post(-1)
+
+    def observe_loss(self, loss: Union[Tensor, float]) -> None:
+        """Give the monitor the loss of the current step (logged as ``gradlens/loss``).
+
+        Stays on the device until the step's single host copy. Called several times
+        per optimizer step (gradient accumulation), the mean is recorded.
+        """
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"observe_loss(loss=...) expects a scalar, got shape {tuple(loss.shape)}")
+        elif not isinstance(loss, (int, float)) or isinstance(loss, bool):
+            raise TypeError(f"observe_loss(loss=...) expects a tensor or float, got {type(loss).__name__}")
+        if self._closed or not self._is_logged_step():
+            return
+        if isinstance(loss, Tensor):
+            self._loss.append(loss.detach().reshape(()).float())
+        else:
+            self._loss.append(torch.tensor(float(loss)))
+
+    def dataframe(self, level: str = "param") -> Any:
+        """The recorded history as a long-format pandas DataFrame.
+
+        Args:
+            level: ``"param"`` (default): one row per (step, parameter) with columns
+                ``step, layer, param, grad_norm, grad_max, nonfinite, weight_norm,
+                update_ratio, missing_grad, loss``. ``"layer"``: one row per
+                (step, layer) with every per-layer statistic (activations included).
+
+        Memory is bounded (``max_history``); older steps are thinned.
+        """
+        if level not in ("param", "layer"):
+            raise ValueError(f"dataframe(level=...) expects 'param' or 'layer', got {level!r}")
+        self._flush_pending()
+        return self._history.dataframe(level)
+
+    def records(self) -> List[StepRecord]:
+        """The kept history as :class:`~gradlens._record.StepRecord` objects."""
+        self._flush_pending()
+        return self._history.records()
+
+    def close(self) -> None:
+        """Remove every hook from model and optimizers; flush and close what gradlens opened.
+
+        Safe to call twice. Afterwards the model computes bit-identical results to a
+        model that was never watched.
+        """
+        if self._closed:
+            return
+        try:
+            self._flush_pending()
+        finally:
+            self._closed = True
+            self._hooks.remove()
+            for tracer in (self._tracer, self._origin_probe):
+                if tracer is not None:
+                    tracer.remove()
+            if self._probe is not None:
+                self._probe.remove()
+            if self._tb is not None:
+                self._tb.close()
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Monitor({type(self.model).__name__}, every={self.every}, steps={self.steps_seen}, {state})"
+
+    # --------------------------------------------------------------- internals
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"mon.{what}() called after mon.close()")
+
+    def _is_logged_step(self) -> bool:
+        return self._step % self.every == 0
+
+    def _traced_modules(self) -> List[Tuple[str, nn.Module]]:
+        mods = []
+        seen: Set[str] = set()
+        named = {(_strip(n) or ""): m for n, m in self._root.named_modules()}
+        for name, module in named.items():
+            if name == "":
+                continue
+            leaf = not any(True for _ in module.children())
+            owns = any(True for _ in module.parameters(recurse=False))
+            if not (leaf or owns):
+                continue
+            if self._include is not None and not _matches(name, self._include):
+                continue
+            if self._exclude is not None and _matches(name, self._exclude):
+                continue
+            group = _group_name(name, self._group_depth)
+            if group in seen or group not in named:
+                continue
+            seen.add(group)
+            mods.append((group, named[group]))
+        return mods
+
+    # forward-order probe: one forward with pre-hooks on every module, then removed
+    def _arm_order_probe(self) -> None:
+        probe = HookSet()
+        modules = [((_strip(n) or ""), m) for n, m in self._root.named_modules()]
+
+        def make(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any) -> None:
+                if name not in self._fwd_order:
+                    self._fwd_order[name] = len(self._fwd_order)
+
+            return hook
+
+        for name, module in modules:
+            if name:
+                probe.add(module.register_forward_pre_hook(make(name)))
+
+        def done(module: nn.Module, args: Any, output: Any) -> None:
+            probe.remove()
+            self._probe = None
+
+        probe.add(self._root.register_forward_hook(done))
+        self._probe = probe
+
+    def _current_layout(self) -> _Layout:
+        if self._optimizers:
+            sig = (
+                tuple(tuple(len(g["params"]) for g in opt.param_groups) for opt in self._optimizers),
+                tuple(p.requires_grad for p in self._root.parameters()),
+            )
+        else:
+            sig = tuple(p.requires_grad for p in self._root.parameters())
+        if self._layout is not None and sig == self._layout_sig:
+            return self._layout
+        owned: Optional[Set[int]] = None
+        opt_params = [[p for g in opt.param_groups for p in g["params"]] for opt in self._optimizers]
+        if self._optimizers:
+            owned = {id(p) for ps in opt_params for p in ps}
+        named = []
+        for n, p in self._root.named_parameters():
+            n = _strip(n)
+            if not p.requires_grad or (owned is not None and id(p) not in owned):
+                continue
+            if self._include is not None and not _matches(n, self._include):
+                continue
+            if self._exclude is not None and _matches(n, self._exclude):
+                continue
+            named.append((n, p))
+        if not self._optimizers:
+            opt_params = [[p for _, p in named]]
+        self._layout = _Layout(named, opt_params, self._group_depth)
+        self._layout_sig = sig
+        return self._layout
+
+    def _layer_order(self, layers: Iterable[str]) -> List[str]:
+        def pos(name: str) -> Tuple[float, float]:
+            # a group's position is that of its first member module in forward order
+            fwd = self._fwd_order.get(name)
+            if fwd is None and self._group_depth is not None:
+                members = [v for k, v in self._fwd_order.items() if k == name or k.startswith(name + ".")]
+                fwd = min(members) if members else None
+            reg = self._reg_order.get("" if name == "(root)" else name, math.inf)
+            return (fwd if fwd is not None else math.inf, reg)
+
+        return sorted(set(layers), key=pos)
+
+    # optimizer hooks -------------------------------------------------------------
+    def _make_pre(self, k: int) -> Callable[..., None]:
+        def hook(opt: Any, args: Any, kwargs: Any) -> None:
+            if not self._closed:
+                self._pre(k)
+
+        return hook
+
+    def _make_post(self, k: int) -> Callable[..., None]:
+        def hook(opt: Any, args: Any, kwargs: Any) -> None:
+            if not self._closed:
+                self._stepped[k] = True
+                self._grad_snap[k] = self._snapshot(k)
+                self._post(k)
+
+        return hook
+
+    def _make_zero_grad(self, k: int) -> Tuple[Callable[[], None], Callable[[], None]]:
+        # A GradScaler skips optimizer.step() when gradients overflowed, so the step
+        # hooks never fire. If gradients changed since the last step/zero_grad and
+        # the optimizer did not step, that step was skipped: record it now, from the
+        # (already unscaled) gradients, before zero_grad clears them.
+        def before() -> None:
+            if self._closed:
+                return
+            if not self._stepped[k] and self._snapshot(k) != self._grad_snap[k]:
+                self._pre(k)
+                self._post(k, skipped=True)
+            self._stepped[k] = False
+
+        def after() -> None:
+            self._grad_snap[k] = self._snapshot(k)
+
+        return before, after
+
+    def _snapshot(self, k: int) -> Any:
+        # cheap identity of the gradients: (id, version) of the first few grads
+        snap = []
+        for g in self._optimizers[k].param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    snap.append((id(p.grad), p.grad._version))
+                    if len(snap) >= 4:
+                        return tuple(snap)
+        return tuple(snap) if snap else "zeroed"
+
+    # the step itself -------------------------------------------------------------
+    def _pre(self, k: int) -> None:
+        kk = max(k, 0)
+        if kk in self._contrib:
+            self._finish_step()
+        self._contrib.add(kk)
+        if not self._is_logged_step():
+            return
+        layout = self._current_layout()
+        idxs = layout.by_opt[kk] if layout.by_opt else []
+        present, missing, grads, weights = [], [], [], []
+        for i in idxs:
+            p = layout.params[i]
+            g = p.grad
+            if g is None:
+                missing.append(i)
+                continue
+            if g.is_sparse:
+                g = g.coalesce().values()
+            present.append(i)
+            grads.append(g.detach())
+            weights.append(p.detach())
+        parts = []
+        measure_update = (
+            self._update_every > 0 and self._logged % self._update_every == 0 and k >= 0
+        )
+        for (dev, dtype), members in _stats.grouped(grads).items():
+            gs = [grads[j] for j in members]
+            ws = [weights[j] for j in members]
+            vec = _stats.grad_stats(gs, ws)
+            before = [w.clone() for w in ws] if measure_update else None
+            parts.append({"idx": [present[j] for j in members], "vec": vec, "ws": ws, "before": before})
+        self._dev[kk] = {"parts": parts, "missing": missing, "grads": dict(zip(present, grads)), "update": measure_update}
+
+    def _post(self, k: int, skipped: bool = False) -> None:
+        kk = max(k, 0)
+        work = self._dev.pop(kk, None)
+        if work is not None:
+            self._collect(kk, work, skipped)
+        if len(self._contrib) >= max(len(self._optimizers), 1):
+            self._finish_step()
+
+    def _collect(self, kk: int, work: Dict[str, Any], skipped: bool) -> None:
+        """Finish the device work of one optimizer: one host copy per device."""
+        layout = self._current_layout()
+        if self._pending is None:
+            n = len(layout.names)
+            self._pending = {
+                "layout": layout,
+                "p": np.full((n, len(GRAD_STATS)), np.nan, dtype=np.float64),
+                "skipped": False,
+                "act": None,
+                "origin": None,
+            }
+        pend = self._pending
+        pend["skipped"] |= skipped
+        by_device: Dict[torch.device, List[Tensor]] = {}
+        slots: List[Tuple[str, Any, torch.device, int, int]] = []
+
+        def put(kind: str, ref: Any, t: Tensor) -> None:
+            lst = by_device.setdefault(t.device, [])
+            start = sum(x.numel() for x in lst)
+            lst.append(t.reshape(-1))
+            slots.append((kind, ref, t.device, start, t.numel()))
+
+        with torch.no_grad():
+            for part in work["parts"]:
+                put("grad", part, part["vec"])
+                if part["before"] is not None and not skipped:
+                    diff = torch._foreach_sub(part["ws"], part["before"])
+                    put("update", part, torch.stack(_stats.norms(diff)))
+            act_tracer = self._tracer if (self._tracer is not None and pend["act"] is None) else None
+            if act_tracer is not None and act_tracer.calls:
+                for t in act_tracer.device_tensors():
+                    put("act", None, t)
+            if self._loss:
+                put("loss", None, torch.stack([t.to(self._loss[0].device) for t in self._loss]).mean())
+                self._loss = []
+            host: Dict[torch.device, np.ndarray] = {}
+            for dev, lst in by_device.items():
+                # the one host copy per logged step (per device)
+                host[dev] = torch.cat([t.float() for t in lst]).cpu().numpy().astype(np.float64)
+
+        p = pend["p"]
+        col = {s: j for j, s in enumerate(GRAD_STATS)}
+        act_vals: List[float] = []
+        for kind, ref, dev, start, n in slots:
+            vals = host[dev][start : start + n]
+            if kind == "grad":
+                m = len(ref["idx"])
+                idx = ref["idx"]
+                p[idx, col["grad_norm"]] = vals[:m]
+                p[idx, col["grad_max"]] = vals[m : 2 * m]
+                p[idx, col["weight_norm"]] = vals[2 * m : 3 * m]
+                p[idx, col["nonfinite"]] = 0.0
+                p[idx, col["missing_grad"]] = 0.0
+            elif kind == "update":
+                idx = ref["idx"]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    p[idx, col["update_ratio"]] = vals / p[idx, col["weight_norm"]]
+                p[idx, col["update_ratio"] + 0] = p[idx, col["update_ratio"]]
+                ref["dW"] = vals
+            elif kind == "act":
+                act_vals.extend(vals.tolist())
+            elif kind == "loss":
+                pend["loss"] = float(vals[0])
+        # store ||dW|| for the layer aggregation
+        for kind, ref, dev, start, n in slots:
+            if kind == "update":
+                pend.setdefault("dW", {}).update(dict(zip(ref["idx"], ref["dW"])))
+        for i in work["missing"]:
+            p[i, col["missing_grad"]] = 1.0
+        # exact non-finite counts, only for gradients whose norm is not finite
+        bad = [i for i in work["grads"] if not math.isfinite(p[i, col["grad_norm"]])]
+        if bad:
+            counts = _stats.nonfinite_counts([work["grads"][i] for i in bad])
+            p[bad, col["nonfinite"]] = counts
+        if act_tracer is not None:
+            if act_tracer.calls:
+                per, origin = act_tracer.summarize(act_vals)
+                pend["act"] = per
+                pend["origin"] = origin
+                for name in act_tracer.order:
+                    if name not in self._fwd_order:
+                        self._fwd_order[name] = len(self._fwd_order)
+            act_tracer.clear()
+        if self._histogram_every and self._tb is not None and self._logged % self._histogram_every == 0:
+            layout_names = layout.names
+            for i, g in work["grads"].items():
+                self._tb._guard(self._tb.writer.add_histogram, f"grad_hist/{layout_names[i]}", g, self._step)
+
+    def _flush_pending(self) -> None:
+        # a multi-optimizer step whose other optimizers did not step (yet)
+        if self._contrib and not self._closed:
+            self._finish_step()
+
+    def _finish_step(self) -> None:
+        """Turn the pending host arrays into a StepRecord; send it to sinks and rules."""
+        pend = self._pending
+        step = self._step
+        self._pending = None
+        self._contrib = set()
+        self._dev = {}
+        self._step += 1
+        if pend is None:
+            if self._tracer is not None and not self._is_logged_step():
+                self._tracer.clear()
+            return
+        self._logged += 1
+        record = self._build_record(step, pend)
+        self._history.write(record, pend["layout"].param_layers)
+        if self._tb is not None:
+            self._tb.write(record)
+        self._after_record(record)
+
+    def _build_record(self, step: int, pend: Dict[str, Any]) -> StepRecord:
+        layout: _Layout = pend["layout"]
+        p = pend["p"]
+        col = {s: j for j, s in enumerate(GRAD_STATS)}
+        param_stats: Dict[str, Dict[str, float]] = {s: {} for s in GRAD_STATS}
+        for i, name in enumerate(layout.names):
+            for s, j in col.items():
+                v = p[i, j]
+                if not math.isnan(v) or (s in ("grad_norm", "grad_max") and p[i, col["missing_grad"]] == 0):
+                    param_stats[s][name] = float(v)
+        stats: Dict[str, Dict[str, float]] = {s: {} for s in GRAD_STATS}
+        dW = pend.get("dW", {})
+        for layer, idxs in layout.layer_params.items():
+            rows = p[idxs]
+            measured = rows[:, col["missing_grad"]] == 0
+            seen = ~np.isnan(rows[:, col["missing_grad"]])
+            if not seen.any():
+                continue  # this layer's optimizer did not step in this record
+            stats["missing_grad"][layer] = float(np.nansum(rows[:, col["missing_grad"]]))
+            if measured.any():
+                m = rows[measured]
+                stats["grad_norm"][layer] = float(np.sqrt(np.sum(m[:, col["grad_norm"]] ** 2)))
+                stats["grad_max"][layer] = float(np.max(m[:, col["grad_max"]]))
+                stats["nonfinite"][layer] = float(np.sum(m[:, col["nonfinite"]]))
+                wn = float(np.sqrt(np.sum(m[:, col["weight_norm"]] ** 2)))
+                stats["weight_norm"][layer] = wn
+                dws = [dW[i] for i in idxs if i in dW]
+                if dws:
+                    stats["update_ratio"][layer] = math.sqrt(sum(d * d for d in dws)) / wn if wn > 0 else math.inf
+        layers = list(layout.layer_params)
+        act = pend.get("act") or {}
+        for layer, row in act.items():
+            for s, v in row.items():
+                stats.setdefault(s, {})[layer] = float(v)
+        layers = self._layer_order(list(layout.layer_params) + list(act))
+        origin = pend.get("origin") or self._origin
+        self._origin = None
+        record = StepRecord(
+            step=step,
+            layers=layers,
+            stats={s: v for s, v in stats.items() if v},
+            param_stats={s: v for s, v in param_stats.items() if v},
+            loss=pend.get("loss"),
+            nonfinite_origin=origin,
+        )
+        return record
+
+    def _after_record(self, record: StepRecord) -> None:
+        broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
+            record.loss is not None and not math.isfinite(record.loss)
+        )
+        if broken and self._tracer is None and not self._compiled and self._origin_probe is None:
+            self._arm_origin_probe()
+        new = self._diagnoser.update(record)
+        if not new:
+            return
+        if self._tb is not None:
+            self._tb.write_findings(new, record.step)
+        for finding in new:
+            _log.warning("%s", finding)
+            key = (finding.kind, finding.layer)
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(str(finding), RuntimeWarning, stacklevel=4)
+            if self._on_finding is not None:
+                self._on_finding(finding)
+        for finding in new:
+            if finding.kind in self._halt_on:
+                raise TrainingHalted(finding)
+
+    def _arm_origin_probe(self) -> None:
+        """Trace non-finite counts per module for the next grad-enabled forward only."""
+        probe = Tracer(self._traced_modules(), lambda: True, stats=False)
+        self._origin_probe = probe
+
+        def done(module: nn.Module, args: Any, output: Any) -> None:
+            if not probe.calls:
+                return
+            handle.remove()
+            probe.remove()
+            with torch.no_grad():
+                host = torch.cat([t.float().cpu() for t in probe.device_tensors()]).tolist()
+            _, origin = probe.summarize(host)
+            self._origin_probe = None
+            if origin is not None:
+                self._origin = origin
+                _log.warning("gradlens: non-finite values first appear in the output of %s", origin)
+
+        handle = self._root.register_forward_hook(done)
+        self._hooks.add(handle)
+
+
+def _check_int(value: Any, arg: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"watch({arg}=...) expects an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"watch({arg}=...) expects an int >= {minimum}, got {value}")
+    return value
+
+
+def watch(
+    model: nn.Module,
+    optimizer: Union[None, torch.optim.Optimizer, Sequence[torch.optim.Optimizer]] = None,
+    *,
+    logdir: Union[None, str, "os.PathLike[str]"] = None,
+    writer: Any = None,
+    every: int = 1,
+    activations: bool = False,
+    include: Union[None, str, Sequence[str]] = None,
+    exclude: Union[None, str, Sequence[str]] = None,
+    group_depth: Optional[int] = None,
+    update_every: int = 10,
+    max_history: int = DEFAULT_MAX_HISTORY,
+    param_scalars: Optional[bool] = None,
+    flow_every: int = 50,
+    histogram_every: int = 0,
+    on_finding: Optional[Callable[[Finding], Any]] = None,
+    halt_on: Iterable[str] = (),
+    thresholds: Optional[Dict[str, Any]] = None,
+) -> Monitor:
+    """Attach gradlens to ``model`` and record its gradient health at every optimizer step.
+
+    Statistics are taken right before each ``optimizer.step()`` (a step pre-hook),
+    so they see the gradients the optimizer uses (after DDP's all-reduce, after
+    gradient accumulation, unscaled under ``GradScaler``; a step the GradScaler
+    skips is still recorded, at the next ``optimizer.zero_grad()``).
+
+    Args:
+        model: the ``nn.Module`` to watch (a ``torch.compile``'d one works too).
+        optimizer: an optimizer, a list of them (GAN: ``[opt_g, opt_d]``), or None:
+            then call :meth:`Monitor.step` after each backward.
+        logdir: write TensorBoard events there (creates a ``SummaryWriter``).
+        writer: or use your own ``SummaryWriter`` (not closed by gradlens).
+        every: record every N-th step; unlogged steps cost nothing per parameter.
+            A NaN born on an unlogged step is reported at the next logged step
+            (it persists in weights, gradients and loss).
+        activations: also trace forward statistics and the gradient flowing back
+            into each layer's output (``act_*``, ``out_grad_norm``) and name the
+            module where non-finite values first appear.
+        include, exclude: glob patterns on parameter/module names (``"encoder.*"``).
+        group_depth: aggregate per block: ``2`` reports ``encoder.layer.3`` as one
+            row (numeric ModuleList indices stay with the name before them).
+        update_every: measure ``update_ratio`` on every N-th logged step (it copies
+            the weights for the duration of one ``step()``); 0 turns it off.
+        max_history: logged steps kept in memory for :meth:`Monitor.dataframe`;
+            older ones are thinned.
+        param_scalars: write per-parameter TensorBoard scalars; default: only when
+            the model has at most 64 parameters (per-layer ones are always written).
+        flow_every: write the gradient-flow image every N logged steps (0: never).
+        histogram_every: write gradient histograms every N logged steps (0: never).
+        on_finding: called with each new :class:`~gradlens.Finding`.
+        halt_on: finding kinds that raise :class:`~gradlens.TrainingHalted`.
+        thresholds: overrides of the diagnosis thresholds.
+
+    Returns:
+        A :class:`Monitor` (also a context manager).
+
+    Example:
+        >>> import torch, gradlens
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with gradlens.watch(model, opt) as mon:
+        ...     model(torch.ones(2, 3)).sum().backward()
+        ...     opt.step()
+        >>> round(mon.dataframe().loc[0, "grad_norm"], 4)  # ||dL/dW|| = ||(2, 2, 2)||
+        3.4641
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"watch(model=...) expects an nn.Module, got {type(model).__name__}")
+    if optimizer is None:
+        optimizers: List[torch.optim.Optimizer] = []
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        optimizers = [optimizer]
+    elif isinstance(optimizer, (list, tuple)) and optimizer and all(
+        isinstance(o, torch.optim.Optimizer) for o in optimizer
+    ):
+        optimizers = list(optimizer)
+    else:
+        raise TypeError(
+            "watch(optimizer=...) expects a torch.optim.Optimizer, a non-empty list of them, "
+            f"or None, got {type(optimizer).__name__}"
+        )
+    if len({id(o) for o in optimizers}) != len(optimizers):
+        raise ValueError("watch(optimizer=...) got the same optimizer twice")
+    model_params = {id(p) for p in model.parameters()}
+    for i, opt in enumerate(optimizers):
+        if not any(id(p) in model_params for g in opt.param_groups for p in g["params"]):
+            raise ValueError(
+                f"watch(optimizer=...): optimizer #{i} ({type(opt).__name__}) owns none of the "
+                "model's parameters; pass the optimizer that trains this model"
+            )
+    every = _check_int(every, "every", 1)
+    update_every = _check_int(update_every, "update_every", 0)
+    max_history = _check_int(max_history, "max_history", 2)
+    flow_every = _check_int(flow_every, "flow_every", 0)
+    histogram_every = _check_int(histogram_every, "histogram_every", 0)
+    if group_depth is not None:
+        group_depth = _check_int(group_depth, "group_depth", 1)
+    if not isinstance(activations, bool):
+        raise TypeError(f"watch(activations=...) expects a bool, got {type(activations).__name__}")
+    if param_scalars is not None and not isinstance(param_scalars, bool):
+        raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
+    inc = _patterns(include, "include")
+    exc = _patterns(exclude, "exclude")
+    if on_finding is not None and not callable(on_finding):
+        raise TypeError(f"watch(on_finding=...) expects a callable, got {type(on_finding).__name__}")
+    if isinstance(halt_on, str):
+        halt = (halt_on,)
+    else:
+        try:
+            halt = tuple(halt_on)
+        except TypeError:
+            raise TypeError(f"watch(halt_on=...) expects finding kinds (strings), got {type(halt_on).__name__}") from None
+        if not all(isinstance(h, str) for h in halt):
+            raise TypeError("watch(halt_on=...) expects finding kinds (strings)")
+    if thresholds is not None and not isinstance(thresholds, dict):
+        raise TypeError(f"watch(thresholds=...) expects a dict, got {type(thresholds).__name__}")
+    if logdir is not None and writer is not None:
+        raise ValueError("watch() takes logdir=... or writer=..., not both")
+    owns = False
+    if logdir is not None:
+        if not isinstance(logdir, (str, os.PathLike)):
+            raise TypeError(f"watch(logdir=...) expects a path, got {type(logdir).__name__}")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=os.fspath(logdir))
+        owns = True
+    elif writer is not None and not callable(getattr(writer, "add_scalar", None)):
+        raise TypeError(f"watch(writer=...) expects a SummaryWriter, got {type(writer).__name__}")
+    return Monitor(
+        model,
+        optimizers,
+        writer=writer,
+        owns_writer=owns,
+        every=every,
+        activations=activations,
+        include=inc,
+        exclude=exc,
+        group_depth=group_depth,
+        update_every=update_every,
+        max_history=max_history,
+        param_scalars=param_scalars,
+        flow_every=flow_every,
+        histogram_every=histogram_every,
+        on_finding=on_finding,
+        halt_on=halt,
+        thresholds=thresholds,
+    )

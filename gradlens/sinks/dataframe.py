@@ -1,0 +1,131 @@
+"""In-memory, bounded history of records and its pandas view.
+
+Memory is bounded: at most ``max_history`` logged steps are kept (default
+:data:`DEFAULT_MAX_HISTORY`). When the cap is reached, every second step of the
+older half is dropped, so recent steps stay at full resolution and older ones are
+thinned geometrically (a million-step run keeps ~``max_history`` rows per
+parameter, spread over the whole run). Each kept step costs
+``4 * (6 * n_params + 13 * n_layers)`` bytes (float32 arrays), not Python floats.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from gradlens._record import GRAD_STATS, LAYER_STATS, StepRecord
+from gradlens.sinks import Sink
+
+__all__ = ["HistorySink", "DEFAULT_MAX_HISTORY"]
+
+#: Default cap on the number of logged steps kept in memory.
+DEFAULT_MAX_HISTORY = 10_000
+
+_Layout = Tuple[Tuple[str, ...], Tuple[str, ...], Tuple[str, ...]]  # params, their layers, layers
+
+
+class HistorySink(Sink):
+    """Keeps a thinned history of :class:`StepRecord` objects as float32 arrays.
+
+    Args:
+        max_history: the most logged steps kept (>= 2).
+        param_layers: parameter name -> layer name, for the ``layer`` column.
+    """
+
+    name = "history"
+
+    def __init__(self, max_history: int = DEFAULT_MAX_HISTORY) -> None:
+        super().__init__()
+        self.max_history = max_history
+        self._rows: List[Tuple[int, int, np.ndarray, np.ndarray, float]] = []
+        self._layouts: List[_Layout] = []
+        self._layout_ids: Dict[_Layout, int] = {}
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def write(self, record: StepRecord, param_layers: Dict[str, str]) -> None:
+        """Append one record (thinning the older half when the cap is reached)."""
+        params = tuple(param_layers)
+        layout = (params, tuple(param_layers[p] for p in params), tuple(record.layers))
+        lid = self._layout_ids.get(layout)
+        if lid is None:
+            lid = self._layout_ids[layout] = len(self._layouts)
+            self._layouts.append(layout)
+        p = np.full((len(params), len(GRAD_STATS)), np.nan, dtype=np.float32)
+        for j, stat in enumerate(GRAD_STATS):
+            values = record.param_stats.get(stat)
+            if values:
+                p[:, j] = [values.get(name, np.nan) for name in params]
+        lay = np.full((len(layout[2]), len(LAYER_STATS)), np.nan, dtype=np.float32)
+        for j, stat in enumerate(LAYER_STATS):
+            values = record.stats.get(stat)
+            if values:
+                lay[:, j] = [values.get(name, np.nan) for name in layout[2]]
+        loss = np.nan if record.loss is None else float(record.loss)
+        self._rows.append((record.step, lid, p, lay, loss))
+        if len(self._rows) >= self.max_history:
+            half = len(self._rows) // 2
+            old = self._rows[:half]
+            self.dropped += len(old) - len(old[::2])
+            self._rows = old[::2] + self._rows[half:]
+
+    def dataframe(self, level: str = "param") -> Any:
+        """Long-format DataFrame: one row per (step, parameter) or (step, layer)."""
+        import pandas as pd
+
+        frames = []
+        for step, lid, p, lay, loss in self._rows:
+            params, players, layers = self._layouts[lid]
+            if level == "param":
+                if not params:
+                    continue
+                df = pd.DataFrame(p.astype(np.float64), columns=list(GRAD_STATS))
+                df.insert(0, "param", list(params))
+                df.insert(0, "layer", list(players))
+            else:
+                if not layers:
+                    continue
+                df = pd.DataFrame(lay.astype(np.float64), columns=list(LAYER_STATS))
+                df.insert(0, "layer", list(layers))
+            df.insert(0, "step", step)
+            df["loss"] = loss
+            frames.append(df)
+        if not frames:
+            cols = ["step", "layer", "param", *GRAD_STATS] if level == "param" else ["step", "layer", *LAYER_STATS]
+            return pd.DataFrame(columns=cols + ["loss"])
+        out = pd.concat(frames, ignore_index=True)
+        for col in ("nonfinite", "missing_grad"):
+            if col in out:
+                out[col] = out[col].astype("float64")
+        return out
+
+    def records(self) -> List[StepRecord]:
+        """The kept history rebuilt as :class:`StepRecord` objects (oldest first)."""
+        out = []
+        for step, lid, p, lay, loss in self._rows:
+            params, _, layers = self._layouts[lid]
+            stats = {
+                stat: {name: float(lay[i, j]) for i, name in enumerate(layers) if not np.isnan(lay[i, j])}
+                for j, stat in enumerate(LAYER_STATS)
+            }
+            pstats = {
+                stat: {name: float(p[i, j]) for i, name in enumerate(params) if not np.isnan(p[i, j])}
+                for j, stat in enumerate(GRAD_STATS)
+            }
+            out.append(
+                StepRecord(
+                    step=step,
+                    layers=list(layers),
+                    stats={k: v for k, v in stats.items() if v},
+                    param_stats={k: v for k, v in pstats.items() if v},
+                    loss=None if np.isnan(loss) else float(loss),
+                )
+            )
+        return out
+
+    def last_step(self) -> Optional[int]:
+        """Step of the newest kept record, or None."""
+        return self._rows[-1][0] if self._rows else None
