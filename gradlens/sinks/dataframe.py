@@ -5,7 +5,8 @@ Memory is bounded: at most ``max_history`` logged steps are kept (default
 older half is dropped, so recent steps stay at full resolution and older ones are
 thinned geometrically (a million-step run keeps ~``max_history`` rows per
 parameter, spread over the whole run). Each kept step costs
-``4 * (6 * n_params + 13 * n_layers)`` bytes (float32 arrays), not Python floats.
+``5 * (6 * n_params + 13 * n_layers)`` bytes (float32 values and a recorded-mask),
+not Python floats.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class HistorySink(Sink):
     def __init__(self, max_history: int = DEFAULT_MAX_HISTORY) -> None:
         super().__init__()
         self.max_history = max_history
-        self._rows: List[Tuple[int, int, np.ndarray, np.ndarray, float]] = []
+        # (step, layout id, (param values, mask), (layer values, mask), loss, origin);
+        # the mask says which entries were recorded, so a measured NaN survives.
+        self._rows: List[Tuple[int, int, np.ndarray, np.ndarray, float, Optional[str]]] = []
         self._layouts: List[_Layout] = []
         self._layout_ids: Dict[_Layout, int] = {}
         self.dropped = 0
@@ -54,18 +57,10 @@ class HistorySink(Sink):
         if lid is None:
             lid = self._layout_ids[layout] = len(self._layouts)
             self._layouts.append(layout)
-        p = np.full((len(params), len(GRAD_STATS)), np.nan, dtype=np.float32)
-        for j, stat in enumerate(GRAD_STATS):
-            values = record.param_stats.get(stat)
-            if values:
-                p[:, j] = [values.get(name, np.nan) for name in params]
-        lay = np.full((len(layout[2]), len(LAYER_STATS)), np.nan, dtype=np.float32)
-        for j, stat in enumerate(LAYER_STATS):
-            values = record.stats.get(stat)
-            if values:
-                lay[:, j] = [values.get(name, np.nan) for name in layout[2]]
-        loss = np.nan if record.loss is None else float(record.loss)
-        self._rows.append((record.step, lid, p, lay, loss))
+        p = _pack(record.param_stats, GRAD_STATS, params)
+        lay = _pack(record.stats, LAYER_STATS, layout[2])
+        loss = None if record.loss is None else float(record.loss)
+        self._rows.append((record.step, lid, p, lay, loss, record.nonfinite_origin))
         if len(self._rows) >= self.max_history:
             half = len(self._rows) // 2
             old = self._rows[:half]
@@ -77,8 +72,9 @@ class HistorySink(Sink):
         import pandas as pd
 
         frames = []
-        for step, lid, p, lay, loss in self._rows:
+        for step, lid, p, lay, loss, _ in self._rows:
             params, players, layers = self._layouts[lid]
+            p, lay = p[0], lay[0]
             if level == "param":
                 if not params:
                     continue
@@ -91,7 +87,7 @@ class HistorySink(Sink):
                 df = pd.DataFrame(lay.astype(np.float64), columns=list(LAYER_STATS))
                 df.insert(0, "layer", list(layers))
             df.insert(0, "step", step)
-            df["loss"] = loss
+            df["loss"] = np.nan if loss is None else loss
             frames.append(df)
         if not frames:
             cols = ["step", "layer", "param", *GRAD_STATS] if level == "param" else ["step", "layer", *LAYER_STATS]
@@ -105,23 +101,18 @@ class HistorySink(Sink):
     def records(self) -> List[StepRecord]:
         """The kept history rebuilt as :class:`StepRecord` objects (oldest first)."""
         out = []
-        for step, lid, p, lay, loss in self._rows:
+        for step, lid, p, lay, loss, origin in self._rows:
             params, _, layers = self._layouts[lid]
-            stats = {
-                stat: {name: float(lay[i, j]) for i, name in enumerate(layers) if not np.isnan(lay[i, j])}
-                for j, stat in enumerate(LAYER_STATS)
-            }
-            pstats = {
-                stat: {name: float(p[i, j]) for i, name in enumerate(params) if not np.isnan(p[i, j])}
-                for j, stat in enumerate(GRAD_STATS)
-            }
+            stats = _unpack(lay, LAYER_STATS, layers)
+            pstats = _unpack(p, GRAD_STATS, params)
             out.append(
                 StepRecord(
                     step=step,
                     layers=list(layers),
                     stats={k: v for k, v in stats.items() if v},
                     param_stats={k: v for k, v in pstats.items() if v},
-                    loss=None if np.isnan(loss) else float(loss),
+                    loss=loss,
+                    nonfinite_origin=origin,
                 )
             )
         return out
@@ -129,3 +120,27 @@ class HistorySink(Sink):
     def last_step(self) -> Optional[int]:
         """Step of the newest kept record, or None."""
         return self._rows[-1][0] if self._rows else None
+
+
+def _pack(stats: Dict[str, Dict[str, float]], names_stats: Tuple[str, ...], names: Tuple[str, ...]) -> Tuple[np.ndarray, np.ndarray]:
+    # values (NaN where absent) and a mask of which entries were recorded at all
+    values = np.full((len(names), len(names_stats)), np.nan, dtype=np.float32)
+    present = np.zeros((len(names), len(names_stats)), dtype=bool)
+    for j, stat in enumerate(names_stats):
+        d = stats.get(stat)
+        if d:
+            for i, name in enumerate(names):
+                if name in d:
+                    values[i, j] = d[name]
+                    present[i, j] = True
+    return values, present
+
+
+def _unpack(packed: Tuple[np.ndarray, np.ndarray], names_stats: Tuple[str, ...], names: Tuple[str, ...]) -> Dict[str, Dict[str, float]]:
+    values, present = packed
+    out: Dict[str, Dict[str, float]] = {}
+    for j, stat in enumerate(names_stats):
+        d = {name: float(values[i, j]) for i, name in enumerate(names) if present[i, j]}
+        if d:
+            out[stat] = d
+    return out
