@@ -34,6 +34,8 @@ _log = logging.getLogger("gradlens")
 _COMPILED_PREFIX = "_orig_mod."
 #: Per-parameter TensorBoard scalars are written by default up to this many parameters.
 PARAM_SCALARS_AUTO_LIMIT = 64
+#: Weight copies for update ratios up to this many bytes are kept between measurements.
+UPDATE_BUFFER_BYTES = 256 * 2**20
 
 
 def _strip(name: str) -> str:
@@ -91,6 +93,9 @@ class _Layout:
         self.layer_params: Dict[str, List[int]] = {}
         for i, layer in enumerate(self.layers):
             self.layer_params.setdefault(layer, []).append(i)
+        self.layer_names = list(self.layer_params)
+        pos = {layer: j for j, layer in enumerate(self.layer_names)}
+        self.layer_ids = np.array([pos[layer] for layer in self.layers], dtype=np.int64)
 
 
 class Monitor:
@@ -160,6 +165,8 @@ class Monitor:
         self._stepped = [False] * len(self._optimizers)
         self._grad_snap: List[Any] = [None] * len(self._optimizers)
 
+        self._update_bufs: Dict[Any, List[Tensor]] = {}
+        self._update_buf_bytes = 0
         self._history = HistorySink(max_history)
         self._diagnoser = _engine.Diagnoser(thresholds=thresholds)
         self._tb = None
@@ -173,6 +180,7 @@ class Monitor:
         # forward order of modules, found on the first forward (input side first)
         self._reg_order = {_strip(n) or "": i for i, (n, _) in enumerate(self._root.named_modules())}
         self._fwd_order: Dict[str, int] = {}
+        self._order_cache: Dict[Any, List[str]] = {}
         self._probe: Optional[HookSet] = None
 
         for k, opt in enumerate(self._optimizers):
@@ -348,10 +356,8 @@ class Monitor:
 
     def _current_layout(self) -> _Layout:
         if self._optimizers:
-            sig = (
-                tuple(tuple(len(g["params"]) for g in opt.param_groups) for opt in self._optimizers),
-                tuple(p.requires_grad for p in self._root.parameters()),
-            )
+            # params added to an optimizer later, or (un)frozen, change the signature
+            sig = tuple(p.requires_grad for opt in self._optimizers for g in opt.param_groups for p in g["params"])
         else:
             sig = tuple(p.requires_grad for p in self._root.parameters())
         if self._layout is not None and sig == self._layout_sig:
@@ -376,7 +382,16 @@ class Monitor:
         self._layout_sig = sig
         return self._layout
 
-    def _layer_order(self, layers: Iterable[str]) -> List[str]:
+    def _layer_order(self, layers: List[str]) -> List[str]:
+        key = (tuple(layers), len(self._fwd_order))
+        cached = self._order_cache.get(key)
+        if cached is None:
+            cached = self._order_cache[key] = self._sorted_layers(layers)
+            if len(self._order_cache) > 64:
+                self._order_cache.pop(next(iter(self._order_cache)))
+        return list(cached)
+
+    def _sorted_layers(self, layers: Iterable[str]) -> List[str]:
         def pos(name: str) -> Tuple[float, float]:
             # a group's position is that of its first member module in forward order
             fwd = self._fwd_order.get(name)
@@ -464,9 +479,30 @@ class Monitor:
             gs = [grads[j] for j in members]
             ws = [weights[j] for j in members]
             vec = _stats.grad_stats(gs, ws)
-            before = [w.clone() for w in ws] if measure_update else None
+            before = self._weight_copy(ws) if measure_update else None
             parts.append({"idx": [present[j] for j in members], "vec": vec, "ws": ws, "before": before})
-        self._dev[kk] = {"parts": parts, "missing": missing, "grads": dict(zip(present, grads)), "update": measure_update}
+        self._dev[kk] = {
+            "parts": parts,
+            "missing": missing,
+            "grads": dict(zip(present, grads)),
+            "layout": layout,
+        }
+
+    def _weight_copy(self, ws: List[Tensor]) -> List[Tensor]:
+        # Copy of the weights for ||w_after - w_before||. Fresh allocations cost
+        # page faults (measured: a 1.3M-parameter MLP's clone + sub took ~60% of a
+        # step on CPU), so copies of up to UPDATE_BUFFER_BYTES in total are kept
+        # and reused; larger models allocate them for the one step only.
+        key = tuple((w.shape, w.dtype, w.device) for w in ws)
+        bufs = self._update_bufs.get(key)
+        if bufs is None:
+            bufs = [torch.empty_like(w) for w in ws]
+            nbytes = sum(b.numel() * b.element_size() for b in bufs)
+            if self._update_buf_bytes + nbytes <= UPDATE_BUFFER_BYTES:
+                self._update_bufs[key] = bufs
+                self._update_buf_bytes += nbytes
+        torch._foreach_copy_(bufs, ws)
+        return bufs
 
     def _post(self, k: int, skipped: bool = False) -> None:
         kk = max(k, 0)
@@ -478,12 +514,13 @@ class Monitor:
 
     def _collect(self, kk: int, work: Dict[str, Any], skipped: bool) -> None:
         """Finish the device work of one optimizer: one host copy per device."""
-        layout = self._current_layout()
+        layout = work["layout"]
         if self._pending is None:
             n = len(layout.names)
             self._pending = {
                 "layout": layout,
                 "p": np.full((n, len(GRAD_STATS)), np.nan, dtype=np.float64),
+                "dW": np.full(n, np.nan, dtype=np.float64),  # ||w_after - w_before||
                 "skipped": False,
                 "act": None,
                 "origin": None,
@@ -491,20 +528,23 @@ class Monitor:
         pend = self._pending
         pend["skipped"] |= skipped
         by_device: Dict[torch.device, List[Tensor]] = {}
+        sizes: Dict[torch.device, int] = {}
         slots: List[Tuple[str, Any, torch.device, int, int]] = []
 
         def put(kind: str, ref: Any, t: Tensor) -> None:
-            lst = by_device.setdefault(t.device, [])
-            start = sum(x.numel() for x in lst)
-            lst.append(t.reshape(-1))
-            slots.append((kind, ref, t.device, start, t.numel()))
+            dev, n = t.device, t.numel()
+            start = sizes.get(dev, 0)
+            by_device.setdefault(dev, []).append(t.reshape(-1))
+            sizes[dev] = start + n
+            slots.append((kind, ref, dev, start, n))
 
         with torch.no_grad():
             for part in work["parts"]:
                 put("grad", part, part["vec"])
                 if part["before"] is not None and not skipped:
-                    diff = torch._foreach_sub(part["ws"], part["before"])
-                    put("update", part, torch.stack(_stats.norms(diff)))
+                    # before <- before - after, in place (the copy is not needed again)
+                    torch._foreach_sub_(part["before"], part["ws"])
+                    put("update", part, torch.stack(_stats.norms(part["before"])))
             act_tracer = self._tracer if (self._tracer is not None and pend["act"] is None) else None
             if act_tracer is not None and act_tracer.calls:
                 for t in act_tracer.device_tensors():
@@ -532,18 +572,13 @@ class Monitor:
                 p[idx, col["missing_grad"]] = 0.0
             elif kind == "update":
                 idx = ref["idx"]
+                pend["dW"][idx] = vals
                 with np.errstate(divide="ignore", invalid="ignore"):
                     p[idx, col["update_ratio"]] = vals / p[idx, col["weight_norm"]]
-                p[idx, col["update_ratio"] + 0] = p[idx, col["update_ratio"]]
-                ref["dW"] = vals
             elif kind == "act":
                 act_vals.extend(vals.tolist())
             elif kind == "loss":
                 pend["loss"] = float(vals[0])
-        # store ||dW|| for the layer aggregation
-        for kind, ref, dev, start, n in slots:
-            if kind == "update":
-                pend.setdefault("dW", {}).update(dict(zip(ref["idx"], ref["dW"])))
         for i in work["missing"]:
             p[i, col["missing_grad"]] = 1.0
         # exact non-finite counts, only for gradients whose norm is not finite
@@ -592,49 +627,74 @@ class Monitor:
     def _build_record(self, step: int, pend: Dict[str, Any]) -> StepRecord:
         layout: _Layout = pend["layout"]
         p = pend["p"]
-        col = {s: j for j, s in enumerate(GRAD_STATS)}
-        param_stats: Dict[str, Dict[str, float]] = {s: {} for s in GRAD_STATS}
-        for i, name in enumerate(layout.names):
-            for s, j in col.items():
-                v = p[i, j]
-                if not math.isnan(v) or (s in ("grad_norm", "grad_max") and p[i, col["missing_grad"]] == 0):
-                    param_stats[s][name] = float(v)
-        stats: Dict[str, Dict[str, float]] = {s: {} for s in GRAD_STATS}
-        dW = pend.get("dW", {})
-        for layer, idxs in layout.layer_params.items():
-            rows = p[idxs]
-            measured = rows[:, col["missing_grad"]] == 0
-            seen = ~np.isnan(rows[:, col["missing_grad"]])
-            if not seen.any():
-                continue  # this layer's optimizer did not step in this record
-            stats["missing_grad"][layer] = float(np.nansum(rows[:, col["missing_grad"]]))
-            if measured.any():
-                m = rows[measured]
-                stats["grad_norm"][layer] = float(np.sqrt(np.sum(m[:, col["grad_norm"]] ** 2)))
-                stats["grad_max"][layer] = float(np.max(m[:, col["grad_max"]]))
-                stats["nonfinite"][layer] = float(np.sum(m[:, col["nonfinite"]]))
-                wn = float(np.sqrt(np.sum(m[:, col["weight_norm"]] ** 2)))
-                stats["weight_norm"][layer] = wn
-                dws = [dW[i] for i in idxs if i in dW]
-                if dws:
-                    stats["update_ratio"][layer] = math.sqrt(sum(d * d for d in dws)) / wn if wn > 0 else math.inf
-        layers = list(layout.layer_params)
+        names = layout.names
+        gn, gm, nf, wn, ur, miss = (p[:, j] for j in range(len(GRAD_STATS)))
+        seen = ~np.isnan(miss)  # the parameter's optimizer stepped in this record
+        measured = miss == 0  # ... and it had a gradient
+        param_stats: Dict[str, Dict[str, float]] = {}
+        for stat, values, mask in (
+            ("grad_norm", gn, measured),
+            ("grad_max", gm, measured),
+            ("nonfinite", nf, measured),
+            ("weight_norm", wn, measured),
+            ("update_ratio", ur, measured & ~np.isnan(ur)),
+            ("missing_grad", miss, seen),
+        ):
+            if mask.all():
+                param_stats[stat] = dict(zip(names, values.tolist()))
+            elif mask.any():
+                param_stats[stat] = {names[i]: float(values[i]) for i in np.flatnonzero(mask)}
+        # per layer, from the parameters' numbers: norms combine as sqrt(sum of
+        # squares), max as max, counts add (bincount over the layer id of each param)
+        lid, nl = layout.layer_ids, len(layout.layer_names)
+        m = measured
+
+        def total(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return np.bincount(lid[mask], weights=values[mask], minlength=nl)
+
+        n_seen = np.bincount(lid[seen], minlength=nl)
+        n_meas = np.bincount(lid[m], minlength=nl)
+        lay_gn = np.sqrt(total(gn * gn, m))
+        lay_gm = np.full(nl, -np.inf)
+        with np.errstate(invalid="ignore"):  # a NaN max|g| propagates, as it should
+            np.maximum.at(lay_gm, lid[m], gm[m])
+        lay_nf = total(nf, m)
+        lay_wn = np.sqrt(total(wn * wn, m))
+        lay_miss = total(miss, seen)
+        dw = pend["dW"]
+        has_dw = m & ~np.isnan(dw)
+        n_dw = np.bincount(lid[has_dw], minlength=nl)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lay_ur = np.sqrt(total(dw * dw, has_dw)) / lay_wn
+        lnames = layout.layer_names
+        stats: Dict[str, Dict[str, float]] = {}
+        for stat, values, mask in (
+            ("grad_norm", lay_gn, n_meas > 0),
+            ("grad_max", lay_gm, n_meas > 0),
+            ("nonfinite", lay_nf, n_meas > 0),
+            ("weight_norm", lay_wn, n_meas > 0),
+            ("update_ratio", lay_ur, n_dw > 0),
+            ("missing_grad", lay_miss, n_seen > 0),
+        ):
+            if mask.all():
+                stats[stat] = dict(zip(lnames, values.tolist()))
+            elif mask.any():
+                stats[stat] = {lnames[j]: float(values[j]) for j in np.flatnonzero(mask)}
         act = pend.get("act") or {}
         for layer, row in act.items():
             for s, v in row.items():
                 stats.setdefault(s, {})[layer] = float(v)
-        layers = self._layer_order(list(layout.layer_params) + list(act))
+        layers = self._layer_order(layout.layer_names + [a for a in act if a not in layout.layer_params])
         origin = pend.get("origin") or self._origin
         self._origin = None
-        record = StepRecord(
+        return StepRecord(
             step=step,
             layers=layers,
             stats={s: v for s, v in stats.items() if v},
-            param_stats={s: v for s, v in param_stats.items() if v},
+            param_stats=param_stats,
             loss=pend.get("loss"),
             nonfinite_origin=origin,
         )
-        return record
 
     def _after_record(self, record: StepRecord) -> None:
         broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (

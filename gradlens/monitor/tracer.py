@@ -121,6 +121,7 @@ class Tracer:
         """Forget collected calls (the next logged step starts fresh)."""
         self.calls = []
         self.grad_norms = {}
+        self.order = []
         self._producers = {}
         self._pending_inputs = {}
 
