@@ -16,9 +16,11 @@ step of an identical model copy:
   max|g| of every gradient, L2 of every weight, one host copy, nothing else).
 
 Method (the machine is shared and noisy): one thread; each variant alternates a
-plain step (model copy A) and a variant step (copy B) inside one loop, so both see
-the same noise; the table shows medians over ``--steps`` pairs and the ratio of
-the medians. ``--device cuda`` synchronises before reading each clock.
+plain step (model copy A) and a variant step (copy B) inside one loop (order
+swapped every pair), so both see the same noise; on CPU the clock is the thread's
+own CPU time, which other processes cannot inflate. The table shows medians over
+``--steps`` pairs and the ratio of the medians. ``--device cuda`` synchronises
+before reading each (wall) clock.
 Tests never assert on these timings; ``--quick`` is a smoke run.
 """
 
@@ -167,19 +169,25 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
         step_b = _make_step(other, opt_b, x, y, hook)
     ta: List[float] = []
     tb: List[float] = []
+    # CPU: this thread's CPU time (time.thread_time), so that other processes on a
+    # shared machine do not count; CUDA: wall time after a synchronisation.
+    clock = time.thread_time if device.type == "cpu" else time.perf_counter
     try:
         for i in range(warmup + steps):
+            # alternate the order (A B, then B A) so neither copy always runs second
+            first, second = (step_a, step_b) if i % 2 == 0 else (step_b, step_a)
             _sync(device)
-            t0 = time.perf_counter()
-            step_a()
+            t0 = clock()
+            first()
             _sync(device)
-            t1 = time.perf_counter()
-            step_b()
+            t1 = clock()
+            second()
             _sync(device)
-            t2 = time.perf_counter()
+            t2 = clock()
             if i >= warmup:
-                ta.append(t1 - t0)
-                tb.append(t2 - t1)
+                da, db = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+                ta.append(da)
+                tb.append(db)
     finally:
         for fn in cleanup:
             fn()
@@ -206,8 +214,9 @@ def main(argv: List[str] | None = None) -> int:
         models = {k: v for k, v in models.items() if k.split()[0].lower() in keep}
     if args.quick:  # smaller batches keep the smoke run short; the code path is the same
         models = {k: (b, (8,) + s[1:]) for k, (b, s) in models.items()}
+    clock = "thread CPU time" if device.type == "cpu" else "wall time, synchronised"
     print(f"# gradlens overhead, torch {torch.__version__}, device {device}, threads {args.threads}, "
-          f"{steps} step pairs per row (medians), warmup {warmup}")
+          f"{steps} step pairs per row (medians, {clock}), warmup {warmup}")
     with tempfile.TemporaryDirectory() as tmp:
         for title, (build, shape) in models.items():
             print(f"\n## {title}")

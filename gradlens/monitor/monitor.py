@@ -38,6 +38,11 @@ PARAM_SCALARS_AUTO_LIMIT = 64
 UPDATE_BUFFER_BYTES = 256 * 2**20
 
 
+#: Modules that only reshape their input; their outputs are not traced (a view of
+#: a traced output is still recognised as finite input by the NaN-origin rule).
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+
 def _strip(name: str) -> str:
     while name.startswith(_COMPILED_PREFIX):
         name = name[len(_COMPILED_PREFIX):]
@@ -318,8 +323,8 @@ class Monitor:
                 continue
             leaf = not any(True for _ in module.children())
             owns = any(True for _ in module.parameters(recurse=False))
-            if not (leaf or owns):
-                continue
+            if not (leaf or owns) or isinstance(module, _RESHAPES):
+                continue  # reshapes repeat their input's numbers: not traced
             if self._include is not None and not _matches(name, self._include):
                 continue
             if self._exclude is not None and _matches(name, self._exclude):

@@ -13,15 +13,16 @@ Facts measured on CPU (one thread, torch 2.13) that shaped this file:
 * A NaN/Inf anywhere in a tensor makes its L2 norm non-finite, so non-finite
   element counts are taken only for the (rare) tensors whose norm came back
   non-finite, after the host copy (:func:`nonfinite_counts`).
-* Boolean reductions (``(x == 0).sum()``, ``isfinite(x).sum()``) are 3-10x slower
-  than ``count_nonzero``/``sum`` on CPU; activation statistics use the latter.
+* Boolean reductions (``(x == 0).sum()``, ``isfinite(x).sum()``) and
+  ``count_nonzero`` on real (branchy) data are 5-40x slower than a float ``sum``
+  on CPU; activation counts are float sums of 0/1 values (``sign``, ``nan_to_num``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -43,7 +44,7 @@ __all__ = [
 SAT_BAND = 1e-2
 
 #: Per-call activation fields kept on the device until the host copy.
-ACT_FIELDS = ("sum", "m2", "nonzero", "dead_frac", "nonfinite", "sat")
+ACT_FIELDS = ("sum", "sumsq", "nonzero", "live_units", "nonfinite", "sat")
 
 
 def grouped(tensors: Sequence[Tensor]) -> Dict[Tuple[torch.device, torch.dtype], List[int]]:
@@ -102,36 +103,57 @@ def _unit_dims(x: Tensor, features_last: bool) -> Tuple[int, ...]:
 
 
 def activation_stats(
-    x: Tensor, *, limits: Tuple[float, float] | None, features_last: bool
-) -> Tensor:
-    """Per-call statistics of one module output, on its device, as float32.
+    x: Tensor,
+    *,
+    limits: Tuple[float, float] | None,
+    features_last: bool,
+    scratch: Optional[Tensor] = None,
+) -> Tuple[Tensor, int]:
+    """Per-call statistics of one module output, on its device, and its unit count.
 
-    Fields (:data:`ACT_FIELDS`): sum, sum of squared deviations from this call's
-    mean (for an exact pooled std over several calls), count of non-zeros, fraction
-    of dead units, count of non-finite elements and count of saturated elements
-    (0 when ``limits`` is None). ``x`` must have at least 2 dimensions.
+    Returns ``(vec, units)``; ``vec`` (float32, fields :data:`ACT_FIELDS`) holds the
+    sum, the sum of squares, the count of non-zeros, the count of live units
+    (non-zero on some sample), the count of non-finite elements and the count of
+    saturated elements (0 when ``limits`` is None). ``x`` must have at least 2
+    dimensions.
+
+    Eight passes over ``x``, no boolean reductions and no ``count_nonzero``: on CPU
+    those are 5-40x slower than a float sum on real (branchy) activations
+    (measured, torch 2.13, one thread). The std is computed on the host from the
+    sum and the sum of squares (float32 accumulation): its relative error grows
+    like 1e-7 * (mean/std)^2, negligible unless |mean| > ~100 std.
+
+    ``scratch``: an optional float32 buffer shaped like ``x`` for the temporaries
+    (fresh activation-sized allocations cost page faults on CPU: measured 2x).
     """
     with torch.no_grad():
         xf = x.detach()
         if xf.dtype != torch.float32:
             xf = xf.float()
-        n = xf.numel()
-        s = xf.sum()
-        m2 = (xf - s / n).norm().square()
-        nonzero = torch.count_nonzero(xf)
-        # A unit is dead when it is exactly zero on every sample of the batch.
-        alive = xf.abs().amax(dim=_unit_dims(xf, features_last))
-        dead_frac = (alive == 0).sum() / max(alive.numel(), 1)
-        # x - x is NaN exactly where x is NaN or +-Inf, 0 elsewhere.
-        nonfinite = torch.count_nonzero(xf - xf)
+        buf = scratch if scratch is not None else torch.empty_like(xf)
+        total = xf.sum()
+        if xf.is_contiguous():
+            flat = xf.view(-1)
+            sumsq = torch.dot(flat, flat)
+        else:
+            sumsq = torch.linalg.vector_norm(xf).square()
+        # 1.0 where x != 0 (NaN included), 0.0 at exact zeros
+        torch.ne(xf, 0, out=buf)
+        nonzero = buf.sum()
+        # a unit is dead when it is exactly zero on every sample of the batch
+        live = buf.amax(dim=_unit_dims(xf, features_last))
+        n_live = live.sum()
+        # x - x is NaN exactly where x is NaN or +-Inf, 0 elsewhere
+        torch.sub(xf, xf, out=buf)
+        nonfinite = torch.ne(buf, 0, out=buf).sum()
         if limits is None:
             sat = torch.zeros((), device=xf.device)
         else:
             lo, hi = limits
             band = SAT_BAND * (hi - lo)
-            # distance to the nearer limit; <= band counts as saturated.
-            dist = torch.minimum(xf - lo, hi - xf)
-            # relu(band - dist) > 0 <=> strictly inside the band; count_nonzero
-            # avoids a slow boolean reduction on CPU.
-            sat = torch.count_nonzero(torch.relu(band - dist))
-        return torch.stack([s, m2, nonzero.float(), dead_frac.float(), nonfinite.float(), sat.float()])
+            # saturated: strictly within `band` of either limit,
+            # i.e. min(x - lo, hi - x) < band
+            torch.sub(xf, lo, out=buf)
+            torch.minimum(buf, hi - xf, out=buf)
+            sat = torch.lt(buf, band, out=buf).sum()
+        return torch.stack([total, sumsq, nonzero, n_live, nonfinite, sat]), live.numel()

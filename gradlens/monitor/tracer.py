@@ -26,7 +26,11 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.hooks import HookSet
 
-__all__ = ["Tracer", "sat_limits", "features_last"]
+__all__ = ["Tracer", "sat_limits", "features_last", "SCRATCH_MAX_NUMEL"]
+
+#: Outputs up to this many elements (16 MiB in float32) reuse a scratch buffer per
+#: shape for their statistics' temporaries; larger ones allocate per call.
+SCRATCH_MAX_NUMEL = 4 * 2**20
 
 _BOUNDED: Tuple[Tuple[type, Tuple[float, float]], ...] = (
     (nn.Tanh, (-1.0, 1.0)),
@@ -84,7 +88,7 @@ class _Call:
     numel: int
     stats: Optional[Tensor]  # ACT_FIELDS vector, float32, on the output's device
     inputs: List[Any] = field(default_factory=list)  # int (earlier call) or Tensor (count)
-    dead_ok: bool = True
+    units: int = 0  # units for the dead-unit fraction (0: not measured)
 
 
 class Tracer:
@@ -106,6 +110,7 @@ class Tracer:
         self._producers: Dict[int, Tuple["weakref.ref[Tensor]", int]] = {}
         self._pending_inputs: Dict[int, List[List[Any]]] = {}
         self._hooks = HookSet()
+        self._buffers: Dict[Any, Tensor] = {}
         self.enabled = True
         self._limits = {name: sat_limits(module) for name, module in modules}
         for name, module in modules:
@@ -116,6 +121,7 @@ class Tracer:
         """Remove every hook (tensor hooks on live graphs turn into no-ops)."""
         self.enabled = False
         self._hooks.remove()
+        self._buffers = {}
 
     def clear(self) -> None:
         """Forget collected calls (the next logged step starts fresh)."""
@@ -124,6 +130,17 @@ class Tracer:
         self.order = []
         self._producers = {}
         self._pending_inputs = {}
+
+    def _scratch(self, x: Tensor) -> Optional[Tensor]:
+        # One reusable float32 buffer per output shape (the statistics of one call
+        # run one after another), for outputs up to SCRATCH_MAX_NUMEL elements.
+        if x.numel() > SCRATCH_MAX_NUMEL:
+            return None
+        key = (tuple(x.shape), x.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        return buf
 
     # -- hooks ----------------------------------------------------------------
     def _on(self) -> bool:
@@ -138,11 +155,15 @@ class Tracer:
                 if not t.is_floating_point():
                     continue
                 prod = self._producers.get(id(t))
+                if prod is None and t._base is not None:  # a view (Flatten) of a traced output
+                    t = t._base
+                    prod = self._producers.get(id(t))
                 if prod is not None and prod[0]() is t:
                     sources.append(prod[1])
                 else:
                     with torch.no_grad():
-                        sources.append(torch.count_nonzero(t.detach() - t.detach()))
+                        d = t.detach()
+                        sources.append((d - d).nan_to_num_(nan=1.0).sum())
             self._pending_inputs.setdefault(id(module), []).append(sources)
 
         return hook
@@ -162,16 +183,18 @@ class Tracer:
             if name not in self.grad_norms:
                 self.order.append(name)
                 self.grad_norms[name] = []
-            if self._full and out.dim() >= 1:
-                x = out if out.dim() >= 2 else out.unsqueeze(0)
-                vec = _stats.activation_stats(x, limits=limits, features_last=flast)
+            units = 0
+            if self._full:
+                x = out if out.dim() >= 2 else out.reshape(1, -1)
+                vec, units = _stats.activation_stats(
+                    x, limits=limits, features_last=flast, scratch=self._scratch(x)
+                )
             else:
                 with torch.no_grad():
-                    nf = torch.count_nonzero(out.detach() - out.detach()).float()
-                zero = torch.zeros((), device=out.device)
-                vec = torch.stack([zero, zero, zero, zero, nf, zero])
+                    d = out.detach()
+                    vec = (d - d).nan_to_num_(nan=1.0).sum().reshape(1)
             idx = len(self.calls)
-            self.calls.append(_Call(name, out.numel(), vec, sources, dead_ok=out.dim() >= 2))
+            self.calls.append(_Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0))
             self._producers[id(out)] = (weakref.ref(out), idx)
             if self._full and out.requires_grad:
                 norms = self.grad_norms[name]
@@ -187,13 +210,18 @@ class Tracer:
 
     # -- host side ------------------------------------------------------------
     def device_tensors(self) -> List[Tensor]:
-        """Every device tensor the host needs: call vectors, input counts, grad norms."""
-        out: List[Tensor] = []
-        for call in self.calls:
-            out.append(call.stats.reshape(-1))
-            out.extend(s.reshape(1).float() for s in call.inputs if isinstance(s, Tensor))
-        for name in self.order:
-            out.extend(g.reshape(1) for g in self.grad_norms[name])
+        """Every device tensor the host needs, as 1-D tensors, in :meth:`summarize` order:
+        call vectors, then (stacked) input counts and output-gradient norms."""
+        out: List[Tensor] = [call.stats for call in self.calls]
+        scalars = [s for call in self.calls for s in call.inputs if isinstance(s, Tensor)]
+        scalars += [g for name in self.order for g in self.grad_norms[name]]
+        by_dev: Dict[torch.device, List[Tensor]] = {}
+        for t in scalars:
+            by_dev.setdefault(t.device, []).append(t)
+        if len(by_dev) <= 1:
+            out.extend(torch.stack(ts) for ts in by_dev.values())
+        else:  # model spread over devices: keep the order, one tensor each
+            out.extend(t.reshape(1) for t in scalars)
         return out
 
     def summarize(self, host: List[float]) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
@@ -201,16 +229,12 @@ class Tracer:
 
         ``host`` is the concatenation of :meth:`device_tensors`, on the host.
         """
-        pos = 0
-        nf_out: List[float] = []
-        vecs: List[List[float]] = []
+        nfields = len(_stats.ACT_FIELDS) if self._full else 1
+        vecs = [host[i * nfields : (i + 1) * nfields] for i in range(len(self.calls))]
+        pos = len(self.calls) * nfields
+        nf_out = [v[4] if self._full else v[0] for v in vecs]
         in_counts: List[List[Any]] = []
-        nfields = len(_stats.ACT_FIELDS)
         for call in self.calls:
-            vec = host[pos : pos + nfields]
-            pos += nfields
-            vecs.append(vec)
-            nf_out.append(vec[4])
             ins = []
             for s in call.inputs:
                 if isinstance(s, Tensor):
@@ -246,16 +270,14 @@ class Tracer:
             if not idxs:
                 continue
             n_tot = sum(self.calls[i].numel for i in idxs)
-            s_tot = sum(vecs[i][0] for i in idxs)
-            mean = s_tot / n_tot
-            # Chan et al. pooled sum of squared deviations over calls.
-            m2 = sum(
-                vecs[i][1] + self.calls[i].numel * (vecs[i][0] / self.calls[i].numel - mean) ** 2
-                for i in idxs
-            )
-            std = math.sqrt(m2 / (n_tot - 1)) if n_tot > 1 else math.nan
+            total = sum(vecs[i][0] for i in idxs)
+            sumsq = sum(vecs[i][1] for i in idxs)
+            mean = total / n_tot
+            # pooled over the calls; the clamp absorbs float32 rounding at std ~ 0
+            var = max(sumsq - n_tot * mean * mean, 0.0) / (n_tot - 1) if n_tot > 1 else math.nan
+            std = math.sqrt(var) if math.isfinite(var) else math.nan
             nonzero = sum(vecs[i][2] for i in idxs)
-            dead = [vecs[i][3] for i in idxs if self.calls[i].dead_ok]
+            dead = [1.0 - vecs[i][3] / self.calls[i].units for i in idxs if self.calls[i].units]
             row = {
                 "act_mean": mean,
                 "act_std": std,
