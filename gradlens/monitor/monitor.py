@@ -32,6 +32,8 @@ __all__ = ["watch", "Monitor"]
 
 _log = logging.getLogger("gradlens")
 _COMPILED_PREFIX = "_orig_mod."
+# columns of the per-parameter array (GRAD_STATS order)
+_GN, _GM, _NF, _WN, _UR, _MISS = (GRAD_STATS.index(s) for s in GRAD_STATS)
 #: Per-parameter TensorBoard scalars are written by default up to this many parameters.
 PARAM_SCALARS_AUTO_LIMIT = 64
 #: Weight copies for update ratios up to this many bytes are kept between measurements.
@@ -485,7 +487,8 @@ class Monitor:
             ws = [weights[j] for j in members]
             vec = _stats.grad_stats(gs, ws)
             before = self._weight_copy(ws) if measure_update else None
-            parts.append({"idx": [present[j] for j in members], "vec": vec, "ws": ws, "before": before})
+            idx = np.fromiter((present[j] for j in members), dtype=np.int64, count=len(members))
+            parts.append({"idx": idx, "vec": vec, "ws": ws, "before": before})
         self._dev[kk] = {
             "parts": parts,
             "missing": missing,
@@ -539,7 +542,7 @@ class Monitor:
         def put(kind: str, ref: Any, t: Tensor) -> None:
             dev, n = t.device, t.numel()
             start = sizes.get(dev, 0)
-            by_device.setdefault(dev, []).append(t.reshape(-1))
+            by_device.setdefault(dev, []).append(t if t.dim() == 1 else t.reshape(-1))
             sizes[dev] = start + n
             slots.append((kind, ref, dev, start, n))
 
@@ -560,37 +563,41 @@ class Monitor:
             host: Dict[torch.device, np.ndarray] = {}
             for dev, lst in by_device.items():
                 # the one host copy per logged step (per device)
-                host[dev] = torch.cat([t.float() for t in lst]).cpu().numpy().astype(np.float64)
+                flat = lst[0] if len(lst) == 1 else torch.cat(lst)
+                host[dev] = flat.cpu().numpy().astype(np.float64)
 
         p = pend["p"]
-        col = {s: j for j, s in enumerate(GRAD_STATS)}
         act_vals: List[float] = []
         for kind, ref, dev, start, n in slots:
             vals = host[dev][start : start + n]
             if kind == "grad":
-                m = len(ref["idx"])
                 idx = ref["idx"]
-                p[idx, col["grad_norm"]] = vals[:m]
-                p[idx, col["grad_max"]] = vals[m : 2 * m]
-                p[idx, col["weight_norm"]] = vals[2 * m : 3 * m]
-                p[idx, col["nonfinite"]] = 0.0
-                p[idx, col["missing_grad"]] = 0.0
+                m = len(idx)
+                rows = p[idx]
+                rows[:, _GN] = vals[:m]
+                rows[:, _GM] = vals[m : 2 * m]
+                rows[:, _WN] = vals[2 * m : 3 * m]
+                rows[:, _NF] = 0.0
+                rows[:, _MISS] = 0.0
+                p[idx] = rows
             elif kind == "update":
                 idx = ref["idx"]
                 pend["dW"][idx] = vals
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    p[idx, col["update_ratio"]] = vals / p[idx, col["weight_norm"]]
+                    p[idx, _UR] = vals / p[idx, _WN]
             elif kind == "act":
                 act_vals.extend(vals.tolist())
             elif kind == "loss":
                 pend["loss"] = float(vals[0])
-        for i in work["missing"]:
-            p[i, col["missing_grad"]] = 1.0
+        if work["missing"]:
+            p[work["missing"], _MISS] = 1.0
         # exact non-finite counts, only for gradients whose norm is not finite
-        bad = [i for i in work["grads"] if not math.isfinite(p[i, col["grad_norm"]])]
-        if bad:
-            counts = _stats.nonfinite_counts([work["grads"][i] for i in bad])
-            p[bad, col["nonfinite"]] = counts
+        for part in work["parts"]:
+            idx = part["idx"]
+            bad = idx[~np.isfinite(p[idx, _GN])]
+            if len(bad):
+                counts = _stats.nonfinite_counts([work["grads"][i] for i in bad.tolist()])
+                p[bad, _NF] = counts
         if act_tracer is not None:
             if act_tracer.calls:
                 per, origin = act_tracer.summarize(act_vals)
