@@ -631,7 +631,7 @@ class Monitor:
             return
         self._logged += 1
         record = self._build_record(step, pend)
-        self._history.write(record, pend["layout"].param_layers)
+        self._history.write(record, pend["layout"].param_layers, params=(pend["p"], pend["present"]))
         if self._tb is not None:
             self._tb.write(record)
         self._after_record(record)
@@ -644,14 +644,9 @@ class Monitor:
         seen = ~np.isnan(miss)  # the parameter's optimizer stepped in this record
         measured = miss == 0  # ... and it had a gradient
         param_stats: Dict[str, Dict[str, float]] = {}
-        for stat, values, mask in (
-            ("grad_norm", gn, measured),
-            ("grad_max", gm, measured),
-            ("nonfinite", nf, measured),
-            ("weight_norm", wn, measured),
-            ("update_ratio", ur, measured & ~np.isnan(ur)),
-            ("missing_grad", miss, seen),
-        ):
+        masks = (measured, measured, measured, measured, measured & ~np.isnan(ur), seen)
+        pend["present"] = np.stack(masks, axis=1)  # for the history, which keeps arrays
+        for stat, values, mask in zip(GRAD_STATS, (gn, gm, nf, wn, ur, miss), masks):
             if mask.all():
                 param_stats[stat] = dict(zip(names, values.tolist()))
             elif mask.any():

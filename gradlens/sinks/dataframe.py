@@ -49,15 +49,28 @@ class HistorySink(Sink):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def write(self, record: StepRecord, param_layers: Dict[str, str]) -> None:
-        """Append one record (thinning the older half when the cap is reached)."""
-        params = tuple(param_layers)
-        layout = (params, tuple(param_layers[p] for p in params), tuple(record.layers))
+    def write(
+        self,
+        record: StepRecord,
+        param_layers: Dict[str, str],
+        params: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+    ) -> None:
+        """Append one record (thinning the older half when the cap is reached).
+
+        ``params``: optionally the per-parameter values (rows in ``param_layers``
+        order, columns in ``GRAD_STATS`` order) and their recorded-mask, which
+        saves re-reading ``record.param_stats``.
+        """
+        names = tuple(param_layers)
+        layout = (names, tuple(param_layers[n] for n in names), tuple(record.layers))
         lid = self._layout_ids.get(layout)
         if lid is None:
             lid = self._layout_ids[layout] = len(self._layouts)
             self._layouts.append(layout)
-        p = _pack(record.param_stats, GRAD_STATS, params)
+        if params is not None:
+            p = (params[0].astype(np.float32), params[1].copy())
+        else:
+            p = _pack(record.param_stats, GRAD_STATS, names)
         lay = _pack(record.stats, LAYER_STATS, layout[2])
         loss = None if record.loss is None else float(record.loss)
         self._rows.append((record.step, lid, p, lay, loss, record.nonfinite_origin))
