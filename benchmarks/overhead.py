@@ -6,7 +6,8 @@ Models: an MLP 784-512-512-512-10 at batch 128 and a 3-conv CNN (1x28x28 input,
 16/32/32 channels, linear head) at batch 64. Variants, each timed against a plain
 step of an identical model copy:
 
-* ``watch(every=1)``, ``watch(every=10)``, ``watch(activations=True)`` (in memory),
+* ``watch(every=1)``, ``watch(every=10)``, ``watch(activations=True)``,
+  ``watch(activations=10)`` (activations on every 10th logged step) (in memory),
   and ``watch(every=1, logdir)`` (also writing TensorBoard events);
 * ``manual .item()+add_scalar``: the hand-written loop users write
   (``p.grad.norm().item()`` and ``writer.add_scalar`` for every parameter);
@@ -125,6 +126,7 @@ VARIANTS = [
     "watch(every=1, logdir)",
     "watch(every=10)",
     "watch(activations=True)",
+    "watch(activations=10)",
     "manual .item()+add_scalar",
     "TB histograms every step",
     "fused limit (hand-written)",
@@ -149,8 +151,10 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
         kwargs: Dict[str, object] = {}
         if "every=10" in variant:
             kwargs["every"] = 10
-        if "activations" in variant:
+        if "activations=True" in variant:
             kwargs["activations"] = True
+        elif "activations=10" in variant:
+            kwargs["activations"] = 10
         if "logdir" in variant:
             kwargs["logdir"] = logdir
         mon = gradlens.watch(other, opt_b, **kwargs)

@@ -132,7 +132,7 @@ class Monitor:
         writer: Any,
         owns_writer: bool,
         every: int,
-        activations: bool,
+        activations: int,
         include: Optional[Tuple[str, ...]],
         exclude: Optional[Tuple[str, ...]],
         group_depth: Optional[int],
@@ -176,6 +176,7 @@ class Monitor:
         self._update_buf_bytes = 0
         self._history = HistorySink(max_history)
         self._diagnoser = _engine.Diagnoser(thresholds=thresholds)
+        self._diagnoser_failed = False
         self._tb = None
         if writer is not None:
             from gradlens.sinks.tensorboard import TensorBoardSink
@@ -208,7 +209,7 @@ class Monitor:
             )
             self._activations = False
         if self._activations:
-            self._tracer = Tracer(self._traced_modules(), self._is_logged_step)
+            self._tracer = Tracer(self._traced_modules(), self._is_traced_step)
         elif not self._compiled:
             self._arm_order_probe()
 
@@ -315,6 +316,11 @@ class Monitor:
 
     def _is_logged_step(self) -> bool:
         return self._step % self.every == 0
+
+    def _is_traced_step(self) -> bool:
+        # activations on every `activations`-th logged step (self._logged is the
+        # index the upcoming record will have among logged ones)
+        return self._step % self.every == 0 and self._logged % self._activations == 0
 
     def _traced_modules(self) -> List[Tuple[str, nn.Module]]:
         mods = []
@@ -709,7 +715,16 @@ class Monitor:
         )
         if broken and self._tracer is None and not self._compiled and self._origin_probe is None:
             self._arm_origin_probe()
-        new = self._diagnoser.update(record)
+        if self._diagnoser_failed:
+            return
+        try:
+            new = list(self._diagnoser.update(record) or ())
+        except Exception as exc:  # noqa: BLE001 - diagnosis must never break training
+            self._diagnoser_failed = True
+            msg = f"gradlens: diagnosis failed ({type(exc).__name__}: {exc}); it is off for this run"
+            _log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            return
         if not new:
             return
         if self._tb is not None:
@@ -763,7 +778,7 @@ def watch(
     logdir: Union[None, str, "os.PathLike[str]"] = None,
     writer: Any = None,
     every: int = 1,
-    activations: bool = False,
+    activations: Union[bool, int] = False,
     include: Union[None, str, Sequence[str]] = None,
     exclude: Union[None, str, Sequence[str]] = None,
     group_depth: Optional[int] = None,
@@ -794,7 +809,9 @@ def watch(
             (it persists in weights, gradients and loss).
         activations: also trace forward statistics and the gradient flowing back
             into each layer's output (``act_*``, ``out_grad_norm``) and name the
-            module where non-finite values first appear.
+            module where non-finite values first appear. ``True``: on every logged
+            step; an int N: on every N-th logged step (tracing reads each traced
+            output ~8 times, see the benchmark); ``False``/0: off.
         include, exclude: glob patterns on parameter/module names (``"encoder.*"``).
         group_depth: aggregate per block: ``2`` reports ``encoder.layer.3`` as one
             row (numeric ModuleList indices stay with the name before them).
@@ -854,8 +871,14 @@ def watch(
     histogram_every = _check_int(histogram_every, "histogram_every", 0)
     if group_depth is not None:
         group_depth = _check_int(group_depth, "group_depth", 1)
-    if not isinstance(activations, bool):
-        raise TypeError(f"watch(activations=...) expects a bool, got {type(activations).__name__}")
+    if isinstance(activations, bool):
+        activations = int(activations)
+    elif isinstance(activations, int):
+        activations = _check_int(activations, "activations", 0)
+    else:
+        raise TypeError(
+            f"watch(activations=...) expects a bool or an int >= 0, got {type(activations).__name__}"
+        )
     if param_scalars is not None and not isinstance(param_scalars, bool):
         raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
     inc = _patterns(include, "include")

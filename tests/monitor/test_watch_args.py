@@ -28,6 +28,7 @@ BAD = [
     pytest.param(lambda m: dict(model=m, include=3), TypeError, "include", id="include-int"),
     pytest.param(lambda m: dict(model=m, exclude=[1]), TypeError, "exclude", id="exclude-list-int"),
     pytest.param(lambda m: dict(model=m, activations="yes"), TypeError, "activations", id="act-str"),
+    pytest.param(lambda m: dict(model=m, activations=-1), ValueError, "activations", id="act-negative"),
     pytest.param(lambda m: dict(model=m, writer=object()), TypeError, "SummaryWriter", id="writer-object"),
     pytest.param(lambda m: dict(model=m, logdir=3), TypeError, "logdir", id="logdir-int"),
     pytest.param(lambda m: dict(model=m, logdir="x", writer=object()), ValueError, "not both", id="logdir-and-writer"),

@@ -119,3 +119,14 @@ def test_param_scalars_auto_limit(tmp_path):
     tags = acc.Tags()["scalars"]
     assert not any(t.startswith("param/") for t in tags)
     assert "grad_norm/63" in tags
+
+
+def test_activations_on_their_own_cadence():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, every=2, activations=3) as mon:
+        train(model, opt, 13)
+    recs = mon.records()
+    assert [r.step for r in recs] == [0, 2, 4, 6, 8, 10, 12]
+    assert [r.step for r in recs if "act_mean" in r.stats] == [0, 6, 12]
+    assert all("grad_norm" in r.stats for r in recs)

@@ -94,3 +94,19 @@ def test_real_diagnoser_is_used_by_default():
     with gradlens.watch(model) as mon:
         assert isinstance(mon._diagnoser, engine.Diagnoser)
         assert mon.findings == []
+
+
+class _CrashingDiagnoser(FakeDiagnoser):
+    def update(self, record):
+        raise ZeroDivisionError("rule bug")
+
+
+def test_failing_diagnoser_warns_once_training_goes_on(monkeypatch):
+    monkeypatch.setattr(engine, "Diagnoser", _CrashingDiagnoser)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(RuntimeWarning, match="diagnosis failed") as warned:
+        with gradlens.watch(model, opt) as mon:
+            train(model, opt, 3)
+    assert len([w for w in warned if "diagnosis failed" in str(w.message)]) == 1
+    assert mon.steps_seen == 3 and len(mon.records()) == 3
