@@ -1,0 +1,236 @@
+"""Per-step cost of gradlens.watch versus a plain training step and what users do instead.
+
+Run:  python benchmarks/overhead.py [--steps 120] [--device cpu|cuda] [--quick]
+
+Models: an MLP 784-512-512-512-10 at batch 128 and a 3-conv CNN (1x28x28 input,
+16/32/32 channels, linear head) at batch 64. Variants, each timed against a plain
+step of an identical model copy:
+
+* ``watch(every=1)``, ``watch(every=10)``, ``watch(activations=True)``,
+  ``watch(activations=10)`` (activations on every 10th logged step) (in memory),
+  and ``watch(every=1, logdir)`` (also writing TensorBoard events);
+* ``manual .item()+add_scalar``: the hand-written loop users write
+  (``p.grad.norm().item()`` and ``writer.add_scalar`` for every parameter);
+* ``TB histograms``: ``add_histogram`` of every gradient every step (what
+  ``wandb.watch(log="gradients", log_freq=1)`` does);
+* ``fused limit``: the hand-fused cost of watch's default statistics (L2 and
+  max|g| of every gradient, L2 of every weight, one host copy, nothing else).
+
+Method (the machine is shared and noisy): one thread; each variant alternates a
+plain step (model copy A) and a variant step (copy B) inside one loop (order
+swapped every pair), so both see the same noise; on CPU the clock is the thread's
+own CPU time, which other processes cannot inflate. The table shows medians over
+``--steps`` pairs and the ratio of the medians. ``--device cuda`` synchronises
+before reading each (wall) clock.
+Tests never assert on these timings; ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gradlens  # noqa: E402
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+        nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10),
+    )
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+    )
+
+
+MODELS = {
+    "MLP 784-512x3-10 b128": (mlp, (128, 784)),
+    "CNN 3-conv b64": (cnn, (64, 1, 28, 28)),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               before_step: Callable[[], None] | None = None) -> Callable[[], None]:
+    def step() -> None:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if before_step is not None:
+            before_step()
+        opt.step()
+
+    return step
+
+
+def _fused_limit(model: nn.Module) -> Callable[[], None]:
+    params = list(model.parameters())
+
+    def stats() -> None:
+        with torch.no_grad():
+            gs = [p.grad for p in params]
+            l2 = torch._foreach_norm(gs, 2)
+            if gs[0].device.type == "cpu":
+                mx = []
+                for g in gs:
+                    lo, hi = torch.aminmax(g)
+                    mx.append(torch.maximum(hi, -lo))
+            else:
+                mx = torch._foreach_norm(gs, float("inf"))
+            wn = torch._foreach_norm([p.detach() for p in params], 2)
+            torch.stack(list(l2) + list(mx) + list(wn)).cpu()
+
+    return stats
+
+
+def _manual(model: nn.Module, writer, counter: List[int]) -> Callable[[], None]:
+    def log() -> None:
+        for name, p in model.named_parameters():
+            writer.add_scalar(f"grad_norm/{name}", p.grad.norm().item(), counter[0])
+        counter[0] += 1
+
+    return log
+
+
+def _hist(model: nn.Module, writer, counter: List[int]) -> Callable[[], None]:
+    def log() -> None:
+        for name, p in model.named_parameters():
+            writer.add_histogram(f"grad/{name}", p.grad, counter[0])
+        counter[0] += 1
+
+    return log
+
+
+VARIANTS = [
+    "watch(every=1)",
+    "watch(every=1, logdir)",
+    "watch(every=10)",
+    "watch(activations=True)",
+    "watch(activations=10)",
+    "manual .item()+add_scalar",
+    "TB histograms every step",
+    "fused limit (hand-written)",
+]
+
+
+def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, ...], device: torch.device,
+                steps: int, warmup: int, tmp: str) -> Tuple[float, float]:
+    """Median plain and variant step times (seconds), alternating in one loop."""
+    torch.manual_seed(0)
+    plain = build().to(device)
+    other = copy.deepcopy(plain)
+    x = torch.randn(*shape, device=device)
+    y = torch.randint(0, 10, (shape[0],), device=device)
+    opt_a = torch.optim.SGD(plain.parameters(), lr=1e-3, momentum=0.9)
+    opt_b = torch.optim.SGD(other.parameters(), lr=1e-3, momentum=0.9)
+    step_a = _make_step(plain, opt_a, x, y)
+    cleanup: List[Callable[[], None]] = []
+    logdir = tempfile.mkdtemp(dir=tmp)
+    counter = [0]
+    if variant.startswith("watch"):
+        kwargs: Dict[str, object] = {}
+        if "every=10" in variant:
+            kwargs["every"] = 10
+        if "activations=True" in variant:
+            kwargs["activations"] = True
+        elif "activations=10" in variant:
+            kwargs["activations"] = 10
+        if "logdir" in variant:
+            kwargs["logdir"] = logdir
+        mon = gradlens.watch(other, opt_b, **kwargs)
+        cleanup.append(mon.close)
+        step_b = _make_step(other, opt_b, x, y)
+    else:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = None
+        if "fused" in variant:
+            hook = _fused_limit(other)
+        else:
+            writer = SummaryWriter(logdir)
+            cleanup.append(writer.close)
+            hook = _manual(other, writer, counter) if "manual" in variant else _hist(other, writer, counter)
+        step_b = _make_step(other, opt_b, x, y, hook)
+    ta: List[float] = []
+    tb: List[float] = []
+    # CPU: this thread's CPU time (time.thread_time), so that other processes on a
+    # shared machine do not count; CUDA: wall time after a synchronisation.
+    clock = time.thread_time if device.type == "cpu" else time.perf_counter
+    try:
+        for i in range(warmup + steps):
+            # alternate the order (A B, then B A) so neither copy always runs second
+            first, second = (step_a, step_b) if i % 2 == 0 else (step_b, step_a)
+            _sync(device)
+            t0 = clock()
+            first()
+            _sync(device)
+            t1 = clock()
+            second()
+            _sync(device)
+            t2 = clock()
+            if i >= warmup:
+                da, db = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+                ta.append(da)
+                tb.append(db)
+    finally:
+        for fn in cleanup:
+            fn()
+    return statistics.median(ta), statistics.median(tb)
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=120, help="timed step pairs per variant (default 120)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few steps, small batches")
+    parser.add_argument("--models", default=None, help="comma-separated subset: mlp,cnn")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+    models = dict(MODELS)
+    if args.models:
+        keep = {m.strip().lower() for m in args.models.split(",")}
+        models = {k: v for k, v in models.items() if k.split()[0].lower() in keep}
+    if args.quick:  # smaller batches keep the smoke run short; the code path is the same
+        models = {k: (b, (8,) + s[1:]) for k, (b, s) in models.items()}
+    clock = "thread CPU time" if device.type == "cpu" else "wall time, synchronised"
+    print(f"# gradlens overhead, torch {torch.__version__}, device {device}, threads {args.threads}, "
+          f"{steps} step pairs per row (medians, {clock}), warmup {warmup}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for title, (build, shape) in models.items():
+            print(f"\n## {title}")
+            print(f"{'variant':30s} {'plain ms':>9s} {'variant ms':>11s} {'ratio':>7s} {'added':>8s}")
+            for variant in VARIANTS:
+                a, b = run_variant(variant, build, shape, device, steps, warmup, tmp)
+                print(f"{variant:30s} {a * 1e3:9.2f} {b * 1e3:11.2f} {b / a:7.3f} {100 * (b / a - 1):+7.1f}%",
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,929 @@
+"""``gradlens.watch``: attach to a model (and its optimizers) and record gradient health.
+
+Data flows one way: optimizer step pre-hook -> fused statistics on the device
+(:mod:`gradlens.monitor.stats`) -> one host copy per logged step (per device) ->
+a :class:`~gradlens._record.StepRecord` -> sinks (pandas history, TensorBoard) and
+the diagnosis engine. Nothing is computed on unlogged steps.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+import re
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradlens._record import GRAD_STATS, StepRecord, layer_of
+from gradlens.diagnose import engine as _engine
+from gradlens.diagnose.finding import Finding, TrainingHalted
+from gradlens.monitor import stats as _stats
+from gradlens.monitor.hooks import HookSet, ZeroGradTap
+from gradlens.monitor.tracer import Tracer
+from gradlens.sinks.dataframe import DEFAULT_MAX_HISTORY, HistorySink
+
+__all__ = ["watch", "Monitor"]
+
+_log = logging.getLogger("gradlens")
+_COMPILED_PREFIX = "_orig_mod."
+# columns of the per-parameter array (GRAD_STATS order)
+_GN, _GM, _NF, _WN, _UR, _MISS = (GRAD_STATS.index(s) for s in GRAD_STATS)
+#: Per-parameter TensorBoard scalars are written by default up to this many parameters.
+PARAM_SCALARS_AUTO_LIMIT = 64
+#: Weight copies for update ratios up to this many bytes are kept between measurements.
+UPDATE_BUFFER_BYTES = 256 * 2**20
+
+
+#: Modules that only reshape their input; their outputs are not traced (a view of
+#: a traced output is still recognised as finite input by the NaN-origin rule).
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+def _strip(name: str) -> str:
+    while name.startswith(_COMPILED_PREFIX):
+        name = name[len(_COMPILED_PREFIX):]
+    return name.replace("." + _COMPILED_PREFIX, ".")
+
+
+def _group_name(layer: str, depth: Optional[int]) -> str:
+    """Truncate a module path to ``depth`` levels; numeric parts (ModuleList/Sequential
+    indices) stay attached to the name before them, so ``encoder.layer.3.attn.q`` at
+    depth 2 is ``encoder.layer.3``."""
+    if depth is None or "." not in layer:
+        return layer
+    parts = layer.split(".")
+    levels: List[List[str]] = []
+    for part in parts:
+        if part.isdigit() and levels:
+            levels[-1].append(part)
+        else:
+            levels.append([part])
+    return ".".join(p for level in levels[:depth] for p in level)
+
+
+def _patterns(value: Any, arg: str) -> Optional[Tuple[str, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(f"watch({arg}=...) expects a glob pattern string or a list of them, got {type(value).__name__}")
+
+
+def _matches(name: str, patterns: Tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
+
+
+class _Layout:
+    """The watched parameters at one moment: names, layers, per-optimizer indices."""
+
+    def __init__(
+        self,
+        named: List[Tuple[str, nn.Parameter]],
+        opt_params: List[List[nn.Parameter]],
+        group_depth: Optional[int],
+    ) -> None:
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.layers = [_group_name(layer_of(n), group_depth) for n in self.names]
+        self.param_layers = dict(zip(self.names, self.layers))
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self.by_opt = [[index[id(p)] for p in ps if id(p) in index] for ps in opt_params]
+        # layer -> indices of its parameters
+        self.layer_params: Dict[str, List[int]] = {}
+        for i, layer in enumerate(self.layers):
+            self.layer_params.setdefault(layer, []).append(i)
+        self.layer_names = list(self.layer_params)
+        pos = {layer: j for j, layer in enumerate(self.layer_names)}
+        self.layer_ids = np.array([pos[layer] for layer in self.layers], dtype=np.int64)
+
+
+class Monitor:
+    """Records per-parameter and per-layer gradient statistics of a model.
+
+    Create it with :func:`gradlens.watch`; see there for every option. Use it as a
+    context manager or call :meth:`close` when done.
+
+    Example:
+        >>> import torch, gradlens
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with gradlens.watch(model, opt) as mon:
+        ...     for _ in range(3):
+        ...         opt.zero_grad()
+        ...         model(torch.randn(16, 4)).pow(2).mean().backward()
+        ...         opt.step()
+        >>> mon.dataframe()[["step", "param"]].head(2).values.tolist()
+        [[0, '0.weight'], [0, '0.bias']]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: List[torch.optim.Optimizer],
+        *,
+        writer: Any,
+        owns_writer: bool,
+        every: int,
+        activations: int,
+        include: Optional[Tuple[str, ...]],
+        exclude: Optional[Tuple[str, ...]],
+        group_depth: Optional[int],
+        update_every: int,
+        max_history: int,
+        param_scalars: Optional[bool],
+        flow_every: int,
+        histogram_every: int,
+        on_finding: Optional[Callable[[Finding], Any]],
+        halt_on: Tuple[str, ...],
+        thresholds: Optional[Dict[str, Any]],
+    ) -> None:
+        self.model = model
+        self._root = getattr(model, "_orig_mod", model)
+        self._compiled = self._root is not model
+        self._optimizers = list(optimizers)
+        self.every = every
+        self._include, self._exclude = include, exclude
+        self._group_depth = group_depth
+        self._update_every = update_every
+        self._histogram_every = histogram_every
+        self._on_finding = on_finding
+        self._halt_on = halt_on
+        self._warned: Set[Tuple[str, Optional[str]]] = set()
+        self._hooks = HookSet()
+        self._closed = False
+
+        self._step = 0  # index of the record being built
+        self._logged = 0  # logged records so far
+        self._layout: Optional[_Layout] = None
+        self._layout_sig: Any = None
+        self._contrib: Set[int] = set()
+        self._pending: Optional[Dict[str, Any]] = None
+        self._dev: Dict[int, Any] = {}  # optimizer index -> device-side work of this step
+        self._loss: List[Tensor] = []
+        self._origin: Optional[str] = None
+        self._stepped = [False] * len(self._optimizers)
+        self._grad_snap: List[Any] = [None] * len(self._optimizers)
+
+        self._update_bufs: Dict[Any, List[Tensor]] = {}
+        self._update_buf_bytes = 0
+        self._history = HistorySink(max_history)
+        self._diagnoser = _engine.Diagnoser(thresholds=thresholds)
+        self._diagnoser_failed = False
+        self._tb = None
+        if writer is not None:
+            from gradlens.sinks.tensorboard import TensorBoardSink
+
+            n_params = sum(1 for _ in self._root.parameters())
+            ps = param_scalars if param_scalars is not None else n_params <= PARAM_SCALARS_AUTO_LIMIT
+            self._tb = TensorBoardSink(writer, param_scalars=ps, flow_every=flow_every, owns_writer=owns_writer)
+
+        # forward order of modules, found on the first forward (input side first)
+        self._reg_order = {_strip(n) or "": i for i, (n, _) in enumerate(self._root.named_modules())}
+        self._fwd_order: Dict[str, int] = {}
+        self._order_cache: Dict[Any, List[str]] = {}
+        self._probe: Optional[HookSet] = None
+
+        for k, opt in enumerate(self._optimizers):
+            self._hooks.add(opt.register_step_pre_hook(self._make_pre(k)))
+            self._hooks.add(opt.register_step_post_hook(self._make_post(k)))
+            self._grad_snap[k] = self._snapshot(k)
+            self._hooks.add(ZeroGradTap(opt, *self._make_zero_grad(k)))
+
+        self._tracer: Optional[Tracer] = None
+        self._origin_probe: Optional[Tracer] = None
+        self._activations = activations
+        if activations and self._compiled:
+            warnings.warn(
+                "gradlens.watch(activations=True) is unavailable for torch.compile'd models "
+                "(forward hooks would be traced into the graph); only gradient statistics are recorded",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._activations = False
+        if self._activations:
+            self._tracer = Tracer(self._traced_modules(), self._is_traced_step)
+        elif not self._compiled:
+            self._arm_order_probe()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def findings(self) -> List[Finding]:
+        """Every finding of the diagnosis engine so far (see :mod:`gradlens.diagnose`)."""
+        return self._diagnoser.findings
+
+    @property
+    def steps_seen(self) -> int:
+        """Number of optimizer steps (or :meth:`step` calls) seen, logged or not."""
+        return self._step + (1 if self._contrib else 0)
+
+    def step(self) -> None:
+        """Record the current ``.grad`` values as one step (monitors without an optimizer).
+
+        With an optimizer, steps are recorded automatically right before
+        ``optimizer.step()``; calling this as well raises ``RuntimeError``.
+        """
+        self._check_open("step")
+        if self._optimizers:
+            raise RuntimeError(
+                "mon.step() is only for monitors without an optimizer; this monitor records "
+                "automatically at each optimizer.step()"
+            )
+        self._pre(-1)
+        self._post(-1)
+
+    def observe_loss(self, loss: Union[Tensor, float]) -> None:
+        """Give the monitor the loss of the current step (logged as ``gradlens/loss``).
+
+        Stays on the device until the step's single host copy. Called several times
+        per optimizer step (gradient accumulation), the mean is recorded.
+        """
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"observe_loss(loss=...) expects a scalar, got shape {tuple(loss.shape)}")
+        elif not isinstance(loss, (int, float)) or isinstance(loss, bool):
+            raise TypeError(f"observe_loss(loss=...) expects a tensor or float, got {type(loss).__name__}")
+        if self._closed or not self._is_logged_step():
+            return
+        if isinstance(loss, Tensor):
+            self._loss.append(loss.detach().reshape(()).float())
+        else:
+            self._loss.append(torch.tensor(float(loss)))
+
+    def dataframe(self, level: str = "param") -> Any:
+        """The recorded history as a long-format pandas DataFrame.
+
+        Args:
+            level: ``"param"`` (default): one row per (step, parameter) with columns
+                ``step, layer, param, grad_norm, grad_max, nonfinite, weight_norm,
+                update_ratio, missing_grad, loss``. ``"layer"``: one row per
+                (step, layer) with every per-layer statistic (activations included).
+
+        Memory is bounded (``max_history``); older steps are thinned.
+        """
+        if level not in ("param", "layer"):
+            raise ValueError(f"dataframe(level=...) expects 'param' or 'layer', got {level!r}")
+        self._flush_pending()
+        return self._history.dataframe(level)
+
+    def records(self) -> List[StepRecord]:
+        """The kept history as :class:`~gradlens._record.StepRecord` objects."""
+        self._flush_pending()
+        return self._history.records()
+
+    def close(self) -> None:
+        """Remove every hook from model and optimizers; flush and close what gradlens opened.
+
+        Safe to call twice. Afterwards the model computes bit-identical results to a
+        model that was never watched.
+        """
+        if self._closed:
+            return
+        try:
+            self._flush_pending()
+        finally:
+            self._closed = True
+            self._hooks.remove()
+            for tracer in (self._tracer, self._origin_probe):
+                if tracer is not None:
+                    tracer.remove()
+            if self._probe is not None:
+                self._probe.remove()
+            if self._tb is not None:
+                self._tb.close()
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Monitor({type(self.model).__name__}, every={self.every}, steps={self.steps_seen}, {state})"
+
+    # --------------------------------------------------------------- internals
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"mon.{what}() called after mon.close()")
+
+    def _is_logged_step(self) -> bool:
+        return self._step % self.every == 0
+
+    def _is_traced_step(self) -> bool:
+        # activations on every `activations`-th logged step (self._logged is the
+        # index the upcoming record will have among logged ones)
+        return self._step % self.every == 0 and self._logged % self._activations == 0
+
+    def _traced_modules(self) -> List[Tuple[str, nn.Module]]:
+        mods = []
+        seen: Set[str] = set()
+        named = {(_strip(n) or ""): m for n, m in self._root.named_modules()}
+        for name, module in named.items():
+            if name == "":
+                continue
+            leaf = not any(True for _ in module.children())
+            owns = any(True for _ in module.parameters(recurse=False))
+            if not (leaf or owns) or isinstance(module, _RESHAPES):
+                continue  # reshapes repeat their input's numbers: not traced
+            if self._include is not None and not _matches(name, self._include):
+                continue
+            if self._exclude is not None and _matches(name, self._exclude):
+                continue
+            group = _group_name(name, self._group_depth)
+            if group in seen or group not in named:
+                continue
+            seen.add(group)
+            mods.append((group, named[group]))
+        return mods
+
+    # forward-order probe: one forward with pre-hooks on every module, then removed
+    def _arm_order_probe(self) -> None:
+        probe = HookSet()
+        modules = [((_strip(n) or ""), m) for n, m in self._root.named_modules()]
+
+        def make(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any) -> None:
+                if name not in self._fwd_order:
+                    self._fwd_order[name] = len(self._fwd_order)
+
+            return hook
+
+        for name, module in modules:
+            if name:
+                probe.add(module.register_forward_pre_hook(make(name)))
+
+        def done(module: nn.Module, args: Any, output: Any) -> None:
+            probe.remove()
+            self._probe = None
+
+        probe.add(self._root.register_forward_hook(done))
+        self._probe = probe
+
+    def _current_layout(self) -> _Layout:
+        if self._optimizers:
+            # params added to an optimizer later, or (un)frozen, change the signature
+            sig = tuple(p.requires_grad for opt in self._optimizers for g in opt.param_groups for p in g["params"])
+        else:
+            sig = tuple(p.requires_grad for p in self._root.parameters())
+        if self._layout is not None and sig == self._layout_sig:
+            return self._layout
+        owned: Optional[Set[int]] = None
+        opt_params = [[p for g in opt.param_groups for p in g["params"]] for opt in self._optimizers]
+        if self._optimizers:
+            owned = {id(p) for ps in opt_params for p in ps}
+        named = []
+        for n, p in self._root.named_parameters():
+            n = _strip(n)
+            if not p.requires_grad or (owned is not None and id(p) not in owned):
+                continue
+            if self._include is not None and not _matches(n, self._include):
+                continue
+            if self._exclude is not None and _matches(n, self._exclude):
+                continue
+            named.append((n, p))
+        if not self._optimizers:
+            opt_params = [[p for _, p in named]]
+        self._layout = _Layout(named, opt_params, self._group_depth)
+        self._layout_sig = sig
+        return self._layout
+
+    def _layer_order(self, layers: List[str]) -> List[str]:
+        key = (tuple(layers), len(self._fwd_order))
+        cached = self._order_cache.get(key)
+        if cached is None:
+            cached = self._order_cache[key] = self._sorted_layers(layers)
+            if len(self._order_cache) > 64:
+                self._order_cache.pop(next(iter(self._order_cache)))
+        return list(cached)
+
+    def _sorted_layers(self, layers: Iterable[str]) -> List[str]:
+        def pos(name: str) -> Tuple[float, float]:
+            # a group's position is that of its first member module in forward order
+            fwd = self._fwd_order.get(name)
+            if fwd is None and self._group_depth is not None:
+                members = [v for k, v in self._fwd_order.items() if k == name or k.startswith(name + ".")]
+                fwd = min(members) if members else None
+            reg = self._reg_order.get("" if name == "(root)" else name, math.inf)
+            return (fwd if fwd is not None else math.inf, reg)
+
+        return sorted(set(layers), key=pos)
+
+    # optimizer hooks -------------------------------------------------------------
+    def _make_pre(self, k: int) -> Callable[..., None]:
+        def hook(opt: Any, args: Any, kwargs: Any) -> None:
+            if not self._closed:
+                self._pre(k)
+
+        return hook
+
+    def _make_post(self, k: int) -> Callable[..., None]:
+        def hook(opt: Any, args: Any, kwargs: Any) -> None:
+            if not self._closed:
+                self._stepped[k] = True
+                self._grad_snap[k] = self._snapshot(k)
+                self._post(k)
+
+        return hook
+
+    def _make_zero_grad(self, k: int) -> Tuple[Callable[[], None], Callable[[], None]]:
+        # A GradScaler skips optimizer.step() when gradients overflowed, so the step
+        # hooks never fire. If gradients changed since the last step/zero_grad and
+        # the optimizer did not step, that step was skipped: record it now, from the
+        # (already unscaled) gradients, before zero_grad clears them.
+        def before() -> None:
+            if self._closed:
+                return
+            if not self._stepped[k] and self._snapshot(k) != self._grad_snap[k]:
+                self._pre(k)
+                self._post(k, skipped=True)
+            self._stepped[k] = False
+
+        def after() -> None:
+            self._grad_snap[k] = self._snapshot(k)
+
+        return before, after
+
+    def _snapshot(self, k: int) -> Any:
+        # cheap identity of the gradients: (id, version) of the first few grads
+        snap = []
+        for g in self._optimizers[k].param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    snap.append((id(p.grad), p.grad._version))
+                    if len(snap) >= 4:
+                        return tuple(snap)
+        return tuple(snap) if snap else "zeroed"
+
+    # the step itself -------------------------------------------------------------
+    def _pre(self, k: int) -> None:
+        kk = max(k, 0)
+        if kk in self._contrib:
+            self._finish_step()
+        self._contrib.add(kk)
+        if not self._is_logged_step():
+            return
+        layout = self._current_layout()
+        idxs = layout.by_opt[kk] if layout.by_opt else []
+        present, missing, grads, weights = [], [], [], []
+        for i in idxs:
+            p = layout.params[i]
+            g = p.grad
+            if g is None:
+                missing.append(i)
+                continue
+            if g.is_sparse:
+                g = g.coalesce().values()
+            present.append(i)
+            grads.append(g.detach())
+            weights.append(p.detach())
+        parts = []
+        measure_update = (
+            self._update_every > 0 and self._logged % self._update_every == 0 and k >= 0
+        )
+        for (dev, dtype), members in _stats.grouped(grads).items():
+            gs = [grads[j] for j in members]
+            ws = [weights[j] for j in members]
+            vec = _stats.grad_stats(gs, ws)
+            before = self._weight_copy(ws) if measure_update else None
+            idx = np.fromiter((present[j] for j in members), dtype=np.int64, count=len(members))
+            parts.append({"idx": idx, "vec": vec, "ws": ws, "before": before})
+        self._dev[kk] = {
+            "parts": parts,
+            "missing": missing,
+            "grads": dict(zip(present, grads)),
+            "layout": layout,
+        }
+
+    def _weight_copy(self, ws: List[Tensor]) -> List[Tensor]:
+        # Copy of the weights for ||w_after - w_before||. Fresh allocations cost
+        # page faults (measured: a 1.3M-parameter MLP's clone + sub took ~60% of a
+        # step on CPU), so copies of up to UPDATE_BUFFER_BYTES in total are kept
+        # and reused; larger models allocate them for the one step only.
+        key = tuple((w.shape, w.dtype, w.device) for w in ws)
+        bufs = self._update_bufs.get(key)
+        if bufs is None:
+            bufs = [torch.empty_like(w) for w in ws]
+            nbytes = sum(b.numel() * b.element_size() for b in bufs)
+            if self._update_buf_bytes + nbytes <= UPDATE_BUFFER_BYTES:
+                self._update_bufs[key] = bufs
+                self._update_buf_bytes += nbytes
+        torch._foreach_copy_(bufs, ws)
+        return bufs
+
+    def _post(self, k: int, skipped: bool = False) -> None:
+        kk = max(k, 0)
+        work = self._dev.pop(kk, None)
+        if work is not None:
+            self._collect(kk, work, skipped)
+        if len(self._contrib) >= max(len(self._optimizers), 1):
+            self._finish_step()
+
+    def _collect(self, kk: int, work: Dict[str, Any], skipped: bool) -> None:
+        """Finish the device work of one optimizer: one host copy per device."""
+        layout = work["layout"]
+        if self._pending is None:
+            n = len(layout.names)
+            self._pending = {
+                "layout": layout,
+                "p": np.full((n, len(GRAD_STATS)), np.nan, dtype=np.float64),
+                "dW": np.full(n, np.nan, dtype=np.float64),  # ||w_after - w_before||
+                "skipped": False,
+                "act": None,
+                "origin": None,
+            }
+        pend = self._pending
+        pend["skipped"] |= skipped
+        by_device: Dict[torch.device, List[Tensor]] = {}
+        sizes: Dict[torch.device, int] = {}
+        slots: List[Tuple[str, Any, torch.device, int, int]] = []
+
+        def put(kind: str, ref: Any, t: Tensor) -> None:
+            dev, n = t.device, t.numel()
+            start = sizes.get(dev, 0)
+            by_device.setdefault(dev, []).append(t if t.dim() == 1 else t.reshape(-1))
+            sizes[dev] = start + n
+            slots.append((kind, ref, dev, start, n))
+
+        with torch.no_grad():
+            for part in work["parts"]:
+                put("grad", part, part["vec"])
+                if part["before"] is not None and not skipped:
+                    # before <- before - after, in place (the copy is not needed again)
+                    torch._foreach_sub_(part["before"], part["ws"])
+                    put("update", part, torch.stack(_stats.norms(part["before"])))
+            act_tracer = self._tracer if (self._tracer is not None and pend["act"] is None) else None
+            if act_tracer is not None and act_tracer.calls:
+                for t in act_tracer.device_tensors():
+                    put("act", None, t)
+            if self._loss:
+                put("loss", None, torch.stack([t.to(self._loss[0].device) for t in self._loss]).mean())
+                self._loss = []
+            host: Dict[torch.device, np.ndarray] = {}
+            for dev, lst in by_device.items():
+                # the one host copy per logged step (per device)
+                flat = lst[0] if len(lst) == 1 else torch.cat(lst)
+                host[dev] = flat.cpu().numpy().astype(np.float64)
+
+        p = pend["p"]
+        act_vals: List[float] = []
+        for kind, ref, dev, start, n in slots:
+            vals = host[dev][start : start + n]
+            if kind == "grad":
+                idx = ref["idx"]
+                m = len(idx)
+                rows = p[idx]
+                rows[:, _GN] = vals[:m]
+                rows[:, _GM] = vals[m : 2 * m]
+                rows[:, _WN] = vals[2 * m : 3 * m]
+                rows[:, _NF] = 0.0
+                rows[:, _MISS] = 0.0
+                p[idx] = rows
+            elif kind == "update":
+                idx = ref["idx"]
+                pend["dW"][idx] = vals
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    p[idx, _UR] = vals / p[idx, _WN]
+            elif kind == "act":
+                act_vals.extend(vals.tolist())
+            elif kind == "loss":
+                pend["loss"] = float(vals[0])
+        if work["missing"]:
+            p[work["missing"], _MISS] = 1.0
+        # exact non-finite counts, only for gradients whose norm is not finite
+        for part in work["parts"]:
+            idx = part["idx"]
+            bad = idx[~np.isfinite(p[idx, _GN])]
+            if len(bad):
+                counts = _stats.nonfinite_counts([work["grads"][i] for i in bad.tolist()])
+                p[bad, _NF] = counts
+        if act_tracer is not None:
+            if act_tracer.calls:
+                per, origin = act_tracer.summarize(act_vals)
+                pend["act"] = per
+                pend["origin"] = origin
+                for name in act_tracer.order:
+                    if name not in self._fwd_order:
+                        self._fwd_order[name] = len(self._fwd_order)
+            act_tracer.clear()
+        if self._histogram_every and self._tb is not None and self._logged % self._histogram_every == 0:
+            layout_names = layout.names
+            for i, g in work["grads"].items():
+                self._tb._guard(self._tb.writer.add_histogram, f"grad_hist/{layout_names[i]}", g, self._step)
+
+    def _flush_pending(self) -> None:
+        # a multi-optimizer step whose other optimizers did not step (yet)
+        if self._contrib and not self._closed:
+            self._finish_step()
+
+    def _finish_step(self) -> None:
+        """Turn the pending host arrays into a StepRecord; send it to sinks and rules."""
+        pend = self._pending
+        step = self._step
+        self._pending = None
+        self._contrib = set()
+        self._dev = {}
+        self._step += 1
+        if pend is None:
+            if self._tracer is not None and not self._is_logged_step():
+                self._tracer.clear()
+            return
+        self._logged += 1
+        record = self._build_record(step, pend)
+        self._history.write(record, pend["layout"].param_layers, params=(pend["p"], pend["present"]))
+        if self._tb is not None:
+            self._tb.write(record)
+        self._after_record(record)
+
+    def _build_record(self, step: int, pend: Dict[str, Any]) -> StepRecord:
+        layout: _Layout = pend["layout"]
+        p = pend["p"]
+        names = layout.names
+        gn, gm, nf, wn, ur, miss = (p[:, j] for j in range(len(GRAD_STATS)))
+        seen = ~np.isnan(miss)  # the parameter's optimizer stepped in this record
+        measured = miss == 0  # ... and it had a gradient
+        param_stats: Dict[str, Dict[str, float]] = {}
+        masks = (measured, measured, measured, measured, measured & ~np.isnan(ur), seen)
+        pend["present"] = np.stack(masks, axis=1)  # for the history, which keeps arrays
+        for stat, values, mask in zip(GRAD_STATS, (gn, gm, nf, wn, ur, miss), masks):
+            if mask.all():
+                param_stats[stat] = dict(zip(names, values.tolist()))
+            elif mask.any():
+                param_stats[stat] = {names[i]: float(values[i]) for i in np.flatnonzero(mask)}
+        # per layer, from the parameters' numbers: norms combine as sqrt(sum of
+        # squares), max as max, counts add (bincount over the layer id of each param)
+        lid, nl = layout.layer_ids, len(layout.layer_names)
+        m = measured
+
+        def total(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return np.bincount(lid[mask], weights=values[mask], minlength=nl)
+
+        n_seen = np.bincount(lid[seen], minlength=nl)
+        n_meas = np.bincount(lid[m], minlength=nl)
+        lay_gn = np.sqrt(total(gn * gn, m))
+        lay_gm = np.full(nl, -np.inf)
+        with np.errstate(invalid="ignore"):  # a NaN max|g| propagates, as it should
+            np.maximum.at(lay_gm, lid[m], gm[m])
+        lay_nf = total(nf, m)
+        lay_wn = np.sqrt(total(wn * wn, m))
+        lay_miss = total(miss, seen)
+        dw = pend["dW"]
+        has_dw = m & ~np.isnan(dw)
+        n_dw = np.bincount(lid[has_dw], minlength=nl)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lay_ur = np.sqrt(total(dw * dw, has_dw)) / lay_wn
+        lnames = layout.layer_names
+        stats: Dict[str, Dict[str, float]] = {}
+        for stat, values, mask in (
+            ("grad_norm", lay_gn, n_meas > 0),
+            ("grad_max", lay_gm, n_meas > 0),
+            ("nonfinite", lay_nf, n_meas > 0),
+            ("weight_norm", lay_wn, n_meas > 0),
+            ("update_ratio", lay_ur, n_dw > 0),
+            ("missing_grad", lay_miss, n_seen > 0),
+        ):
+            if mask.all():
+                stats[stat] = dict(zip(lnames, values.tolist()))
+            elif mask.any():
+                stats[stat] = {lnames[j]: float(values[j]) for j in np.flatnonzero(mask)}
+        act = pend.get("act") or {}
+        for layer, row in act.items():
+            for s, v in row.items():
+                stats.setdefault(s, {})[layer] = float(v)
+        layers = self._layer_order(layout.layer_names + [a for a in act if a not in layout.layer_params])
+        origin = pend.get("origin") or self._origin
+        self._origin = None
+        return StepRecord(
+            step=step,
+            layers=layers,
+            stats={s: v for s, v in stats.items() if v},
+            param_stats=param_stats,
+            loss=pend.get("loss"),
+            nonfinite_origin=origin,
+        )
+
+    def _after_record(self, record: StepRecord) -> None:
+        broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
+            record.loss is not None and not math.isfinite(record.loss)
+        )
+        if broken and self._tracer is None and not self._compiled and self._origin_probe is None:
+            self._arm_origin_probe()
+        if self._diagnoser_failed:
+            return
+        try:
+            new = list(self._diagnoser.update(record) or ())
+        except Exception as exc:  # noqa: BLE001 - diagnosis must never break training
+            self._diagnoser_failed = True
+            msg = f"gradlens: diagnosis failed ({type(exc).__name__}: {exc}); it is off for this run"
+            _log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            return
+        if not new:
+            return
+        if self._tb is not None:
+            self._tb.write_findings(new, record.step)
+        for finding in new:
+            _log.warning("%s", finding)
+            key = (finding.kind, finding.layer)
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(str(finding), RuntimeWarning, stacklevel=4)
+            if self._on_finding is not None:
+                self._on_finding(finding)
+        for finding in new:
+            if finding.kind in self._halt_on:
+                raise TrainingHalted(finding)
+
+    def _arm_origin_probe(self) -> None:
+        """Trace non-finite counts per module for the next grad-enabled forward only."""
+        probe = Tracer(self._traced_modules(), lambda: True, stats=False)
+        self._origin_probe = probe
+
+        def done(module: nn.Module, args: Any, output: Any) -> None:
+            if not probe.calls:
+                return
+            handle.remove()
+            probe.remove()
+            with torch.no_grad():
+                host = torch.cat([t.float().cpu() for t in probe.device_tensors()]).tolist()
+            _, origin = probe.summarize(host)
+            self._origin_probe = None
+            if origin is not None:
+                self._origin = origin
+                _log.warning("gradlens: non-finite values first appear in the output of %s", origin)
+
+        handle = self._root.register_forward_hook(done)
+        self._hooks.add(handle)
+
+
+def _check_int(value: Any, arg: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"watch({arg}=...) expects an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"watch({arg}=...) expects an int >= {minimum}, got {value}")
+    return value
+
+
+def watch(
+    model: nn.Module,
+    optimizer: Union[None, torch.optim.Optimizer, Sequence[torch.optim.Optimizer]] = None,
+    *,
+    logdir: Union[None, str, "os.PathLike[str]"] = None,
+    writer: Any = None,
+    every: int = 1,
+    activations: Union[bool, int] = False,
+    include: Union[None, str, Sequence[str]] = None,
+    exclude: Union[None, str, Sequence[str]] = None,
+    group_depth: Optional[int] = None,
+    update_every: int = 10,
+    max_history: int = DEFAULT_MAX_HISTORY,
+    param_scalars: Optional[bool] = None,
+    flow_every: int = 50,
+    histogram_every: int = 0,
+    on_finding: Optional[Callable[[Finding], Any]] = None,
+    halt_on: Iterable[str] = (),
+    thresholds: Optional[Dict[str, Any]] = None,
+) -> Monitor:
+    """Attach gradlens to ``model`` and record its gradient health at every optimizer step.
+
+    Statistics are taken right before each ``optimizer.step()`` (a step pre-hook),
+    so they see the gradients the optimizer uses (after DDP's all-reduce, after
+    gradient accumulation, unscaled under ``GradScaler``; a step the GradScaler
+    skips is still recorded, at the next ``optimizer.zero_grad()``).
+
+    Args:
+        model: the ``nn.Module`` to watch (a ``torch.compile``'d one works too).
+        optimizer: an optimizer, a list of them (GAN: ``[opt_g, opt_d]``), or None:
+            then call :meth:`Monitor.step` after each backward.
+        logdir: write TensorBoard events there (creates a ``SummaryWriter``).
+        writer: or use your own ``SummaryWriter`` (not closed by gradlens).
+        every: record every N-th step; unlogged steps cost nothing per parameter.
+            A NaN born on an unlogged step is reported at the next logged step
+            (it persists in weights, gradients and loss).
+        activations: also trace forward statistics and the gradient flowing back
+            into each layer's output (``act_*``, ``out_grad_norm``) and name the
+            module where non-finite values first appear. ``True``: on every logged
+            step; an int N: on every N-th logged step (tracing reads each traced
+            output ~8 times, see the benchmark); ``False``/0: off.
+        include, exclude: glob patterns on parameter/module names (``"encoder.*"``).
+        group_depth: aggregate per block: ``2`` reports ``encoder.layer.3`` as one
+            row (numeric ModuleList indices stay with the name before them).
+        update_every: measure ``update_ratio`` on every N-th logged step (it copies
+            the weights for the duration of one ``step()``); 0 turns it off.
+        max_history: logged steps kept in memory for :meth:`Monitor.dataframe`;
+            older ones are thinned.
+        param_scalars: write per-parameter TensorBoard scalars; default: only when
+            the model has at most 64 parameters (per-layer ones are always written).
+        flow_every: write the gradient-flow image every N logged steps (0: never).
+        histogram_every: write gradient histograms every N logged steps (0: never).
+        on_finding: called with each new :class:`~gradlens.Finding`.
+        halt_on: finding kinds that raise :class:`~gradlens.TrainingHalted`.
+        thresholds: overrides of the diagnosis thresholds.
+
+    Returns:
+        A :class:`Monitor` (also a context manager).
+
+    Example:
+        >>> import torch, gradlens
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with gradlens.watch(model, opt) as mon:
+        ...     model(torch.ones(2, 3)).sum().backward()
+        ...     opt.step()
+        >>> round(mon.dataframe().loc[0, "grad_norm"], 4)  # ||dL/dW|| = ||(2, 2, 2)||
+        3.4641
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"watch(model=...) expects an nn.Module, got {type(model).__name__}")
+    if optimizer is None:
+        optimizers: List[torch.optim.Optimizer] = []
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        optimizers = [optimizer]
+    elif isinstance(optimizer, (list, tuple)) and optimizer and all(
+        isinstance(o, torch.optim.Optimizer) for o in optimizer
+    ):
+        optimizers = list(optimizer)
+    else:
+        raise TypeError(
+            "watch(optimizer=...) expects a torch.optim.Optimizer, a non-empty list of them, "
+            f"or None, got {type(optimizer).__name__}"
+        )
+    if len({id(o) for o in optimizers}) != len(optimizers):
+        raise ValueError("watch(optimizer=...) got the same optimizer twice")
+    model_params = {id(p) for p in model.parameters()}
+    for i, opt in enumerate(optimizers):
+        if not any(id(p) in model_params for g in opt.param_groups for p in g["params"]):
+            raise ValueError(
+                f"watch(optimizer=...): optimizer #{i} ({type(opt).__name__}) owns none of the "
+                "model's parameters; pass the optimizer that trains this model"
+            )
+    every = _check_int(every, "every", 1)
+    update_every = _check_int(update_every, "update_every", 0)
+    max_history = _check_int(max_history, "max_history", 2)
+    flow_every = _check_int(flow_every, "flow_every", 0)
+    histogram_every = _check_int(histogram_every, "histogram_every", 0)
+    if group_depth is not None:
+        group_depth = _check_int(group_depth, "group_depth", 1)
+    if isinstance(activations, bool):
+        activations = int(activations)
+    elif isinstance(activations, int):
+        activations = _check_int(activations, "activations", 0)
+    else:
+        raise TypeError(
+            f"watch(activations=...) expects a bool or an int >= 0, got {type(activations).__name__}"
+        )
+    if param_scalars is not None and not isinstance(param_scalars, bool):
+        raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
+    inc = _patterns(include, "include")
+    exc = _patterns(exclude, "exclude")
+    if on_finding is not None and not callable(on_finding):
+        raise TypeError(f"watch(on_finding=...) expects a callable, got {type(on_finding).__name__}")
+    if isinstance(halt_on, str):
+        halt = (halt_on,)
+    else:
+        try:
+            halt = tuple(halt_on)
+        except TypeError:
+            raise TypeError(f"watch(halt_on=...) expects finding kinds (strings), got {type(halt_on).__name__}") from None
+        if not all(isinstance(h, str) for h in halt):
+            raise TypeError("watch(halt_on=...) expects finding kinds (strings)")
+    if thresholds is not None and not isinstance(thresholds, dict):
+        raise TypeError(f"watch(thresholds=...) expects a dict, got {type(thresholds).__name__}")
+    if logdir is not None and writer is not None:
+        raise ValueError("watch() takes logdir=... or writer=..., not both")
+    owns = False
+    if logdir is not None:
+        if not isinstance(logdir, (str, os.PathLike)):
+            raise TypeError(f"watch(logdir=...) expects a path, got {type(logdir).__name__}")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=os.fspath(logdir))
+        owns = True
+    elif writer is not None and not callable(getattr(writer, "add_scalar", None)):
+        raise TypeError(f"watch(writer=...) expects a SummaryWriter, got {type(writer).__name__}")
+    return Monitor(
+        model,
+        optimizers,
+        writer=writer,
+        owns_writer=owns,
+        every=every,
+        activations=activations,
+        include=inc,
+        exclude=exc,
+        group_depth=group_depth,
+        update_every=update_every,
+        max_history=max_history,
+        param_scalars=param_scalars,
+        flow_every=flow_every,
+        histogram_every=histogram_every,
+        on_finding=on_finding,
+        halt_on=halt,
+        thresholds=thresholds,
+    )

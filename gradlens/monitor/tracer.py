@@ -1,0 +1,295 @@
+"""Forward/backward signal tracing: per-module output statistics and NaN origin.
+
+A :class:`Tracer` puts a forward pre-hook and a forward hook on each traced
+module. For every call it keeps, on the device, a small vector of output
+statistics (:func:`gradlens.monitor.stats.activation_stats`) and registers a
+tensor hook on the output for the norm of the gradient flowing back into it (not
+a module full-backward hook: those break on in-place ops and re-entrant calls).
+
+Non-finite origin: for every call it also notes where its tensor inputs came
+from. An input that is the output of an earlier traced call (same tensor object)
+reuses that call's non-finite count; any other input (the model input, the result
+of functional code between modules) gets its own count. The origin is the first
+call, in forward order, whose inputs were all finite and whose output was not.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from gradlens.monitor import stats as _stats
+from gradlens.monitor.hooks import HookSet
+
+__all__ = ["Tracer", "sat_limits", "features_last", "SCRATCH_MAX_NUMEL"]
+
+#: Outputs up to this many elements (16 MiB in float32) reuse a scratch buffer per
+#: shape for their statistics' temporaries; larger ones allocate per call.
+SCRATCH_MAX_NUMEL = 4 * 2**20
+
+_BOUNDED: Tuple[Tuple[type, Tuple[float, float]], ...] = (
+    (nn.Tanh, (-1.0, 1.0)),
+    (nn.Sigmoid, (0.0, 1.0)),
+    (nn.Hardsigmoid, (0.0, 1.0)),
+    (nn.Softsign, (-1.0, 1.0)),
+)
+_FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.Embedding, nn.LayerNorm, nn.EmbeddingBag)
+
+
+def sat_limits(module: nn.Module) -> Optional[Tuple[float, float]]:
+    """Output limits of a tanh/sigmoid-like module, or None for unbounded ones."""
+    if isinstance(module, nn.Hardtanh):  # includes ReLU6
+        return (float(module.min_val), float(module.max_val))
+    for cls, limits in _BOUNDED:
+        if isinstance(module, cls):
+            return limits
+    return None
+
+
+def features_last(module: nn.Module) -> bool:
+    """Whether the module's unit axis is the last one (Linear-like) rather than dim 1."""
+    return isinstance(module, _FEATURES_LAST)
+
+
+def _first_tensor(value: Any) -> Optional[Tensor]:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(value, dict):
+        for v in value.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _tensors(value: Any) -> List[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+@dataclass
+class _Call:
+    name: str
+    numel: int
+    stats: Optional[Tensor]  # ACT_FIELDS vector, float32, on the output's device
+    inputs: List[Any] = field(default_factory=list)  # int (earlier call) or Tensor (count)
+    units: int = 0  # units for the dead-unit fraction (0: not measured)
+
+
+class Tracer:
+    """Collects per-call output statistics of ``modules`` while ``active()`` is true.
+
+    Args:
+        modules: ``(name, module)`` pairs to trace.
+        active: called at each forward; tracing happens only when it returns True.
+        stats: compute the full statistics (False: only non-finite counts, used by
+            the one-forward origin probe).
+    """
+
+    def __init__(self, modules: List[Tuple[str, nn.Module]], active: Any, *, stats: bool = True) -> None:
+        self.calls: List[_Call] = []
+        self.grad_norms: Dict[str, List[Tensor]] = {}
+        self.order: List[str] = []
+        self._active = active
+        self._full = stats
+        self._producers: Dict[int, Tuple["weakref.ref[Tensor]", int]] = {}
+        self._pending_inputs: Dict[int, List[List[Any]]] = {}
+        self._hooks = HookSet()
+        self._buffers: Dict[Any, Tensor] = {}
+        self.enabled = True
+        self._limits = {name: sat_limits(module) for name, module in modules}
+        for name, module in modules:
+            self._hooks.add(module.register_forward_pre_hook(self._pre(name)))
+            self._hooks.add(module.register_forward_hook(self._post(name, module)))
+
+    def remove(self) -> None:
+        """Remove every hook (tensor hooks on live graphs turn into no-ops)."""
+        self.enabled = False
+        self._hooks.remove()
+        self._buffers = {}
+
+    def clear(self) -> None:
+        """Forget collected calls (the next logged step starts fresh)."""
+        self.calls = []
+        self.grad_norms = {}
+        self.order = []
+        self._producers = {}
+        self._pending_inputs = {}
+
+    def _scratch(self, x: Tensor) -> Optional[Tensor]:
+        # One reusable float32 buffer per output shape (the statistics of one call
+        # run one after another), for outputs up to SCRATCH_MAX_NUMEL elements.
+        if x.numel() > SCRATCH_MAX_NUMEL:
+            return None
+        key = (tuple(x.shape), x.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        return buf
+
+    # -- hooks ----------------------------------------------------------------
+    def _on(self) -> bool:
+        return self.enabled and torch.is_grad_enabled() and self._active()
+
+    def _pre(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            if not self._on():
+                return
+            sources: List[Any] = []
+            for t in _tensors(args):
+                if not t.is_floating_point():
+                    continue
+                prod = self._producers.get(id(t))
+                if prod is None and t._base is not None:  # a view (Flatten) of a traced output
+                    t = t._base
+                    prod = self._producers.get(id(t))
+                if prod is not None and prod[0]() is t:
+                    sources.append(prod[1])
+                else:
+                    with torch.no_grad():
+                        d = t.detach()
+                        sources.append((d - d).nan_to_num_(nan=1.0).sum())
+            self._pending_inputs.setdefault(id(module), []).append(sources)
+
+        return hook
+
+    def _post(self, name: str, module: nn.Module) -> Any:
+        limits = sat_limits(module)
+        flast = features_last(module)
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            stack = self._pending_inputs.get(id(module))
+            if not stack:
+                return  # not traced at the pre-hook (inactive then)
+            sources = stack.pop()
+            out = _first_tensor(output)
+            if out is None or not out.is_floating_point() or out.numel() == 0:
+                return
+            if name not in self.grad_norms:
+                self.order.append(name)
+                self.grad_norms[name] = []
+            units = 0
+            if self._full:
+                x = out if out.dim() >= 2 else out.reshape(1, -1)
+                vec, units = _stats.activation_stats(
+                    x, limits=limits, features_last=flast, scratch=self._scratch(x)
+                )
+            else:
+                with torch.no_grad():
+                    d = out.detach()
+                    vec = (d - d).nan_to_num_(nan=1.0).sum().reshape(1)
+            idx = len(self.calls)
+            self.calls.append(_Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0))
+            self._producers[id(out)] = (weakref.ref(out), idx)
+            if self._full and out.requires_grad:
+                norms = self.grad_norms[name]
+
+                def grad_hook(grad: Tensor) -> None:
+                    if self.enabled:
+                        with torch.no_grad():
+                            norms.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32))
+
+                out.register_hook(grad_hook)
+
+        return hook
+
+    # -- host side ------------------------------------------------------------
+    def device_tensors(self) -> List[Tensor]:
+        """Every device tensor the host needs, as 1-D tensors, in :meth:`summarize` order:
+        call vectors, then (stacked) input counts and output-gradient norms."""
+        out: List[Tensor] = [call.stats for call in self.calls]
+        scalars = [s for call in self.calls for s in call.inputs if isinstance(s, Tensor)]
+        scalars += [g for name in self.order for g in self.grad_norms[name]]
+        by_dev: Dict[torch.device, List[Tensor]] = {}
+        for t in scalars:
+            by_dev.setdefault(t.device, []).append(t)
+        if len(by_dev) <= 1:
+            out.extend(torch.stack(ts) for ts in by_dev.values())
+        else:  # model spread over devices: keep the order, one tensor each
+            out.extend(t.reshape(1) for t in scalars)
+        return out
+
+    def summarize(self, host: List[float]) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
+        """Per-module statistics and the non-finite origin from host values.
+
+        ``host`` is the concatenation of :meth:`device_tensors`, on the host.
+        """
+        nfields = len(_stats.ACT_FIELDS) if self._full else 1
+        vecs = [host[i * nfields : (i + 1) * nfields] for i in range(len(self.calls))]
+        pos = len(self.calls) * nfields
+        nf_out = [v[4] if self._full else v[0] for v in vecs]
+        in_counts: List[List[Any]] = []
+        for call in self.calls:
+            ins = []
+            for s in call.inputs:
+                if isinstance(s, Tensor):
+                    ins.append(("count", host[pos]))
+                    pos += 1
+                else:
+                    ins.append(("call", s))
+            in_counts.append(ins)
+        gnorms: Dict[str, List[float]] = {}
+        for name in self.order:
+            k = len(self.grad_norms[name])
+            gnorms[name] = host[pos : pos + k]
+            pos += k
+
+        origin = None
+        for i, call in enumerate(self.calls):
+            if nf_out[i] > 0:
+                inputs_bad = any(
+                    (v > 0) if kind == "count" else (nf_out[v] > 0) for kind, v in in_counts[i]
+                )
+                if not inputs_bad:
+                    origin = call.name
+                    break
+
+        per: Dict[str, Dict[str, float]] = {}
+        if not self._full:
+            return per, origin
+        groups: Dict[str, List[int]] = {}
+        for i, call in enumerate(self.calls):
+            groups.setdefault(call.name, []).append(i)
+        for name in self.order:
+            idxs = groups.get(name, [])
+            if not idxs:
+                continue
+            n_tot = sum(self.calls[i].numel for i in idxs)
+            total = sum(vecs[i][0] for i in idxs)
+            sumsq = sum(vecs[i][1] for i in idxs)
+            mean = total / n_tot
+            # pooled over the calls; the clamp absorbs float32 rounding at std ~ 0
+            var = max(sumsq - n_tot * mean * mean, 0.0) / (n_tot - 1) if n_tot > 1 else math.nan
+            std = math.sqrt(var) if math.isfinite(var) else math.nan
+            nonzero = sum(vecs[i][2] for i in idxs)
+            dead = [1.0 - vecs[i][3] / self.calls[i].units for i in idxs if self.calls[i].units]
+            row = {
+                "act_mean": mean,
+                "act_std": std,
+                "act_zero_frac": 1.0 - nonzero / n_tot,
+                "act_nonfinite": sum(nf_out[i] for i in idxs),
+            }
+            if dead:
+                row["act_dead_frac"] = sum(dead) / len(dead)
+            if self._limits.get(name) is not None:
+                row["act_sat_frac"] = sum(vecs[i][5] for i in idxs) / n_tot
+            g = gnorms.get(name, [])
+            if g:
+                row["out_grad_norm"] = math.sqrt(sum(v * v for v in g))
+            per[name] = row
+        return per, origin

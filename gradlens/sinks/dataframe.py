@@ -1,0 +1,159 @@
+"""In-memory, bounded history of records and its pandas view.
+
+Memory is bounded: at most ``max_history`` logged steps are kept (default
+:data:`DEFAULT_MAX_HISTORY`). When the cap is reached, every second step of the
+older half is dropped, so recent steps stay at full resolution and older ones are
+thinned geometrically (a million-step run keeps ~``max_history`` rows per
+parameter, spread over the whole run). Each kept step costs
+``5 * (6 * n_params + 13 * n_layers)`` bytes (float32 values and a recorded-mask),
+not Python floats.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from gradlens._record import GRAD_STATS, LAYER_STATS, StepRecord
+from gradlens.sinks import Sink
+
+__all__ = ["HistorySink", "DEFAULT_MAX_HISTORY"]
+
+#: Default cap on the number of logged steps kept in memory.
+DEFAULT_MAX_HISTORY = 10_000
+
+_Layout = Tuple[Tuple[str, ...], Tuple[str, ...], Tuple[str, ...]]  # params, their layers, layers
+
+
+class HistorySink(Sink):
+    """Keeps a thinned history of :class:`StepRecord` objects as float32 arrays.
+
+    Args:
+        max_history: the most logged steps kept (>= 2).
+        param_layers: parameter name -> layer name, for the ``layer`` column.
+    """
+
+    name = "history"
+
+    def __init__(self, max_history: int = DEFAULT_MAX_HISTORY) -> None:
+        super().__init__()
+        self.max_history = max_history
+        # (step, layout id, (param values, mask), (layer values, mask), loss, origin);
+        # the mask says which entries were recorded, so a measured NaN survives.
+        self._rows: List[Tuple[int, int, np.ndarray, np.ndarray, float, Optional[str]]] = []
+        self._layouts: List[_Layout] = []
+        self._layout_ids: Dict[_Layout, int] = {}
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def write(
+        self,
+        record: StepRecord,
+        param_layers: Dict[str, str],
+        params: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+    ) -> None:
+        """Append one record (thinning the older half when the cap is reached).
+
+        ``params``: optionally the per-parameter values (rows in ``param_layers``
+        order, columns in ``GRAD_STATS`` order) and their recorded-mask, which
+        saves re-reading ``record.param_stats``.
+        """
+        names = tuple(param_layers)
+        layout = (names, tuple(param_layers[n] for n in names), tuple(record.layers))
+        lid = self._layout_ids.get(layout)
+        if lid is None:
+            lid = self._layout_ids[layout] = len(self._layouts)
+            self._layouts.append(layout)
+        if params is not None:
+            p = (params[0].astype(np.float32), params[1].copy())
+        else:
+            p = _pack(record.param_stats, GRAD_STATS, names)
+        lay = _pack(record.stats, LAYER_STATS, layout[2])
+        loss = None if record.loss is None else float(record.loss)
+        self._rows.append((record.step, lid, p, lay, loss, record.nonfinite_origin))
+        if len(self._rows) >= self.max_history:
+            half = len(self._rows) // 2
+            old = self._rows[:half]
+            self.dropped += len(old) - len(old[::2])
+            self._rows = old[::2] + self._rows[half:]
+
+    def dataframe(self, level: str = "param") -> Any:
+        """Long-format DataFrame: one row per (step, parameter) or (step, layer)."""
+        import pandas as pd
+
+        frames = []
+        for step, lid, p, lay, loss, _ in self._rows:
+            params, players, layers = self._layouts[lid]
+            p, lay = p[0], lay[0]
+            if level == "param":
+                if not params:
+                    continue
+                df = pd.DataFrame(p.astype(np.float64), columns=list(GRAD_STATS))
+                df.insert(0, "param", list(params))
+                df.insert(0, "layer", list(players))
+            else:
+                if not layers:
+                    continue
+                df = pd.DataFrame(lay.astype(np.float64), columns=list(LAYER_STATS))
+                df.insert(0, "layer", list(layers))
+            df.insert(0, "step", step)
+            df["loss"] = np.nan if loss is None else loss
+            frames.append(df)
+        if not frames:
+            cols = ["step", "layer", "param", *GRAD_STATS] if level == "param" else ["step", "layer", *LAYER_STATS]
+            return pd.DataFrame(columns=cols + ["loss"])
+        out = pd.concat(frames, ignore_index=True)
+        for col in ("nonfinite", "missing_grad"):
+            if col in out:
+                out[col] = out[col].astype("float64")
+        return out
+
+    def records(self) -> List[StepRecord]:
+        """The kept history rebuilt as :class:`StepRecord` objects (oldest first)."""
+        out = []
+        for step, lid, p, lay, loss, origin in self._rows:
+            params, _, layers = self._layouts[lid]
+            stats = _unpack(lay, LAYER_STATS, layers)
+            pstats = _unpack(p, GRAD_STATS, params)
+            out.append(
+                StepRecord(
+                    step=step,
+                    layers=list(layers),
+                    stats={k: v for k, v in stats.items() if v},
+                    param_stats={k: v for k, v in pstats.items() if v},
+                    loss=loss,
+                    nonfinite_origin=origin,
+                )
+            )
+        return out
+
+    def last_step(self) -> Optional[int]:
+        """Step of the newest kept record, or None."""
+        return self._rows[-1][0] if self._rows else None
+
+
+def _pack(stats: Dict[str, Dict[str, float]], names_stats: Tuple[str, ...], names: Tuple[str, ...]) -> Tuple[np.ndarray, np.ndarray]:
+    # values (NaN where absent) and a mask of which entries were recorded at all
+    values = np.full((len(names), len(names_stats)), np.nan, dtype=np.float32)
+    present = np.zeros((len(names), len(names_stats)), dtype=bool)
+    for j, stat in enumerate(names_stats):
+        d = stats.get(stat)
+        if d:
+            for i, name in enumerate(names):
+                if name in d:
+                    values[i, j] = d[name]
+                    present[i, j] = True
+    return values, present
+
+
+def _unpack(packed: Tuple[np.ndarray, np.ndarray], names_stats: Tuple[str, ...], names: Tuple[str, ...]) -> Dict[str, Dict[str, float]]:
+    values, present = packed
+    out: Dict[str, Dict[str, float]] = {}
+    for j, stat in enumerate(names_stats):
+        d = {name: float(values[i, j]) for i, name in enumerate(names) if present[i, j]}
+        if d:
+            out[stat] = d
+    return out

@@ -1,0 +1,132 @@
+"""Cadences: every=N does no per-parameter work on unlogged steps; histograms and the
+gradient-flow image on their own cadence; the flow image's colours."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import gradlens
+from gradlens import _tags
+from gradlens.monitor import stats as _stats
+from gradlens.sinks.tensorboard import flow_image
+from watch_helpers import mlp, train
+
+
+def test_unlogged_steps_do_no_statistics(monkeypatch):
+    calls = {"grad": 0, "act": 0}
+    grad_stats, act_stats = _stats.grad_stats, _stats.activation_stats
+
+    def count_grad(*a, **k):
+        calls["grad"] += 1
+        return grad_stats(*a, **k)
+
+    def count_act(*a, **k):
+        calls["act"] += 1
+        return act_stats(*a, **k)
+
+    monkeypatch.setattr(_stats, "grad_stats", count_grad)
+    monkeypatch.setattr(_stats, "activation_stats", count_act)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, every=5, activations=True) as mon:
+        train(model, opt, 10)
+    assert [r.step for r in mon.records()] == [0, 5]
+    assert calls["grad"] == 2  # one fused call per logged step (one device/dtype group)
+    assert calls["act"] == 2 * 5  # 5 traced modules (Linear, ReLU, Linear, Tanh, Linear)
+
+
+def test_activation_trace_only_on_logged_steps():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, every=2, activations=True) as mon:
+        train(model, opt, 4)
+    recs = mon.records()
+    assert [r.step for r in recs] == [0, 2]
+    assert all("act_mean" in r.stats for r in recs)
+
+
+def test_histograms_on_their_own_cadence(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, logdir=tmp_path, histogram_every=2):
+        train(model, opt, 5)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    acc.Reload()
+    hist = acc.Histograms("grad_hist/2.weight")
+    assert [h.step for h in hist] == [0, 2, 4]
+    assert hist[0].histogram_value.num == 8 * 8
+
+
+def test_no_histograms_by_default(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, logdir=tmp_path):
+        train(model, opt, 2)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert acc.Tags()["histograms"] == []
+
+
+def test_flow_image_on_cadence(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, logdir=tmp_path, flow_every=3):
+        train(model, opt, 7)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Images(_tags.FLOW_TAG)]
+    assert steps == [2, 5, 6]  # every 3 logged steps, and a final one at close
+    img = acc.Images(_tags.FLOW_TAG)[-1]
+    assert img.height == 3 * 8  # three layers, 8 px each
+    assert img.width == 7 * 4  # seven steps, 4 px each
+
+
+def test_flow_image_colours():
+    cols = [[1.0, 1e-3, math.nan], [1.0, math.inf, 0.0]]  # steps x layers
+    img = flow_image(cols, cell_w=1, cell_h=1)
+    assert img.shape == (3, 2, 3)
+    assert tuple(img[0, 0]) == (253, 231, 37)  # largest norm: top of the ramp
+    assert tuple(img[1, 0]) == (68, 1, 84)  # smallest: bottom
+    assert tuple(img[1, 1]) == (255, 0, 255)  # non-finite: magenta
+    assert tuple(img[2, 0]) == (0, 0, 0)  # not measured: black
+    assert tuple(img[2, 1]) == (68, 1, 84)  # zero norm: bottom of the ramp
+    assert flow_image([]).shape == (8, 4, 3)
+
+
+def test_param_scalars_auto_limit(tmp_path):
+    from gradlens.monitor import monitor as mm
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, logdir=tmp_path / "a"):
+        train(model, opt, 1)
+    acc = EventAccumulator(str(tmp_path / "a"))
+    acc.Reload()
+    assert any(t.startswith("param/") for t in acc.Tags()["scalars"])
+    big = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(mm.PARAM_SCALARS_AUTO_LIMIT)])
+    opt = torch.optim.SGD(big.parameters(), lr=0.1)
+    with gradlens.watch(big, opt, logdir=tmp_path / "b"):
+        opt.zero_grad()
+        big(torch.randn(3, 2)).sum().backward()
+        opt.step()
+    acc = EventAccumulator(str(tmp_path / "b"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert not any(t.startswith("param/") for t in tags)
+    assert "grad_norm/63" in tags
+
+
+def test_activations_on_their_own_cadence():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, every=2, activations=3) as mon:
+        train(model, opt, 13)
+    recs = mon.records()
+    assert [r.step for r in recs] == [0, 2, 4, 6, 8, 10, 12]
+    assert [r.step for r in recs if "act_mean" in r.stats] == [0, 6, 12]
+    assert all("grad_norm" in r.stats for r in recs)

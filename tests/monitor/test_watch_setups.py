@@ -1,0 +1,266 @@
+"""Real training set-ups: accumulation, GradScaler, several optimizers, frozen/tied/unused
+parameters, include/exclude, group_depth, torch.compile, sparse gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradlens
+from watch_helpers import mlp, train
+
+
+def test_gradient_accumulation_recorded_once_per_step():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    refs = []
+    with gradlens.watch(model, opt) as mon:
+        for _ in range(2):
+            opt.zero_grad()
+            for _ in range(3):  # three micro-batches
+                model(torch.randn(4, 6)).pow(2).mean().backward()
+            refs.append(model[4].weight.grad.norm().item())
+            opt.step()
+    df = mon.dataframe()
+    assert sorted(df.step.unique()) == [0, 1]
+    assert df[df.param == "4.weight"].grad_norm.tolist() == pytest.approx(refs, rel=1e-6)
+
+
+def test_grad_scaler_skipped_step_is_recorded():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    seen = []
+    with gradlens.watch(model, opt) as mon:
+        for i in range(4):
+            opt.zero_grad()
+            x = torch.randn(4, 6)
+            if i == 1:
+                x[0, 0] = float("inf")  # overflow: the scaler skips this step
+            loss = model(x).pow(2).mean()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            seen.append(model[4].weight.grad.norm().item())
+            w = model[4].weight.detach().clone()
+            scaler.step(opt)
+            scaler.update()
+            if i == 1:
+                assert torch.equal(w, model[4].weight)  # really skipped
+        opt.zero_grad()
+    df = mon.dataframe()
+    assert sorted(df.step.unique()) == [0, 1, 2, 3]
+    row = df[(df.param == "0.weight") & (df.step == 1)].iloc[0]
+    assert row.nonfinite > 0  # the inf input poisons the first layer's gradient
+    # the other steps see unscaled gradients, as the optimizer does
+    for step in (0, 2, 3):
+        got = df[(df.param == "4.weight") & (df.step == step)].grad_norm.iloc[0]
+        assert got == pytest.approx(seen[step], rel=1e-5)
+
+
+def test_zero_grad_twice_is_not_a_skipped_step():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt) as mon:
+        for set_to_none in (True, False):
+            opt.zero_grad(set_to_none=set_to_none)
+            opt.zero_grad(set_to_none=set_to_none)
+            model(torch.randn(4, 6)).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=set_to_none)
+            opt.zero_grad(set_to_none=set_to_none)
+    assert sorted(mon.dataframe().step.unique()) == [0, 1]
+
+
+def test_two_optimizers_gan_style():
+    torch.manual_seed(0)
+    gen, disc = nn.Linear(3, 4), nn.Linear(4, 1)
+    model = nn.ModuleDict({"gen": gen, "disc": disc})
+    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=1e-2)
+    refs = []
+    with gradlens.watch(model, [opt_g, opt_d]) as mon:
+        for _ in range(3):
+            opt_d.zero_grad()
+            disc(gen(torch.randn(5, 3)).detach()).mean().backward()
+            d_ref = disc.weight.grad.norm().item()
+            opt_d.step()
+            opt_g.zero_grad()
+            (-disc(gen(torch.randn(5, 3))).mean()).backward()
+            refs.append((gen.weight.grad.norm().item(), d_ref))
+            opt_g.step()
+    df = mon.dataframe()
+    assert sorted(df.step.unique()) == [0, 1, 2]
+    for step, (g_ref, d_ref) in enumerate(refs):
+        at = df[df.step == step].set_index("param")
+        assert at.loc["gen.weight", "grad_norm"] == pytest.approx(g_ref, rel=1e-6)
+        assert at.loc["disc.weight", "grad_norm"] == pytest.approx(d_ref, rel=1e-6)
+
+
+def test_one_watch_per_model():
+    g, d = mlp(0), mlp(1)
+    og, od = torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.1)
+    with gradlens.watch(g, og) as mg, gradlens.watch(d, od) as md:
+        train(g, og, 2)
+        train(d, od, 3)
+    assert mg.steps_seen == 2 and md.steps_seen == 3
+
+
+def test_frozen_tied_unused_parameters():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.frozen = nn.Linear(4, 4)
+            self.frozen.requires_grad_(False)
+            self.unused = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 10, bias=False)
+            self.head.weight = self.emb.weight  # tied
+
+        def forward(self, idx):
+            return self.head(self.frozen(self.emb(idx)))
+
+    model = Tied()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with gradlens.watch(model, opt) as mon:
+        opt.zero_grad()
+        model(torch.tensor([[1, 2, 3]])).sum().backward()
+        ref = model.emb.weight.grad.norm().item()
+        opt.step()
+    df = mon.dataframe().set_index("param")
+    assert set(df.index) == {"emb.weight", "unused.weight", "unused.bias"}  # tied once, frozen not watched
+    assert df.loc["emb.weight", "grad_norm"] == pytest.approx(ref, rel=1e-6)
+    assert df.loc["unused.weight", "missing_grad"] == 1
+
+
+def test_include_exclude_patterns():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, include=["0.*", "4.*"], exclude="*.bias") as mon:
+        train(model, opt, 1)
+    assert sorted(mon.dataframe().param.unique()) == ["0.weight", "4.weight"]
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(4, 4)
+        self.mlp = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+
+    def forward(self, x):
+        return self.mlp(self.attn(x))
+
+
+class _Encoder(nn.Module):
+    def __init__(self, n=3):
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.layer = nn.ModuleList(_Block() for _ in range(n))
+
+    def forward(self, x):
+        x = self.embed(x)
+        for block in self.layer:
+            x = block(x)
+        return x
+
+
+@pytest.mark.parametrize("activations", [False, True], ids=["grads", "activations"])
+def test_group_depth_aggregates_blocks(activations):
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"encoder": _Encoder()})
+    mon = gradlens.watch(model, group_depth=2, activations=activations)
+    out = None
+    outs = {}
+    if activations:
+        blk = model["encoder"].layer[1]
+
+        def keep(module, args, out):
+            out.retain_grad()
+            outs["b1"] = out
+
+        blk.register_forward_hook(keep)
+    out = model["encoder"](torch.randn(5, 4))
+    out.pow(2).sum().backward()
+    mon.step()
+    mon.close()
+    rec = mon.records()[0]
+    assert rec.layers == ["encoder.embed", "encoder.layer.0", "encoder.layer.1", "encoder.layer.2"]
+    blk = model["encoder"].layer[1]
+    ref = math.sqrt(sum(p.grad.norm().item() ** 2 for p in blk.parameters()))
+    assert rec.get("grad_norm", "encoder.layer.1") == pytest.approx(ref, rel=1e-6)
+    ref_max = max(p.grad.abs().max().item() for p in blk.parameters())
+    assert rec.get("grad_max", "encoder.layer.1") == pytest.approx(ref_max, rel=1e-6)
+    df = mon.dataframe()
+    assert (df[df.param == "encoder.layer.1.mlp.2.weight"].layer == "encoder.layer.1").all()
+    if activations:
+        assert rec.get("act_mean", "encoder.layer.1") == pytest.approx(outs["b1"].mean().item(), rel=1e-5)
+        assert rec.get("out_grad_norm", "encoder.layer.1") == pytest.approx(outs["b1"].grad.norm().item(), rel=1e-5)
+
+
+def test_group_name_rule():
+    from gradlens.monitor.monitor import _group_name
+
+    assert _group_name("encoder.layer.3.attn.q", 2) == "encoder.layer.3"
+    assert _group_name("encoder.layer.3.attn.q", 1) == "encoder"
+    assert _group_name("encoder.layer.3.attn.q", 3) == "encoder.layer.3.attn"
+    assert _group_name("0.1.lin", 1) == "0.1"
+    assert _group_name("(root)", 2) == "(root)"
+
+
+def test_every_n_attributes_nan_to_next_logged_step():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, every=4) as mon:
+        for i in range(6):
+            opt.zero_grad()
+            loss = model(torch.randn(4, 6)).pow(2).mean()
+            if i == 2:  # a NaN born on an unlogged step
+                loss = loss * float("nan")
+            mon.observe_loss(loss)
+            loss.backward()
+            opt.step()
+    recs = mon.records()
+    assert [r.step for r in recs] == [0, 4]
+    assert recs[0].stats["nonfinite"]["0"] == 0
+    assert recs[1].stats["nonfinite"]["0"] > 0  # shows at the next logged step
+    assert math.isnan(recs[1].loss)
+
+
+def test_params_added_later_are_picked_up():
+    model = mlp()
+    opt = torch.optim.SGD(model[4].parameters(), lr=0.1)
+    with gradlens.watch(model, opt) as mon:
+        train(model, opt, 1)
+        opt.add_param_group({"params": list(model[0].parameters())})
+        train(model, opt, 1)
+    df = mon.dataframe()
+    assert sorted(df[df.step == 0].param) == ["4.bias", "4.weight"]
+    assert sorted(df[df.step == 1].param) == ["0.bias", "0.weight", "4.bias", "4.weight"]
+
+
+def test_sparse_gradients():
+    model = nn.Sequential(nn.Embedding(20, 4, sparse=True), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt) as mon:
+        opt.zero_grad()
+        model(torch.tensor([1, 2, 2, 5])).sum().backward()
+        ref = model[0].weight.grad.to_dense().norm().item()
+        opt.step()
+    df = mon.dataframe().set_index("param")
+    assert df.loc["0.weight", "grad_norm"] == pytest.approx(ref, rel=1e-6)
+
+
+def test_torch_compile_grad_stats():
+    model = mlp()
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(RuntimeWarning, match="unavailable for torch.compile"):
+        mon = gradlens.watch(compiled, opt, activations=True)
+    refs = train(compiled, opt, 2)
+    mon.close()
+    df = mon.dataframe()
+    assert set(df.param) == {n for n, _ in model.named_parameters()}  # no _orig_mod prefix
+    got = df[(df.step == 1) & (df.param == "2.weight")].grad_norm.iloc[0]
+    assert got == pytest.approx(refs[1]["_orig_mod.2.weight"][0], rel=1e-6)

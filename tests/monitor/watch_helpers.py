@@ -1,0 +1,40 @@
+"""Shared helpers for the monitor tests (imported by basename; no __init__.py)."""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    """A small MLP: 0 Linear, 1 ReLU, 2 Linear, 3 Tanh, 4 Linear."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, *, mon=None, batch: int = 5,
+          seed: int = 1, inputs: int = 6) -> List[dict]:
+    """Plain training loop; returns, per step, torch's own grad norms/max taken before step()."""
+    gen = torch.Generator().manual_seed(seed)
+    refs = []
+    for _ in range(steps):
+        opt.zero_grad()
+        x = torch.randn(batch, inputs, generator=gen)
+        loss = model(x).pow(2).mean()
+        if mon is not None:
+            mon.observe_loss(loss)
+        loss.backward()
+        refs.append(
+            {
+                "loss": loss.item(),
+                **{
+                    n: (p.grad.norm().item(), p.grad.abs().max().item(), p.detach().norm().item())
+                    for n, p in model.named_parameters()
+                    if p.grad is not None
+                },
+            }
+        )
+        opt.step()
+    return refs
