@@ -105,7 +105,7 @@ class _Problem:
                 if name in self._param_leaf:
                     state[name] = vals[self._param_leaf[name]]
                 else:  # a fresh copy per call: running statistics must not drift between calls
-                    state[name] = b.detach().to(cast) if cast is not None and b.is_floating_point() else b.detach().clone()
+                    state[name] = b.detach().to(dtype=cast if cast is not None and b.is_floating_point() else b.dtype, copy=True)
             mod = target if isinstance(target, nn.Module) else self.module
             out = torch.func.functional_call(mod, state, args, strict=False)
         else:

@@ -163,7 +163,7 @@ def compare(
     if n_mis == 1:
         i = int(bad_flat[0])
         e, gv = float(exp.flatten()[i]), float(g.flatten()[i])
-        ratio = f", got x {gv / e:.4g} the expected value" if e != 0 else ""
+        ratio = f", got x {gv / e:.4g} the expected value" if e != 0 and gv != 0 else ""
         check.diagnosis.append(f"wrong only at element {list(_unravel(i, exp.shape))} of {n}{ratio}{zero_note}")
         return
     runs = _runs(bad_flat)
