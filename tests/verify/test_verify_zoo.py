@@ -173,3 +173,15 @@ def test_bad_fn_and_nothing_to_check():
         gradlens.check_backward(3, torch.randn(3))
     with pytest.raises(ValueError, match="no input requires grad"):
         gradlens.check_backward(torch.sin, torch.randn(3))
+
+
+def test_widespread_error_in_large_tensor_is_sampled_not_exhaustive():
+    # A forgotten term everywhere in a 4000-element tensor without reference: stops
+    # bisecting, samples, still fails with counts over the sampled elements.
+    fn, _, ref, _ = zoo.BUGS["forgotten-term"]
+    x, w = (torch.randn(40, 100, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    report = gradlens.check_backward(fn, x, w)
+    t = report["input 0"]
+    assert not t.ok and report["input 1"].ok
+    assert t.n_checked <= 200 and t.fraction_mismatched > 0.9, str(report)
+    assert any("sampled" in n for n in report.notes)
