@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -260,7 +261,9 @@ class _Checker:
         if crashed is not None:
             msg = str(crashed).splitlines()[0]
             diag = "backward raised: " + msg
-            if "invalid gradient" in msg or "shape" in msg:
+            if "device" in msg:
+                diag = "returned gradient is on the wrong device: " + msg
+            elif "invalid gradient" in msg or "shape" in msg:
                 diag = "returned gradient has the wrong shape: " + msg
             elif "incorrect number of gradients" in msg:
                 diag = "backward returned the wrong number of gradients: " + msg
@@ -653,7 +656,9 @@ class _Checker:
         X = [t.detach().to(F64) for t in p.leaves]
         U = [self._randn_like(x, gen) for x in X]
         try:
-            with fwAD.dual_level():
+            with warnings.catch_warnings(), fwAD.dual_level():
+                # torch's forward-AD internals still call torch.jit.script (deprecated in torch 2.13).
+                warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=DeprecationWarning)
                 duals = [fwAD.make_dual(x, u) for x, u in zip(X, U)]
                 outs = [t for _, t in p.call("fn", duals, F64)]
                 tang = [fwAD.unpack_dual(t).tangent for t in outs]
