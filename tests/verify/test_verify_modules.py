@@ -122,3 +122,12 @@ def test_second_order(use_ref):
 
     rep = gradlens.check_backward(SinNoDouble.apply, x, reference=torch.sin if use_ref else None, second_order=True)
     assert not rep.ok and any("second order" in p for p in rep.problems), str(rep)
+
+
+def test_module_reference_must_be_a_module_with_the_same_names():
+    m = TwinLinear(4, 3).double()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="reference=.*nn.Module"):
+        gradlens.check_backward(m, x, reference=torch.nn.functional.linear)
+    with pytest.raises(ValueError, match="lacks the parameters"):
+        gradlens.check_backward(m, x, reference=nn.Sequential(nn.Linear(4, 3)).double())
