@@ -24,8 +24,8 @@ def test_verify_speed_quick(capsys):
     assert len(rows) == 4
     for line in rows:
         cells = line.split("|")
-        verdicts = [c.split()[-1] for c in cells[1:4]]
+        verdicts = [c.split()[-1] for c in cells[1:5]]  # gradlens, locate=False, fast, exact
         if "correct" in cells[0]:
-            assert verdicts == ["pass", "pass", "pass"], line
-        else:  # the one-element bug: gradlens and exact gradcheck both catch it at these sizes
-            assert verdicts[0] == "FAIL" and verdicts[2] == "FAIL", line
+            assert verdicts == ["pass"] * 4, line
+        else:  # the one-element bug: gradlens (both ways) and exact gradcheck catch it
+            assert verdicts[0] == verdicts[1] == verdicts[3] == "FAIL", line

@@ -480,7 +480,10 @@ class _Checker:
                         failing[k] = c
         self._failing = failing
         for k, c in failing.items():
-            self._analyze_leaf(k, c, fd, g64, exp, known, kink, extra, flips, methods, xs, gen)
+            if o["locate"]:
+                self._analyze_leaf(k, c, fd, g64, exp, known, kink, extra, flips, methods, xs, gen)
+            else:
+                methods[k] = "finite differences (random directions; locate=False)"
         # The float64 gradients stand in for the truth where FD agreed; the comparison uses cotangent `c`.
         self._fd_cot = {k: failing.get(k, 0) for k in range(n)}
         return exp, known, kink, extra, [0.0] * n, flips, methods
@@ -674,6 +677,9 @@ class _Checker:
             # when all pass, the one with the largest error.
             if best is None or (best.ok and not trial.ok) or (best.ok and (best.max_abs_error or 0) < (trial.max_abs_error or 0)):
                 best = trial
+        if self.p.reference is None and not o["locate"] and k in self._failing:
+            best.ok = False
+            best.diagnosis.append("a random directional derivative disagrees with the backward (not located: locate=False)")
         n_kink = int(kink[k].sum())
         if n_kink:
             first = [i for i in kink[k].nonzero()[0].tolist()]
@@ -773,6 +779,7 @@ def check_backward(
     top_k: int = 5,
     mode: str = "current",
     check_determinism: bool = True,
+    locate: bool = True,
     second_order: bool = False,
     forward_ad: bool = False,
 ) -> BackwardReport:
@@ -804,6 +811,8 @@ def check_backward(
         top_k: worst elements listed per tensor.
         mode: for modules: ``"current"``, ``"train"``, ``"eval"`` or ``"both"``.
         check_determinism: run backward twice and compare.
+        locate: finite-difference mode: locate and diagnose the wrong elements of a
+            failing tensor (costs more evaluations); ``False`` gives the verdict only.
         second_order: also check double backward (Hessian-vector products).
         forward_ad: also check forward-mode AD (``jvp``) against the backward.
 
@@ -838,7 +847,7 @@ def check_backward(
         raise TypeError(f"check_backward(seed=...) expects an int, got {type(seed).__name__}")
     opts = dict(
         seed=seed, atol=atol, rtol=rtol, eps=float(eps), n_cotangents=n_cotangents, n_directions=n_directions,
-        max_fd_elements=max_fd_elements, top_k=top_k, check_determinism=check_determinism,
+        max_fd_elements=max_fd_elements, top_k=top_k, check_determinism=check_determinism, locate=bool(locate),
         second_order=second_order, forward_ad=forward_ad,
     )
     module = fn if isinstance(fn, nn.Module) else None
