@@ -220,3 +220,12 @@ def test_locate_false_gives_the_verdict_only():
     rep = gradlens.check_backward(fn, x, locate=False)
     assert not rep.ok and "locate=False" in str(rep)
     assert gradlens.check_backward(zoo.Sin, x, locate=False).ok
+
+
+def test_backward_that_raises_is_reported():
+    def boom(ctx, g):
+        raise ValueError("kernel launch failed")
+
+    fn = zoo._fn(torch.sin, boom, "Boom")
+    rep = gradlens.check_backward(fn, torch.randn(3, dtype=torch.float64, requires_grad=True))
+    assert not rep.ok and any("backward raised: kernel launch failed" in p for p in rep.problems), str(rep)

@@ -165,6 +165,13 @@ def _b_tail(ctx, g):
     return out
 
 
+def _b_cols(ctx, g):
+    (x,) = ctx.saved_tensors
+    out = g * x.cos()
+    out[:, 3:5] = g[:, 3:5]  # bug: last columns take a stale/wrong formula
+    return out
+
+
 def _b_mutate(ctx, g):
     (x,) = ctx.saved_tensors
     return g.mul_(x.cos())  # bug: in place on grad_output (the result itself is right)
@@ -249,6 +256,7 @@ BUGS: Dict[str, Tuple[Callable, Callable, Any, str]] = {
     "reversed-cumsum": (_fn(lambda x: x.cumsum(1), _b_cumsum, "CumSumRev"), _in((3, 8)), lambda x: x.cumsum(1), "reversed along dim 1"),
     "one-element": (_fn(torch.sin, _b_one, "SinOne"), _in((5, 6)), torch.sin, "wrong only at element [2, 1]"),
     "dropped-tail": (_fn(lambda x: 2 * x, _b_tail, "Chunked"), _tail_in, lambda x: 2 * x, "4096..4099 of 4100"),
+    "wrong-columns": (_fn(torch.sin, _b_cols, "SinCols"), _in((6, 5)), torch.sin, "index 3..4 along dim 1"),
     "mutated-grad-output": (_fn(torch.sin, _b_mutate, "SinMutate"), _in((3, 4)), torch.sin, "mutates grad_output"),
     "missing-gradient": (_fn(lambda x, w: x * w + x, _b_missing, "ResidualNoW"), _in((4, 5), (4, 5)), lambda x, w: x * w + x, "gradient missing"),
     "spurious-gradient": (_fn(lambda x, y: 2 * x, _b_spurious, "Spurious"), _in((3, 4), (3, 4)), lambda x, y: 2 * x, "none should be"),
