@@ -101,8 +101,10 @@ class _Problem:
             counter[0] += 1
             if j in self._arg_leaf:
                 return vals[self._arg_leaf[j]]
-            if cast is not None and t.is_floating_point():
-                return t.detach().to(cast)
+            if t.is_floating_point():
+                # A fresh copy per call: ops that update arguments in place (running
+                # statistics) must see the same values every time, and the user's stay intact.
+                return t.detach().to(dtype=cast or t.dtype, copy=True)
             return t
 
         args = tuple(_map_tensors(a, sub) for a in self.inputs)

@@ -131,3 +131,17 @@ def test_module_reference_must_be_a_module_with_the_same_names():
         gradlens.check_backward(m, x, reference=torch.nn.functional.linear)
     with pytest.raises(ValueError, match="lacks the parameters"):
         gradlens.check_backward(m, x, reference=nn.Sequential(nn.Linear(4, 3)).double())
+
+
+@pytest.mark.parametrize("use_ref", [True, False], ids=["reference", "fd"])
+def test_functional_with_in_place_running_stats(use_ref):
+    x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+
+    def bn(x, rm, rv, w):
+        return torch.nn.functional.batch_norm(x, rm, rv, w, None, training=True)
+
+    rep = gradlens.check_backward(bn, x, rm, rv, w, reference=bn if use_ref else None)
+    assert rep.ok, str(rep)
+    assert torch.equal(rm, torch.zeros(3, dtype=torch.float64))  # the user's buffers untouched
