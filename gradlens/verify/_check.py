@@ -217,7 +217,7 @@ class _FD:
         h = self.h
         for j, i in enumerate(idx):
             xi = float(flat[i])
-            step = h * max(1.0, abs(xi)) if abs(xi) > 1e3 else h
+            step = max(h, 8 * _EPS64 * abs(xi))  # at least a few ulps of x, so that x + step != x
             for_s = []
             for sgn in (1.0, -1.0):
                 p = flat.clone()

@@ -230,3 +230,16 @@ def test_backward_that_raises_is_reported():
     fn = zoo._fn(torch.sin, boom, "Boom")
     rep = gradlens.check_backward(fn, torch.randn(3, dtype=torch.float64, requires_grad=True))
     assert not rep.ok and any("backward raised: kernel launch failed" in p for p in rep.problems), str(rep)
+
+
+@pytest.mark.parametrize("use_ref", METHODS)
+def test_nan_in_returned_gradient_is_flagged(use_ref):
+    def bw(ctx, g):
+        (x,) = ctx.saved_tensors
+        out = g * x.cos()
+        out[1, 2] = float("nan")
+        return out
+
+    fn = zoo._fn(torch.sin, bw, "SinNaN")
+    rep = gradlens.check_backward(fn, torch.randn(3, 4, dtype=torch.float64, requires_grad=True), reference=torch.sin if use_ref else None)
+    assert not rep.ok and "wrong only at element [1, 2] of 12" in str(rep), str(rep)
