@@ -164,21 +164,27 @@ class _FD:
     def __init__(
         self, prob: _Problem, x: List[torch.Tensor], cots: List[List[torch.Tensor]], eps: float, outs: Optional[List[torch.Tensor]] = None
     ) -> None:
-        self.prob, self.x, self.cots, self.h = prob, x, cots, eps
+        self.prob, self.x, self.cots = prob, x, cots
         self.evals = 0
+        # Normally float64. When fn has no float64 path, its own dtype, with the step that
+        # balances truncation and rounding (eps^(1/3)).
+        self.cast: Optional[torch.dtype] = F64 if all(t.dtype == F64 for t in x) else None
+        self.unit = _EPS64 if self.cast is not None else max(_dtype_eps(t.dtype) for t in x)
+        self.h = eps if self.cast is not None else max(eps, self.unit ** (1 / 3))
+        eps = self.h
         with torch.no_grad():
             # f(x) itself: reuse the outputs already computed at x when given.
             if outs is None:
                 self.evals += 1
-                outs = [t for _, t in self.prob.call("fn", x, F64)]
+                outs = [t for _, t in self.prob.call("fn", x, self.cast)]
             s0, self.scale = self._dots([o.detach() for o in outs], scale=True)
         self.s0 = s0
         # Rounding noise of one evaluation of s, divided by the step: the derived FD tolerance.
-        self.noise = [64 * _EPS64 * sc / eps + 1e-300 for sc in self.scale]
+        self.noise = [64 * self.unit * sc / eps + 1e-300 for sc in self.scale]
 
     def _s(self, vals: Sequence[torch.Tensor]) -> Tuple[List[float], List[float]]:
         self.evals += 1
-        return self._dots([t for _, t in self.prob.call("fn", vals, F64)])
+        return self._dots([t for _, t in self.prob.call("fn", vals, self.cast)])
 
     def _dots(self, outs: Sequence[torch.Tensor], scale: bool = False) -> Tuple[List[float], List[float]]:
         s, sc = [], []
@@ -198,9 +204,9 @@ class _FD:
         xp, xm = list(self.x), list(self.x)
         du = {}
         for k, d in u.items():
-            xp[k] = self.x[k] + h * d
-            xm[k] = self.x[k] - h * d
-            du[k] = (xp[k] - xm[k]) / (2 * h)  # the direction actually taken, after rounding
+            xp[k] = (self.x[k] + h * d).to(self.x[k].dtype)
+            xm[k] = (self.x[k] - h * d).to(self.x[k].dtype)
+            du[k] = (xp[k].to(F64) - xm[k].to(F64)) / (2 * h)  # the direction actually taken, after rounding
         with torch.no_grad():
             sp, _ = self._s(xp)
             sm, _ = self._s(xm)

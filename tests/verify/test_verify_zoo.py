@@ -243,3 +243,24 @@ def test_nan_in_returned_gradient_is_flagged(use_ref):
     fn = zoo._fn(torch.sin, bw, "SinNaN")
     rep = gradlens.check_backward(fn, torch.randn(3, 4, dtype=torch.float64, requires_grad=True), reference=torch.sin if use_ref else None)
     assert not rep.ok and "wrong only at element [1, 2] of 12" in str(rep), str(rep)
+
+
+def _float32_only_sin(x):
+    if x.dtype != torch.float32:
+        raise TypeError("this kernel supports float32 only")
+    return zoo.Sin(x)
+
+
+def _float32_only_bad(x):
+    if x.dtype != torch.float32:
+        raise TypeError("this kernel supports float32 only")
+    return zoo.BUGS["wrong-sign"][0](x)
+
+
+def test_fn_without_float64_path_falls_back_to_its_own_dtype():
+    x = torch.randn(3, 4, requires_grad=True)
+    rep = gradlens.check_backward(_float32_only_sin, x)
+    assert rep.ok, str(rep)
+    assert any("could not run in float64" in n for n in rep.notes)
+    rep = gradlens.check_backward(_float32_only_bad, x)
+    assert not rep.ok and any("sign flipped" in d for d in rep.diagnoses), str(rep)
