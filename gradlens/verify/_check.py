@@ -291,7 +291,7 @@ class _Checker:
                     "clone it first, other consumers of that gradient see the modified values"
                 )
             got.append(g)
-        self._raw_probe(otensors, L, cotsN[0])
+        raw = self._raw_probe(otensors, L, cotsN[0])
         if crashed is not None:
             msg = str(crashed).splitlines()[0]
             diag = "backward raised: " + msg
@@ -306,7 +306,11 @@ class _Checker:
 
         again = None
         if o["check_determinism"]:
-            again = _vjp(otensors, L, [v.clone() for v in cotsN[0]])
+            if got and all(raw.get(k) is not None or g is None for k, g in enumerate(got[0])):
+                # The direct call of the Function's backward was a second backward already.
+                again = [raw[k].to(L[k].dtype) if g is not None else None for k, g in enumerate(got[0])]
+            else:
+                again = _vjp(otensors, L, [v.clone() for v in cotsN[0]])
 
         # Expected gradients in float64.
         if p.reference is not None:
@@ -357,19 +361,25 @@ class _Checker:
     def _name(self, k: int) -> str:
         return f"{self.label}{self.p.names[k]}"
 
-    def _raw_probe(self, outs: List[torch.Tensor], L: List[torch.Tensor], cots: List[torch.Tensor]) -> None:
-        """Call a custom Function's backward directly to see its raw gradients (autograd casts dtypes silently)."""
+    def _raw_probe(self, outs: List[torch.Tensor], L: List[torch.Tensor], cots: List[torch.Tensor]) -> Dict[int, torch.Tensor]:
+        """Call a custom Function's backward directly to see its raw gradients (autograd casts dtypes silently).
+
+        Returns leaf index -> raw gradient (for the leaves the Function feeds directly).
+        """
+        found: Dict[int, torch.Tensor] = {}
         fns = {id(t.grad_fn): t.grad_fn for t in outs if t.grad_fn is not None}
         if len(fns) != 1:
-            return
+            return found
         node = next(iter(fns.values()))
         if not hasattr(node, "_forward_cls") or len(outs) != len({t.output_nr for t in outs}):
-            return
+            return found
+        if sorted(t.output_nr for t in outs) != list(range(len(outs))):
+            return found
         order = sorted(range(len(outs)), key=lambda i: outs[i].output_nr)
         try:
             raw = node.apply(*[cots[i].clone() for i in order])
         except Exception:  # noqa: BLE001 - the probe is best effort; the real check already ran
-            return
+            return found
         raw = raw if isinstance(raw, tuple) else (raw,)
         leaf_of = {id(t): k for k, t in enumerate(L)}
         for r, (nxt, _) in zip(raw, node.next_functions):
@@ -378,12 +388,18 @@ class _Checker:
                 continue
             k = leaf_of[id(var)]
             leaf = self.p.leaves[k]
+            if k not in found and r.shape == leaf.shape:
+                found[k] = r.detach()
             for what, a, b in (("dtype", r.dtype, leaf.dtype), ("shape", tuple(r.shape), tuple(leaf.shape)), ("device", r.device, leaf.device)):
                 if a != b:
                     self.problems.append(
                         f"{self._name(k)}: backward returned a gradient with the wrong {what}: {a} instead of {b}"
                         + (" (autograd silently casts it)" if what == "dtype" else "")
                     )
+        seen = [leaf_of.get(id(getattr(nxt, "variable", None))) for nxt, _ in node.next_functions]
+        if len([k for k in seen if k is not None]) != len({k for k in seen if k is not None}):
+            return {}  # a tensor fed twice: autograd sums its gradients, the raw ones are not comparable
+        return found
 
     def _expected_from_reference(self, outs: List[torch.Tensor], cots64: List[List[torch.Tensor]], L: List[torch.Tensor]):
         p = self.p

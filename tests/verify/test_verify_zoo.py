@@ -264,3 +264,11 @@ def test_fn_without_float64_path_falls_back_to_its_own_dtype():
     assert any("could not run in float64" in n for n in rep.notes)
     rep = gradlens.check_backward(_float32_only_bad, x)
     assert not rep.ok and any("sign flipped" in d for d in rep.diagnoses), str(rep)
+
+
+def test_same_tensor_fed_twice():
+    x = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    rep = gradlens.check_backward(lambda x: zoo.MatMul(x, x), x)
+    assert rep.ok, str(rep)
+    rep = gradlens.check_backward(lambda x: zoo.BUGS["missing-transpose"][0](x, x), x, reference=lambda x: x @ x)
+    assert not rep.ok and not any("non-deterministic" in p for p in rep.problems), str(rep)
