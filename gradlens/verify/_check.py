@@ -131,8 +131,11 @@ class _Problem:
         return [(p, t) for p, t in flat if _is_float(t)]
 
 
-def _vjp(outs: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor], cots: Sequence[torch.Tensor]) -> List[Optional[torch.Tensor]]:
-    pairs = [(o, c) for o, c in zip(outs, cots) if o.requires_grad]
+def _vjp(
+    outs: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor], cots: Sequence[torch.Tensor], clone: bool = True
+) -> List[Optional[torch.Tensor]]:
+    # Clones: a backward that mutates grad_output in place must not corrupt our cotangents.
+    pairs = [(o, c.clone() if clone else c) for o, c in zip(outs, cots) if o.requires_grad]
     if not pairs:
         return [None] * len(leaves)
     return list(
@@ -281,7 +284,7 @@ class _Checker:
         for c in range(n_cot):
             passed = [v.clone() for v in cotsN[c]]
             try:
-                g = _vjp(otensors, L, passed)
+                g = _vjp(otensors, L, passed, clone=False)  # `passed` is ours to watch for mutation
             except Exception as err:  # noqa: BLE001 - autograd's shape/count validation, or the user's backward itself
                 crashed = err
                 break
