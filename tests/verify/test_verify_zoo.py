@@ -146,10 +146,16 @@ def test_tolerance_override():
     assert gradlens.check_backward(f, x, reference=torch.sin, rtol=1e-2).ok
 
 
-def test_bfloat16_correct_passes_and_bug_fails():
+@pytest.mark.parametrize("use_ref", METHODS)
+def test_bfloat16_correct_passes_and_bug_fails(use_ref):
+    ref = torch.sin if use_ref else None
     x = torch.randn(4, 8).to(torch.bfloat16).requires_grad_(True)
-    assert gradlens.check_backward(zoo.Sin, x, reference=torch.sin).ok
-    assert not gradlens.check_backward(zoo.BUGS["one-element"][0], torch.randn(5, 6).to(torch.bfloat16).requires_grad_(), reference=torch.sin).ok
+    assert gradlens.check_backward(zoo.Sin, x, reference=ref).ok
+    lin = zoo.CORRECT["linear"]
+    assert gradlens.check_backward(lin[0], *lin[1](torch.bfloat16), reference=lin[2] if use_ref else None).ok
+    y = torch.randn(5, 6).to(torch.bfloat16).requires_grad_()
+    rep = gradlens.check_backward(zoo.BUGS["one-element"][0], y, reference=ref)
+    assert not rep.ok and "wrong only at element [2, 1]" in str(rep), str(rep)
 
 
 @pytest.mark.parametrize(
