@@ -280,3 +280,11 @@ def test_same_tensor_fed_twice():
     assert rep.ok, str(rep)
     rep = gradlens.check_backward(lambda x: zoo.BUGS["missing-transpose"][0](x, x), x, reference=lambda x: x @ x)
     assert not rep.ok and not any("non-deterministic" in p for p in rep.problems), str(rep)
+
+
+def test_forward_mismatch_with_reference_is_reported():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    rep = gradlens.check_backward(lambda x: torch.sin(x) * 1.01, x, reference=torch.sin)
+    assert not rep.ok and any("forward output out differs from the reference" in p for p in rep.problems), str(rep)
+    with pytest.raises(ValueError, match="reference=...\\) returned 2"):
+        gradlens.check_backward(torch.sin, x, reference=lambda x: (x.sin(), x.cos()))
