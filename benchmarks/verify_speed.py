@@ -1,0 +1,149 @@
+"""Wall time and verdict: gradlens.check_backward vs torch.autograd.gradcheck (exact and fast mode).
+
+The same float64 Linear Functions (a correct one and one whose weight gradient has a
+single element 2x too large) at growing sizes, batch 32. check_backward runs without
+a reference (float64 finite differences), like gradcheck. Prints one table.
+
+    python benchmarks/verify_speed.py            # sizes 8..128
+    python benchmarks/verify_speed.py --quick    # smoke run (tests/test_benchmark_verify.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable, List, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import gradlens  # noqa: E402
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return x @ w.t() + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        # y = x w^T + b: dx = g w, dw = g^T x, db = sum_batch g
+        return g @ w, g.t() @ x, g.sum(0)
+
+
+class _LinearOneWrong(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return x @ w.t() + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gw = g.t() @ x
+        gw[-1, -1] *= 2  # the bug: one weight-gradient element 2x too large
+        return g @ w, gw, g.sum(0)
+
+
+_CLOCK = time.perf_counter
+
+
+def _time(fn: Callable[[], bool], repeat: int) -> Tuple[float, bool]:
+    best, verdict = float("inf"), False
+    for _ in range(repeat):
+        t0 = _CLOCK()
+        verdict = fn()
+        best = min(best, _CLOCK() - t0)
+    return best, verdict
+
+
+def _inputs(n: int, batch: int) -> Tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    w = torch.randn(n, n, generator=gen, dtype=torch.float64) / n**0.5
+    b = torch.randn(n, generator=gen, dtype=torch.float64)
+    return tuple(t.requires_grad_(True) for t in (x, w, b))
+
+
+def run(sizes: List[int], batch: int, exact_max: int, repeat: int) -> List[dict]:
+    rows = []
+    for n in sizes:
+        inputs = _inputs(n, batch)
+        numel = sum(t.numel() for t in inputs)
+        for label, fn in (("correct", _Linear.apply), ("1 elem wrong", _LinearOneWrong.apply)):
+            row = {"size": f"{n}->{n}", "numel": numel, "fn": label}
+            row["gradlens"] = _time(lambda: gradlens.check_backward(fn, *inputs).ok, repeat)
+            row["verdict"] = _time(lambda: gradlens.check_backward(fn, *inputs, locate=False).ok, repeat)
+            row["fast"] = _time(
+                lambda: torch.autograd.gradcheck(fn, inputs, fast_mode=True, raise_exception=False), repeat
+            )
+            if n <= exact_max:
+                row["exact"] = _time(
+                    lambda: torch.autograd.gradcheck(fn, inputs, fast_mode=False, raise_exception=False), 1
+                )
+            else:
+                row["exact"] = None
+            rows.append(row)
+    return rows
+
+
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+def print_table(rows: List[dict]) -> None:
+    head = f"{'Linear':>9} {'inputs':>7} {'function':>13} | {'gradlens':>15} | {'locate=False':>15} | {'gradcheck fast':>15} | {'gradcheck exact':>16} | {'gl/fast':>7} {'lF/fast':>7} {'exact/gl':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        gl_t, gl_v = r["gradlens"]
+        v_t, v_v = r["verdict"]
+        f_t, f_v = r["fast"]
+        if r["exact"] is None:
+            ex = f"{'(skipped)':>16}"
+            speedup = "-"
+        else:
+            e_t, e_v = r["exact"]
+            ex = f"{e_t * 1e3:9.1f} ms {_verdict(e_v):>4}"
+            speedup = f"{e_t / gl_t:.0f}x"
+        print(
+            f"{r['size']:>9} {r['numel']:>7} {r['fn']:>13} | {gl_t * 1e3:8.1f} ms {_verdict(gl_v):>4} | "
+            f"{v_t * 1e3:8.1f} ms {_verdict(v_v):>4} | "
+            f"{f_t * 1e3:8.1f} ms {_verdict(f_v):>4} | {ex} | {gl_t / f_t:6.1f}x {v_t / f_t:6.1f}x {speedup:>8}"
+        )
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="two small sizes, one repeat (a smoke run)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: time.perf_counter; cpu: time.process_time (1 thread: robust on a loaded machine)",
+    )
+    args = ap.parse_args(argv)
+    global _CLOCK
+    _CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    torch.set_num_threads(1)
+    warm = _inputs(4, 4)  # first-call costs (imports, dispatcher caches) out of the timings
+    gradlens.check_backward(_Linear.apply, *warm)
+    torch.autograd.gradcheck(_Linear.apply, warm, fast_mode=True)
+    if args.quick:
+        rows = run([8, 16], args.batch, exact_max=16, repeat=1)
+    else:
+        rows = run([8, 16, 32, 64, 128], args.batch, exact_max=128, repeat=7)
+    print(f"torch {torch.__version__}, float64, batch {args.batch}, 1 thread, {args.clock} clock; best of repeats")
+    print_table(rows)
+    print("gl/fast, lF/fast: time of gradlens (full diagnosis) and of gradlens locate=False (verdict only)")
+    print("divided by gradcheck fast mode's; exact/gl: gradcheck exact mode's time divided by gradlens'.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
