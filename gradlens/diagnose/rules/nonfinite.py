@@ -1,0 +1,96 @@
+"""``nonfinite``: NaN/Inf in the loss, gradients, parameters or activations.
+
+Reported at once (a NaN never heals). Named where it is *born*:
+
+1. ``record.nonfinite_origin`` when the monitor traced activations: the first module
+   (forward order) whose inputs were finite and whose output was not;
+2. otherwise a fallback, said so in ``evidence["located_by"]``: the first layer
+   (input side) with non-finite activations, else with non-finite weights, else
+   with non-finite gradients. When only some layers have non-finite gradients the
+   NaN was born in the backward pass, at the output-most of them, and that one is
+   named instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+from gradlens._record import StepRecord
+from gradlens.diagnose.rules.base import Condition, Rule
+
+__all__ = ["NonFinite"]
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and (x > 0 or math.isnan(x))
+
+
+def _bad(x) -> bool:
+    return isinstance(x, (int, float)) and not math.isfinite(x)
+
+
+class NonFinite(Rule):
+    """NaN/Inf anywhere, named at the module where it is born."""
+
+    kind = "nonfinite"
+    window = "nonfinite_persist_steps"
+
+    def check(self, record: StepRecord) -> List[Condition]:
+        s = record.stats
+        act_bad = [n for n in record.layers if _positive(s.get("act_nonfinite", {}).get(n))]
+        w_bad = [n for n in record.layers if _bad(s.get("weight_norm", {}).get(n))]
+        g_bad = [n for n in record.layers if _positive(s.get("nonfinite", {}).get(n))]
+        g_bad += [
+            n for n in record.layers
+            if n not in g_bad and _bad(s.get("grad_norm", {}).get(n))
+        ]
+        loss_bad = record.loss is not None and not math.isfinite(record.loss)
+        if not (act_bad or w_bad or g_bad or loss_bad or record.nonfinite_origin):
+            return []
+        layer, how = self._locate(record, act_bad, w_bad, g_bad)
+        where = [w for w, bad in (("loss", loss_bad), ("activations", act_bad),
+                                  ("weights", w_bad), ("gradients", g_bad)) if bad]
+        count = sum(
+            v for v in s.get("nonfinite", {}).values() if isinstance(v, (int, float)) and math.isfinite(v)
+        )
+        named = f"born at {layer}" if layer is not None else "origin unknown"
+        message = (
+            f"NaN/Inf in {', '.join(where) or 'activations'} ({named}; threshold: any): check "
+            f"that layer's inputs for log/sqrt/division of non-positive values, lower the "
+            f"learning rate or clip gradients"
+        )
+        return [
+            Condition(
+                key="",
+                layer=layer,
+                value=float(count) if count else math.nan,
+                threshold=0.0,
+                severity="error",
+                message=message,
+                evidence={
+                    "located_by": how,
+                    "in": where,
+                    "layers_nonfinite_activations": act_bad[:10],
+                    "layers_nonfinite_weights": w_bad[:10],
+                    "layers_nonfinite_gradients": g_bad[:10],
+                },
+            )
+        ]
+
+    @staticmethod
+    def _locate(record, act_bad, w_bad, g_bad) -> Tuple[Optional[str], str]:
+        if record.nonfinite_origin:
+            return record.nonfinite_origin, "origin"
+        if act_bad:
+            return act_bad[0], "fallback: first layer with non-finite activations"
+        if w_bad:
+            return w_bad[0], "fallback: first layer with non-finite weights"
+        if g_bad:
+            with_grad = [n for n in record.layers if n in record.stats.get("grad_norm", {})]
+            if len(g_bad) < len(with_grad):
+                # Born in backward: the layers below it inherit it, those above are clean.
+                order = {n: i for i, n in enumerate(record.layers)}
+                return max(g_bad, key=order.get), "fallback: output-most layer with non-finite gradients"
+            return g_bad[0], "fallback: first layer with non-finite gradients"
+        return None, "fallback: only the loss is non-finite"
