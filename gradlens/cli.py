@@ -15,7 +15,10 @@ from typing import List, Optional
 from gradlens._version import __version__
 
 #: subcommand -> (module, one-line help). Each module defines add_arguments() and run().
-_COMMANDS = {}
+_COMMANDS = {
+    "report": ("gradlens.report", "diagnose a run from the TensorBoard event files gradlens wrote"),
+    "demo": ("gradlens.demo", "train three small networks under gradlens.watch and diagnose them"),
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:

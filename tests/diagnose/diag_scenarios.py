@@ -378,7 +378,7 @@ def _gan():
 
 def _residual_mlp():
     # the demo's healthy network: pre-norm residual MLP
-    from gradlens.demo import ResidualMLP
+    from gradlens._demo_models import ResidualMLP
     _seed(27)
     model = ResidualMLP()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
