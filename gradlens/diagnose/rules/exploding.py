@@ -10,7 +10,8 @@ Rules:
   (a norm far beyond normal whatever the depth: in a uniformly over-scaled ReLU
   stack the gradients grow backward exactly as the activations grow forward, so
   every layer's weight gradient is equally, and hugely, large). Named as above
-  when the gradient rises somewhere going backward, else at the worst layer.
+  when the gradient clearly rises (2x or more) somewhere going backward, else at
+  the layer with the largest ``||g|| / ||W||``.
 * over time: the total gradient norm reaches ``exploding_growth`` times its median
   over the first ``baseline_steps`` logged steps. The culprit is the layer whose
   own norm grew most over its own baseline.
@@ -25,6 +26,10 @@ from gradlens._record import StepRecord
 from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, median
 
 __all__ = ["Exploding"]
+
+#: A rise between adjacent layers smaller than this is noise, not "where the growth
+#: happens" (ours: adjacent layers of healthy nets differ by up to ~1.5x).
+_CLEAR_RISE = 2.0
 
 
 class Exploding(Rule):
@@ -68,7 +73,7 @@ class Exploding(Rule):
                 evidence=evidence,
             )]
         if worst is not None and relative[worst] >= t_rel:
-            layer = culprit if (culprit is not None and factor > 1) else worst
+            layer = culprit if (culprit is not None and factor >= _CLEAR_RISE) else worst
             where = (f"; the growth happens at {layer}, {fmt(factor)}x larger than at {after}"
                      if layer == culprit else "")
             return [Condition(

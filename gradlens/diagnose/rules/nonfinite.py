@@ -23,11 +23,11 @@ __all__ = ["NonFinite"]
 
 
 def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and (x > 0 or math.isnan(x))
+    return isinstance(x, (int, float)) and x > 0
 
 
-def _bad(x) -> bool:
-    return isinstance(x, (int, float)) and not math.isfinite(x)
+def _inf(x) -> bool:
+    return isinstance(x, (int, float)) and math.isinf(x)
 
 
 class NonFinite(Rule):
@@ -39,11 +39,12 @@ class NonFinite(Rule):
     def check(self, record: StepRecord) -> List[Condition]:
         s = record.stats
         act_bad = [n for n in record.layers if _positive(s.get("act_nonfinite", {}).get(n))]
-        w_bad = [n for n in record.layers if _bad(s.get("weight_norm", {}).get(n))]
-        g_bad = [n for n in record.layers if _positive(s.get("nonfinite", {}).get(n))]
-        g_bad += [
+        # NaN in a norm may mean "not measured" (StepRecord contract): only an infinite
+        # norm or a positive non-finite count is evidence.
+        w_bad = [n for n in record.layers if _inf(s.get("weight_norm", {}).get(n))]
+        g_bad = [
             n for n in record.layers
-            if n not in g_bad and _bad(s.get("grad_norm", {}).get(n))
+            if _positive(s.get("nonfinite", {}).get(n)) or _inf(s.get("grad_norm", {}).get(n))
         ]
         loss_bad = record.loss is not None and not math.isfinite(record.loss)
         if not (act_bad or w_bad or g_bad or loss_bad or record.nonfinite_origin):
