@@ -454,3 +454,44 @@ def run_reference(sc: Scenario, *, steps: Optional[int] = None):
     finally:
         torch.set_num_threads(threads)
     return rec
+
+
+def watch_available() -> bool:
+    """Whether ``gradlens.watch`` (the monitor) is importable in this checkout."""
+    import importlib.util
+
+    return importlib.util.find_spec("gradlens.monitor") is not None
+
+
+def run_watch(sc: Scenario, *, steps: Optional[int] = None):
+    """Train ``sc`` under the real ``gradlens.watch``; return an object with
+    ``findings``, ``records`` and ``detected_at`` like :func:`run_reference`."""
+    import gradlens
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, opts, step = sc.build()
+        detected = {}
+        counter = {"i": 0}
+
+        def on_finding(f):
+            detected[id(f)] = f.last_step
+
+        opt_arg = opts[0] if len(opts) == 1 else opts
+        with gradlens.watch(model, opt_arg, activations=True, on_finding=on_finding) as mon:
+            for i in range(steps or sc.steps):
+                counter["i"] = i
+                step(i, mon.observe_loss)
+            findings = list(mon.findings)
+
+        class _Run:
+            pass
+
+        run = _Run()
+        run.findings = findings
+        run.detected_at = detected
+        run.records = []
+        return run
+    finally:
+        torch.set_num_threads(threads)
