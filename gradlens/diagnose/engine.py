@@ -86,7 +86,11 @@ class Diagnoser:
             )
         new: List[Finding] = []
         held = set()
+        skipped = set()
         for rule in self.rules:
+            if not rule.observed(record):
+                skipped.add(rule.kind)
+                continue
             for cond in rule.check(record):
                 key = (rule.kind, cond.key)
                 held.add(key)
@@ -102,7 +106,7 @@ class Diagnoser:
                     self.findings.append(track.finding)
                     new.append(track.finding)
         for key, track in self._tracks.items():
-            if key not in held:
+            if key not in held and key[0] not in skipped:
                 track.pending.clear()  # not in a row any more: start again
         return new
 

@@ -194,3 +194,16 @@ def test_empty_and_sparse_records_raise_nothing():
     records = [StepRecord(0, []), StepRecord(1, ["a"], {"grad_norm": {"a": NAN}}),
                StepRecord(2, ["a", "b"], {"grad_norm": {"b": 1.0}, "act_dead_frac": {}})]
     assert diagnose(records) == []
+
+
+def test_steps_without_the_measurement_keep_the_window():
+    # update ratios measured every 3rd logged step only: the condition still persists
+    records = [
+        rec(i, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.5 if i % 3 == 0 else NAN}) for i in range(9)
+    ]
+    findings = diagnose(records)
+    assert [(f.kind, f.step, f.last_step) for f in findings] == [("update_ratio", 0, 6)]
+    # a loss given only now and then: divergence still needs its window of observed steps
+    records = [rec(i, grad=HEALTHY_GRADS, loss=(1.0 if i < 10 else 1e3) if i % 2 == 0 else None)
+               for i in range(20)]
+    assert [(f.kind, f.step) for f in diagnose(records)] == [("divergence", 10)]

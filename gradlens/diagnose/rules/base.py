@@ -72,6 +72,15 @@ class Rule:
     def reset(self) -> None:
         """Forget any state kept across steps."""
 
+    def observed(self, record: StepRecord) -> bool:
+        """Whether ``record`` carries what this rule reads.
+
+        On a step where it does not (update ratios measured on their own cadence, a
+        loss not given, activations not traced) the rule is skipped and its pending
+        conditions keep their count instead of starting again.
+        """
+        return True
+
     def window_for(self, key: str) -> str:
         """Name of the threshold giving the persistence window of condition ``key``."""
         return self.window

@@ -22,6 +22,9 @@ class Divergence(Rule):
 
     kind = "divergence"
 
+    def observed(self, record: StepRecord) -> bool:
+        return record.loss is not None
+
     def reset(self) -> None:
         self._first: List[float] = []
 

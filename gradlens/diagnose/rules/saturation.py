@@ -22,6 +22,9 @@ class Saturation(Rule):
 
     kind = "saturation"
 
+    def observed(self, record: StepRecord) -> bool:
+        return bool(record.stats.get("act_sat_frac"))
+
     def check(self, record: StepRecord) -> List[Condition]:
         t_sat = self.t["saturation_fraction"]
         sat = record.stats.get("act_sat_frac", {})

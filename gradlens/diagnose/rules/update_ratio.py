@@ -23,6 +23,10 @@ class UpdateRatio(Rule):
 
     kind = "update_ratio"
 
+    def observed(self, record: StepRecord) -> bool:
+        values = record.stats.get("update_ratio", {}).values()
+        return any(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
     def check(self, record: StepRecord) -> List[Condition]:
         values = record.stats.get("update_ratio", {})
         ratios = [

@@ -1,0 +1,58 @@
+"""``gradlens demo`` end to end under the real gradlens.watch, and the CLI wiring."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from gradlens import cli
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "report" in out and "demo" in out
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"], ids=["zero", "negative"])
+def test_demo_rejects_bad_steps(steps, capsys):
+    assert cli.main(["demo", "--steps", steps]) == 2
+    assert "--steps expects an integer >= 1" in capsys.readouterr().err
+
+
+def test_demo_rejects_non_integer_steps():
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--steps", "many"])
+    assert exc.value.code == 2
+
+
+def test_run_demo_rejects_bad_steps():
+    from gradlens.demo import run_demo
+
+    with pytest.raises(ValueError, match=r"run_demo\(steps=...\) expects an int >= 1, got 0"):
+        run_demo("unused", steps=0)
+
+
+def test_demo_diagnoses_each_network_and_report_agrees(tmp_path, capsys):
+    pytest.importorskip("gradlens.monitor", reason="gradlens.watch not in this checkout")
+    from gradlens.demo import DEMOS, run_demo
+
+    out = io.StringIO()
+    results = run_demo(str(tmp_path), steps=15, out=out)
+    text = out.getvalue()
+    for name, (_, expected) in DEMOS.items():
+        loud = [f for f in results[name] if f.severity in ("warning", "error")]
+        if expected is None:
+            assert loud == [], [str(f) for f in loud]
+        else:
+            assert expected in {f.kind for f in loud}, [str(f) for f in results[name]]
+        assert any("tfevents" in f for f in os.listdir(tmp_path / name))
+    assert f"tensorboard --logdir {tmp_path}" in text
+    # the offline diagnosis of the logged statistics agrees with the live one
+    assert cli.main(["report", str(tmp_path / "deep_sigmoid")]) == 1
+    assert "vanishing" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path / "healthy_residual")]) == 0
