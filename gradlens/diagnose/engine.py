@@ -9,7 +9,9 @@ Contract used by ``gradlens.monitor`` (live) and ``gradlens report`` (offline)::
 Each rule (``gradlens/diagnose/rules/``) says which conditions hold at a step. A
 condition becomes a :class:`Finding` only after it has held on the rule's window of
 logged steps in a row (``persist_steps``; ``nonfinite_persist_steps`` for NaN/Inf),
-so one-step blips are never reported. The finding is reported once, with ``step``
+so one-step blips are never reported. Once NaN/Inf reaches the weights or the
+activations, the other statistics are meaningless: only ``nonfinite`` and
+``divergence`` run on such steps (rules run in the order of ``DEFAULT_RULES``). The finding is reported once, with ``step``
 the first step of the run; while the condition keeps holding the same finding is
 updated in place (``last_step``, ``value``, ``severity`` escalates), never repeated.
 
@@ -87,11 +89,13 @@ class Diagnoser:
         new: List[Finding] = []
         held = set()
         skipped = set()
+        poisoned = False
         for rule in self.rules:
-            if not rule.observed(record):
+            if not rule.observed(record) or (poisoned and not rule.runs_when_poisoned):
                 skipped.add(rule.kind)
                 continue
             for cond in rule.check(record):
+                poisoned = poisoned or cond.poisoned
                 key = (rule.kind, cond.key)
                 held.add(key)
                 track = self._tracks.setdefault(key, _Track())

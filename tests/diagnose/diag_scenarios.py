@@ -479,7 +479,9 @@ def run_watch(sc: Scenario, *, steps: Optional[int] = None):
             detected[id(f)] = f.last_step
 
         opt_arg = opts[0] if len(opts) == 1 else opts
-        with gradlens.watch(model, opt_arg, activations=True, on_finding=on_finding) as mon:
+        # update_every=1: the suite evaluates the rules on every step's statistics
+        with gradlens.watch(model, opt_arg, activations=True, update_every=1,
+                            on_finding=on_finding) as mon:
             for i in range(steps or sc.steps):
                 counter["i"] = i
                 step(i, mon.observe_loss)

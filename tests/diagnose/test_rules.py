@@ -126,10 +126,15 @@ def test_gap_restarts_the_window():
 
 def test_severity_escalates_in_place():
     diag = Diagnoser()
-    for i in range(3):
-        diag.update(rec(i, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.5}))
+    for i in range(8):
+        diag.update(rec(i, grad=HEALTHY_GRADS, loss=1.0 if i < 5 else 1e3))
     (f,) = diag.findings
-    assert f.severity == "warning"
+    assert (f.kind, f.severity, f.step) == ("divergence", "warning", 5)
+    new = diag.update(rec(8, grad=HEALTHY_GRADS, loss=math.inf))
+    assert [x.kind for x in new] == ["nonfinite"]  # a new kind; divergence is updated, not repeated
+    div = [x for x in diag.findings if x.kind == "divergence"]
+    assert len(div) == 1 and div[0] is f
+    assert (f.severity, f.last_step) == ("error", 8) and "diverged" in f.message
 
 
 def test_thresholds_override_changes_the_verdict():
@@ -203,7 +208,15 @@ def test_steps_without_the_measurement_keep_the_window():
     ]
     findings = diagnose(records)
     assert [(f.kind, f.step, f.last_step) for f in findings] == [("update_ratio", 0, 6)]
+    assert findings[0].last_step == 6  # reported at the 2nd measurement (step 3), updated at 6
     # a loss given only now and then: divergence still needs its window of observed steps
     records = [rec(i, grad=HEALTHY_GRADS, loss=(1.0 if i < 10 else 1e3) if i % 2 == 0 else None)
                for i in range(20)]
     assert [(f.kind, f.step) for f in diagnose(records)] == [("divergence", 10)]
+
+
+def test_nan_weights_silence_the_other_rules():
+    # NaN weights: saturation/dead statistics computed on NaN outputs are garbage
+    records = [rec(i, grad=HEALTHY_GRADS, weight_norm={"fc1": math.inf}, loss=NAN,
+                   act_sat_frac={"relu1": 1.0}, act_dead_frac={"relu2": 1.0}) for i in range(5)]
+    assert sorted(f.kind for f in diagnose(records)) == ["divergence", "nonfinite"]

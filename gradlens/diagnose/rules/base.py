@@ -31,6 +31,8 @@ class Condition:
         severity: ``"info"``, ``"warning"`` or ``"error"``.
         message: one actionable sentence.
         evidence: further numbers (JSON-serialisable).
+        poisoned: the record's statistics are meaningless for the other rules (NaN/Inf
+            in the weights or activations): the engine skips them at this step.
     """
 
     key: str
@@ -40,6 +42,7 @@ class Condition:
     severity: str
     message: str
     evidence: Dict[str, Any] = field(default_factory=dict)
+    poisoned: bool = False
 
 
 class Rule:
@@ -64,6 +67,8 @@ class Rule:
 
     kind: ClassVar[str] = ""
     window: ClassVar[str] = "persist_steps"
+    #: still runs on a step another rule declared poisoned (see Condition.poisoned)
+    runs_when_poisoned: ClassVar[bool] = False
 
     def __init__(self, thresholds: Mapping[str, float]) -> None:
         self.t = dict(thresholds)

@@ -21,6 +21,7 @@ class Divergence(Rule):
     """The loss blows up."""
 
     kind = "divergence"
+    runs_when_poisoned = True
 
     def observed(self, record: StepRecord) -> bool:
         return record.loss is not None

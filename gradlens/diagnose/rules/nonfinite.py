@@ -35,6 +35,7 @@ class NonFinite(Rule):
 
     kind = "nonfinite"
     window = "nonfinite_persist_steps"
+    runs_when_poisoned = True
 
     def check(self, record: StepRecord) -> List[Condition]:
         s = record.stats
@@ -76,6 +77,8 @@ class NonFinite(Rule):
                     "layers_nonfinite_weights": w_bad[:10],
                     "layers_nonfinite_gradients": g_bad[:10],
                 },
+                # NaN in the weights/activations makes every other statistic garbage
+                poisoned=bool(act_bad or w_bad or record.nonfinite_origin),
             )
         ]
 

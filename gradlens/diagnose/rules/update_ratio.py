@@ -22,6 +22,7 @@ class UpdateRatio(Rule):
     """Learning rate too high (or too low) for a layer, from ||dW||/||W||."""
 
     kind = "update_ratio"
+    window = "update_ratio_persist_steps"
 
     def observed(self, record: StepRecord) -> bool:
         values = record.stats.get("update_ratio", {}).values()
