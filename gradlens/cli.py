@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -43,7 +44,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except BrokenPipeError:  # ``gradlens report ... | head``: the reader left, not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # silence the flush at interpreter exit
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

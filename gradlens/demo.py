@@ -16,9 +16,11 @@ Example::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
+import warnings
 from typing import Callable, Dict, List, Optional, TextIO, Tuple
 
 __all__ = ["DEMOS", "run_demo", "add_arguments", "run"]
@@ -70,9 +72,7 @@ def run_demo(logdir: str = _DEFAULT_LOGDIR, *, steps: int = 60, out: Optional[Te
         ValueError: ``steps`` < 1.
     """
     import torch
-    import torch.nn.functional as F
 
-    import gradlens
     from gradlens._demo_models import synthetic_classification
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -80,34 +80,54 @@ def run_demo(logdir: str = _DEFAULT_LOGDIR, *, steps: int = 60, out: Optional[Te
     out = out or sys.stdout
     x, y = synthetic_classification()
     results: Dict[str, List] = {}
-    for name, (what, expected) in DEMOS.items():
-        model, opt = _build(name)
-        t0 = time.perf_counter()
-        print(f"{name}: {what}", file=out)
-        with gradlens.watch(model, opt, logdir=os.path.join(logdir, name), activations=True) as mon:
-            for i in range(steps):
-                j = (i * batch) % x.shape[0]
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x[j:j + batch]), y[j:j + batch])
-                mon.observe_loss(loss)
-                loss.backward()
-                opt.step()
-                _progress(out, name, i + 1, steps)
-            findings = list(mon.findings)
-        results[name] = findings
-        loud = [f for f in findings if f.severity in ("warning", "error")]
-        took = time.perf_counter() - t0
-        if not loud:
-            print(f"  diagnosis ({took:.1f}s): healthy, nothing at warning level", file=out)
-        else:
-            print(f"  diagnosis ({took:.1f}s):", file=out)
-            for f in loud:
-                where = f.layer if f.layer is not None else "<global>"
-                print(f"    [{f.severity}] {f.kind} at {where} since step {f.step}: {f.message}", file=out)
-        print("", file=out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread is fastest
+    logger = logging.getLogger("gradlens")
+    level = logger.level
+    try:
+        logger.setLevel(logging.ERROR)  # the demo prints each diagnosis itself
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in DEMOS:
+                results[name] = _train_one(name, x, y, logdir, steps, batch, out)
+    finally:
+        logger.setLevel(level)
+        torch.set_num_threads(threads)
     print(f"Open the logs in TensorBoard:\n  tensorboard --logdir {logdir}", file=out)
     print(f"Re-diagnose them from the event files:\n  gradlens report {logdir}", file=out)
     return results
+
+
+def _train_one(name: str, x, y, logdir: str, steps: int, batch: int, out: TextIO) -> List:
+    import torch.nn.functional as F
+
+    import gradlens
+
+    what, _expected = DEMOS[name]
+    model, opt = _build(name)
+    t0 = time.perf_counter()
+    print(f"{name}: {what}", file=out)
+    with gradlens.watch(model, opt, logdir=os.path.join(logdir, name)) as mon:
+        for i in range(steps):
+            j = (i * batch) % x.shape[0]
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x[j:j + batch]), y[j:j + batch])
+            mon.observe_loss(loss)
+            loss.backward()
+            opt.step()
+            _progress(out, name, i + 1, steps)
+        findings = list(mon.findings)
+    loud = [f for f in findings if f.severity in ("warning", "error")]
+    took = time.perf_counter() - t0
+    if not loud:
+        print(f"  diagnosis ({took:.1f}s): healthy, nothing at warning level", file=out)
+    else:
+        print(f"  diagnosis ({took:.1f}s):", file=out)
+        for f in loud:
+            where = f.layer if f.layer is not None else "<global>"
+            print(f"    [{f.severity}] {f.kind} at {where} since step {f.step}: {f.message}", file=out)
+    print("", file=out)
+    return findings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

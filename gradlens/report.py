@@ -155,16 +155,28 @@ def load_run(logdir: str, *, thresholds=None) -> RunReport:
             seen.add(name)
             layers.append(name)
 
-    dropped = None
-    counts = frame.groupby("step")["tag"].count()
-    if len(counts) > 1 and counts.iloc[-1] < counts.iloc[:-1].max():
-        dropped = int(counts.index[-1])
+    dropped = _incomplete_last_step(frame)
+    if dropped is not None:
         frame = frame[frame["step"] != dropped].reset_index(drop=True)
 
     records = _records(frame, layers)
     report = RunReport(logdir, frame, layers, records, dropped_step=dropped)
     report.findings = Diagnoser(thresholds).run(records)
     return report
+
+
+def _incomplete_last_step(frame) -> Optional[int]:
+    """The last step, when it lacks tags the step before it has (a write in progress).
+
+    Statistics on their own cadence (``update_ratio``) are not expected at every step.
+    """
+    steps = sorted(frame["step"].unique())
+    if len(steps) < 2:
+        return None
+    regular = frame[frame["stat"] != "update_ratio"]
+    last = set(regular.loc[regular["step"] == steps[-1], "tag"])
+    before = set(regular.loc[regular["step"] == steps[-2], "tag"])
+    return int(steps[-1]) if not before <= last else None
 
 
 def _records(frame, layers: List[str]) -> List[StepRecord]:

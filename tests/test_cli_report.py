@@ -152,3 +152,13 @@ def test_several_runs_under_one_logdir(vanishing_run, healthy_run, tmp_path, cap
     payload = json.loads(capsys.readouterr().out)
     assert len(payload["runs"]) == 2
     assert sorted(len(r["findings"]) > 0 for r in payload["runs"]) == [False, True]
+
+
+def test_statistics_on_their_own_cadence_are_not_a_write_in_progress(tmp_path):
+    recs = [StepRecord(s, ["a", "b"], {"grad_norm": {"a": 1.0, "b": 1.0},
+                                       "update_ratio": {"a": 1e-3 if s % 3 == 0 else math.nan}})
+            for s in range(7)]
+    with SummaryWriter(str(tmp_path)) as w:
+        write_records(w, recs)
+    rep = load_run(str(tmp_path))
+    assert rep.dropped_step is None and len(rep.records) == 7
