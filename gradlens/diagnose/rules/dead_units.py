@@ -41,7 +41,7 @@ class DeadUnits(Rule):
             frac = dead.get(name)
             is_dead = _finite(frac) and frac >= t_dead
             if is_dead and not previous_dead:
-                fed = f" (fed by {feeder})" if feeder else ""
+                fed = f" (fed by {feeder!r})" if feeder else ""
                 out.append(
                     Condition(
                         key=name,
@@ -50,7 +50,7 @@ class DeadUnits(Rule):
                         threshold=t_dead,
                         severity="warning",
                         message=(
-                            f"{fmt(100 * frac)}% of the units of {name}{fed} are zero on every "
+                            f"{fmt(100 * frac)}% of the units of {name!r}{fed} are zero on every "
                             f"input (threshold {fmt(100 * t_dead)}%): dying ReLU; lower the "
                             f"learning rate, check the bias/init of the layer feeding it, or "
                             f"use LeakyReLU/GELU"
@@ -78,7 +78,7 @@ class DeadUnits(Rule):
                         threshold=0.0,
                         severity="warning",
                         message=(
-                            f"the gradient of {name} is exactly zero step after step: nothing "
+                            f"the gradient of {name!r} is exactly zero step after step: nothing "
                             f"flows back to it (dead units below a ReLU, a detached branch, or "
                             f"an output that the loss ignores)"
                         ),

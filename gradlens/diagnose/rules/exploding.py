@@ -66,20 +66,20 @@ class Exploding(Rule):
             return [Condition(
                 key="", layer=culprit, value=ratio, threshold=t_ratio, severity="warning",
                 message=(
-                    f"gradients explode going backward: {first} gets {fmt(ratio)}x the gradient "
-                    f"norm of {last} (threshold {fmt(t_ratio)}); the growth happens at {culprit}, "
-                    f"{fmt(factor)}x larger than at {after}: {fix}"
+                    f"gradients explode going backward: {first!r} gets {fmt(ratio)}x the gradient "
+                    f"norm of {last!r} (threshold {fmt(t_ratio)}); the growth happens at {culprit!r}, "
+                    f"{fmt(factor)}x larger than at {after!r}: {fix}"
                 ),
                 evidence=evidence,
             )]
         if worst is not None and relative[worst] >= t_rel:
             layer = culprit if (culprit is not None and factor >= _CLEAR_RISE) else worst
-            where = (f"; the growth happens at {layer}, {fmt(factor)}x larger than at {after}"
+            where = (f"; the growth happens at {layer!r}, {fmt(factor)}x larger than at {after!r}"
                      if layer == culprit else "")
             return [Condition(
                 key="", layer=layer, value=relative[worst], threshold=t_rel, severity="warning",
                 message=(
-                    f"gradients explode: the gradient norm of {worst} is {fmt(relative[worst])}x "
+                    f"gradients explode: the gradient norm of {worst!r} is {fmt(relative[worst])}x "
                     f"its weight norm (threshold {fmt(t_rel)}){where}: {fix}"
                 ),
                 evidence=dict(evidence, grad_over_weight=relative[worst], worst_layer=worst),
@@ -123,7 +123,7 @@ class Exploding(Rule):
                 message=(
                     f"gradients explode over time: the total gradient norm is {fmt(value)}x its "
                     f"level on the first {n_base} logged steps (threshold {fmt(t_growth)}), "
-                    f"most at {culprit}: lower the learning rate or clip gradients"
+                    f"most at {culprit!r}: lower the learning rate or clip gradients"
                 ),
                 evidence={"total_grad_norm": total, "baseline": base,
                           "layer_growth": growth.get(culprit, math.nan)},

@@ -56,7 +56,7 @@ class NonFinite(Rule):
         count = sum(
             v for v in s.get("nonfinite", {}).values() if isinstance(v, (int, float)) and math.isfinite(v)
         )
-        named = f"born at {layer}" if layer is not None else "origin unknown"
+        named = f"born at {layer!r}" if layer is not None else "origin unknown"
         message = (
             f"NaN/Inf in {', '.join(where) or 'activations'} ({named}; threshold: any): check "
             f"that layer's inputs for log/sqrt/division of non-positive values, lower the "

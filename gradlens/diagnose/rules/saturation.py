@@ -40,7 +40,7 @@ class Saturation(Rule):
                         threshold=t_sat,
                         severity="warning",
                         message=(
-                            f"{fmt(100 * frac)}% of the outputs of {name} are saturated "
+                            f"{fmt(100 * frac)}% of the outputs of {name!r} are saturated "
                             f"(threshold {fmt(100 * t_sat)}%): its inputs are too large; scale "
                             f"down the init of the layer feeding it, normalise its input, or "
                             f"lower the learning rate"

@@ -49,7 +49,7 @@ class UpdateRatio(Rule):
                     threshold=t_high,
                     severity="warning",
                     message=(
-                        f"updates are too large: ||dW||/||W|| = {fmt(r)} at {name} (threshold "
+                        f"updates are too large: ||dW||/||W|| = {fmt(r)} at {name!r} (threshold "
                         f"{fmt(t_high)}, healthy ~1e-3; {len(high)} layer(s) above): lower the "
                         f"learning rate"
                     ),

@@ -38,9 +38,9 @@ class Vanishing(Rule):
         culprit, after = gl[i][0], gl[i + 1][0]
         factor = 10 ** drops[i]
         message = (
-            f"gradients vanish: {first} gets {fmt(ratio)}x the gradient norm of {last} "
+            f"gradients vanish: {first!r} gets {fmt(ratio)}x the gradient norm of {last!r} "
             f"(threshold {fmt(t_ratio)}, and {fmt(g_first)} <= {fmt(t_abs)}); the signal dies "
-            f"at {culprit}, {fmt(factor)}x smaller than at {after}: use ReLU-family "
+            f"at {culprit!r}, {fmt(factor)}x smaller than at {after!r}: use ReLU-family "
             f"activations, normalisation, residual connections or a better init"
         )
         return [
