@@ -154,6 +154,10 @@ class ReferenceRecorder:
         self._origin = None
 
     @property
+    def logged_steps(self) -> int:
+        return len({r.step for r in self.records})
+
+    @property
     def findings(self):
         return self.diagnoser.findings
 

@@ -12,7 +12,8 @@ Used by ``tests/diagnose/test_scenarios.py`` and ``benchmarks/diagnosis_eval.py`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
@@ -473,19 +474,19 @@ def run_watch(sc: Scenario, *, steps: Optional[int] = None):
     try:
         model, opts, step = sc.build()
         detected = {}
-        counter = {"i": 0}
 
         def on_finding(f):
             detected[id(f)] = f.last_step
 
         opt_arg = opts[0] if len(opts) == 1 else opts
         # update_every=1: the suite evaluates the rules on every step's statistics
-        with gradlens.watch(model, opt_arg, activations=True, update_every=1,
-                            on_finding=on_finding) as mon:
-            for i in range(steps or sc.steps):
-                counter["i"] = i
-                step(i, mon.observe_loss)
-            findings = list(mon.findings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the monitor warns once per finding; we count them
+            with gradlens.watch(model, opt_arg, activations=True, update_every=1,
+                                on_finding=on_finding) as mon:
+                for i in range(steps or sc.steps):
+                    step(i, mon.observe_loss)
+                findings = list(mon.findings)
 
         class _Run:
             pass
@@ -493,7 +494,7 @@ def run_watch(sc: Scenario, *, steps: Optional[int] = None):
         run = _Run()
         run.findings = findings
         run.detected_at = detected
-        run.records = []
+        run.logged_steps = int(mon.dataframe()["step"].nunique())
         return run
     finally:
         torch.set_num_threads(threads)

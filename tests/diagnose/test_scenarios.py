@@ -1,21 +1,29 @@
 """The labelled scenario suite: every planted problem found, every healthy run silent.
 
-Statistics come from the test-only ReferenceRecorder (plain ``p.grad.norm()`` and
-forward hooks), independent of the monitor's fused statistics.
+Each scenario runs twice: with statistics from the test-only ReferenceRecorder (plain
+``p.grad.norm()`` and forward hooks, independent of the monitor) and live under the
+real ``gradlens.watch`` (its fused statistics, its Diagnoser hook-up).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from diag_scenarios import HEALTHY, PROBLEMS, run_reference
+from diag_scenarios import HEALTHY, PROBLEMS, run_reference, run_watch, watch_available
 
 WARN = ("warning", "error")
 
+BACKENDS = [
+    pytest.param(run_reference, id="reference"),
+    pytest.param(run_watch, id="watch", marks=pytest.mark.skipif(
+        not watch_available(), reason="gradlens.watch not in this checkout")),
+]
 
+
+@pytest.mark.parametrize("run", BACKENDS)
 @pytest.mark.parametrize("sc", PROBLEMS, ids=lambda s: s.name)
-def test_problem_is_found_with_its_culprit(sc):
-    rec = run_reference(sc)
+def test_problem_is_found_with_its_culprit(sc, run):
+    rec = run(sc)
     found = [f for f in rec.findings if f.severity in WARN]
     main = [f for f in found if f.kind == sc.kind]
     assert main, f"{sc.name}: no {sc.kind} finding; got {[str(f) for f in found]}"
@@ -29,12 +37,13 @@ def test_problem_is_found_with_its_culprit(sc):
         assert f.message and (f.threshold is None or f.threshold == f.threshold)
 
 
+@pytest.mark.parametrize("run", BACKENDS)
 @pytest.mark.parametrize("sc", HEALTHY, ids=lambda s: s.name)
-def test_healthy_run_is_silent(sc):
-    rec = run_reference(sc)
+def test_healthy_run_is_silent(sc, run):
+    rec = run(sc)
     loud = [str(f) for f in rec.findings if f.severity in WARN]
     assert not loud, f"{sc.name}: false alarms {loud}"
-    assert len(rec.records) >= sc.steps  # the run was really recorded
+    assert rec.logged_steps >= sc.steps  # the run was really recorded
 
 
 def test_suite_covers_every_kind():
