@@ -387,6 +387,49 @@ def _residual_mlp():
     return model, [opt], _classifier_step(model, [opt], x, y)
 
 
+def _zero_init_branches():
+    # zero-initialised residual branch outputs and head (ReZero / LoRA-B / diffusion style)
+    _seed(28)
+    model = ResidualMLPZero()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = _data(d=16)
+    return model, [opt], _classifier_step(model, [opt], x, y)
+
+
+class ResidualMLPZero(nn.Module):
+    def __init__(self, width=64, depth=4):
+        super().__init__()
+        self.inp = nn.Linear(16, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+                                    for _ in range(depth))
+        self.head = nn.Linear(width, 4)
+        with torch.no_grad():
+            for b in self.blocks:
+                b[2].weight.zero_()
+                b[2].bias.zero_()
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.head(h)
+
+
+def _deep_relu_he_sgd():
+    _seed(29)
+    model = _mlp([16] + [64] * 8 + [4], nn.ReLU)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                m.bias.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = _data()
+    return model, [opt], _classifier_step(model, [opt], x, y)
+
+
 _STACK12 = frozenset(str(i) for i in range(0, 24, 2))
 _STACK6 = frozenset(str(i) for i in range(0, 14, 2))
 _STACK8 = frozenset(str(i) for i in range(0, 18, 2))
@@ -433,6 +476,8 @@ HEALTHY: Sequence[Scenario] = (
     Scenario("gan_two_optimizers", _gan),
     Scenario("rnn_radius_0_9", _rnn(0.9, lr=0.01)),
     Scenario("residual_mlp_layernorm", _residual_mlp),
+    Scenario("zero_init_branches_adam", _zero_init_branches),
+    Scenario("deep_relu_he_init_sgd", _deep_relu_he_sgd),
 )
 
 ALL: Sequence[Scenario] = tuple(PROBLEMS) + tuple(HEALTHY)
