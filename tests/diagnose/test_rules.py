@@ -55,6 +55,9 @@ CASES = [
     RuleCase("exploding_relative", _repeat(3, grad={"fc1": 900.0, "fc2": 800.0, "fc3": 700.0},
                                           weight_norm={"fc1": 3.0, "fc2": 3.0, "fc3": 3.0}),
              "exploding", "fc1", 0),
+    RuleCase("exploding_relative_ignores_zero_initialised_layers",
+             lambda: [rec(i, grad={"fc1": 0.5, "fc2": 0.4, "fc3": 0.3},
+                          weight_norm={"fc1": 4.0, "fc2": 4.0, "fc3": 1e-4 * i}) for i in range(6)], None),
     RuleCase("exploding_over_time",
              lambda: [rec(i, grad={k: v * (1 if i < 5 else 1e4) for k, v in HEALTHY_GRADS.items()})
                       for i in range(8)], "exploding", "fc1", 5),

@@ -11,7 +11,8 @@ Rules:
   stack the gradients grow backward exactly as the activations grow forward, so
   every layer's weight gradient is equally, and hugely, large). Named as above
   when the gradient clearly rises (2x or more) somewhere going backward, else at
-  the layer with the largest ``||g|| / ||W||``.
+  the layer with the largest ``||g|| / ||W||``. Layers whose weights started at
+  exactly zero are left out of this test.
 * over time: the total gradient norm reaches ``exploding_growth`` times its median
   over the first ``baseline_steps`` logged steps. The culprit is the layer whose
   own norm grew most over its own baseline.
@@ -38,6 +39,7 @@ class Exploding(Rule):
     kind = "exploding"
 
     def reset(self) -> None:
+        self._first_weight: Dict[str, float] = {}
         self._total: List[float] = []
         self._per_layer: Dict[str, List[float]] = {}
 
@@ -50,9 +52,16 @@ class Exploding(Rule):
         (first, g_first), (last, g_last) = gl[0], gl[-1]
         ratio = g_first / g_last
         weights = record.stats.get("weight_norm", {})
+        for name, w in weights.items():
+            if name not in self._first_weight and isinstance(w, (int, float)) and math.isfinite(w):
+                self._first_weight[name] = w
+        # zero-initialised layers are left out: ||W|| starts at 0, so ||g||/||W|| is
+        # huge on their first updates whatever the gradients (ours: 71 at step 1 for a
+        # zero-initialised head under Adam lr 1e-3, healthy suite)
         relative = {
             name: g / weights[name] for name, g in gl
-            if isinstance(weights.get(name), float) and math.isfinite(weights[name]) and weights[name] > 0
+            if isinstance(weights.get(name), (int, float)) and math.isfinite(weights[name])
+            and weights[name] > 0 and self._first_weight.get(name, 1.0) > 0
         }
         worst = max(relative, key=relative.get) if relative else None
         culprit, after, factor = self._largest_rise(gl)
