@@ -13,7 +13,7 @@ import math
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, median
 
 __all__ = ["Vanishing"]
 
@@ -37,11 +37,16 @@ class Vanishing(Rule):
         i = max(range(len(drops)), key=lambda k: drops[k])
         culprit, after = gl[i][0], gl[i + 1][0]
         factor = 10 ** drops[i]
+        typical = 10 ** median(drops)
+        if factor < 2 * typical and typical > 2:  # evenly spread: say so, name the largest
+            where = (f"it shrinks ~{fmt(typical)}x at every layer (largest drop at {culprit!r}, "
+                     f"{fmt(factor)}x below {after!r})")
+        else:
+            where = f"the signal dies at {culprit!r}, {fmt(factor)}x smaller than at {after!r}"
         message = (
             f"gradients vanish: {first!r} gets {fmt(ratio)}x the gradient norm of {last!r} "
-            f"(threshold {fmt(t_ratio)}, and {fmt(g_first)} <= {fmt(t_abs)}); the signal dies "
-            f"at {culprit!r}, {fmt(factor)}x smaller than at {after!r}: use ReLU-family "
-            f"activations, normalisation, residual connections or a better init"
+            f"(threshold {fmt(t_ratio)}, and {fmt(g_first)} <= {fmt(t_abs)}); {where}: use "
+            f"ReLU-family activations, normalisation, residual connections or a better init"
         )
         return [
             Condition(
@@ -58,6 +63,7 @@ class Vanishing(Rule):
                     "last_grad_norm": g_last,
                     "drop_from": after,
                     "drop_factor": factor,
+                    "median_drop_factor": typical,
                 },
             )
         ]
