@@ -53,6 +53,12 @@ def test_demo_diagnoses_each_network_and_report_agrees(tmp_path, capsys):
         assert any("tfevents" in f for f in os.listdir(tmp_path / name))
     assert f"tensorboard --logdir {tmp_path}" in text
     # the offline diagnosis of the logged statistics agrees with the live one
+    from gradlens.report import load_run
+
+    for name in DEMOS:
+        offline = load_run(str(tmp_path / name)).findings
+        key = lambda f: (f.kind, f.layer, f.step, f.severity)  # noqa: E731
+        assert sorted(map(key, offline), key=str) == sorted(map(key, results[name]), key=str), name
     assert cli.main(["report", str(tmp_path / "deep_sigmoid")]) == 1
     assert "vanishing" in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path / "healthy_residual")]) == 0
