@@ -162,3 +162,17 @@ def test_statistics_on_their_own_cadence_are_not_a_write_in_progress(tmp_path):
         write_records(w, recs)
     rep = load_run(str(tmp_path))
     assert rep.dropped_step is None and len(rep.records) == 7
+
+
+def test_nonfinite_run(tmp_path, capsys):
+    rec = run_reference(_by_name(PROBLEMS, "log_of_negative"), steps=5)
+    with SummaryWriter(str(tmp_path)) as w:
+        write_records(w, rec.records)
+    assert cli.main(["report", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    # without traced activations in the events, the birthplace is the first layer with
+    # non-finite activations (act_nonfinite was logged): the log layer '3'
+    assert "[error] nonfinite at 3, steps 0..4" in out
+    table = load_run(str(tmp_path)).layer_table()
+    assert (table["nonfinite_steps"] > 0).any()
+    assert "!" in "".join(table["trend"])
