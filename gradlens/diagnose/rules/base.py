@@ -10,12 +10,13 @@ condition pending until it has held for the rule's window, then turns it into a
 from __future__ import annotations
 
 import math
+from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gradlens._record import StepRecord
 
-__all__ = ["Condition", "Rule", "grad_layers", "fmt"]
+__all__ = ["Condition", "Rule", "grad_layers", "fmt", "median"]
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Rule:
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    return isinstance(x, Real) and math.isfinite(x)
 
 
 def grad_layers(record: StepRecord, *, positive: bool = True) -> List[Tuple[str, float]]:

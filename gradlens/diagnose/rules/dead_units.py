@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import List
 
 from gradlens._record import StepRecord
@@ -22,7 +23,7 @@ __all__ = ["DeadUnits"]
 
 
 def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    return isinstance(x, Real) and math.isfinite(x)
 
 
 class DeadUnits(Rule):

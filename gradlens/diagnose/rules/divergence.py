@@ -9,6 +9,7 @@ given one (e.g. ``mon.observe_loss(loss)``); records without a loss are skipped.
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import List
 
 from gradlens._record import StepRecord
@@ -31,7 +32,7 @@ class Divergence(Rule):
 
     def check(self, record: StepRecord) -> List[Condition]:
         loss = record.loss
-        if loss is None or not isinstance(loss, (int, float)):
+        if loss is None or not isinstance(loss, Real):
             return []
         if not math.isfinite(loss):
             return [

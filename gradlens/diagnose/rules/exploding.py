@@ -21,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Dict, List
 
 from gradlens._record import StepRecord
@@ -53,14 +54,14 @@ class Exploding(Rule):
         ratio = g_first / g_last
         weights = record.stats.get("weight_norm", {})
         for name, w in weights.items():
-            if name not in self._first_weight and isinstance(w, (int, float)) and math.isfinite(w):
+            if name not in self._first_weight and isinstance(w, Real) and math.isfinite(w):
                 self._first_weight[name] = w
         # zero-initialised layers are left out: ||W|| starts at 0, so ||g||/||W|| is
         # huge on their first updates whatever the gradients (ours: 71 at step 1 for a
         # zero-initialised head under Adam lr 1e-3, healthy suite)
         relative = {
             name: g / weights[name] for name, g in gl
-            if isinstance(weights.get(name), (int, float)) and math.isfinite(weights[name])
+            if isinstance(weights.get(name), Real) and math.isfinite(weights[name])
             and weights[name] > 0 and self._first_weight.get(name, 1.0) > 0
         }
         worst = max(relative, key=relative.get) if relative else None

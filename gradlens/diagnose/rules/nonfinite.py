@@ -14,6 +14,7 @@ Reported at once (a NaN never heals). Named where it is *born*:
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import List, Optional, Tuple
 
 from gradlens._record import StepRecord
@@ -23,11 +24,11 @@ __all__ = ["NonFinite"]
 
 
 def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and x > 0
+    return isinstance(x, Real) and x > 0
 
 
 def _inf(x) -> bool:
-    return isinstance(x, (int, float)) and math.isinf(x)
+    return isinstance(x, Real) and math.isinf(x)
 
 
 class NonFinite(Rule):
@@ -54,7 +55,7 @@ class NonFinite(Rule):
         where = [w for w, bad in (("loss", loss_bad), ("activations", act_bad),
                                   ("weights", w_bad), ("gradients", g_bad)) if bad]
         count = sum(
-            v for v in s.get("nonfinite", {}).values() if isinstance(v, (int, float)) and math.isfinite(v)
+            v for v in s.get("nonfinite", {}).values() if isinstance(v, Real) and math.isfinite(v)
         )
         named = f"born at {layer!r}" if layer is not None else "origin unknown"
         message = (

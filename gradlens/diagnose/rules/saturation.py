@@ -9,6 +9,7 @@ derivative is ~0, so almost no gradient passes.
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import List
 
 from gradlens._record import StepRecord
@@ -31,7 +32,7 @@ class Saturation(Rule):
         out = []
         for name in record.layers:
             frac = sat.get(name)
-            if isinstance(frac, (int, float)) and math.isfinite(frac) and frac >= t_sat:
+            if isinstance(frac, Real) and math.isfinite(frac) and frac >= t_sat:
                 out.append(
                     Condition(
                         key=name,

@@ -15,6 +15,7 @@ with Adam at lr 1e-3 on the healthy suite).
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import List
 
 from gradlens._record import StepRecord
@@ -31,19 +32,19 @@ class UpdateRatio(Rule):
 
     def observed(self, record: StepRecord) -> bool:
         values = record.stats.get("update_ratio", {}).values()
-        return any(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        return any(isinstance(v, Real) and math.isfinite(v) for v in values)
 
     def reset(self) -> None:
         self._first_weight = {}
 
     def check(self, record: StepRecord) -> List[Condition]:
         for name, w in record.stats.get("weight_norm", {}).items():
-            if name not in self._first_weight and isinstance(w, (int, float)) and math.isfinite(w):
+            if name not in self._first_weight and isinstance(w, Real) and math.isfinite(w):
                 self._first_weight[name] = w
         values = record.stats.get("update_ratio", {})
         ratios = [
             (n, float(values[n])) for n in record.layers
-            if isinstance(values.get(n), (int, float)) and math.isfinite(values[n])
+            if isinstance(values.get(n), Real) and math.isfinite(values[n])
         ]
         if not ratios:
             return []
