@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gradlens._record import StepRecord
 
-__all__ = ["Condition", "Rule", "grad_layers", "fmt", "median"]
+__all__ = ["Condition", "Rule", "grad_layers", "fmt", "median", "is_real"]
 
 
 @dataclass
@@ -96,8 +96,16 @@ class Rule:
         raise NotImplementedError
 
 
+def is_real(x: Any) -> bool:
+    """A real number (float, int, numpy scalar), not a bool; fast for plain floats."""
+    t = type(x)
+    if t is float or t is int:
+        return True
+    return isinstance(x, Real) and t is not bool
+
+
 def _finite(x: Any) -> bool:
-    return isinstance(x, Real) and math.isfinite(x)
+    return is_real(x) and math.isfinite(x)
 
 
 def grad_layers(record: StepRecord, *, positive: bool = True) -> List[Tuple[str, float]]:

@@ -13,17 +13,16 @@ Rules:
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, is_real
 
 __all__ = ["DeadUnits"]
 
 
 def _finite(x) -> bool:
-    return isinstance(x, Real) and math.isfinite(x)
+    return is_real(x) and math.isfinite(x)
 
 
 class DeadUnits(Rule):

@@ -9,11 +9,10 @@ given one (e.g. ``mon.observe_loss(loss)``); records without a loss are skipped.
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, median
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, is_real, median
 
 __all__ = ["Divergence"]
 
@@ -32,7 +31,7 @@ class Divergence(Rule):
 
     def check(self, record: StepRecord) -> List[Condition]:
         loss = record.loss
-        if loss is None or not isinstance(loss, Real):
+        if loss is None or not is_real(loss):
             return []
         if not math.isfinite(loss):
             return [

@@ -14,21 +14,20 @@ Reported at once (a NaN never heals). Named where it is *born*:
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import List, Optional, Tuple
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule
+from gradlens.diagnose.rules.base import Condition, Rule, is_real
 
 __all__ = ["NonFinite"]
 
 
 def _positive(x) -> bool:
-    return isinstance(x, Real) and x > 0
+    return is_real(x) and x > 0
 
 
 def _inf(x) -> bool:
-    return isinstance(x, Real) and math.isinf(x)
+    return is_real(x) and math.isinf(x)
 
 
 class NonFinite(Rule):
@@ -55,7 +54,7 @@ class NonFinite(Rule):
         where = [w for w, bad in (("loss", loss_bad), ("activations", act_bad),
                                   ("weights", w_bad), ("gradients", g_bad)) if bad]
         count = sum(
-            v for v in s.get("nonfinite", {}).values() if isinstance(v, Real) and math.isfinite(v)
+            v for v in s.get("nonfinite", {}).values() if is_real(v) and math.isfinite(v)
         )
         named = f"born at {layer!r}" if layer is not None else "origin unknown"
         message = (

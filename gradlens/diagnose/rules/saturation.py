@@ -9,11 +9,10 @@ derivative is ~0, so almost no gradient passes.
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, is_real
 
 __all__ = ["Saturation"]
 
@@ -32,7 +31,7 @@ class Saturation(Rule):
         out = []
         for name in record.layers:
             frac = sat.get(name)
-            if isinstance(frac, Real) and math.isfinite(frac) and frac >= t_sat:
+            if is_real(frac) and math.isfinite(frac) and frac >= t_sat:
                 out.append(
                     Condition(
                         key=name,

@@ -15,11 +15,10 @@ with Adam at lr 1e-3 on the healthy suite).
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, median
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, is_real, median
 
 __all__ = ["UpdateRatio"]
 
@@ -32,19 +31,19 @@ class UpdateRatio(Rule):
 
     def observed(self, record: StepRecord) -> bool:
         values = record.stats.get("update_ratio", {}).values()
-        return any(isinstance(v, Real) and math.isfinite(v) for v in values)
+        return any(is_real(v) and math.isfinite(v) for v in values)
 
     def reset(self) -> None:
         self._first_weight = {}
 
     def check(self, record: StepRecord) -> List[Condition]:
         for name, w in record.stats.get("weight_norm", {}).items():
-            if name not in self._first_weight and isinstance(w, Real) and math.isfinite(w):
+            if name not in self._first_weight and is_real(w) and math.isfinite(w):
                 self._first_weight[name] = w
         values = record.stats.get("update_ratio", {})
         ratios = [
             (n, float(values[n])) for n in record.layers
-            if isinstance(values.get(n), Real) and math.isfinite(values[n])
+            if is_real(values.get(n)) and math.isfinite(values[n])
         ]
         if not ratios:
             return []
