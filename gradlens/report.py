@@ -15,6 +15,7 @@ Example::
     $ gradlens report runs/exp1            # table + findings, exit 0/1
     $ gradlens report runs/exp1 --json     # the same as JSON
     $ gradlens report runs/exp1 --csv stats.csv
+    $ gradlens report runs/exp1 --threshold persist_steps=5
 """
 
 from __future__ import annotations
@@ -280,6 +281,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("logdir", help="directory with the TensorBoard event files gradlens wrote")
     parser.add_argument("--csv", metavar="FILE", help="also write every statistic (long format) to FILE")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--threshold", metavar="NAME=VALUE", action="append", default=[],
+                        help="override a diagnosis threshold (repeatable), e.g. vanishing_ratio=1e-4")
+
+
+def _parse_thresholds(items: List[str]) -> Dict[str, float]:
+    from gradlens.diagnose.thresholds import resolve_thresholds
+
+    out: Dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--threshold expects NAME=NUMBER, got {item!r}")
+    resolve_thresholds(out)  # validates names and values
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -289,6 +308,11 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(logdir):
         print(f"gradlens report: {logdir!r} is not a directory", file=err)
         return 2
+    try:
+        thresholds = _parse_thresholds(getattr(args, "threshold", []) or [])
+    except (TypeError, ValueError) as exc:
+        print(f"gradlens report: {exc}", file=err)
+        return 2
     runs = find_runs(logdir)
     if not runs:
         print(f"gradlens report: no TensorBoard event files (events.out.tfevents.*) under {logdir!r}; "
@@ -297,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     reports = []
     for path in runs:
         try:
-            reports.append(load_run(path))
+            reports.append(load_run(path, thresholds=thresholds))
         except ValueError as exc:
             if len(runs) == 1:
                 print(f"gradlens report: {exc}", file=err)

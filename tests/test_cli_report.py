@@ -176,3 +176,14 @@ def test_nonfinite_run(tmp_path, capsys):
     table = load_run(str(tmp_path)).layer_table()
     assert (table["nonfinite_steps"] > 0).any()
     assert "!" in "".join(table["trend"])
+
+
+def test_threshold_overrides(vanishing_run, capsys):
+    d, _ = vanishing_run
+    # a stricter absolute threshold than the first layer's ~1e-10 gradient: no vanishing
+    assert cli.main(["report", str(d), "--threshold", "vanishing_abs=1e-12"]) == 0
+    capsys.readouterr()
+    for bad, msg in [("vanishing_abs", "NAME=NUMBER"), ("vanishing_abs=small", "NAME=NUMBER"),
+                     ("nope=1", "unknown threshold 'nope'"), ("persist_steps=-1", "finite number >= 0")]:
+        assert cli.main(["report", str(d), "--threshold", bad]) == 2
+        assert msg in capsys.readouterr().err
