@@ -430,6 +430,15 @@ def _deep_relu_he_sgd():
     return model, [opt], _classifier_step(model, [opt], x, y)
 
 
+def _relu6_mlp():
+    # ReLU6 is Hardtanh(0, 6): about half its outputs sit at the lower limit by design
+    _seed(30)
+    model = _mlp([16, 64, 64, 64, 4], nn.ReLU6)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = _data()
+    return model, [opt], _classifier_step(model, [opt], x, y)
+
+
 _STACK12 = frozenset(str(i) for i in range(0, 24, 2))
 _STACK6 = frozenset(str(i) for i in range(0, 14, 2))
 _STACK8 = frozenset(str(i) for i in range(0, 18, 2))
@@ -478,6 +487,7 @@ HEALTHY: Sequence[Scenario] = (
     Scenario("residual_mlp_layernorm", _residual_mlp),
     Scenario("zero_init_branches_adam", _zero_init_branches),
     Scenario("deep_relu_he_init_sgd", _deep_relu_he_sgd),
+    Scenario("relu6_mlp_adam", _relu6_mlp),
 )
 
 ALL: Sequence[Scenario] = tuple(PROBLEMS) + tuple(HEALTHY)

@@ -83,6 +83,8 @@ CASES = [
     RuleCase("zero_grad_needs_5_steps", _repeat(4, grad={"fc1": 0.5, "fc2": 0.0, "fc3": 0.5}), None),
     RuleCase("saturation", _repeat(3, grad=HEALTHY_GRADS, act_sat_frac={"relu1": NAN, "relu2": 0.8}),
              "saturation", "relu2", 0),
+    RuleCase("relu6_zeros_are_not_saturation",
+             _repeat(5, grad=HEALTHY_GRADS, act_sat_frac={"relu1": 0.62}, act_zero_frac={"relu1": 0.61}), None),
     RuleCase("update_ratio_high", _repeat(3, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.2, "fc2": 0.5, "fc3": 1e-3}),
              "update_ratio", "fc2", 0),
     RuleCase("update_ratio_ignores_zero_initialised_layers",

@@ -28,10 +28,16 @@ class Saturation(Rule):
     def check(self, record: StepRecord) -> List[Condition]:
         t_sat = self.t["saturation_fraction"]
         sat = record.stats.get("act_sat_frac", {})
+        zeros = record.stats.get("act_zero_frac", {})
         out = []
         for name in record.layers:
             frac = sat.get(name)
-            if is_real(frac) and math.isfinite(frac) and frac >= t_sat:
+            if not (is_real(frac) and math.isfinite(frac)):
+                continue
+            zero = zeros.get(name)
+            if is_real(zero) and math.isfinite(zero):
+                frac = max(0.0, frac - zero)
+            if frac >= t_sat:
                 out.append(
                     Condition(
                         key=name,
