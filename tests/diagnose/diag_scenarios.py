@@ -439,6 +439,20 @@ def _relu6_mlp():
     return model, [opt], _classifier_step(model, [opt], x, y)
 
 
+def _plain_cnn():
+    _seed(31)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(16 * 3 * 3, 4),
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(128, 3, 12, 12, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 2].mean((1, 2)) > 0).long()
+    return model, [opt], _classifier_step(model, [opt], x, y, batch=16)
+
+
 _STACK12 = frozenset(str(i) for i in range(0, 24, 2))
 _STACK6 = frozenset(str(i) for i in range(0, 14, 2))
 _STACK8 = frozenset(str(i) for i in range(0, 18, 2))
@@ -488,6 +502,7 @@ HEALTHY: Sequence[Scenario] = (
     Scenario("zero_init_branches_adam", _zero_init_branches),
     Scenario("deep_relu_he_init_sgd", _deep_relu_he_sgd),
     Scenario("relu6_mlp_adam", _relu6_mlp),
+    Scenario("plain_cnn_maxpool_dropout", _plain_cnn),
 )
 
 ALL: Sequence[Scenario] = tuple(PROBLEMS) + tuple(HEALTHY)
