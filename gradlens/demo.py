@@ -46,6 +46,7 @@ def _build(name: str):
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
     elif name == "bad_init_relu":
         model = m.bad_relu()
+        # a small lr keeps the run finite, so the gradients stay as the init made them
         opt = torch.optim.SGD(model.parameters(), lr=1e-6)
     else:
         model = m.ResidualMLP()
