@@ -12,6 +12,7 @@ Used by ``tests/diagnose/test_scenarios.py`` and ``benchmarks/diagnosis_eval.py`
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
@@ -536,11 +537,14 @@ def watch_available() -> bool:
 
 def run_watch(sc: Scenario, *, steps: Optional[int] = None):
     """Train ``sc`` under the real ``gradlens.watch``; return an object with
-    ``findings``, ``records`` and ``detected_at`` like :func:`run_reference`."""
+    ``findings``, ``detected_at`` and ``logged_steps`` like :func:`run_reference`."""
     import gradlens
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    logger = logging.getLogger("gradlens")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # the monitor logs each finding; we count them instead
     try:
         model, opts, step = sc.build()
         detected = {}
@@ -549,9 +553,9 @@ def run_watch(sc: Scenario, *, steps: Optional[int] = None):
             detected[id(f)] = f.last_step
 
         opt_arg = opts[0] if len(opts) == 1 else opts
-        # update_every=1: the suite evaluates the rules on every step's statistics
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the monitor warns once per finding; we count them
+            warnings.simplefilter("ignore")  # ... and warns once per finding
+            # update_every=1: the suite evaluates the rules on every step's statistics
             with gradlens.watch(model, opt_arg, activations=True, update_every=1,
                                 on_finding=on_finding) as mon:
                 for i in range(steps or sc.steps):
@@ -567,4 +571,5 @@ def run_watch(sc: Scenario, *, steps: Optional[int] = None):
         run.logged_steps = int(mon.dataframe()["step"].nunique())
         return run
     finally:
+        logger.setLevel(level)
         torch.set_num_threads(threads)
