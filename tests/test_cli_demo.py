@@ -62,3 +62,42 @@ def test_demo_diagnoses_each_network_and_report_agrees(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "deep_sigmoid")]) == 1
     assert "vanishing" in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path / "healthy_residual")]) == 0
+
+
+def test_report_on_a_live_run_still_being_written(tmp_path):
+    pytest.importorskip("gradlens.monitor", reason="gradlens.watch not in this checkout")
+    import logging
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+
+    import gradlens
+    from gradlens import _demo_models as m
+    from gradlens.report import load_run
+
+    torch.manual_seed(0)
+    x, y = m.synthetic_classification()
+    model = m.deep_sigmoid()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    logging.getLogger("gradlens").setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mon = gradlens.watch(model, opt, logdir=str(tmp_path))
+            try:
+                for _ in range(8):
+                    opt.zero_grad()
+                    loss = F.cross_entropy(model(x[:32]), y[:32])
+                    mon.observe_loss(loss)
+                    loss.backward()
+                    opt.step()
+                live = [(f.kind, f.layer, f.step) for f in mon.findings if f.severity != "info"]
+                rep = load_run(str(tmp_path))  # the writer is still open
+                offline = [(f.kind, f.layer, f.step) for f in rep.findings if f.severity != "info"]
+                assert offline == live and live[0][0] == "vanishing"
+                assert rep.records[-1].step == 7 or rep.dropped_step == 7
+            finally:
+                mon.close()
+    finally:
+        logging.getLogger("gradlens").setLevel(logging.NOTSET)
