@@ -68,8 +68,8 @@ class DeadUnits(Rule):
         with_grad = [n for n in record.layers if _finite(grads.get(n))]
         for i, name in enumerate(with_grad):
             g = grads[name]
-            below_dead = i + 1 < len(with_grad) and grads[with_grad[i + 1]] == 0.0
-            if g == 0.0 and not below_dead:
+            next_also_zero = i + 1 < len(with_grad) and grads[with_grad[i + 1]] == 0.0  # output side
+            if g == 0.0 and not next_also_zero:
                 out.append(
                     Condition(
                         key="zero_grad:" + name,
