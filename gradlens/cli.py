@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
 from gradlens._version import __version__
 
 #: subcommand -> (module, one-line help). Each module defines add_arguments() and run().
-_COMMANDS = {}
+_COMMANDS = {
+    "report": ("gradlens.report", "diagnose a run from the TensorBoard event files gradlens wrote"),
+    "demo": ("gradlens.demo", "train three small networks under gradlens.watch and diagnose them"),
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -40,7 +44,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except BrokenPipeError:  # ``gradlens report ... | head``: the reader left, not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # silence the flush at interpreter exit
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,141 @@
+"""The small base every diagnosis rule is built on (one rule per file).
+
+A rule looks at one :class:`~gradlens._record.StepRecord` at a time and returns the
+:class:`Condition` objects that hold *at this step*. It knows nothing about
+persistence or reporting: the :class:`~gradlens.diagnose.engine.Diagnoser` keeps a
+condition pending until it has held for the rule's window, then turns it into a
+:class:`~gradlens.diagnose.finding.Finding` once and updates it while it persists.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from gradlens._record import StepRecord
+
+__all__ = ["Condition", "Rule", "grad_layers", "fmt", "median", "is_real"]
+
+
+@dataclass
+class Condition:
+    """A problem that holds at one step.
+
+    Attributes:
+        key: what persistence is tracked by (``""`` for a rule-wide condition, the
+            layer name for per-layer ones). Culprits may move within one key.
+        layer: culprit layer (or ``None`` when global).
+        value: the measured number compared with ``threshold``.
+        threshold: the threshold it crossed.
+        severity: ``"info"``, ``"warning"`` or ``"error"``.
+        message: one actionable sentence.
+        evidence: further numbers (JSON-serialisable).
+        poisoned: the record's statistics are meaningless for the other rules (NaN/Inf
+            in the weights or activations): the engine skips them at this step.
+    """
+
+    key: str
+    layer: Optional[str]
+    value: float
+    threshold: Optional[float]
+    severity: str
+    message: str
+    evidence: Dict[str, Any] = field(default_factory=dict)
+    poisoned: bool = False
+
+
+class Rule:
+    """Base class of a diagnosis rule.
+
+    Subclasses set :attr:`kind` and :attr:`window` (the name of the threshold
+    giving the persistence window) and implement :meth:`check`. Rules may keep
+    state across steps (baselines); :meth:`reset` clears it.
+
+    Example:
+        >>> from gradlens._record import StepRecord
+        >>> class LossIsNegative(Rule):
+        ...     kind = "negative_loss"
+        ...     def check(self, record):
+        ...         if record.loss is not None and record.loss < 0:
+        ...             return [Condition("", None, record.loss, 0.0, "warning", "negative loss")]
+        ...         return []
+        >>> rule = LossIsNegative({"persist_steps": 3})
+        >>> [c.value for c in rule.check(StepRecord(step=0, layers=[], loss=-1.0))]
+        [-1.0]
+    """
+
+    kind: ClassVar[str] = ""
+    window: ClassVar[str] = "persist_steps"
+    #: still runs on a step another rule declared poisoned (see Condition.poisoned)
+    runs_when_poisoned: ClassVar[bool] = False
+
+    def __init__(self, thresholds: Mapping[str, float]) -> None:
+        self.t = dict(thresholds)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget any state kept across steps."""
+
+    def observed(self, record: StepRecord) -> bool:
+        """Whether ``record`` carries what this rule reads.
+
+        On a step where it does not (update ratios measured on their own cadence, a
+        loss not given, activations not traced) the rule is skipped and its pending
+        conditions keep their count instead of starting again.
+        """
+        return True
+
+    def window_for(self, key: str) -> str:
+        """Name of the threshold giving the persistence window of condition ``key``."""
+        return self.window
+
+    def check(self, record: StepRecord) -> List[Condition]:  # pragma: no cover - abstract
+        """The conditions of this rule that hold at ``record``'s step."""
+        raise NotImplementedError
+
+
+def is_real(x: Any) -> bool:
+    """A real number (float, int, numpy scalar), not a bool; fast for plain floats."""
+    t = type(x)
+    if t is float or t is int:
+        return True
+    return isinstance(x, Real) and t is not bool
+
+
+def _finite(x: Any) -> bool:
+    return is_real(x) and math.isfinite(x)
+
+
+def grad_layers(record: StepRecord, *, positive: bool = True) -> List[Tuple[str, float]]:
+    """``(layer, grad_norm)`` for layers that have a finite gradient norm, input side first.
+
+    Layers without parameters (ReLU, ...) carry no ``grad_norm`` and are skipped;
+    with ``positive`` (default) exact zeros are skipped too (they are dead, not small).
+    """
+    values = record.stats.get("grad_norm", {})
+    out = []
+    for name in record.layers:
+        g = values.get(name)
+        if _finite(g) and (g > 0 or not positive):
+            out.append((name, float(g)))
+    return out
+
+
+def fmt(x: float) -> str:
+    """Compact human formatting of a number for messages (``3.2e-06``, ``0.42``, ``71``)."""
+    if not _finite(x):
+        return str(x)
+    ax = abs(x)
+    if ax != 0 and (ax < 1e-2 or ax >= 1e4):
+        return f"{x:.1e}"
+    return f"{x:.3g}"
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence of floats."""
+    s = sorted(values)
+    n = len(s)
+    mid = n // 2
+    return s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])

@@ -1,0 +1,91 @@
+"""``dead_units``: units inactive on every input, or gradients exactly zero.
+
+Rules:
+
+* ``act_dead_frac >= dead_fraction`` (AUTOTRAINER, ICSE 2021: 0.7; SageMaker Debugger
+  DeadRelu: > 50%): the fraction of the layer's units (features/channels) that are
+  zero on every sample of the batch. Named at the layer whose units are dead; a
+  layer right after an already-dead one (pooling, dropout) is not named again.
+* a layer whose gradient norm is exactly zero on ``zero_grad_steps`` logged steps in
+  a row (its parameters receive no signal at all).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+from gradlens._record import StepRecord
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, is_real
+
+__all__ = ["DeadUnits"]
+
+
+def _finite(x) -> bool:
+    return is_real(x) and math.isfinite(x)
+
+
+class DeadUnits(Rule):
+    """ReLU-family layers whose units never fire, or parameters that never get a gradient."""
+
+    kind = "dead_units"
+
+    def check(self, record: StepRecord) -> List[Condition]:
+        out: List[Condition] = []
+        t_dead = self.t["dead_fraction"]
+        dead = record.stats.get("act_dead_frac", {})
+        previous_dead = False
+        feeder = None  # the last layer with parameters before the dead one
+        grads = record.stats.get("grad_norm", {})
+        for name in record.layers:
+            frac = dead.get(name)
+            is_dead = _finite(frac) and frac >= t_dead
+            if is_dead and not previous_dead:
+                fed = f" (fed by {feeder!r})" if feeder else ""
+                out.append(
+                    Condition(
+                        key=name,
+                        layer=name,
+                        value=float(frac),
+                        threshold=t_dead,
+                        severity="warning",
+                        message=(
+                            f"{fmt(100 * frac)}% of the units of {name!r}{fed} are zero on every "
+                            f"input (threshold {fmt(100 * t_dead)}%): dying ReLU; lower the "
+                            f"learning rate, check the bias/init of the layer feeding it, or "
+                            f"use LeakyReLU/GELU"
+                        ),
+                        evidence={"dead_fraction": float(frac), "fed_by": feeder},
+                    )
+                )
+            previous_dead = is_dead or (previous_dead and not _finite(frac))
+            if name in grads:
+                feeder = name
+        # Parameters that never get a signal: exact zeros, several steps in a row
+        # (the engine's window for this key is zero_grad_steps, see window_for).
+        # Only the output-most layer of a run of zero-gradient layers is named: the
+        # layers below it get nothing because nothing passes it.
+        with_grad = [n for n in record.layers if _finite(grads.get(n))]
+        for i, name in enumerate(with_grad):
+            g = grads[name]
+            next_also_zero = i + 1 < len(with_grad) and grads[with_grad[i + 1]] == 0.0  # output side
+            if g == 0.0 and not next_also_zero:
+                out.append(
+                    Condition(
+                        key="zero_grad:" + name,
+                        layer=name,
+                        value=0.0,
+                        threshold=0.0,
+                        severity="warning",
+                        message=(
+                            f"the gradient of {name!r} is exactly zero step after step: nothing "
+                            f"flows back to it (dead units below a ReLU, a detached branch, or "
+                            f"an output that the loss ignores)"
+                        ),
+                        evidence={"grad_norm": 0.0},
+                    )
+                )
+        return out
+
+    def window_for(self, key: str) -> str:
+        return "zero_grad_steps" if key.startswith("zero_grad:") else self.window

@@ -1,0 +1,140 @@
+"""``exploding``: gradient norms growing going back through the layers, or over time.
+
+Rules:
+
+* across layers (AUTOTRAINER, ICSE 2021): ``g_first / g_last >= exploding_ratio``,
+  with ``g`` the gradient norm of each layer that has one, input side first. The
+  culprit is where the growth happens: the input-side layer of the largest rise in
+  ``log10 g`` between adjacent layers (going backward from the loss).
+* too large for the weights: some layer's ``||g|| / ||W|| >= exploding_relative``
+  (a norm far beyond normal whatever the depth: in a uniformly over-scaled ReLU
+  stack the gradients grow backward exactly as the activations grow forward, so
+  every layer's weight gradient is equally, and hugely, large). Named as above
+  when the gradient clearly rises (2x or more) somewhere going backward, else at
+  the layer with the largest ``||g|| / ||W||``. Layers whose weights started at
+  exactly zero are left out of this test.
+* over time: the total gradient norm reaches ``exploding_growth`` times its median
+  over the first ``baseline_steps`` logged steps. The culprit is the layer whose
+  own norm grew most over its own baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+from gradlens._record import StepRecord
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, is_real, median
+
+__all__ = ["Exploding"]
+
+#: A rise between adjacent layers smaller than this is noise, not "where the growth
+#: happens" (ours: adjacent layers of healthy nets differ by up to ~1.5x).
+_CLEAR_RISE = 2.0
+
+
+class Exploding(Rule):
+    """Gradient norms growing going back through the layers or far beyond their normal level."""
+
+    kind = "exploding"
+
+    def reset(self) -> None:
+        self._first_weight: Dict[str, float] = {}
+        self._total: List[float] = []
+        self._per_layer: Dict[str, List[float]] = {}
+
+    def check(self, record: StepRecord) -> List[Condition]:
+        gl = grad_layers(record)
+        if not gl:
+            return []
+        over_time = self._over_time(gl)
+        t_ratio, t_rel = self.t["exploding_ratio"], self.t["exploding_relative"]
+        (first, g_first), (last, g_last) = gl[0], gl[-1]
+        ratio = g_first / g_last
+        weights = record.stats.get("weight_norm", {})
+        for name, w in weights.items():
+            if name not in self._first_weight and is_real(w) and math.isfinite(w):
+                self._first_weight[name] = w
+        # zero-initialised layers are left out: ||W|| starts at 0, so ||g||/||W|| is
+        # huge on their first updates whatever the gradients (ours: 71 at step 1 for a
+        # zero-initialised head under Adam lr 1e-3, healthy suite)
+        relative = {
+            name: g / weights[name] for name, g in gl
+            if is_real(weights.get(name)) and math.isfinite(weights[name])
+            and weights[name] > 0 and self._first_weight.get(name, 1.0) > 0
+        }
+        worst = max(relative, key=relative.get) if relative else None
+        culprit, after, factor = self._largest_rise(gl)
+        evidence = {
+            "first_layer": first, "last_layer": last,
+            "first_grad_norm": g_first, "last_grad_norm": g_last,
+            "growth_from": after, "growth_factor": factor,
+        }
+        fix = "scale down its initialisation, add normalisation, lower the learning rate or clip gradients"
+        if len(gl) >= 2 and ratio >= t_ratio:
+            return [Condition(
+                key="", layer=culprit, value=ratio, threshold=t_ratio, severity="warning",
+                message=(
+                    f"gradients explode going backward: {first!r} gets {fmt(ratio)}x the gradient "
+                    f"norm of {last!r} (threshold {fmt(t_ratio)}); the growth happens at {culprit!r}, "
+                    f"{fmt(factor)}x larger than at {after!r}: {fix}"
+                ),
+                evidence=evidence,
+            )]
+        if worst is not None and relative[worst] >= t_rel:
+            layer = culprit if (culprit is not None and factor >= _CLEAR_RISE) else worst
+            where = (f"; the growth happens at {layer!r}, {fmt(factor)}x larger than at {after!r}"
+                     if layer == culprit else "")
+            return [Condition(
+                key="", layer=layer, value=relative[worst], threshold=t_rel, severity="warning",
+                message=(
+                    f"gradients explode: the gradient norm of {worst!r} is {fmt(relative[worst])}x "
+                    f"its weight norm (threshold {fmt(t_rel)}){where}: {fix}"
+                ),
+                evidence=dict(evidence, grad_over_weight=relative[worst], worst_layer=worst),
+            )]
+        return over_time
+
+    @staticmethod
+    def _largest_rise(gl):
+        if len(gl) < 2:
+            return (gl[0][0] if gl else None), None, 1.0
+        rises = [math.log10(gl[i][1]) - math.log10(gl[i + 1][1]) for i in range(len(gl) - 1)]
+        i = max(range(len(rises)), key=lambda k: rises[k])
+        return gl[i][0], gl[i + 1][0], 10 ** rises[i]
+
+    def _over_time(self, gl) -> List[Condition]:
+        n_base = max(1, int(self.t["baseline_steps"]))
+        total = math.sqrt(sum(g * g for _, g in gl))
+        if len(self._total) < n_base:
+            self._total.append(total)
+            for name, g in gl:
+                self._per_layer.setdefault(name, []).append(g)
+            return []
+        base = median(self._total)
+        t_growth = self.t["exploding_growth"]
+        if base <= 0 or total / base < t_growth:
+            return []
+        growth = {
+            name: g / median(self._per_layer[name])
+            for name, g in gl
+            if name in self._per_layer and median(self._per_layer[name]) > 0
+        }
+        culprit = max(growth, key=growth.get) if growth else max(gl, key=lambda x: x[1])[0]
+        value = total / base
+        return [
+            Condition(
+                key="",
+                layer=culprit,
+                value=value,
+                threshold=t_growth,
+                severity="warning",
+                message=(
+                    f"gradients explode over time: the total gradient norm is {fmt(value)}x its "
+                    f"level on the first {n_base} logged steps (threshold {fmt(t_growth)}), "
+                    f"most at {culprit!r}: lower the learning rate or clip gradients"
+                ),
+                evidence={"total_grad_norm": total, "baseline": base,
+                          "layer_growth": growth.get(culprit, math.nan)},
+            )
+        ]

@@ -1,0 +1,69 @@
+"""``vanishing``: the early layers get a negligible share of the gradient.
+
+Rule (AUTOTRAINER, ICSE 2021): with ``g`` the gradient norm of each layer that has
+one, input side first, gradients vanish when ``g_first / g_last <= vanishing_ratio``
+*and* ``g_first <= vanishing_abs``. The culprit is where the signal dies: going
+backward from the loss, the first layer whose gradient is already small, i.e. the
+input-side layer of the largest drop in ``log10 g`` between adjacent layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+from gradlens._record import StepRecord
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, median
+
+__all__ = ["Vanishing"]
+
+
+class Vanishing(Rule):
+    """Gradients of the early layers negligible relative to the late ones."""
+
+    kind = "vanishing"
+
+    def check(self, record: StepRecord) -> List[Condition]:
+        gl = grad_layers(record)
+        if len(gl) < 2:
+            return []
+        (first, g_first), (last, g_last) = gl[0], gl[-1]
+        ratio = g_first / g_last
+        t_ratio, t_abs = self.t["vanishing_ratio"], self.t["vanishing_abs"]
+        if not (ratio <= t_ratio and g_first <= t_abs):
+            return []
+        # drop[i] > 0: the gradient is smaller at layer i than at layer i+1.
+        drops = [math.log10(gl[i + 1][1]) - math.log10(gl[i][1]) for i in range(len(gl) - 1)]
+        i = max(range(len(drops)), key=lambda k: drops[k])
+        culprit, after = gl[i][0], gl[i + 1][0]
+        factor = 10 ** drops[i]
+        typical = 10 ** median(drops)
+        if factor < 2 * typical and typical > 2:  # evenly spread: say so, name the largest
+            where = (f"it shrinks ~{fmt(typical)}x at every layer (largest drop at {culprit!r}, "
+                     f"{fmt(factor)}x below {after!r})")
+        else:
+            where = f"the signal dies at {culprit!r}, {fmt(factor)}x smaller than at {after!r}"
+        message = (
+            f"gradients vanish: {first!r} gets {fmt(ratio)}x the gradient norm of {last!r} "
+            f"(threshold {fmt(t_ratio)}, and {fmt(g_first)} <= {fmt(t_abs)}); {where}: use "
+            f"ReLU-family activations, normalisation, residual connections or a better init"
+        )
+        return [
+            Condition(
+                key="",
+                layer=culprit,
+                value=ratio,
+                threshold=t_ratio,
+                severity="warning",
+                message=message,
+                evidence={
+                    "first_layer": first,
+                    "last_layer": last,
+                    "first_grad_norm": g_first,
+                    "last_grad_norm": g_last,
+                    "drop_from": after,
+                    "drop_factor": factor,
+                    "median_drop_factor": typical,
+                },
+            )
+        ]

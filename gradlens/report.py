@@ -1,0 +1,369 @@
+"""``gradlens report LOGDIR``: re-diagnose a run from the TensorBoard events gradlens wrote.
+
+The event files are read with TensorBoard's own reader (``EventAccumulator``) into a
+pandas DataFrame; :class:`~gradlens._record.StepRecord` objects are rebuilt from the
+``_tags`` scheme (layer order from the ``gradlens/layers`` text) and run through the
+same :class:`~gradlens.diagnose.Diagnoser` the live monitor uses. Prints a per-layer
+table (gradient-norm trend, first/last step, min/max) and the findings.
+
+Exit codes: 0 no problem (nothing at warning level), 1 problems found, 2 usage error
+(no such directory, no event files). Works on a run that is still being written: a
+last step with fewer statistics than the others (a write in progress) is left out.
+
+Example::
+
+    $ gradlens report runs/exp1            # table + findings, exit 0/1
+    $ gradlens report runs/exp1 --json     # the same as JSON
+    $ gradlens report runs/exp1 --csv stats.csv
+    $ gradlens report runs/exp1 --threshold persist_steps=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, TextIO
+
+from gradlens._record import StepRecord
+from gradlens._tags import LAYERS_TAG, LOSS_TAG, parse_tag
+from gradlens.diagnose import Diagnoser, Finding
+
+__all__ = ["RunReport", "load_run", "find_runs", "add_arguments", "run"]
+
+_EVENT_MARK = "tfevents"
+_PROBLEM = ("warning", "error")
+
+
+@dataclass
+class RunReport:
+    """Everything ``gradlens report`` derives from one run directory.
+
+    Attributes:
+        logdir: the directory holding the event files.
+        frame: long-format DataFrame ``step, wall_time, tag, level, stat, name, value``.
+        layers: layer names, input side first.
+        records: the rebuilt StepRecords, one per logged step.
+        findings: the findings re-derived from ``records``.
+        dropped_step: a trailing step left out because it was still being written.
+    """
+
+    logdir: str
+    frame: Any
+    layers: List[str]
+    records: List[StepRecord]
+    findings: List[Finding] = field(default_factory=list)
+    dropped_step: Optional[int] = None
+
+    @property
+    def problems(self) -> List[Finding]:
+        """Findings at warning level or above."""
+        return [f for f in self.findings if f.severity in _PROBLEM]
+
+    def layer_table(self):
+        """Per-layer summary of the gradient norm: a pandas DataFrame, input side first."""
+        import pandas as pd
+
+        df = self.frame
+        rows = []
+        gn = df[(df["level"] == "layer") & (df["stat"] == "grad_norm")]
+        by_layer = {name: g.sort_values("step") for name, g in gn.groupby("name")}
+        for name in self.layers:
+            g = by_layer.get(name)
+            if g is None or g.empty:
+                continue
+            values = g["value"].to_numpy()
+            finite = values[[math.isfinite(v) for v in values]]
+            rows.append({
+                "layer": name,
+                "first_step": int(g["step"].iloc[0]),
+                "last_step": int(g["step"].iloc[-1]),
+                "first": float(values[0]),
+                "last": float(values[-1]),
+                "min": float(finite.min()) if len(finite) else math.nan,
+                "max": float(finite.max()) if len(finite) else math.nan,
+                "nonfinite_steps": int(len(values) - len(finite)),
+                "trend": _sparkline(list(values)),
+            })
+        return pd.DataFrame(rows, columns=["layer", "first_step", "last_step", "first", "last",
+                                           "min", "max", "nonfinite_steps", "trend"])
+
+
+def find_runs(logdir: str) -> List[str]:
+    """Directories under ``logdir`` (itself included) that hold TensorBoard event files."""
+    runs = []
+    for root, _dirs, files in os.walk(logdir):
+        if any(_EVENT_MARK in f for f in files):
+            runs.append(root)
+    return sorted(runs)
+
+
+def _text_values(acc, tag: str) -> List[tuple]:
+    from tensorboard.util import tensor_util
+
+    tags = acc.Tags().get("tensors", [])
+    out = []
+    for name in (tag, tag + "/text_summary"):
+        if name in tags:
+            for ev in acc.Tensors(name):
+                arr = tensor_util.make_ndarray(ev.tensor_proto)
+                text = arr.reshape(-1)[0] if arr.size else b""
+                out.append((ev.step, text.decode() if isinstance(text, bytes) else str(text)))
+    return out
+
+
+def load_run(logdir: str, *, thresholds=None) -> RunReport:
+    """Read one run directory and re-derive its findings.
+
+    Raises:
+        ValueError: ``logdir`` holds no gradlens statistics.
+    """
+    import pandas as pd
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(logdir, size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
+    acc.Reload()
+    rows = []
+    for tag in acc.Tags().get("scalars", []):
+        parsed = parse_tag(tag)
+        if parsed is None and tag != LOSS_TAG:
+            continue
+        level, stat, name = parsed if parsed else ("run", "loss", "")
+        for ev in acc.Scalars(tag):
+            rows.append((ev.step, ev.wall_time, tag, level, stat, name, float(ev.value)))
+    frame = pd.DataFrame(rows, columns=["step", "wall_time", "tag", "level", "stat", "name", "value"])
+    if frame.empty or not (frame["level"] == "layer").any():
+        raise ValueError(f"no gradlens statistics in {logdir!r} (no '<stat>/<layer>' scalars)")
+    # keep the last value written for a (tag, step): a restarted run rewrites steps
+    frame = frame.sort_values(["step", "wall_time"]).drop_duplicates(["tag", "step"], keep="last")
+    frame = frame.reset_index(drop=True)
+
+    layers: List[str] = []
+    texts = _text_values(acc, LAYERS_TAG)
+    if texts:
+        try:
+            parsed_layers = json.loads(max(texts, key=lambda t: t[0])[1])
+            if isinstance(parsed_layers, list):
+                layers = [str(x) for x in parsed_layers]
+        except ValueError:
+            layers = []
+    seen = set(layers)
+    for name in frame.loc[frame["level"] == "layer", "name"]:  # layers missing from the list
+        if name not in seen:
+            seen.add(name)
+            layers.append(name)
+
+    dropped = _incomplete_last_step(frame)
+    if dropped is not None:
+        frame = frame[frame["step"] != dropped].reset_index(drop=True)
+
+    records = _records(frame, layers)
+    report = RunReport(logdir, frame, layers, records, dropped_step=dropped)
+    report.findings = Diagnoser(thresholds).run(records)
+    return report
+
+
+def _incomplete_last_step(frame) -> Optional[int]:
+    """The last step, when it lacks tags the step before it has (a write in progress).
+
+    Statistics on their own cadence (``update_ratio``) are not expected at every step.
+    """
+    steps = sorted(frame["step"].unique())
+    if len(steps) < 2:
+        return None
+    regular = frame[frame["stat"] != "update_ratio"]
+    last = set(regular.loc[regular["step"] == steps[-1], "tag"])
+    before = set(regular.loc[regular["step"] == steps[-2], "tag"])
+    return int(steps[-1]) if not before <= last else None
+
+
+def _records(frame, layers: List[str]) -> List[StepRecord]:
+    records = []
+    for step, g in frame.groupby("step", sort=True):
+        stats: Dict[str, Dict[str, float]] = {}
+        params: Dict[str, Dict[str, float]] = {}
+        loss = None
+        for level, stat, name, value in zip(g["level"], g["stat"], g["name"], g["value"]):
+            if level == "layer":
+                stats.setdefault(stat, {})[name] = value
+            elif level == "param":
+                params.setdefault(stat, {})[name] = value
+            else:
+                loss = value
+        records.append(StepRecord(int(step), list(layers), stats, params, loss=loss))
+    return records
+
+
+# ---------------------------------------------------------------------------
+# printing
+# ---------------------------------------------------------------------------
+_BARS = "▁▂▃▄▅▆▇█"
+_ASCII_BARS = "_.-~=+*#"
+
+
+def _sparkline(values: List[float], width: int = 16) -> str:
+    bars = _BARS
+    enc = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        bars.encode(enc)
+    except (UnicodeEncodeError, LookupError):
+        bars = _ASCII_BARS
+    if not values:
+        return ""
+    # one bar per bucket of steps: mean of log10 of the finite, positive norms
+    n = len(values)
+    buckets = [values[i * n // min(width, n):(i + 1) * n // min(width, n)] for i in range(min(width, n))]
+    logs = []
+    for b in buckets:
+        good = [math.log10(v) for v in b if math.isfinite(v) and v > 0]
+        bad = any(not math.isfinite(v) for v in b)
+        logs.append(None if bad else (sum(good) / len(good) if good else -math.inf))
+    finite = [x for x in logs if x is not None and math.isfinite(x)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    if hi - lo < 1.0:  # less than a decade of change: draw it small, not full height
+        lo = (hi + lo) / 2 - 0.5
+        hi = lo + 1.0
+    out = []
+    for x in logs:
+        if x is None:
+            out.append("!")  # NaN/Inf in this stretch
+        elif not math.isfinite(x):
+            out.append(" ")  # exactly zero
+        else:
+            out.append(bars[0 if hi == lo else int((x - lo) / (hi - lo) * (len(bars) - 1))])
+    return "".join(out)
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.3g}" if 1e-2 <= abs(x) < 1e4 or x == 0 else f"{x:.2e}"
+
+
+def _print_report(rep: RunReport, out: TextIO) -> None:
+    table = rep.layer_table()
+    steps = sorted({r.step for r in rep.records})
+    print(f"gradlens report: {rep.logdir}", file=out)
+    span = f"steps {steps[0]}..{steps[-1]}" if steps else "no steps"
+    print(f"{len(steps)} logged steps ({span}), {len(table)} layers with gradients", file=out)
+    if rep.dropped_step is not None:
+        print(f"(step {rep.dropped_step} is still being written: left out)", file=out)
+    print("", file=out)
+    header = ["layer", "steps", "grad_norm first", "last", "min", "max", "trend (log10)"]
+    rows = [
+        [r["layer"], f"{r['first_step']}..{r['last_step']}", _fmt(r["first"]), _fmt(r["last"]),
+         _fmt(r["min"]), _fmt(r["max"]), r["trend"]]
+        for r in table.to_dict("records")
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), file=out)
+    for row in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip(), file=out)
+    print("", file=out)
+    if not rep.findings:
+        print("findings: none", file=out)
+    else:
+        print(f"findings ({len(rep.problems)} at warning level or above):", file=out)
+        for f in rep.findings:
+            steps_txt = f"steps {f.step}..{f.last_step}" if f.last_step != f.step else f"step {f.step}"
+            where = f.layer if f.layer is not None else "<global>"
+            print(f"  [{f.severity}] {f.kind} at {where}, {steps_txt}: {f.message}", file=out)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``gradlens report``."""
+    parser.add_argument("logdir", help="directory with the TensorBoard event files gradlens wrote")
+    parser.add_argument("--csv", metavar="FILE", help="also write every statistic (long format) to FILE")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--threshold", metavar="NAME=VALUE", action="append", default=[],
+                        help="override a diagnosis threshold (repeatable), e.g. vanishing_ratio=1e-4")
+
+
+def _parse_thresholds(items: List[str]) -> Dict[str, float]:
+    from gradlens.diagnose.thresholds import resolve_thresholds
+
+    out: Dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--threshold expects NAME=NUMBER, got {item!r}")
+    resolve_thresholds(out)  # validates names and values
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``gradlens report``; returns the exit code (0 ok, 1 problems, 2 usage)."""
+    out, err = sys.stdout, sys.stderr
+    logdir = args.logdir
+    if not os.path.isdir(logdir):
+        print(f"gradlens report: {logdir!r} is not a directory", file=err)
+        return 2
+    try:
+        thresholds = _parse_thresholds(getattr(args, "threshold", []) or [])
+    except (TypeError, ValueError) as exc:
+        print(f"gradlens report: {exc}", file=err)
+        return 2
+    runs = find_runs(logdir)
+    if not runs:
+        print(f"gradlens report: no TensorBoard event files (events.out.tfevents.*) under {logdir!r}; "
+              f"pass the logdir given to gradlens.watch(logdir=...)", file=err)
+        return 2
+    reports = []
+    for path in runs:
+        try:
+            reports.append(load_run(path, thresholds=thresholds))
+        except ValueError as exc:
+            if len(runs) == 1:
+                print(f"gradlens report: {exc}", file=err)
+                return 2
+    if not reports:
+        print(f"gradlens report: no gradlens statistics in any run under {logdir!r}", file=err)
+        return 2
+    if args.csv:
+        import pandas as pd
+
+        frames = [r.frame.assign(run=os.path.relpath(r.logdir, logdir)) for r in reports]
+        pd.concat(frames, ignore_index=True).to_csv(args.csv, index=False)
+    if args.json:
+        payload = {
+            "runs": [
+                {
+                    "logdir": r.logdir,
+                    "steps": len(r.records),
+                    "layers": json.loads(r.layer_table().drop(columns=["trend"]).to_json(orient="records")),
+                    "findings": [f.to_dict() for f in r.findings],
+                    "dropped_step": r.dropped_step,
+                }
+                for r in reports
+            ],
+            "problems": sum(len(r.problems) for r in reports),
+        }
+        json.dump(_clean(payload), out, indent=2, allow_nan=False)
+        out.write("\n")
+    else:
+        for i, rep in enumerate(reports):
+            if i:
+                print("", file=out)
+            _print_report(rep, out)
+    return 1 if any(r.problems for r in reports) else 0
+
+
+def _clean(x):
+    """JSON-safe copy: NaN/Inf become the strings "nan"/"inf"/"-inf" (strict JSON has neither)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
