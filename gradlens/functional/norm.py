@@ -147,9 +147,16 @@ class _BatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float):
         # torch's kernel: also updates running_mean/running_var in place (unbiased var, momentum).
-        out, save_mean, save_rstd = torch.native_batch_norm(
-            x, weight, bias, running_mean, running_var, training, momentum, eps
-        )
+        # Non-contiguous running stats: some backends (CUDA's native kernel) update a
+        # contiguous copy only; update a contiguous copy ourselves and write it back.
+        rm = running_mean.contiguous() if running_mean is not None else None
+        rv = running_var.contiguous() if running_var is not None else None
+        out, save_mean, save_rstd = torch.native_batch_norm(x, weight, bias, rm, rv, training, momentum, eps)
+        if training:
+            if rm is not None and rm is not running_mean:
+                running_mean.copy_(rm)
+            if rv is not None and rv is not running_var:
+                running_var.copy_(rv)
         ctx.training, ctx.eps = training, eps
         ctx.has_bias = bias is not None
         if training:
