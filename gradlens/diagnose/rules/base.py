@@ -104,7 +104,8 @@ def is_real(x: Any) -> bool:
     return isinstance(x, Real) and t is not bool
 
 
-def _finite(x: Any) -> bool:
+def finite(x: Any) -> bool:
+    """A real, finite number (NaN, inf, None and non-numbers are not)."""
     return is_real(x) and math.isfinite(x)
 
 
@@ -118,14 +119,14 @@ def grad_layers(record: StepRecord, *, positive: bool = True) -> List[Tuple[str,
     out = []
     for name in record.layers:
         g = values.get(name)
-        if _finite(g) and (g > 0 or not positive):
+        if finite(g) and (g > 0 or not positive):
             out.append((name, float(g)))
     return out
 
 
 def fmt(x: float) -> str:
     """Compact human formatting of a number for messages (``3.2e-06``, ``0.42``, ``71``)."""
-    if not _finite(x):
+    if not finite(x):
         return str(x)
     ax = abs(x)
     if ax != 0 and (ax < 1e-2 or ax >= 1e4):

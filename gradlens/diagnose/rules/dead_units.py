@@ -12,17 +12,13 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, is_real
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, finite
 
 __all__ = ["DeadUnits"]
 
-
-def _finite(x) -> bool:
-    return is_real(x) and math.isfinite(x)
 
 
 class DeadUnits(Rule):
@@ -39,7 +35,7 @@ class DeadUnits(Rule):
         grads = record.stats.get("grad_norm", {})
         for name in record.layers:
             frac = dead.get(name)
-            is_dead = _finite(frac) and frac >= t_dead
+            is_dead = finite(frac) and frac >= t_dead
             if is_dead and not previous_dead:
                 fed = f" (fed by {feeder!r})" if feeder else ""
                 out.append(
@@ -58,14 +54,14 @@ class DeadUnits(Rule):
                         evidence={"dead_fraction": float(frac), "fed_by": feeder},
                     )
                 )
-            previous_dead = is_dead or (previous_dead and not _finite(frac))
+            previous_dead = is_dead or (previous_dead and not finite(frac))
             if name in grads:
                 feeder = name
         # Parameters that never get a signal: exact zeros, several steps in a row
         # (the engine's window for this key is zero_grad_steps, see window_for).
         # Only the output-most layer of a run of zero-gradient layers is named: the
         # layers below it get nothing because nothing passes it.
-        with_grad = [n for n in record.layers if _finite(grads.get(n))]
+        with_grad = [n for n in record.layers if finite(grads.get(n))]
         for i, name in enumerate(with_grad):
             g = grads[name]
             next_also_zero = i + 1 < len(with_grad) and grads[with_grad[i + 1]] == 0.0  # output side

@@ -24,7 +24,7 @@ import math
 from typing import Dict, List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, is_real, median
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, median, finite
 
 __all__ = ["Exploding"]
 
@@ -53,14 +53,14 @@ class Exploding(Rule):
         ratio = g_first / g_last
         weights = record.stats.get("weight_norm", {})
         for name, w in weights.items():
-            if name not in self._first_weight and is_real(w) and math.isfinite(w):
+            if name not in self._first_weight and finite(w):
                 self._first_weight[name] = w
         # zero-initialised layers are left out: ||W|| starts at 0, so ||g||/||W|| is
         # huge on their first updates whatever the gradients (ours: 71 at step 1 for a
         # zero-initialised head under Adam lr 1e-3, healthy suite)
         relative = {
             name: g / weights[name] for name, g in gl
-            if is_real(weights.get(name)) and math.isfinite(weights[name])
+            if finite(weights.get(name))
             and weights[name] > 0 and self._first_weight.get(name, 1.0) > 0
         }
         worst = max(relative, key=relative.get) if relative else None

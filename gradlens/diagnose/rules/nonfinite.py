@@ -17,7 +17,7 @@ import math
 from typing import List, Optional, Tuple
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, is_real
+from gradlens.diagnose.rules.base import Condition, Rule, is_real, finite
 
 __all__ = ["NonFinite"]
 
@@ -54,7 +54,7 @@ class NonFinite(Rule):
         where = [w for w, bad in (("loss", loss_bad), ("activations", act_bad),
                                   ("weights", w_bad), ("gradients", g_bad)) if bad]
         count = sum(
-            v for v in s.get("nonfinite", {}).values() if is_real(v) and math.isfinite(v)
+            v for v in s.get("nonfinite", {}).values() if finite(v)
         )
         named = f"born at {layer!r}" if layer is not None else "origin unknown"
         message = (

@@ -8,11 +8,10 @@ derivative is ~0, so almost no gradient passes.
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, is_real
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, finite
 
 __all__ = ["Saturation"]
 
@@ -32,10 +31,10 @@ class Saturation(Rule):
         out = []
         for name in record.layers:
             frac = sat.get(name)
-            if not (is_real(frac) and math.isfinite(frac)):
+            if not (finite(frac)):
                 continue
             zero = zeros.get(name)
-            if is_real(zero) and math.isfinite(zero):
+            if finite(zero):
                 frac = max(0.0, frac - zero)
             if frac >= t_sat:
                 out.append(

@@ -14,11 +14,10 @@ with Adam at lr 1e-3 on the healthy suite).
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, is_real, median
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, median, finite
 
 __all__ = ["UpdateRatio"]
 
@@ -31,19 +30,19 @@ class UpdateRatio(Rule):
 
     def observed(self, record: StepRecord) -> bool:
         values = record.stats.get("update_ratio", {}).values()
-        return any(is_real(v) and math.isfinite(v) for v in values)
+        return any(finite(v) for v in values)
 
     def reset(self) -> None:
         self._first_weight = {}
 
     def check(self, record: StepRecord) -> List[Condition]:
         for name, w in record.stats.get("weight_norm", {}).items():
-            if name not in self._first_weight and is_real(w) and math.isfinite(w):
+            if name not in self._first_weight and finite(w):
                 self._first_weight[name] = w
         values = record.stats.get("update_ratio", {})
         ratios = [
             (n, float(values[n])) for n in record.layers
-            if is_real(values.get(n)) and math.isfinite(values[n])
+            if finite(values.get(n))
         ]
         if not ratios:
             return []
