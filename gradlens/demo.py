@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Dict, List, Optional, TextIO, Tuple
 
 __all__ = ["DEMOS", "run_demo", "add_arguments", "run"]
 

@@ -6,7 +6,6 @@ import copy
 import warnings
 from typing import Dict, List
 
-import torch
 from torch import nn
 
 __all__ = ["mirror", "UnsupportedLayersWarning", "MirrorError"]

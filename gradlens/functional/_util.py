@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, Tuple, Union
 
 import torch
 
@@ -35,3 +35,16 @@ def sum_to_shape(grad: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     if dims:
         grad = grad.sum(dim=dims, keepdim=True)
     return grad
+
+
+def records_grad(*tensors: Any) -> bool:
+    """Whether autograd would record this call (else torch's op alone gives the same result)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def expand_tuple(value: Union[int, Sequence[int]], nd: int) -> Tuple[int, ...]:
+    """``3 -> (3, 3)``; ``[3] -> (3, 3)``; ``(1, 2) -> (1, 2)`` (lengths already checked by torch)."""
+    if isinstance(value, int):
+        return (value,) * nd
+    value = tuple(int(v) for v in value)
+    return value * nd if len(value) == 1 else value

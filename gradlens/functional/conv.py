@@ -33,26 +33,13 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from gradlens.functional._util import check_tensor
+from gradlens.functional._util import check_tensor, records_grad, expand_tuple
 
 __all__ = ["conv1d", "conv2d"]
 
 _IntOrTuple = Union[int, Sequence[int]]
 
 _FORWARD = {1: F.conv1d, 2: F.conv2d}
-
-
-def _records_grad(*tensors) -> bool:
-    """Whether autograd would record this call (else torch's op alone gives the same result)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _expand(value: _IntOrTuple, nd: int) -> Tuple[int, ...]:
-    """``3 -> (3, 3)``; ``[3] -> (3, 3)``; ``(1, 2) -> (1, 2)`` (already checked by torch)."""
-    if isinstance(value, int):
-        return (value,) * nd
-    value = tuple(int(v) for v in value)
-    return value * nd if len(value) == 1 else value
 
 
 def _numeric_padding(padding: Union[str, _IntOrTuple], weight: torch.Tensor, dilation: Tuple[int, ...], nd: int):
@@ -67,7 +54,7 @@ def _numeric_padding(padding: Union[str, _IntOrTuple], weight: torch.Tensor, dil
         total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
         left = tuple(t // 2 for t in total)
         return left, tuple(t - 2 * lft for t, lft in zip(total, left))
-    return _expand(padding, nd), (0,) * nd
+    return expand_tuple(padding, nd), (0,) * nd
 
 
 class _ConvNdFn(torch.autograd.Function):
@@ -82,8 +69,8 @@ class _ConvNdFn(torch.autograd.Function):
         ctx.x_shape = x.shape
         ctx.w_shape = weight.shape
         ctx.nd = nd
-        ctx.stride = _expand(stride, nd)
-        ctx.dilation = _expand(dilation, nd)
+        ctx.stride = expand_tuple(stride, nd)
+        ctx.dilation = expand_tuple(dilation, nd)
         ctx.padding, ctx.extra = _numeric_padding(padding, weight, ctx.dilation, nd)
         ctx.groups = groups
         return out
@@ -146,7 +133,7 @@ def _conv(
     check_tensor(name, "weight", weight)
     if bias is not None:
         check_tensor(name, "bias", bias)
-    if not _records_grad(input, weight, bias):
+    if not records_grad(input, weight, bias):
         # nothing to differentiate: torch's op as is
         return _FORWARD[nd](input, weight, bias, stride, padding, dilation, groups)
     return _ConvNdFn.apply(input, weight, bias, stride, padding, dilation, groups, nd)

@@ -21,14 +21,9 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from gradlens.functional._util import check_tensor, sum_to_shape
+from gradlens.functional._util import check_tensor, sum_to_shape, records_grad
 
 __all__ = ["linear"]
-
-
-def _records_grad(*tensors) -> bool:
-    """Whether autograd would record this call (else torch's op alone gives the same result)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class _LinearFn(torch.autograd.Function):
@@ -83,7 +78,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     check_tensor("linear", "weight", weight)
     if bias is not None:
         check_tensor("linear", "bias", bias)
-    if not _records_grad(input, weight, bias):
+    if not records_grad(input, weight, bias):
         return F.linear(input, weight, bias)  # nothing to differentiate: torch's op as is
     if weight.dim() == 1:
         if bias is not None:

@@ -28,13 +28,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 import torch.nn.grad as nn_grad
 
-from gradlens.functional._util import check_tensor
+from gradlens.functional._util import check_tensor, records_grad, expand_tuple
 
 __all__ = [
     "max_pool1d",
@@ -46,19 +46,6 @@ __all__ = [
 ]
 
 _IntOrTuple = Union[int, Sequence[int]]
-
-
-def _records_grad(*tensors) -> bool:
-    """Whether autograd would record this call (else torch's op alone gives the same result)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _expand(value: _IntOrTuple, nd: int) -> Tuple[int, ...]:
-    """``3 -> (3, 3)``; ``[3] -> (3, 3)``; ``(1, 2) -> (1, 2)`` (already checked by torch)."""
-    if isinstance(value, int):
-        return (value,) * nd
-    value = tuple(int(v) for v in value)
-    return value * nd if len(value) == 1 else value
 
 
 # --------------------------------------------------------------------------- max pool
@@ -97,7 +84,7 @@ class _MaxPoolFn(torch.autograd.Function):
 
 def _max_pool(name, nd, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     check_tensor(name, "input", input)
-    if not _records_grad(input):
+    if not records_grad(input):
         # nothing to differentiate: torch's op as is
         return _MAX_POOL[nd](input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
                              return_indices=return_indices)
@@ -188,9 +175,9 @@ class _AvgPoolFn(torch.autograd.Function):
             out = F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         ctx.nd = nd
         ctx.x_shape = x.shape
-        ctx.k = _expand(kernel_size, nd)
-        ctx.s = ctx.k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _expand(stride, nd)
-        ctx.p = _expand(padding, nd)
+        ctx.k = expand_tuple(kernel_size, nd)
+        ctx.s = ctx.k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else expand_tuple(stride, nd)
+        ctx.p = expand_tuple(padding, nd)
         ctx.count_include_pad = count_include_pad
         ctx.divisor_override = divisor_override
         return out
@@ -259,7 +246,7 @@ def avg_pool1d(
         tensor([[[2., 1.]]])
     """
     check_tensor("avg_pool1d", "input", input)
-    if not _records_grad(input):
+    if not records_grad(input):
         return F.avg_pool1d(input, kernel_size, stride, padding, ceil_mode, count_include_pad)
     return _AvgPoolFn.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1)
 
@@ -290,7 +277,7 @@ def avg_pool2d(
                   [4., 4.]]]])
     """
     check_tensor("avg_pool2d", "input", input)
-    if not _records_grad(input):
+    if not records_grad(input):
         return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     return _AvgPoolFn.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2)
 
@@ -347,7 +334,7 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: Union[int, None, Seque
         torch.Size([2, 3, 2, 5])
     """
     check_tensor("adaptive_avg_pool2d", "input", input)
-    if not _records_grad(input):
+    if not records_grad(input):
         return F.adaptive_avg_pool2d(input, output_size)
     return _AdaptiveAvgPool2dFn.apply(input, output_size)
 
@@ -398,6 +385,6 @@ def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch
             f"flatten(): 'start_dim' and 'end_dim' must be int, got "
             f"{type(start_dim).__name__} and {type(end_dim).__name__}"
         )
-    if not _records_grad(input):
+    if not records_grad(input):
         return torch.flatten(input, start_dim, end_dim)
     return _FlattenFn.apply(input, start_dim, end_dim)

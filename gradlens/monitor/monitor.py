@@ -12,7 +12,6 @@ import fnmatch
 import logging
 import math
 import os
-import re
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
