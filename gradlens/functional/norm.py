@@ -68,6 +68,30 @@ def _stats(x: torch.Tensor, dims: Tuple[int, ...], eps: float) -> Tuple[torch.Te
     return mean, torch.rsqrt(var + eps)
 
 
+# Largest |mean| * rstd (the mean in standard deviations) for which the fast backward
+# skips centering: Σ dy·x - mean·Σ dy then loses at most log10(1 + 8) ≈ 1 digit to
+# cancellation against Σ dy·(x - mean), our measurement of what float32 tests tolerate
+# against torch's fused kernel; beyond it, x is centered first (one more full-size pass).
+_MAX_UNCENTERED_OFFSET = 8.0
+
+
+def _centering(
+    x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fast: bool
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(xs, off)`` with ``xs = x - off`` for the sums Σ dy·xs of a norm backward.
+
+    Centering (``xs = x - mean``, ``off = None``) is exact but costs a full-size
+    temporary; on CPU a fresh one costs about as much as a pass over the data, so the
+    first-order (``fast``) CPU path keeps ``xs = x`` (``off = mean``) whenever the
+    means are within ``_MAX_UNCENTERED_OFFSET`` standard deviations of zero. Other
+    devices always center: the check would cost a host-device sync.
+    """
+    if fast and x.device.type == "cpu" and mean.numel():
+        if bool((mean * rstd).abs().max() <= _MAX_UNCENTERED_OFFSET):
+            return x, mean
+    return x - mean, None
+
+
 # --------------------------------------------------------------------- layer_norm
 class _LayerNormFn(torch.autograd.Function):
     @staticmethod
@@ -173,32 +197,42 @@ class _BatchNormFn(torch.autograd.Function):
         c = x.shape[1]
         dims = (0,) + tuple(range(2, x.dim()))
         bshape = (1, c) + (1,) * (x.dim() - 2)
-        if ctx.training and torch.is_grad_enabled():  # double backward: stats depend on x
+        fast = not torch.is_grad_enabled()  # first order: in place on our own temporaries
+        if ctx.training and not fast:  # double backward: stats depend on x
             mean, rstd = _stats(x, dims, ctx.eps)
         else:
             mean, rstd = _opmath(ctx.mean).view(bshape), _opmath(ctx.rstd).view(bshape)
+        need_dx, need_dw = ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1]
         # Per channel: Σ dy (= dbias) and Σ dy x̂ (= dweight), with x̂ = (x - mean) * rstd
-        # (batch statistics in training, running ones in eval). x̂ is never formed in
-        # full: Σ dy x̂ = rstd (Σ dy x - mean Σ dy).
+        # (batch statistics in training, running ones in eval), taken as
+        # Σ dy x̂ = rstd (Σ dy xs - off Σ dy) with xs = x - off (see _centering).
         sum_dy = dy.sum(dims)
-        sum_dy_xhat = rstd.view(c) * ((dy * x).sum(dims) - mean.view(c) * sum_dy)
+        xs = prod = off = sum_dy_xhat = None
+        if need_dw or (need_dx and ctx.training):
+            xs, off = _centering(x, mean, rstd, fast)
+            prod = dy * xs
+            sum_dy_xs = prod.sum(dims)
+            sum_dy_xhat = rstd.view(c) * (sum_dy_xs if off is None else sum_dy_xs - off.view(c) * sum_dy)
         dx = dw = db = None
-        if ctx.needs_input_grad[0]:
+        if need_dx:
             scale = rstd * weight.view(bshape) if weight is not None else rstd
             if ctx.training:
                 m = x.numel() // c
                 # dx = w rstd (dy - mean(dy) - x̂ mean(dy x̂))
-                #    = dy * a + x * b + k   with per-channel a = w rstd, b = -a rstd mean(dy x̂),
-                #                                            k = -a mean(dy) - b mean
-                mean_dy = (sum_dy / m).view(bshape)
+                #    = dy * a + xs * b + k   with per-channel a = w rstd, b = -a rstd mean(dy x̂),
+                #                                             k = -a mean(dy) - b off
                 b = -scale * rstd * (sum_dy_xhat / m).view(bshape)
-                k = -scale * mean_dy - b * mean
-                # (in-place on the fresh product: a broadcast base in addcmul is slow on CPU)
-                dx = (dy * scale).addcmul_(x, b).add_(k)
+                k = -scale * (sum_dy / m).view(bshape)
+                if off is not None:
+                    k = k - b * off
+                if fast:  # reuse the product's memory: a fresh full-size tensor costs a pass on CPU
+                    dx = torch.mul(dy, scale, out=prod).addcmul_(xs, b).add_(k)
+                else:
+                    dx = dy * scale + xs * b + k
             else:
                 # eval: an affine map, dx = dy * w * rstd
                 dx = dy * scale
-        if weight is not None and ctx.needs_input_grad[1]:
+        if need_dw:
             # dL/dw_c = Σ dy * x̂ over batch and space
             dw = sum_dy_xhat
         if ctx.has_bias and ctx.needs_input_grad[2]:

@@ -77,8 +77,9 @@ class _MaxPoolFn(torch.autograd.Function):
             for n in x_shape[-nd:]:
                 numel *= n
             # dL/dx[i] = sum of g[p] over the windows p whose max is x[i]
+            # (in place on our own zeros: still differentiable in g for double backward)
             flat = g.new_zeros(planes + (numel,))
-            grad_x = flat.scatter_add(-1, idx.flatten(-nd), g.flatten(-nd)).view(x_shape)
+            grad_x = flat.scatter_add_(-1, idx.flatten(-nd), g.flatten(-nd)).view(x_shape)
         return grad_x, None, None, None, None, None, None
 
 
