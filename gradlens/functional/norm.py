@@ -109,10 +109,13 @@ class _LayerNormFn(torch.autograd.Function):
         x_in, w_in = ctx.saved_tensors
         x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
         dims = ctx.dims
-        if torch.is_grad_enabled():  # building a graph of backward: stats must depend on x
-            mean, rstd = _stats(x, dims, ctx.eps)
-        else:
-            mean, rstd = ctx.mean, ctx.rstd
+        if not torch.is_grad_enabled():  # first order: the same math with fewer passes
+            dx, dw, db = _layer_norm_backward_fast(
+                ctx, dy, x, weight, _opmath(ctx.mean), _opmath(ctx.rstd), len(dims)
+            )
+            return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
+        # building a graph of backward: stats must depend on x
+        mean, rstd = _stats(x, dims, ctx.eps)
         # x̂ = (x - mean) * rstd
         xhat = _xhat(x, mean, rstd)
         lead = tuple(range(x.dim() - len(dims)))
@@ -127,6 +130,52 @@ class _LayerNormFn(torch.autograd.Function):
             # dL/db = Σ_batch dy
             db = dy.sum(lead) if lead else dy
         return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
+
+
+def _layer_norm_backward_fast(
+    ctx, dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+    mean: torch.Tensor, rstd: torch.Tensor, nd: int,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """First-order layer_norm backward on ``R x D`` rows, with as few full-size passes as we can.
+
+    With ĝ = dy * w, the row sums Σ ĝ and Σ ĝ x̂ are matrix-vector products
+    (``dy @ w``, ``(dy * xs) @ w``), x̂ is never formed (x̂ = rstd (xs - off), see
+    ``_centering``), and dx = rstd ĝ + a xs + c with per-row ``a``, ``c`` is built in
+    place in the memory of the product ``dy * xs`` once its sums are taken.
+    """
+    d = math.prod(x.shape[x.dim() - nd:])
+    x2, dy2 = x.reshape(-1, d), dy.reshape(-1, d)
+    r, mean = rstd.reshape(-1, 1), mean.reshape(-1, 1)
+    need_dx = ctx.needs_input_grad[0]
+    need_dw = weight is not None and ctx.needs_input_grad[1]
+    dx = dw = db = None
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        # dL/db = Σ_rows dy
+        db = dy2.sum(0).view(x.shape[x.dim() - nd:])
+    if not (need_dx or need_dw):
+        return dx, dw, db
+    xs, off = _centering(x2, mean, r, True)
+    prod = dy2 * xs
+    w = weight.reshape(d) if weight is not None else None
+    if need_dw:
+        # dL/dw = Σ_rows dy x̂ = rstd · (dy xs) - (rstd off) · dy
+        dw = r.view(-1) @ prod
+        if off is not None:
+            dw = dw - (r * off).view(-1) @ dy2
+        dw = dw.view(x.shape[x.dim() - nd:])
+    if need_dx:
+        # dx = rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) = rstd ĝ + a xs + c, per row
+        #   a = -rstd² mean(ĝ x̂),  c = -rstd mean(ĝ) - a off,  mean(ĝ x̂) = rstd (Σ ĝ xs - off Σ ĝ) / D
+        s_g = (dy2 @ w if w is not None else dy2.sum(1)).view(-1, 1)
+        s_gxs = (prod @ w if w is not None else prod.sum(1)).view(-1, 1)
+        mean_gxhat = r * (s_gxs if off is None else s_gxs - off * s_g) / d
+        a = -r * r * mean_gxhat
+        c = -r * s_g / d
+        if off is not None:
+            c = c - a * off
+        g = torch.mul(dy2, w, out=prod) if w is not None else prod.copy_(dy2)
+        dx = g.mul_(r).addcmul_(xs, a).add_(c).view(x.shape)
+    return dx, dw, db
 
 
 def _check_affine(fn: str, name: str, t: Optional[torch.Tensor], shape: Sequence[int]) -> None:
@@ -302,11 +351,12 @@ class _GroupNormFn(torch.autograd.Function):
         x_in, w_in = ctx.saved_tensors
         x, weight, dy = _opmath(x_in), _opmath(w_in), _opmath(dy)
         n, c, grp = x.shape[0], x.shape[1], ctx.groups
+        if not torch.is_grad_enabled():  # first order: the same math with fewer passes
+            dx, dw, db = _group_norm_backward_fast(ctx, dy, x, weight, _opmath(ctx.mean), _opmath(ctx.rstd))
+            return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
         xg = x.reshape(n, grp, -1)  # (N, G, C/G * HW)
-        if torch.is_grad_enabled():  # double backward: stats depend on x
-            mean, rstd = _stats(xg, (2,), ctx.eps)
-        else:
-            mean, rstd = _opmath(ctx.mean).unsqueeze(-1), _opmath(ctx.rstd).unsqueeze(-1)
+        # double backward: stats depend on x
+        mean, rstd = _stats(xg, (2,), ctx.eps)
         # x̂ = (x - mean_group) * rstd_group
         xhat = _xhat(xg, mean, rstd)  # (N, G, K)
         dy3 = dy.reshape(n, c, -1)
@@ -332,6 +382,58 @@ class _GroupNormFn(torch.autograd.Function):
             # dL/db_c = Σ dy
             db = dy3.sum(2).sum(0)
         return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
+
+
+def _group_norm_backward_fast(
+    ctx, dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """First-order group_norm backward with as few full-size passes as we can.
+
+    On ``x`` as ``(N, C, K)``: every sum the backward needs comes from two per-(n, c)
+    reductions, S1 = Σ_k dy and S2 = Σ_k dy xs (xs = x - off, see ``_centering``), and
+    dx = rstd w dy + a xs + c with per-(n, group) ``a``, ``c`` is built in place in the
+    memory of the product ``dy * xs``.
+    """
+    n, c, grp = x.shape[0], x.shape[1], ctx.groups
+    cg = c // grp
+    x3, dy3 = x.reshape(n, c, -1), dy.reshape(n, c, -1)
+    k = x3.shape[2]
+
+    def per_channel(t: torch.Tensor) -> torch.Tensor:  # (N, G) -> (N, C, 1)
+        return t.repeat_interleave(cg, dim=1).unsqueeze(-1)
+
+    need_dx = ctx.needs_input_grad[0]
+    need_dw = weight is not None and ctx.needs_input_grad[1]
+    s1 = dy3.sum(2)  # (N, C): Σ_k dy
+    dx = dw = db = None
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        # dL/db_c = Σ dy
+        db = s1.sum(0)
+    if not (need_dx or need_dw):
+        return dx, dw, db
+    xs, off = _centering(x3, per_channel(mean), per_channel(rstd), True)
+    prod = dy3 * xs
+    s2 = prod.sum(2)  # (N, C): Σ_k dy xs
+    r_c = per_channel(rstd).squeeze(-1)
+    off_c = off.squeeze(-1) if off is not None else None  # (N, C)
+    off_g = mean if off is not None else None  # (N, G): the same offsets per group
+    if need_dw:
+        # dL/dw_c = Σ_n Σ_k dy x̂ = Σ_n rstd (S2 - off S1)
+        dw = (r_c * (s2 if off_c is None else s2 - off_c * s1)).sum(0)
+    if need_dx:
+        # dx = rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)), ĝ = dy w, means over a group of M = C/G * K
+        #    = rstd w dy + a xs + c,  a = -rstd² mean(ĝ x̂),  c = -rstd mean(ĝ) - a off
+        m = cg * k
+        s_g, s_gxs = (s1, s2) if weight is None else (s1 * weight, s2 * weight)
+        s_g, s_gxs = s_g.view(n, grp, cg).sum(2), s_gxs.view(n, grp, cg).sum(2)  # (N, G)
+        mean_gxhat = rstd * (s_gxs if off_g is None else s_gxs - off_g * s_g) / m
+        a = -rstd * rstd * mean_gxhat
+        cst = -rstd * s_g / m
+        if off_g is not None:
+            cst = cst - a * off_g
+        coef = per_channel(rstd) if weight is None else per_channel(rstd) * weight.view(1, c, 1)
+        dx = torch.mul(dy3, coef, out=prod).addcmul_(xs, per_channel(a)).add_(per_channel(cst)).view(x.shape)
+    return dx, dw, db
 
 
 def group_norm(

@@ -63,6 +63,7 @@ CASES = [
         "layer_norm-2dims-batch1", _shape_first(GF.layer_norm, "normalized_shape"), _shape_first(F.layer_norm, "normalized_shape"), _inputs((1, 3, 2, 4), (2, 4), (2, 4)),
         {"normalized_shape": [2, 4], "eps": 1e-3},
     ),
+    OpCase("layer_norm-biasonly", _shape_first(GF.layer_norm, "normalized_shape"), _shape_first(F.layer_norm, "normalized_shape"), _inputs((2, 3, 5), None, (5,)), {"normalized_shape": (5,)}),
     OpCase("layer_norm-weightonly", _shape_first(GF.layer_norm, "normalized_shape"), _shape_first(F.layer_norm, "normalized_shape"), _inputs((2, 3, 5), (5,), None), {"normalized_shape": (5,)}),
     OpCase(
         "batch_norm-train-1d", _bn(GF.batch_norm), _bn(F.batch_norm), _inputs((6, 3), (3,), (3,), running=True),
@@ -236,7 +237,7 @@ OFFSET_CASES = [
         id="batch_norm-eval",
     ),
     pytest.param(lambda m, x, w: m.layer_norm(x.transpose(1, 2), [16], w, w), id="layer_norm"),
-    pytest.param(lambda m, x, w: m.group_norm(x, 4, w, w), id="group_norm"),
+    pytest.param(lambda m, x, w: m.group_norm(x, 1, w, w), id="group_norm"),
 ]
 
 
