@@ -1,0 +1,227 @@
+"""gradlens.watch under DistributedDataParallel: 2 CPU processes, gloo backend.
+
+One spawn per module (a few seconds): each rank trains a DDP copy of the same
+model on its own half of a fixed batch, with ``gradlens.watch(ddp_model, opt)``,
+then closes the monitor and trains on. Each rank writes what it saw to a JSON file;
+the tests assert in this process against an independent reference: a plain,
+single-process copy of the model trained on the full batch. After DDP's all-reduce
+every rank holds the full-batch mean gradient, so that is what gradlens must record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn import functional as F
+
+import gradlens
+from watch_helpers import mlp
+
+
+def _gloo_available() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_gloo_available()
+
+
+pytestmark = pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with gloo is unavailable")
+
+WORLD = 2
+BATCH = 8  # full batch; rank r trains on rows [r * 4, r * 4 + 4)
+WATCHED_STEPS = 3
+STEPS_AFTER_CLOSE = 2
+LR = 0.1
+#: gradlens.watch options per scenario; "activations" adds forward hooks to the DDP model
+SCENARIOS = {"default": {}, "activations": {"activations": True, "update_every": 1}}
+DEADLINE_S = 90  # a hung collective fails the test instead of hanging pytest
+
+
+def _data():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(BATCH, 6, generator=gen), torch.randn(BATCH, 3, generator=gen)
+
+
+def _shard(t, rank):
+    n = BATCH // WORLD
+    return t[rank * n : (rank + 1) * n]
+
+
+def _grad_norms(model):
+    return {n: p.grad.norm().item() for n, p in model.named_parameters()}
+
+
+def _hooks(model, opt):
+    """Every hook count gradlens could leave on the model (all modules, all params) or optimizer."""
+    counts = {}
+    for name, m in model.named_modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            counts[f"{name or '(root)'}/{attr}"] = len(getattr(m, attr))
+    for name, p in model.named_parameters():
+        counts[f"{name}/tensor_hooks"] = len(p._backward_hooks or {})
+        counts[f"{name}/post_accumulate_hooks"] = len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+    counts["opt/step_pre"] = len(opt._optimizer_step_pre_hooks)
+    counts["opt/step_post"] = len(opt._optimizer_step_post_hooks)
+    counts["opt/zero_grad_patched"] = int("zero_grad" in vars(opt))
+    return counts
+
+
+def _run_rank(rank, init_file, out_dir):
+    """One DDP rank: watched steps, close, unwatched steps; results to out_dir/rank{rank}.json."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
+    try:
+        x, y = _data()
+        xs, ys = _shard(x, rank), _shard(y, rank)
+        out = {}
+        for scenario, options in SCENARIOS.items():
+            ddp = nn.parallel.DistributedDataParallel(mlp())
+            opt = torch.optim.SGD(ddp.parameters(), lr=LR, momentum=0.9)
+            before = _hooks(ddp, opt)
+            mon = gradlens.watch(ddp, opt, **options)
+            open_hooks = _hooks(ddp, opt)
+            for _ in range(WATCHED_STEPS):
+                opt.zero_grad()
+                F.mse_loss(ddp(xs), ys).backward()
+                opt.step()
+            df = mon.dataframe()
+            layers = mon.records()[-1].layers
+            mon.close()
+            after = _hooks(ddp, opt)
+            grads_after_close = []
+            for _ in range(STEPS_AFTER_CLOSE):
+                opt.zero_grad()
+                F.mse_loss(ddp(xs), ys).backward()
+                grads_after_close.append(_grad_norms(ddp))
+                opt.step()
+            out[scenario] = {
+                "rows": df[["step", "param", "layer", "grad_norm"]].to_dict("records"),
+                "layers": layers,
+                "rows_after_close": len(mon.dataframe()),
+                "hooks": {"before": before, "open": open_hooks, "after": after},
+                "grads_after_close": grads_after_close,
+                "weights": {n: p.detach().flatten().tolist() for n, p in ddp.named_parameters()},
+            }
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump(out, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Spawn the 2 ranks once; their JSON results, indexed by rank."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    ctx = mp.start_processes(
+        _run_rank, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not ctx.join(timeout=1):  # raises if a rank failed
+            if time.monotonic() > deadline:
+                pytest.fail(f"DDP ranks did not finish within {DEADLINE_S} s")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.kill()
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Plain single-process training on the full batch: grad norms per step, final weights."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    x, y = _data()
+    norms, shard_norms = [], []
+    for _ in range(WATCHED_STEPS + STEPS_AFTER_CLOSE):
+        # what each rank's local gradient would be before the all-reduce
+        local = []
+        for rank in range(WORLD):
+            opt.zero_grad()
+            F.mse_loss(model(_shard(x, rank)), _shard(y, rank)).backward()
+            local.append(_grad_norms(model))
+        shard_norms.append(local)
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        norms.append(_grad_norms(model))
+        opt.step()
+    weights = {n: p.detach().flatten().tolist() for n, p in model.named_parameters()}
+    return {"norms": norms, "shard_norms": shard_norms, "weights": weights, "names": list(norms[0])}
+
+
+def _recorded(result):
+    """grad_norm per (step, plain parameter name) from one rank's dataframe rows."""
+    got = {}
+    for row in result["rows"]:
+        assert row["param"].startswith("module.")
+        got[(row["step"], row["param"][len("module."):])] = row["grad_norm"]
+    return got
+
+
+def test_shards_give_ranks_different_local_gradients(reference):
+    # Guards the other tests' power: statistics taken before the all-reduce would
+    # differ between ranks and from the full-batch value by far more than rtol.
+    for step in range(WATCHED_STEPS):
+        local = reference["shard_norms"][step]
+        for name, full in reference["norms"][step].items():
+            assert local[0][name] != pytest.approx(local[1][name], rel=1e-2), (step, name)
+            for rank in range(WORLD):
+                assert local[rank][name] != pytest.approx(full, rel=1e-2), (step, rank, name)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_grad_norm_is_the_all_reduced_full_batch_gradient(ranks, reference, scenario):
+    per_rank = [_recorded(r[scenario]) for r in ranks]
+    expected = {(s, n): reference["norms"][s][n] for s in range(WATCHED_STEPS) for n in reference["names"]}
+    for rank, got in enumerate(per_rank):
+        assert set(got) == set(expected), rank
+        for key, ref in expected.items():
+            assert got[key] == pytest.approx(ref, rel=1e-5), (rank, key)
+    for key in expected:  # the ranks agree with each other, tighter than with the reference
+        assert per_rank[0][key] == pytest.approx(per_rank[1][key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_names_keep_the_ddp_module_prefix(ranks, reference, scenario):
+    # Current behaviour: gradlens names parameters as ddp_model.named_parameters()
+    # does, so every name carries DDP's "module." prefix (unlike torch.compile's
+    # "_orig_mod.", which is stripped). Same names on every rank.
+    names = reference["names"]
+    for result in ranks:
+        rows = result[scenario]["rows"]
+        assert sorted({r["param"] for r in rows}) == sorted(f"module.{n}" for n in names)
+        for r in rows:
+            assert r["layer"] == r["param"].rpartition(".")[0]
+    traced = ["module.0", "module.1", "module.2", "module.3", "module.4"]
+    expected_layers = traced if SCENARIOS[scenario].get("activations") else ["module.0", "module.2", "module.4"]
+    assert [r[scenario]["layers"] for r in ranks] == [expected_layers] * WORLD
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_close_removes_every_hook_and_ddp_trains_on(ranks, reference, scenario):
+    for rank, result in enumerate(ranks):
+        res = result[scenario]
+        hooks = res["hooks"]
+        assert hooks["open"] != hooks["before"], rank  # the check below can fail
+        assert hooks["after"] == hooks["before"], rank
+        assert res["rows_after_close"] == len(res["rows"])  # nothing recorded after close
+        # the all-reduce still runs: full-batch gradients, then the same weights as the reference
+        for i, norms in enumerate(res["grads_after_close"]):
+            ref = reference["norms"][WATCHED_STEPS + i]
+            for name, value in norms.items():
+                assert value == pytest.approx(ref[name[len("module."):]], rel=1e-5), (rank, i, name)
+        for name, value in res["weights"].items():
+            ref = reference["weights"][name[len("module."):]]
+            assert len(value) == len(ref)
+            assert all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6) for a, b in zip(value, ref)), (rank, name)
