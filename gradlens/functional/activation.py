@@ -174,14 +174,23 @@ class _GeluFn(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         if ctx.approximate == "tanh":
             # y = x/2 (1 + tanh u), u = k (x + c x^3):  dy/dx = (1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c x^2)
+            if torch.is_grad_enabled():
+                x2 = x * x
+                t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_C * x2))
+                dy = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x2)
+                return g * dy, None
+            # first order: the same terms in place on two temporaries
             x2 = x * x
-            t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_C * x2))
-            dy = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x2)
-            return g * dy, None
+            t = torch.mul(x2, _GELU_C).add_(1).mul_(x).mul_(_SQRT_2_OVER_PI).tanh_()
+            slope = x2.mul_(3 * _GELU_C).add_(1).mul_(x).mul_(0.5 * _SQRT_2_OVER_PI)  # x/2 k (1 + 3 c x^2)
+            dy = torch.mul(t, t).neg_().add_(1).mul_(slope)  # (1 - t^2) * slope
+            return dy.add_(t, alpha=0.5).add_(0.5).mul_(g), None
         # y = x Phi(x):  dy/dx = Phi(x) + x phi(x),  Phi = (1 + erf(x/sqrt2))/2,  phi = exp(-x^2/2)/sqrt(2 pi)
         cdf = torch.erf(x * _INV_SQRT_2).mul_(0.5).add_(0.5)
         gauss = torch.exp((x * x).mul_(-0.5))
-        return g * torch.addcmul(cdf, x, gauss, value=_INV_SQRT_2PI), None
+        if torch.is_grad_enabled():
+            return g * torch.addcmul(cdf, x, gauss, value=_INV_SQRT_2PI), None
+        return cdf.addcmul_(x, gauss, value=_INV_SQRT_2PI).mul_(g), None
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -212,7 +221,9 @@ class _SiluFn(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         s = torch.sigmoid(x)
         # d (x s(x))/dx = s (1 + x (1 - s))
-        return g * (s * (1 + x * (1 - s)))
+        if torch.is_grad_enabled():
+            return g * (s * (1 + x * (1 - s)))
+        return torch.sub(1, s).mul_(x).add_(1).mul_(s).mul_(g)  # first order: in place
 
 
 def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -241,7 +252,9 @@ class _TanhFn(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         (y,) = ctx.saved_tensors
         # d tanh/dx = 1 - y^2
-        return g * (1 - y * y)
+        if torch.is_grad_enabled():
+            return g * (1 - y * y)
+        return torch.addcmul(g, g, y * y, value=-1)  # first order: g - g y^2, one fewer temporary
 
 
 def tanh(input: torch.Tensor) -> torch.Tensor:
@@ -267,7 +280,9 @@ class _SigmoidFn(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         (y,) = ctx.saved_tensors
         # d sigmoid/dx = y (1 - y)
-        return g * (y * (1 - y))
+        if torch.is_grad_enabled():
+            return g * (y * (1 - y))
+        return torch.sub(1, y).mul_(y).mul_(g)  # first order: in place
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
