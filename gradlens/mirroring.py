@@ -11,7 +11,9 @@ from torch import nn
 __all__ = ["mirror", "UnsupportedLayersWarning", "MirrorError"]
 
 # torch containers whose forward only routes to children (no math of their own).
-_PURE_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity)
+# nn.TransformerEncoder only canonicalizes masks and loops over its layers (plus its
+# optional final norm, a child); its nested-tensor fast path runs only without grad.
+_PURE_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity, nn.TransformerEncoder)
 
 
 class UnsupportedLayersWarning(UserWarning):

@@ -115,3 +115,31 @@ def test_mirror_eval_mode_and_state_dict_round_trip():
     fresh = _cnn().eval()
     fresh.load_state_dict(twin.state_dict())
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("masks", ["none", "causal", "padding"])
+def test_mirrored_transformer_encoder_stack_matches_torch(masks, device):
+    # nn.TransformerEncoder is handled through its children (layers and final norm).
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0, batch_first=True, norm_first=True)
+    model = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(32), enable_nested_tensor=False).to(device)
+    reference = copy.deepcopy(model)
+    twin = gradlens.mirror(model, strict=True)
+    leaves = [m for m in twin.modules() if not list(m.children())]
+    assert all(type(m).__module__.startswith("gradlens.nn") for m in leaves), [type(m) for m in leaves]
+    x = torch.randn(3, 6, 32, device=device)
+    kwargs = {}
+    if masks == "causal":
+        kwargs = {"mask": nn.Transformer.generate_square_subsequent_mask(6, device=device), "is_causal": True}
+    elif masks == "padding":
+        pad = torch.zeros(3, 6, dtype=torch.bool, device=device)
+        pad[0, -2:] = True
+        kwargs = {"src_key_padding_mask": pad}
+    cot = torch.randn(3, 6, 32, device=device)
+    out_ref, out = reference(x, **kwargs), twin(x, **kwargs)
+    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-5)
+    grads_ref = torch.autograd.grad(out_ref, list(reference.parameters()), cot)
+    grads = torch.autograd.grad(out, list(twin.parameters()), cot)
+    for (name, _), g, r in zip(reference.named_parameters(), grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
