@@ -12,6 +12,7 @@ import fnmatch
 import logging
 import math
 import os
+import sys
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
@@ -30,7 +31,6 @@ from gradlens.sinks.dataframe import DEFAULT_MAX_HISTORY, HistorySink
 __all__ = ["watch", "Monitor"]
 
 _log = logging.getLogger("gradlens")
-_COMPILED_PREFIX = "_orig_mod."
 # columns of the per-parameter array (GRAD_STATS order)
 _GN, _GM, _NF, _WN, _UR, _MISS = (GRAD_STATS.index(s) for s in GRAD_STATS)
 #: Per-parameter TensorBoard scalars are written by default up to this many parameters.
@@ -44,10 +44,47 @@ UPDATE_BUFFER_BYTES = 256 * 2**20
 _RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
 
 
-def _strip(name: str) -> str:
-    while name.startswith(_COMPILED_PREFIX):
-        name = name[len(_COMPILED_PREFIX):]
-    return name.replace("." + _COMPILED_PREFIX, ".")
+#: Wrappers that hold the user's model as one child, with the attribute holding it.
+#: Their segment is left out of every name, so ``watch(DDP(model))`` reports the
+#: names ``watch(model)`` does. Classes from modules not yet imported can't wrap
+#: anything yet, so they are looked up in ``sys.modules`` (importing them is slow).
+_WRAPPERS: Tuple[Tuple[str, str, str], ...] = (
+    ("torch.nn.parallel.data_parallel", "DataParallel", "module"),
+    ("torch.nn.parallel.distributed", "DistributedDataParallel", "module"),
+    ("torch._dynamo.eval_frame", "OptimizedModule", "_orig_mod"),  # torch.compile
+    ("torch.distributed.fsdp", "FullyShardedDataParallel", "_fsdp_wrapped_module"),
+)
+
+
+def _wrapper_types() -> List[Tuple[type, str]]:
+    """(class, attribute of the wrapped module) of each wrapper class imported so far."""
+    found = []
+    for module, cls_name, attr in _WRAPPERS:
+        cls = getattr(sys.modules.get(module), cls_name, None)
+        if isinstance(cls, type):
+            found.append((cls, attr))
+    return found
+
+
+def _strip(name: str, root: nn.Module, wrappers: Sequence[Tuple[type, str]]) -> str:
+    """``name`` (relative to ``root``) without the segments of wrapped modules.
+
+    ``module.0.weight`` of a ``DistributedDataParallel`` root is ``0.weight``; so is
+    ``_orig_mod.module.0.weight`` (compiled DDP) or ``enc._orig_mod.weight`` for a
+    compiled submodule ``enc``. A wrapper and the module it wraps share one name.
+    """
+    if not name:
+        return name
+    kept = []
+    module: Optional[nn.Module] = root
+    for seg in name.split("."):
+        attr = next((a for cls, a in wrappers if isinstance(module, cls)), None)
+        children = getattr(module, "_modules", None) if module is not None else None
+        child = children.get(seg) if isinstance(children, dict) else None
+        if not (attr == seg and child is not None):
+            kept.append(seg)
+        module = child
+    return ".".join(kept)
 
 
 def _group_name(layer: str, depth: Optional[int]) -> str:
@@ -147,9 +184,11 @@ class Monitor:
         self.model = model
         self._root = getattr(model, "_orig_mod", model)
         self._compiled = self._root is not model
+        self._wrappers = _wrapper_types()
         self._optimizers = list(optimizers)
         self.every = every
         self._include, self._exclude = include, exclude
+        self._warn_if_nothing_matches()  # before any hook, in case warnings are errors
         self._group_depth = group_depth
         self._update_every = update_every
         self._histogram_every = histogram_every
@@ -185,7 +224,7 @@ class Monitor:
             self._tb = TensorBoardSink(writer, param_scalars=ps, flow_every=flow_every, owns_writer=owns_writer)
 
         # forward order of modules, found on the first forward (input side first)
-        self._reg_order = {_strip(n) or "": i for i, (n, _) in enumerate(self._root.named_modules())}
+        self._reg_order = {self._name(n): i for i, (n, _) in enumerate(self._root.named_modules())}
         self._fwd_order: Dict[str, int] = {}
         self._order_cache: Dict[Any, List[str]] = {}
         self._probe: Optional[HookSet] = None
@@ -309,6 +348,36 @@ class Monitor:
         return f"Monitor({type(self.model).__name__}, every={self.every}, steps={self.steps_seen}, {state})"
 
     # --------------------------------------------------------------- internals
+    def _name(self, name: str) -> str:
+        """A parameter/module name of ``self._root`` as the user's unwrapped model has it."""
+        return _strip(name, self._root, self._wrappers)
+
+    def _warn_if_nothing_matches(self) -> None:
+        """One warning when include=/exclude= leave none of the model's parameters."""
+        if self._include is None and self._exclude is None:
+            return
+        names = [self._name(n) for n, _ in self._root.named_parameters()]
+        if not names or any(
+            (self._include is None or _matches(n, self._include))
+            and (self._exclude is None or not _matches(n, self._exclude))
+            for n in names
+        ):
+            return
+        given = ", ".join(
+            f"{arg}={list(pats)!r}"
+            for arg, pats in (("include", self._include), ("exclude", self._exclude))
+            if pats is not None
+        )
+        shown = ", ".join(repr(n) for n in names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        wrapped = self._root is not self.model or any(isinstance(self._root, cls) for cls, _ in self._wrappers)
+        hint = " (without the wrapper's 'module.' or '_orig_mod.' prefix)" if wrapped else ""
+        warnings.warn(
+            f"gradlens.watch({given}) leaves none of the model's parameters, so no gradient "
+            f"statistics will be recorded; parameter names are{hint}: {shown}",
+            UserWarning,
+            stacklevel=4,
+        )
+
     def _check_open(self, what: str) -> None:
         if self._closed:
             raise RuntimeError(f"mon.{what}() called after mon.close()")
@@ -324,7 +393,7 @@ class Monitor:
     def _traced_modules(self) -> List[Tuple[str, nn.Module]]:
         mods = []
         seen: Set[str] = set()
-        named = {(_strip(n) or ""): m for n, m in self._root.named_modules()}
+        named = {self._name(n): m for n, m in self._root.named_modules()}
         for name, module in named.items():
             if name == "":
                 continue
@@ -346,7 +415,7 @@ class Monitor:
     # forward-order probe: one forward with pre-hooks on every module, then removed
     def _arm_order_probe(self) -> None:
         probe = HookSet()
-        modules = [((_strip(n) or ""), m) for n, m in self._root.named_modules()]
+        modules = [(self._name(n), m) for n, m in self._root.named_modules()]
 
         def make(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: Any) -> None:
@@ -380,7 +449,7 @@ class Monitor:
             owned = {id(p) for ps in opt_params for p in ps}
         named = []
         for n, p in self._root.named_parameters():
-            n = _strip(n)
+            n = self._name(n)
             if not p.requires_grad or (owned is not None and id(p) not in owned):
                 continue
             if self._include is not None and not _matches(n, self._include):
@@ -798,7 +867,10 @@ def watch(
     skips is still recorded, at the next ``optimizer.zero_grad()``).
 
     Args:
-        model: the ``nn.Module`` to watch (a ``torch.compile``'d one works too).
+        model: the ``nn.Module`` to watch; a ``torch.compile``'d, ``DataParallel``,
+            ``DistributedDataParallel`` or ``FullyShardedDataParallel`` one works too,
+            and names are those of the model inside (``0.weight``, not
+            ``module.0.weight``), so runs with and without the wrapper line up.
         optimizer: an optimizer, a list of them (GAN: ``[opt_g, opt_d]``), or None:
             then call :meth:`Monitor.step` after each backward.
         logdir: write TensorBoard events there (creates a ``SummaryWriter``).
@@ -812,6 +884,7 @@ def watch(
             step; an int N: on every N-th logged step (tracing reads each traced
             output ~8 times, see the benchmark); ``False``/0: off.
         include, exclude: glob patterns on parameter/module names (``"encoder.*"``).
+            Patterns that leave no parameter give a ``UserWarning`` listing the names.
         group_depth: aggregate per block: ``2`` reports ``encoder.layer.3`` as one
             row (numeric ModuleList indices stay with the name before them).
         update_every: measure ``update_ratio`` on every N-th logged step (it copies

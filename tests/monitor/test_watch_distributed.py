@@ -161,12 +161,8 @@ def reference():
 
 
 def _recorded(result):
-    """grad_norm per (step, plain parameter name) from one rank's dataframe rows."""
-    got = {}
-    for row in result["rows"]:
-        assert row["param"].startswith("module.")
-        got[(row["step"], row["param"][len("module."):])] = row["grad_norm"]
-    return got
+    """grad_norm per (step, parameter name) from one rank's dataframe rows."""
+    return {(row["step"], row["param"]): row["grad_norm"] for row in result["rows"]}
 
 
 def test_shards_give_ranks_different_local_gradients(reference):
@@ -193,18 +189,18 @@ def test_grad_norm_is_the_all_reduced_full_batch_gradient(ranks, reference, scen
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_names_keep_the_ddp_module_prefix(ranks, reference, scenario):
-    # Current behaviour: gradlens names parameters as ddp_model.named_parameters()
-    # does, so every name carries DDP's "module." prefix (unlike torch.compile's
-    # "_orig_mod.", which is stripped). Same names on every rank.
+def test_names_are_the_unwrapped_models(ranks, reference, scenario):
+    # gradlens names parameters and layers as the model inside DDP does (no
+    # "module." prefix, as with torch.compile's "_orig_mod."), so a DDP run lines
+    # up with a single-process one. Same names on every rank.
     names = reference["names"]
     for result in ranks:
         rows = result[scenario]["rows"]
-        assert sorted({r["param"] for r in rows}) == sorted(f"module.{n}" for n in names)
+        assert sorted({r["param"] for r in rows}) == sorted(names)
         for r in rows:
             assert r["layer"] == r["param"].rpartition(".")[0]
-    traced = ["module.0", "module.1", "module.2", "module.3", "module.4"]
-    expected_layers = traced if SCENARIOS[scenario].get("activations") else ["module.0", "module.2", "module.4"]
+    traced = ["0", "1", "2", "3", "4"]
+    expected_layers = traced if SCENARIOS[scenario].get("activations") else ["0", "2", "4"]
     assert [r[scenario]["layers"] for r in ranks] == [expected_layers] * WORLD
 
 
