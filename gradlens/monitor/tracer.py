@@ -86,9 +86,10 @@ def _tensors(value: Any) -> List[Tensor]:
 class _Call:
     name: str
     numel: int
-    stats: Optional[Tensor]  # ACT_FIELDS vector, float32, on the output's device
+    stats: Optional[Tensor]  # ACT_FIELDS + per-unit non-zero counts, float32, on the output's device
     inputs: List[Any] = field(default_factory=list)  # int (earlier call) or Tensor (count)
     units: int = 0  # units for the dead-unit fraction (0: not measured)
+    size: int = 1  # length of ``stats``
 
 
 class Tracer:
@@ -163,7 +164,7 @@ class Tracer:
                 else:
                     with torch.no_grad():
                         d = t.detach()
-                        sources.append((d - d).nan_to_num_(nan=1.0).sum())
+                        sources.append(_stats.nonfinite_count(d, d.sum()))
             self._pending_inputs.setdefault(id(module), []).append(sources)
 
         return hook
@@ -189,12 +190,16 @@ class Tracer:
                 vec, units = _stats.activation_stats(
                     x, limits=limits, features_last=flast, scratch=self._scratch(x)
                 )
+                size = len(_stats.ACT_FIELDS) + units
             else:
                 with torch.no_grad():
                     d = out.detach()
-                    vec = (d - d).nan_to_num_(nan=1.0).sum().reshape(1)
+                    vec = _stats.nonfinite_count(d, d.sum()).reshape(1)
+                size = 1
             idx = len(self.calls)
-            self.calls.append(_Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0))
+            self.calls.append(
+                _Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0, size=size)
+            )
             self._producers[id(out)] = (weakref.ref(out), idx)
             if self._full and out.requires_grad:
                 norms = self.grad_norms[name]
@@ -229,10 +234,11 @@ class Tracer:
 
         ``host`` is the concatenation of :meth:`device_tensors`, on the host.
         """
-        nfields = len(_stats.ACT_FIELDS) if self._full else 1
-        vecs = [host[i * nfields : (i + 1) * nfields] for i in range(len(self.calls))]
-        pos = len(self.calls) * nfields
-        nf_out = [v[4] if self._full else v[0] for v in vecs]
+        vecs, pos = [], 0
+        for call in self.calls:
+            vecs.append(host[pos : pos + call.size])
+            pos += call.size
+        nf_out = [v[2] if self._full else v[0] for v in vecs]
         in_counts: List[List[Any]] = []
         for call in self.calls:
             ins = []
@@ -276,8 +282,14 @@ class Tracer:
             # pooled over the calls; the clamp absorbs float32 rounding at std ~ 0
             var = max(sumsq - n_tot * mean * mean, 0.0) / (n_tot - 1) if n_tot > 1 else math.nan
             std = math.sqrt(var) if math.isfinite(var) else math.nan
-            nonzero = sum(vecs[i][2] for i in idxs)
-            dead = [1.0 - vecs[i][3] / self.calls[i].units for i in idxs if self.calls[i].units]
+            # per-unit non-zero counts follow the ACT_FIELDS: their sum and how many are > 0
+            per_unit = [vecs[i][len(_stats.ACT_FIELDS):] for i in idxs]
+            nonzero = sum(sum(u) for u in per_unit)
+            dead = [
+                1.0 - sum(1 for c in u if c > 0) / self.calls[i].units
+                for i, u in zip(idxs, per_unit)
+                if self.calls[i].units
+            ]
             row = {
                 "act_mean": mean,
                 "act_std": std,
@@ -287,7 +299,7 @@ class Tracer:
             if dead:
                 row["act_dead_frac"] = sum(dead) / len(dead)
             if self._limits.get(name) is not None:
-                row["act_sat_frac"] = sum(vecs[i][5] for i in idxs) / n_tot
+                row["act_sat_frac"] = sum(vecs[i][3] for i in idxs) / n_tot
             g = gnorms.get(name, [])
             if g:
                 row["out_grad_norm"] = math.sqrt(sum(v * v for v in g))

@@ -214,3 +214,29 @@ def test_origin_probe_armed_after_nonfinite_without_activations(caplog):
     assert recs[0].stats["nonfinite"]["3"] > 0
     assert recs[1].nonfinite_origin == "2"
     assert not model[2]._forward_hooks  # the one-forward probe removed itself
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "values,expected",
+    [
+        pytest.param({}, 0, id="finite"),
+        pytest.param({(0, 0): float("nan"), (3, 1): float("inf"), (5, 2): -float("inf")}, 3, id="nan-inf"),
+        pytest.param({(1, 0): float("inf"), (2, 0): -float("inf")}, 2, id="inf-minus-inf"),
+        pytest.param({(1, 1): 3e19, (4, 0): -3e19}, 0, id="finite-but-square-overflows"),
+        pytest.param({(1, 1): 3e38, (2, 1): 3e38}, 0, id="finite-but-sum-overflows"),
+    ],
+)
+def test_activation_nonfinite_count_is_exact(values, expected, device):
+    # The count is taken only when the sum of squares is not finite (on CPU); an
+    # overflow of finite values must still count 0, and every NaN/Inf must count.
+    from gradlens.monitor.stats import ACT_FIELDS, activation_stats, nonfinite_count
+
+    x = torch.randn(6, 3, device=device)
+    for idx, v in values.items():
+        x[idx] = v
+    reference = int((~torch.isfinite(x)).sum())
+    assert reference == expected
+    vec, _ = activation_stats(x, limits=None, features_last=True)
+    assert vec[ACT_FIELDS.index("nonfinite")].item() == expected
+    assert nonfinite_count(x, x.sum()).item() == expected
