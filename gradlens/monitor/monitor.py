@@ -909,7 +909,7 @@ def watch(
         >>> with gradlens.watch(model, opt) as mon:
         ...     model(torch.ones(2, 3)).sum().backward()
         ...     opt.step()
-        >>> round(mon.dataframe().loc[0, "grad_norm"], 4)  # ||dL/dW|| = ||(2, 2, 2)||
+        >>> round(float(mon.dataframe().loc[0, "grad_norm"]), 4)  # ||dL/dW|| = ||(2, 2, 2)||
         3.4641
     """
     if not isinstance(model, nn.Module):
