@@ -183,8 +183,11 @@ class Monitor:
     ) -> None:
         self.model = model
         self._root = getattr(model, "_orig_mod", model)
-        self._compiled = self._root is not model
         self._wrappers = _wrapper_types()
+        # torch.compile'd anywhere (the root, inside DDP, a submodule): forward hooks
+        # there would be traced into the graph, so activation tracing stays off.
+        compiled = tuple(cls for cls, attr in self._wrappers if attr == "_orig_mod")
+        self._compiled = bool(compiled) and any(isinstance(m, compiled) for m in model.modules())
         self._optimizers = list(optimizers)
         self.every = every
         self._include, self._exclude = include, exclude

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

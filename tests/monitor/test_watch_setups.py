@@ -264,3 +264,21 @@ def test_torch_compile_grad_stats():
     assert set(df.param) == {n for n, _ in model.named_parameters()}  # no _orig_mod prefix
     got = df[(df.step == 1) & (df.param == "2.weight")].grad_norm.iloc[0]
     assert got == pytest.approx(refs[1]["_orig_mod.2.weight"][0], rel=1e-6)
+
+
+@pytest.mark.parametrize("where", ["inside-DataParallel", "submodule"])
+def test_torch_compile_anywhere_turns_activations_off_with_a_warning(where):
+    # A compiled module below the root (DataParallel(compile(m)), or a compiled child)
+    # gets the same warning as a compiled root, and gradient statistics still flow.
+    model = mlp()
+    if where == "inside-DataParallel":
+        watched = nn.DataParallel(torch.compile(model, backend="eager"))
+    else:
+        model[2] = torch.compile(model[2], backend="eager")
+        watched = model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(RuntimeWarning, match="unavailable for torch.compile"):
+        mon = gradlens.watch(watched, opt, activations=True)
+    train(watched, opt, 1)
+    mon.close()
+    assert mon.dataframe().grad_norm.notna().all()

@@ -54,7 +54,7 @@ def test_scalars_read_back_equal_torch(tmp_path):
 def test_custom_scalars_layout(tmp_path):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt, logdir=tmp_path) as mon:
+    with gradlens.watch(model, opt, logdir=tmp_path):
         train(model, opt, 1)
     from tensorboard.plugins.custom_scalar import layout_pb2
 
