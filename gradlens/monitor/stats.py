@@ -62,26 +62,29 @@ def norms(tensors: List[Tensor]) -> List[Tensor]:
     return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
 
 
-def _abs_max(tensors: List[Tensor]) -> List[Tensor]:
-    # max |g|. The fused inf-norm is one kernel on GPU but ~20x an L2 pass on CPU,
-    # where aminmax (one pass per tensor) is as cheap as L2. The branch is on the
-    # device *type*, a host value, never on tensor contents.
+def _abs_max(tensors: List[Tensor]) -> Tensor:
+    # max |g| as one float32 vector. The fused inf-norm is one kernel on GPU but ~20x
+    # an L2 pass on CPU, where aminmax (one pass per tensor) is as cheap as L2; the
+    # per-tensor (min, max) pairs are then combined in two vector ops. The branch is
+    # on the device *type*, a host value, never on tensor contents.
     if tensors[0].device.type == "cpu":
-        out = []
-        for t in tensors:
-            lo, hi = torch.aminmax(t)
-            out.append(torch.maximum(hi, -lo).float())
-        return out
-    return list(torch._foreach_norm(tensors, math.inf, dtype=torch.float32))
+        pairs = [torch.aminmax(t) for t in tensors]
+        lo = torch.stack([p[0] for p in pairs])
+        hi = torch.stack([p[1] for p in pairs])
+        return torch.maximum(hi, lo.neg_()).float()  # NaN propagates, as it should
+    return torch.stack(torch._foreach_norm(tensors, math.inf, dtype=torch.float32))
 
 
 def grad_stats(grads: List[Tensor], weights: List[Tensor]) -> Tensor:
     """``[grad_norm..., grad_max..., weight_norm...]`` of one (device, dtype) group.
 
-    Returns one float32 tensor of length ``3 * len(grads)`` on the group's device.
+    Returns one float32 tensor of length ``3 * len(grads)`` on the group's device;
+    the L2 norms of gradients and weights come from a single fused call.
     """
     with torch.no_grad():
-        return torch.stack(norms(grads) + _abs_max(grads) + norms(weights))
+        n = len(grads)
+        l2 = torch.stack(torch._foreach_norm(grads + weights, 2, dtype=torch.float32))
+        return torch.cat([l2[:n], _abs_max(grads), l2[n:]])
 
 
 def nonfinite_counts(tensors: Iterable[Tensor]) -> List[float]:
