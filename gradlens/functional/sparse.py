@@ -31,17 +31,17 @@ class _EmbeddingFn(torch.autograd.Function):
         (indices,) = ctx.saved_tensors
         flat = indices.reshape(-1)
         rows = grad_out.reshape(flat.numel(), grad_out.shape[-1])
-        # d out[n] / d weight[input[n]] = I: weight row j collects the grad rows that looked it up.
-        keep = torch.ones_like(flat, dtype=rows.dtype)
-        if ctx.padding_idx >= 0:
-            # the padding row receives no gradient
-            keep = keep * (flat != ctx.padding_idx).to(rows.dtype)
         if ctx.scale_grad_by_freq:
             # scale_grad_by_freq: each row's gradient is divided by how often its index occurs
             # (index_add, not bincount: no host sync on CUDA)
             counts = rows.new_zeros(ctx.num_weights).index_add_(0, flat, torch.ones_like(flat, dtype=rows.dtype))
-            keep = keep / counts[flat]
-        grad_weight = rows.new_zeros(ctx.num_weights, rows.shape[1]).index_add(0, flat, rows * keep[:, None])
+            rows = rows / counts[flat].unsqueeze(1)
+        # d out[n] / d weight[input[n]] = I: weight row j collects the grad rows that looked it up
+        # (in place on our own zeros: still differentiable in grad_out for double backward)
+        grad_weight = rows.new_zeros(ctx.num_weights, rows.shape[1]).index_add_(0, flat, rows)
+        if ctx.padding_idx >= 0:
+            # the padding row receives no gradient
+            grad_weight[ctx.padding_idx] = 0
         return grad_weight, None, None, None
 
 
