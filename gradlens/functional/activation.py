@@ -327,7 +327,10 @@ class _SoftmaxFn(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         (y,) = ctx.saved_tensors
         # dx_i = y_i (g_i - sum_j g_j y_j)
-        return y * (g - (g * y).sum(ctx.dim, keepdim=True)), None
+        if torch.is_grad_enabled():
+            return y * (g - (g * y).sum(ctx.dim, keepdim=True)), None
+        gy = g * y  # first order: dx = g y - y sum(g y), in place on one temporary
+        return gy.addcmul_(y, gy.sum(ctx.dim, keepdim=True), value=-1), None
 
 
 class _LogSoftmaxFn(torch.autograd.Function):
@@ -342,7 +345,10 @@ class _LogSoftmaxFn(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         (y,) = ctx.saved_tensors
         # dx_i = g_i - softmax_i * sum_j g_j
-        return g - torch.exp(y) * g.sum(ctx.dim, keepdim=True), None
+        if torch.is_grad_enabled():
+            return g - torch.exp(y) * g.sum(ctx.dim, keepdim=True), None
+        # first order: in place on the one temporary exp(y)
+        return torch.exp(y).mul_(g.sum(ctx.dim, keepdim=True).neg_()).add_(g), None
 
 
 def _cast(name: str, input: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
