@@ -644,7 +644,7 @@ class Monitor:
                 host[dev] = flat.cpu().numpy().astype(np.float64)
 
         p = pend["p"]
-        act_vals: List[float] = []
+        act_vals: List[np.ndarray] = []
         for kind, ref, dev, start, n in slots:
             vals = host[dev][start : start + n]
             if kind == "grad":
@@ -663,7 +663,7 @@ class Monitor:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     p[idx, _UR] = vals / p[idx, _WN]
             elif kind == "act":
-                act_vals.extend(vals.tolist())
+                act_vals.append(vals)
             elif kind == "loss":
                 pend["loss"] = float(vals[0])
         if work["missing"]:
@@ -677,7 +677,7 @@ class Monitor:
                 p[bad, _NF] = counts
         if act_tracer is not None:
             if act_tracer.calls:
-                per, origin = act_tracer.summarize(act_vals)
+                per, origin = act_tracer.summarize(np.concatenate(act_vals) if act_vals else np.zeros(0))
                 pend["act"] = per
                 pend["origin"] = origin
                 for name in act_tracer.order:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -229,22 +230,24 @@ class Tracer:
             out.extend(t.reshape(1) for t in scalars)
         return out
 
-    def summarize(self, host: List[float]) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
+    def summarize(self, host: Sequence[float]) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
         """Per-module statistics and the non-finite origin from host values.
 
-        ``host`` is the concatenation of :meth:`device_tensors`, on the host.
+        ``host`` is the concatenation of :meth:`device_tensors`, on the host (a list
+        or a float64 array; the per-unit counts are reduced with numpy).
         """
+        host = np.asarray(host, dtype=np.float64)
         vecs, pos = [], 0
         for call in self.calls:
             vecs.append(host[pos : pos + call.size])
             pos += call.size
-        nf_out = [v[2] if self._full else v[0] for v in vecs]
+        nf_out = [float(v[2]) if self._full else float(v[0]) for v in vecs]
         in_counts: List[List[Any]] = []
         for call in self.calls:
             ins = []
             for s in call.inputs:
                 if isinstance(s, Tensor):
-                    ins.append(("count", host[pos]))
+                    ins.append(("count", float(host[pos])))
                     pos += 1
                 else:
                     ins.append(("call", s))
@@ -252,7 +255,7 @@ class Tracer:
         gnorms: Dict[str, List[float]] = {}
         for name in self.order:
             k = len(self.grad_norms[name])
-            gnorms[name] = host[pos : pos + k]
+            gnorms[name] = host[pos : pos + k].tolist()
             pos += k
 
         origin = None
@@ -276,17 +279,17 @@ class Tracer:
             if not idxs:
                 continue
             n_tot = sum(self.calls[i].numel for i in idxs)
-            total = sum(vecs[i][0] for i in idxs)
-            sumsq = sum(vecs[i][1] for i in idxs)
+            total = float(sum(vecs[i][0] for i in idxs))
+            sumsq = float(sum(vecs[i][1] for i in idxs))
             mean = total / n_tot
             # pooled over the calls; the clamp absorbs float32 rounding at std ~ 0
             var = max(sumsq - n_tot * mean * mean, 0.0) / (n_tot - 1) if n_tot > 1 else math.nan
             std = math.sqrt(var) if math.isfinite(var) else math.nan
             # per-unit non-zero counts follow the ACT_FIELDS: their sum and how many are > 0
             per_unit = [vecs[i][len(_stats.ACT_FIELDS):] for i in idxs]
-            nonzero = sum(sum(u) for u in per_unit)
+            nonzero = float(sum(u.sum() for u in per_unit))
             dead = [
-                1.0 - sum(1 for c in u if c > 0) / self.calls[i].units
+                1.0 - int(np.count_nonzero(u > 0)) / self.calls[i].units
                 for i, u in zip(idxs, per_unit)
                 if self.calls[i].units
             ]
@@ -299,7 +302,7 @@ class Tracer:
             if dead:
                 row["act_dead_frac"] = sum(dead) / len(dead)
             if self._limits.get(name) is not None:
-                row["act_sat_frac"] = sum(vecs[i][3] for i in idxs) / n_tot
+                row["act_sat_frac"] = float(sum(vecs[i][3] for i in idxs)) / n_tot
             g = gnorms.get(name, [])
             if g:
                 row["out_grad_norm"] = math.sqrt(sum(v * v for v in g))
