@@ -64,6 +64,9 @@ def _cast_back(grad: Optional[torch.Tensor], like: Optional[torch.Tensor]) -> Op
 
 def _stats(x: torch.Tensor, dims: Tuple[int, ...], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Biased mean and 1/sqrt(var + eps) over ``dims`` (keepdim), differentiably."""
+    if x.numel() == 0:  # an empty batch: any values do (and var_mean would warn)
+        zero = x.sum(dims, keepdim=True)
+        return zero, torch.rsqrt(zero + eps)
     var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
     return mean, torch.rsqrt(var + eps)
 
@@ -354,13 +357,14 @@ class _GroupNormFn(torch.autograd.Function):
         if not torch.is_grad_enabled():  # first order: the same math with fewer passes
             dx, dw, db = _group_norm_backward_fast(ctx, dy, x, weight, _opmath(ctx.mean), _opmath(ctx.rstd))
             return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
-        xg = x.reshape(n, grp, -1)  # (N, G, C/G * HW)
+        hw = math.prod(x.shape[2:])  # explicit sizes: a -1 is ambiguous for an empty batch
+        xg = x.reshape(n, grp, c // grp * hw)  # (N, G, C/G * HW)
         # double backward: stats depend on x
         mean, rstd = _stats(xg, (2,), ctx.eps)
         # x̂ = (x - mean_group) * rstd_group
         xhat = _xhat(xg, mean, rstd)  # (N, G, K)
-        dy3 = dy.reshape(n, c, -1)
-        xhat3 = xhat.view(n, c, -1)
+        dy3 = dy.reshape(n, c, hw)
+        xhat3 = xhat.view(n, c, hw)
         dx = dw = db = None
         dy_xhat = None
         if (weight is not None and ctx.needs_input_grad[1]) or (ctx.needs_input_grad[0] and weight is None):
@@ -372,9 +376,9 @@ class _GroupNormFn(torch.autograd.Function):
             else:
                 g, g_xhat = dy3, dy_xhat
             k = xg.shape[2]
-            mean_g = g.reshape(n, grp, -1).sum(2, keepdim=True) / k
-            mean_gx = g_xhat.reshape(n, grp, -1).sum(2, keepdim=True) / k
-            dx = _normalize_backward(g.reshape(n, grp, -1), xhat, rstd, mean_g, mean_gx).reshape(x.shape)
+            mean_g = g.reshape(xg.shape).sum(2, keepdim=True) / k
+            mean_gx = g_xhat.reshape(xg.shape).sum(2, keepdim=True) / k
+            dx = _normalize_backward(g.reshape(xg.shape), xhat, rstd, mean_g, mean_gx).reshape(x.shape)
         if weight is not None and ctx.needs_input_grad[1]:
             # dL/dw_c = Σ dy * x̂ over batch and space
             dw = dy_xhat.sum(2).sum(0)
@@ -396,8 +400,8 @@ def _group_norm_backward_fast(
     """
     n, c, grp = x.shape[0], x.shape[1], ctx.groups
     cg = c // grp
-    x3, dy3 = x.reshape(n, c, -1), dy.reshape(n, c, -1)
-    k = x3.shape[2]
+    k = math.prod(x.shape[2:])  # explicit sizes: a -1 is ambiguous for an empty batch
+    x3, dy3 = x.reshape(n, c, k), dy.reshape(n, c, k)
 
     def per_channel(t: torch.Tensor) -> torch.Tensor:  # (N, G) -> (N, C, 1)
         return t.repeat_interleave(cg, dim=1).unsqueeze(-1)

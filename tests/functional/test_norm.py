@@ -267,3 +267,27 @@ def test_far_from_zero_mean_keeps_float32_precision(fn, offset, device):
         err_torch = float((b.double() - r).abs().max())
         scale = float(r.abs().max())
         assert err_ours <= 4 * err_torch + 1e-6 * scale, (name, err_ours, err_torch, scale)
+
+
+EMPTY_BATCH_CASES = {
+    "layer_norm": (lambda m, x, w: m.layer_norm(x, [4, 3], None, None), False),
+    "group_norm": (lambda m, x, w: m.group_norm(x, 2, w, w), True),
+}
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["first-order", "graph"])
+@pytest.mark.parametrize("name", list(EMPTY_BATCH_CASES))
+def test_empty_batch_like_torch(name, create_graph):
+    # An empty batch (N = 0) runs forward and backward like torch: an empty input
+    # gradient and (group_norm) zero / NaN parameter gradients as torch gives them.
+    fn, has_weight = EMPTY_BATCH_CASES[name]
+    x = torch.randn(0, 4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y, r = fn(GF, x, w), fn(F, x, w)
+    assert y.shape == r.shape
+    wanted = [x, w] if has_weight else [x]
+    g = torch.autograd.grad(y.sum(), wanted, create_graph=create_graph)
+    g_ref = torch.autograd.grad(r.sum(), wanted)
+    for a, b in zip(g, g_ref):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, equal_nan=True)
