@@ -181,7 +181,8 @@ def test_nonfinite_origin_with_activations():
     mon = gradlens.watch(model, activations=True)
     x = torch.full((3, 4), 5.0)
     model(x).sum().backward()
-    mon.step()
+    with pytest.warns(RuntimeWarning, match="nonfinite.*born at '2'"):
+        mon.step()
     mon.close()
     rec = mon.records()[0]
     assert rec.nonfinite_origin == "2"
@@ -195,7 +196,8 @@ def test_nonfinite_input_is_not_blamed_on_first_module():
     x = torch.randn(3, 4)
     x[0, 0] = float("nan")
     model(x).sum().backward()
-    mon.step()
+    with pytest.warns(RuntimeWarning, match="nonfinite"):
+        mon.step()
     mon.close()
     assert mon.records()[0].nonfinite_origin is None  # the NaN came in with the data
 
@@ -203,7 +205,7 @@ def test_nonfinite_input_is_not_blamed_on_first_module():
 def test_origin_probe_armed_after_nonfinite_without_activations(caplog):
     model = _poison_model()
     # no optimizer: the weights stay finite (SGD with lr=0 would still write 0 * NaN)
-    with gradlens.watch(model) as mon:
+    with gradlens.watch(model) as mon, pytest.warns(RuntimeWarning, match="nonfinite"):
         assert not model[2]._forward_hooks
         for _ in range(3):
             model.zero_grad()
