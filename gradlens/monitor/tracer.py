@@ -29,8 +29,10 @@ from gradlens.monitor.hooks import HookSet
 
 __all__ = ["Tracer", "sat_limits", "features_last", "SCRATCH_MAX_NUMEL"]
 
-#: Outputs up to this many elements (16 MiB in float32) reuse a scratch buffer per
-#: shape for their statistics' temporaries; larger ones allocate per call.
+#: Outputs up to this many elements (16 MiB in float32) reuse one scratch buffer per
+#: device for their statistics' temporaries; larger ones allocate per call. The
+#: buffer is shaped per call as a view, so a run with varying shapes (sequence
+#: lengths, last batches) keeps at most this much per device, never one per shape.
 SCRATCH_MAX_NUMEL = 4 * 2**20
 
 _BOUNDED: Tuple[Tuple[type, Tuple[float, float]], ...] = (
@@ -134,15 +136,16 @@ class Tracer:
         self._pending_inputs = {}
 
     def _scratch(self, x: Tensor) -> Optional[Tensor]:
-        # One reusable float32 buffer per output shape (the statistics of one call
-        # run one after another), for outputs up to SCRATCH_MAX_NUMEL elements.
-        if x.numel() > SCRATCH_MAX_NUMEL:
+        # One reusable flat float32 buffer per device (the statistics of one call run
+        # one after another), grown to the largest output seen up to SCRATCH_MAX_NUMEL
+        # elements, and viewed in the shape of each output.
+        n = x.numel()
+        if n > SCRATCH_MAX_NUMEL:
             return None
-        key = (tuple(x.shape), x.device)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        return buf
+        buf = self._buffers.get(x.device)
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[x.device] = torch.empty(n, dtype=torch.float32, device=x.device)
+        return buf[:n].view(x.shape)
 
     # -- hooks ----------------------------------------------------------------
     def _on(self) -> bool:

@@ -242,3 +242,30 @@ def test_activation_nonfinite_count_is_exact(values, expected, device):
     vec, _ = activation_stats(x, limits=None, features_last=True)
     assert vec[ACT_FIELDS.index("nonfinite")].item() == expected
     assert nonfinite_count(x, x.sum()).item() == expected
+
+
+def test_scratch_memory_is_bounded_with_varying_shapes():
+    # A run whose output shapes change every step (sequence lengths, a short last
+    # batch) keeps one scratch buffer per device, as large as the largest output,
+    # not one per shape; and the statistics stay exact for every shape.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU())
+    mon = gradlens.watch(model, activations=True)
+    tracer = mon._tracer
+    largest = 0
+    for length in range(1, 30):
+        x = torch.randn(3, length, 5)
+        model.zero_grad()
+        out = model(x)
+        largest = max(largest, out.numel())
+        out.sum().backward()
+        mon.step()
+        rec = mon.records()[-1]
+        ref = out.detach().double()
+        assert rec.get("act_zero_frac", "1") == pytest.approx((ref == 0).double().mean().item())
+        with torch.no_grad():  # not traced: a traced call would be pooled into the next step
+            pre = model[0](x).double()
+        assert rec.get("act_mean", "0") == pytest.approx(pre.mean().item(), rel=1e-5, abs=1e-7)
+    assert list(tracer._buffers) == [torch.device("cpu")]
+    assert tracer._buffers[torch.device("cpu")].numel() == largest
+    mon.close()
