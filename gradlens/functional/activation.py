@@ -186,10 +186,13 @@ class _GeluFn(torch.autograd.Function):
             dy = torch.mul(t, t).neg_().add_(1).mul_(slope)  # (1 - t^2) * slope
             return dy.add_(t, alpha=0.5).add_(0.5).mul_(g), None
         # y = x Phi(x):  dy/dx = Phi(x) + x phi(x),  Phi = (1 + erf(x/sqrt2))/2,  phi = exp(-x^2/2)/sqrt(2 pi)
-        cdf = torch.erf(x * _INV_SQRT_2).mul_(0.5).add_(0.5)
-        gauss = torch.exp((x * x).mul_(-0.5))
         if torch.is_grad_enabled():
+            cdf = torch.erf(x * _INV_SQRT_2).mul(0.5).add(0.5)
+            gauss = torch.exp((x * x).mul(-0.5))
             return g * torch.addcmul(cdf, x, gauss, value=_INV_SQRT_2PI), None
+        # first order: the same terms in place on two temporaries
+        cdf = torch.mul(x, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)
+        gauss = torch.mul(x, x).mul_(-0.5).exp_()
         return cdf.addcmul_(x, gauss, value=_INV_SQRT_2PI).mul_(g), None
 
 
