@@ -88,15 +88,16 @@ def _strip(name: str, root: nn.Module, wrappers: Sequence[Tuple[type, str]]) -> 
 
 
 def _group_name(layer: str, depth: Optional[int]) -> str:
-    """Truncate a module path to ``depth`` levels; numeric parts (ModuleList/Sequential
-    indices) stay attached to the name before them, so ``encoder.layer.3.attn.q`` at
-    depth 2 is ``encoder.layer.3``."""
+    """Truncate a module path to ``depth`` levels; a numeric part (a ModuleList/Sequential
+    index) stays attached to the name right before it, so ``encoder.layer.3.attn.q`` at
+    depth 2 is ``encoder.layer.3``. An index after an index is a level of its own, so
+    a Sequential of Sequentials groups too: ``12.3`` at depth 1 is ``12``."""
     if depth is None or "." not in layer:
         return layer
     parts = layer.split(".")
     levels: List[List[str]] = []
     for part in parts:
-        if part.isdigit() and levels:
+        if part.isdigit() and levels and len(levels[-1]) == 1 and not levels[-1][0].isdigit():
             levels[-1].append(part)
         else:
             levels.append([part])

@@ -199,16 +199,6 @@ def test_group_depth_aggregates_blocks(activations):
         assert rec.get("out_grad_norm", "encoder.layer.1") == pytest.approx(outs["b1"].grad.norm().item(), rel=1e-5)
 
 
-def test_group_name_rule():
-    from gradlens.monitor.monitor import _group_name
-
-    assert _group_name("encoder.layer.3.attn.q", 2) == "encoder.layer.3"
-    assert _group_name("encoder.layer.3.attn.q", 1) == "encoder"
-    assert _group_name("encoder.layer.3.attn.q", 3) == "encoder.layer.3.attn"
-    assert _group_name("0.1.lin", 1) == "0.1"
-    assert _group_name("(root)", 2) == "(root)"
-
-
 def test_every_n_attributes_nan_to_next_logged_step():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -282,3 +272,40 @@ def test_torch_compile_anywhere_turns_activations_off_with_a_warning(where):
     train(watched, opt, 1)
     mon.close()
     assert mon.dataframe().grad_norm.notna().all()
+
+
+@pytest.mark.parametrize(
+    "layer,depth,group",
+    [
+        ("encoder.layer.3.attn.q", 2, "encoder.layer.3"),
+        ("encoder.layer.3.attn.q", 1, "encoder"),
+        ("encoder.layer.3.attn.q", 3, "encoder.layer.3.attn"),
+        ("12.3", 1, "12"),  # a Sequential of Sequentials
+        ("12.3", 2, "12.3"),
+        ("blocks.0.1", 1, "blocks.0"),
+        ("blocks.0.1", 2, "blocks.0.1"),
+        ("head", 1, "head"),
+        ("0.1.lin", 1, "0"),  # an index after an index is a level of its own
+        ("0.1.lin", 2, "0.1"),
+        ("(root)", 2, "(root)"),
+    ],
+)
+def test_group_name_levels(layer, depth, group):
+    from gradlens.monitor.monitor import _group_name
+
+    assert _group_name(layer, depth) == group
+
+
+def test_group_depth_on_nested_sequentials():
+    # nn.Sequential of nn.Sequential blocks: names are all indices ("3.1.weight");
+    # group_depth=1 gives one row per block.
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)) for _ in range(3)])
+    mon = gradlens.watch(model, group_depth=1)
+    model(torch.randn(5, 4)).pow(2).sum().backward()
+    mon.step()
+    mon.close()
+    rec = mon.records()[0]
+    assert rec.layers == ["0", "1", "2"]
+    ref = math.sqrt(sum(p.grad.norm().item() ** 2 for p in model[1].parameters()))
+    assert rec.get("grad_norm", "1") == pytest.approx(ref, rel=1e-6)
