@@ -68,7 +68,8 @@ def _abs_max(tensors: List[Tensor]) -> Tensor:
     # per-tensor (min, max) pairs are then combined in two vector ops. The branch is
     # on the device *type*, a host value, never on tensor contents.
     if tensors[0].device.type == "cpu":
-        pairs = [torch.aminmax(t) for t in tensors]
+        # (an empty tensor has max|g| = 0, as its inf-norm; aminmax would raise)
+        pairs = [torch.aminmax(t if t.numel() else t.new_zeros(1)) for t in tensors]
         lo = torch.stack([p[0] for p in pairs])
         hi = torch.stack([p[1] for p in pairs])
         return torch.maximum(hi, lo.neg_()).float()  # NaN propagates, as it should

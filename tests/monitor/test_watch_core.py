@@ -193,3 +193,18 @@ def test_history_is_bounded_and_thinned():
     assert len(steps) < 10
     assert steps[-1] == 99 and steps[0] == 0  # whole run still covered
     assert steps[-3:] == [97, 98, 99]  # recent steps stay dense
+
+
+def test_empty_parameter_is_recorded_never_raises():
+    # A zero-size parameter (a pruned or 0-feature layer) has norm 0 and max|g| 0;
+    # it must not crash the step (aminmax raises on empty input).
+    model = mlp()
+    model.extra = nn.Parameter(torch.zeros(0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt) as mon:
+        opt.zero_grad()
+        (model(torch.randn(4, 6)).sum() + model.extra.sum()).backward()
+        opt.step()
+    row = mon.dataframe().set_index("param").loc["extra"]
+    assert row.grad_norm == 0 and row.grad_max == 0 and row.weight_norm == 0
+    assert row.missing_grad == 0
