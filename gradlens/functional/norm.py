@@ -78,18 +78,16 @@ def _stats(x: torch.Tensor, dims: Tuple[int, ...], eps: float) -> Tuple[torch.Te
 _MAX_UNCENTERED_OFFSET = 8.0
 
 
-def _centering(
-    x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fast: bool
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(xs, off)`` with ``xs = x - off`` for the sums Σ dy·xs of a norm backward.
+def _centering(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(xs, off)`` with ``xs = x - off`` for the sums Σ dy·xs of a first-order norm backward.
 
     Centering (``xs = x - mean``, ``off = None``) is exact but costs a full-size
-    temporary; on CPU a fresh one costs about as much as a pass over the data, so the
-    first-order (``fast``) CPU path keeps ``xs = x`` (``off = mean``) whenever the
-    means are within ``_MAX_UNCENTERED_OFFSET`` standard deviations of zero. Other
-    devices always center: the check would cost a host-device sync.
+    temporary; on CPU a fresh one costs about as much as a pass over the data, so on
+    CPU ``xs = x`` (``off = mean``) is kept whenever the means are within
+    ``_MAX_UNCENTERED_OFFSET`` standard deviations of zero. Other devices always
+    center: the check would cost a host-device sync.
     """
-    if fast and x.device.type == "cpu" and mean.numel():
+    if x.device.type == "cpu" and mean.numel():
         if bool((mean * rstd).abs().max() <= _MAX_UNCENTERED_OFFSET):
             return x, mean
     return x - mean, None
@@ -157,7 +155,7 @@ def _layer_norm_backward_fast(
         db = dy2.sum(0).view(x.shape[x.dim() - nd:])
     if not (need_dx or need_dw):
         return dx, dw, db
-    xs, off = _centering(x2, mean, r, True)
+    xs, off = _centering(x2, mean, r)
     prod = dy2 * xs
     w = weight.reshape(d) if weight is not None else None
     if need_dw:
@@ -249,48 +247,76 @@ class _BatchNormFn(torch.autograd.Function):
         c = x.shape[1]
         dims = (0,) + tuple(range(2, x.dim()))
         bshape = (1, c) + (1,) * (x.dim() - 2)
-        fast = not torch.is_grad_enabled()  # first order: in place on our own temporaries
-        if ctx.training and not fast:  # double backward: stats depend on x
+        # batch statistics in training, running ones in eval
+        mean, rstd = _opmath(ctx.mean).view(bshape), _opmath(ctx.rstd).view(bshape)
+        if not torch.is_grad_enabled():  # first order: the same math with fewer passes
+            dx, dw, db = _batch_norm_backward_fast(ctx, dy, x, weight, mean, rstd, dims)
+            return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None, None, None, None
+        if ctx.training:  # building a graph of backward: batch stats must depend on x
             mean, rstd = _stats(x, dims, ctx.eps)
-        else:
-            mean, rstd = _opmath(ctx.mean).view(bshape), _opmath(ctx.rstd).view(bshape)
-        need_dx, need_dw = ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1]
-        # Per channel: Σ dy (= dbias) and Σ dy x̂ (= dweight), with x̂ = (x - mean) * rstd
-        # (batch statistics in training, running ones in eval), taken as
-        # Σ dy x̂ = rstd (Σ dy xs - off Σ dy) with xs = x - off (see _centering).
-        sum_dy = dy.sum(dims)
-        xs = prod = off = sum_dy_xhat = None
-        if need_dw or (need_dx and ctx.training):
-            xs, off = _centering(x, mean, rstd, fast)
-            prod = dy * xs
-            sum_dy_xs = prod.sum(dims)
-            sum_dy_xhat = rstd.view(c) * (sum_dy_xs if off is None else sum_dy_xs - off.view(c) * sum_dy)
+        # x̂ = (x - mean) * rstd
+        xhat = _xhat(x, mean, rstd)
         dx = dw = db = None
-        if need_dx:
-            scale = rstd * weight.view(bshape) if weight is not None else rstd
+        if ctx.needs_input_grad[0]:
+            g = dy * weight.view(bshape) if weight is not None else dy
             if ctx.training:
-                m = x.numel() // c
-                # dx = w rstd (dy - mean(dy) - x̂ mean(dy x̂))
-                #    = dy * a + xs * b + k   with per-channel a = w rstd, b = -a rstd mean(dy x̂),
-                #                                             k = -a mean(dy) - b off
-                b = -scale * rstd * (sum_dy_xhat / m).view(bshape)
-                k = -scale * (sum_dy / m).view(bshape)
-                if off is not None:
-                    k = k - b * off
-                if fast:  # reuse the product's memory: a fresh full-size tensor costs a pass on CPU
-                    dx = torch.mul(dy, scale, out=prod).addcmul_(xs, b).add_(k)
-                else:
-                    dx = dy * scale + xs * b + k
+                dx = _normalize_backward(g, xhat, rstd, g.mean(dims, keepdim=True), (g * xhat).mean(dims, keepdim=True))
             else:
                 # eval: an affine map, dx = dy * w * rstd
-                dx = dy * scale
-        if need_dw:
+                dx = g * rstd
+        if weight is not None and ctx.needs_input_grad[1]:
             # dL/dw_c = Σ dy * x̂ over batch and space
-            dw = sum_dy_xhat
+            dw = (dy * xhat).sum(dims)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # dL/db_c = Σ dy
-            db = sum_dy
+            db = dy.sum(dims)
         return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None, None, None, None
+
+
+def _batch_norm_backward_fast(
+    ctx, dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+    mean: torch.Tensor, rstd: torch.Tensor, dims: Tuple[int, ...],
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """First-order batch_norm backward with as few full-size passes as we can.
+
+    Per channel: Σ dy (= dbias) and Σ dy x̂ (= dweight), taken as
+    Σ dy x̂ = rstd (Σ dy xs - off Σ dy) with xs = x - off (see ``_centering``); in
+    training dx = a dy + b xs + k with per-channel ``a``, ``b``, ``k`` is built in
+    place in the memory of the product ``dy * xs`` once its sum is taken.
+    """
+    c = x.shape[1]
+    need_dx = ctx.needs_input_grad[0]
+    need_dw = weight is not None and ctx.needs_input_grad[1]
+    sum_dy = dy.sum(dims)
+    xs = prod = off = sum_dy_xhat = None
+    if need_dw or (need_dx and ctx.training):
+        xs, off = _centering(x, mean, rstd)
+        prod = dy * xs
+        sum_dy_xs = prod.sum(dims)
+        sum_dy_xhat = rstd.view(c) * (sum_dy_xs if off is None else sum_dy_xs - off.view(c) * sum_dy)
+    dx = dw = db = None
+    if need_dx:
+        scale = rstd * weight.view(rstd.shape) if weight is not None else rstd
+        if ctx.training:
+            m = x.numel() // c
+            # dx = w rstd (dy - mean(dy) - x̂ mean(dy x̂))
+            #    = dy * a + xs * b + k   with per-channel a = w rstd, b = -a rstd mean(dy x̂),
+            #                                             k = -a mean(dy) - b off
+            b = -scale * rstd * (sum_dy_xhat / m).view(rstd.shape)
+            k = -scale * (sum_dy / m).view(rstd.shape)
+            if off is not None:
+                k = k - b * off
+            dx = torch.mul(dy, scale, out=prod).addcmul_(xs, b).add_(k)
+        else:
+            # eval: an affine map, dx = dy * w * rstd
+            dx = dy * scale
+    if need_dw:
+        # dL/dw_c = Σ dy * x̂ over batch and space
+        dw = sum_dy_xhat
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        # dL/db_c = Σ dy
+        db = sum_dy
+    return dx, dw, db
 
 
 def batch_norm(
@@ -415,10 +441,11 @@ def _group_norm_backward_fast(
         db = s1.sum(0)
     if not (need_dx or need_dw):
         return dx, dw, db
-    xs, off = _centering(x3, per_channel(mean), per_channel(rstd), True)
+    r3 = per_channel(rstd)  # (N, C, 1)
+    xs, off = _centering(x3, per_channel(mean), r3)
     prod = dy3 * xs
     s2 = prod.sum(2)  # (N, C): Σ_k dy xs
-    r_c = per_channel(rstd).squeeze(-1)
+    r_c = r3.squeeze(-1)
     off_c = off.squeeze(-1) if off is not None else None  # (N, C)
     off_g = mean if off is not None else None  # (N, G): the same offsets per group
     if need_dw:
@@ -435,7 +462,7 @@ def _group_norm_backward_fast(
         cst = -rstd * s_g / m
         if off_g is not None:
             cst = cst - a * off_g
-        coef = per_channel(rstd) if weight is None else per_channel(rstd) * weight.view(1, c, 1)
+        coef = r3 if weight is None else r3 * weight.view(1, c, 1)
         dx = torch.mul(dy3, coef, out=prod).addcmul_(xs, per_channel(a)).add_(per_channel(cst)).view(x.shape)
     return dx, dw, db
 
