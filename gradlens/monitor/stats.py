@@ -88,17 +88,22 @@ def grad_stats(grads: List[Tensor], weights: List[Tensor]) -> Tensor:
         return torch.cat([l2[:n], _abs_max(grads), l2[n:]])
 
 
+def _count_nonfinite(x: Tensor) -> Tensor:
+    """Exact count of NaN/Inf elements (float32 0-d): ``x - x`` is NaN exactly there."""
+    return torch.ne(x - x, 0).sum(dtype=torch.float32)
+
+
 def nonfinite_counts(tensors: Iterable[Tensor]) -> List[float]:
-    """Exact NaN/Inf element counts (``x - x`` is NaN exactly where x is not finite).
+    """Exact NaN/Inf element counts of several tensors, with one host copy.
 
     Only called for tensors whose norm is already known to be non-finite, so its
     extra host copy happens on broken steps only.
     """
     with torch.no_grad():
-        counts = [torch.count_nonzero(t - t) for t in tensors]
+        counts = [_count_nonfinite(t) for t in tensors]
         if not counts:
             return []
-        return [float(c) for c in torch.stack(counts).cpu().tolist()]
+        return torch.stack(counts).cpu().tolist()
 
 
 def _unit_dims(x: Tensor, features_last: bool) -> Tuple[int, ...]:
@@ -118,8 +123,7 @@ def nonfinite_count(x: Tensor, reduced: Tensor) -> Tensor:
     """
     if x.device.type == "cpu" and math.isfinite(float(reduced)):
         return reduced.new_zeros((), dtype=torch.float32)
-    # x - x is NaN exactly where x is NaN or +-Inf, 0 elsewhere
-    return torch.ne(x - x, 0).sum(dtype=torch.float32)
+    return _count_nonfinite(x)
 
 
 def activation_stats(
