@@ -10,13 +10,13 @@ and :func:`multi_head_attention_forward` are thin shells around it.
 from __future__ import annotations
 
 import math
-import types
 from typing import Any, Optional, Tuple
 
 import torch
 
 from gradlens.functional._util import check_tensor, sum_to_shape, unsupported
 from gradlens.functional.dropout import _DropoutFn, _keep_mask
+from gradlens.functional.linear import linear
 
 __all__ = ["scaled_dot_product_attention", "multi_head_attention_forward"]
 
@@ -243,40 +243,6 @@ def scaled_dot_product_attention(
 # --- multi-head attention --------------------------------------------------------------
 
 
-class _ProjectionFn(torch.autograd.Function):
-    """``y = x W^T + b`` (fallback while ``gradlens.functional.linear`` is missing)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return torch.nn.functional.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        # y = x W^T + b  =>  dx = dy W ; dW = dy^T x ; db = sum dy
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.matmul(grad_out, weight)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.matmul(g2.t(), x.reshape(-1, x.shape[-1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(dim=0)
-        return grad_x, grad_w, grad_b
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """gradlens' own ``linear`` (looked up at call time), else the private projection."""
-    import gradlens.functional as GF
-
-    fn = getattr(GF, "linear", None)  # the submodule until the function lands
-    if callable(fn) and not isinstance(fn, types.ModuleType):
-        return fn(x, weight, bias)
-    return _ProjectionFn.apply(x, weight, bias)
-
-
 def _canonical_mask(mask: Optional[torch.Tensor], name: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
     """Bool masks (``True`` = masked out) -> additive float masks; float masks pass through."""
     if mask is None:
@@ -393,23 +359,23 @@ def multi_head_attention_forward(
         if key.shape != value.shape:
             raise ValueError(f"{fn}(): key shape {tuple(key.shape)} does not match value shape {tuple(value.shape)}")
         if query is key and key is value:
-            q, k, v = _linear(query, in_proj_weight, in_proj_bias).chunk(3, dim=-1)
+            q, k, v = linear(query, in_proj_weight, in_proj_bias).chunk(3, dim=-1)
         else:
             w_q, w_k, w_v = in_proj_weight.chunk(3)
             b_q, b_k, b_v = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
-            q = _linear(query, w_q, b_q)
+            q = linear(query, w_q, b_q)
             if key is value:
-                k, v = _linear(key, torch.cat([w_k, w_v]), None if in_proj_bias is None else torch.cat([b_k, b_v])).chunk(2, dim=-1)
+                k, v = linear(key, torch.cat([w_k, w_v]), None if in_proj_bias is None else torch.cat([b_k, b_v])).chunk(2, dim=-1)
             else:
-                k, v = _linear(key, w_k, b_k), _linear(value, w_v, b_v)
+                k, v = linear(key, w_k, b_k), linear(value, w_v, b_v)
     else:
         for name, w in (("q_proj_weight", q_proj_weight), ("k_proj_weight", k_proj_weight), ("v_proj_weight", v_proj_weight)):
             if w is None:
                 raise ValueError(f"{fn}(): use_separate_proj_weight is True but {name} is None")
         b_q, b_k, b_v = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
-        q = _linear(query, q_proj_weight, b_q)
-        k = _linear(key, k_proj_weight, b_k)
-        v = _linear(value, v_proj_weight, b_v)
+        q = linear(query, q_proj_weight, b_q)
+        k = linear(key, k_proj_weight, b_k)
+        v = linear(value, v_proj_weight, b_v)
 
     # attention mask: (L, S) or (N*H, L, S), plus key padding (N, S) -> (N or 1, H or 1, L, S)
     bias = None
@@ -445,7 +411,7 @@ def multi_head_attention_forward(
     out, weights = _attention(q, k, v, bias, p, 1.0 / math.sqrt(head_dim))
 
     out = out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, embed_dim)
-    out = _linear(out, out_proj_weight, out_proj_bias).view(tgt_len, bsz, -1)
+    out = linear(out, out_proj_weight, out_proj_bias).view(tgt_len, bsz, -1)
     if not need_weights:
         weights = None
     else:

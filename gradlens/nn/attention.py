@@ -9,14 +9,15 @@ ones used; it never takes torch's fused fast path.
 
 from __future__ import annotations
 
-import types
 from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear as _TorchOutProj
 
-from gradlens.functional.attention import _linear, multi_head_attention_forward
+import gradlens.functional.activation as GF
+from gradlens.functional.attention import multi_head_attention_forward
+from gradlens.functional.linear import linear
 
 __all__ = ["MultiheadAttention", "NonDynamicallyQuantizableLinear", "TransformerEncoderLayer"]
 
@@ -29,7 +30,7 @@ class NonDynamicallyQuantizableLinear(_TorchOutProj):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return _linear(input, self.weight, self.bias)
+        return linear(input, self.weight, self.bias)
 
 
 class MultiheadAttention(torch.nn.MultiheadAttention):
@@ -103,21 +104,14 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         return out, weights
 
 
+# torch's functional activations -> gradlens.functional's. Modules (e.g. ``nn.GELU()``)
+# are children and are mirrored on their own; other callables are the user's and stay.
+_ACTIVATIONS = {F.relu: GF.relu, F.gelu: GF.gelu}
+
+
 def _gradlens_activation(activation: Callable[..., Any]) -> Callable[..., Any]:
-    """Map torch's functional relu/gelu to gradlens.functional's (looked up at call time).
-
-    Modules (e.g. ``nn.GELU()``) are children and are mirrored on their own; other
-    callables are the user's and stay as they are. While gradlens has no function of
-    that name yet, torch's is used.
-    """
-    for torch_fn, name in ((F.relu, "relu"), (F.gelu, "gelu")):
-        if activation is torch_fn:
-            import gradlens.functional as GF
-
-            ours = getattr(GF, name, None)
-            if callable(ours) and not isinstance(ours, types.ModuleType):
-                return ours
-    return activation
+    """gradlens.functional's relu/gelu for torch's, any other callable as it is."""
+    return _ACTIVATIONS.get(activation, activation)
 
 
 class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import types
 
 import pytest
 import torch
@@ -14,18 +13,6 @@ from torch import nn
 import gradlens
 import gradlens.functional as GF
 import gradlens.nn as gnn
-
-
-def _has(module, name):
-    value = getattr(module, name, None)
-    return value is not None and not isinstance(value, types.ModuleType)
-
-
-HAS_LINEAR_NORM = _has(gnn, "Linear") and _has(gnn, "LayerNorm") and _has(GF, "linear") and _has(GF, "layer_norm")
-NEEDS_LINEAR_NORM = pytest.mark.skipif(
-    not HAS_LINEAR_NORM,
-    reason="gradlens.nn.Linear/LayerNorm (fn-linear-conv, fn-act-norm) not merged into this branch yet",
-)
 
 
 def _twin_of(torch_module, twin_cls):
@@ -284,7 +271,6 @@ def test_transformer_encoder_layer_twin_never_takes_fast_path():
     assert calls == ["self_attn", "linear1"]
 
 
-@pytest.mark.skipif(not (_has(GF, "relu") and _has(GF, "gelu")), reason="gradlens.functional.relu/gelu (fn-act-norm) not merged yet")
 def test_functional_activation_maps_to_gradlens():
     from gradlens.nn.attention import _gradlens_activation
 
@@ -293,7 +279,6 @@ def test_functional_activation_maps_to_gradlens():
     assert _gradlens_activation(torch.tanh) is torch.tanh
 
 
-@NEEDS_LINEAR_NORM
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ctor", LAYER_SETTINGS[:3])
 def test_mirror_transformer_block(ctor, device):
