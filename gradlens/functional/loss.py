@@ -66,8 +66,12 @@ def _scale(grad: Tensor, reduction: int, denom: Any) -> Tensor:
 
 
 def _no_grad_arg(fn: str, name: str, value: Optional[Tensor]) -> None:
-    """torch refuses a ``requires_grad`` class weight for these losses; so do we."""
-    if value is not None and value.requires_grad and torch.is_grad_enabled():
+    """A weight argument: None or a tensor (TypeError naming it otherwise); torch refuses
+    a ``requires_grad`` one for these losses, and so do we."""
+    if value is None:
+        return
+    check_tensor(fn, name, value)
+    if value.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
             f"{fn}(): not differentiable with respect to argument '{name}' (as in torch); "
             f"pass {name}.detach()"
@@ -401,8 +405,6 @@ def cross_entropy(
     if smoothing > 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {smoothing}")
     smoothing = max(smoothing, 0.0)  # torch smooths only when label_smoothing > 0
-    if weight is not None:
-        check_tensor("cross_entropy", "weight", weight)
     _no_grad_arg("cross_entropy", "weight", weight)
 
     if input.dim() < 1:
@@ -494,7 +496,5 @@ def binary_cross_entropy_with_logits(
     if target.size() != input.size():
         raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
-        if value is not None:
-            check_tensor("binary_cross_entropy_with_logits", name, value)
         _no_grad_arg("binary_cross_entropy_with_logits", name, value)
     return _BCEWithLogitsFn.apply(input, target, weight, pos_weight, red)

@@ -527,6 +527,7 @@ FAIL_SETTINGS = [
     ("nll-target-2d", _NLL, (X, Y[:, None]), {}, RuntimeError, "multi-target not supported"),
     ("nll-batch-mismatch", _NLL, (X, Y.view(2, 2)), {}, ValueError, "batch_size"),
     ("nll-weight-size", _NLL, (X, Y), {"weight": torch.ones(3)}, RuntimeError, "all 5 classes"),
+    ("nll-weight-not-tensor", _NLL, (X, Y), {"weight": [1.0] * 5}, TypeError, "'weight' must be Tensor"),
     ("nll-weight-requires-grad", _NLL, (X, Y), {"weight": torch.ones(5, requires_grad=True)}, RuntimeError, "'weight'"),
     ("nll-target-out-of-range", _NLL, (X, torch.tensor([0, 1, 2, 7])), {}, IndexError, "out of bounds"),
     ("mse-not-broadcastable", _MSE, (torch.randn(3), torch.randn(4)), {}, RuntimeError, "must match the size"),
