@@ -104,6 +104,13 @@ def _group_name(layer: str, depth: Optional[int]) -> str:
     return ".".join(p for level in levels[:depth] for p in level)
 
 
+def _masked_dict(names: Sequence[str], values: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
+    """``{name: value}`` where ``mask`` is set (one ``zip`` when it is set everywhere)."""
+    if mask.all():
+        return dict(zip(names, values.tolist()))
+    return {names[i]: float(values[i]) for i in np.flatnonzero(mask)}
+
+
 def _patterns(value: Any, arg: str) -> Optional[Tuple[str, ...]]:
     if value is None:
         return None
@@ -140,13 +147,6 @@ class _Layout:
         self.layer_names = list(self.layer_params)
         pos = {layer: j for j, layer in enumerate(self.layer_names)}
         self.layer_ids = np.array([pos[layer] for layer in self.layers], dtype=np.int64)
-        # For the common step where every parameter was measured: parameters sorted by
-        # layer and each layer's first position, so per-layer sums and maxima are one
-        # ``reduceat`` each (every layer owns at least one parameter).
-        self.arange = np.arange(len(self.names))
-        self.by_layer = np.argsort(self.layer_ids, kind="stable")
-        sorted_ids = self.layer_ids[self.by_layer]
-        self.layer_starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]) if len(sorted_ids) else sorted_ids
 
 
 class Monitor:
@@ -573,9 +573,7 @@ class Monitor:
             vec = _stats.grad_stats(gs, ws)
             before = self._weight_copy(ws) if measure_update else None
             idx = np.fromiter((present[j] for j in members), dtype=np.int64, count=len(members))
-            # identity: this part is every watched parameter, in layout order
-            identity = len(idx) == len(layout.names) and bool((idx == layout.arange).all())
-            parts.append({"idx": idx, "vec": vec, "ws": ws, "before": before, "identity": identity})
+            parts.append({"idx": idx, "vec": vec, "ws": ws, "before": before})
         self._dev[kk] = {
             "parts": parts,
             "missing": missing,
@@ -660,15 +658,11 @@ class Monitor:
             if kind == "grad":
                 idx = ref["idx"]
                 m = len(idx)
-                # every parameter in one group, in order (the common case): write in place
-                rows = p if ref["identity"] else p[idx]
-                rows[:, _GN] = vals[:m]
-                rows[:, _GM] = vals[m : 2 * m]
-                rows[:, _WN] = vals[2 * m : 3 * m]
-                rows[:, _NF] = 0.0
-                rows[:, _MISS] = 0.0
-                if rows is not p:
-                    p[idx] = rows
+                p[idx, _GN] = vals[:m]
+                p[idx, _GM] = vals[m : 2 * m]
+                p[idx, _WN] = vals[2 * m : 3 * m]
+                p[idx, _NF] = 0.0
+                p[idx, _MISS] = 0.0
             elif kind == "update":
                 idx = ref["idx"]
                 pend["dW"][idx] = vals
@@ -729,13 +723,6 @@ class Monitor:
         self._after_record(record)
 
     def _build_record(self, step: int, pend: Dict[str, Any]) -> StepRecord:
-        miss = pend["p"][:, _MISS]
-        if len(miss) and not miss.any() and not np.isnan(miss).any():
-            return self._build_full_record(step, pend)
-        return self._build_general_record(step, pend)
-
-    def _build_general_record(self, step: int, pend: Dict[str, Any]) -> StepRecord:
-        """The record of any step: some parameters may lack a gradient or not have stepped."""
         layout: _Layout = pend["layout"]
         p = pend["p"]
         names = layout.names
@@ -746,10 +733,8 @@ class Monitor:
         masks = (measured, measured, measured, measured, measured & ~np.isnan(ur), seen)
         pend["present"] = np.stack(masks, axis=1)  # for the history, which keeps arrays
         for stat, values, mask in zip(GRAD_STATS, (gn, gm, nf, wn, ur, miss), masks):
-            if mask.all():
-                param_stats[stat] = dict(zip(names, values.tolist()))
-            elif mask.any():
-                param_stats[stat] = {names[i]: float(values[i]) for i in np.flatnonzero(mask)}
+            if mask.any():
+                param_stats[stat] = _masked_dict(names, values, mask)
         # per layer, from the parameters' numbers: norms combine as sqrt(sum of
         # squares), max as max, counts add (bincount over the layer id of each param)
         lid, nl = layout.layer_ids, len(layout.layer_names)
@@ -782,21 +767,8 @@ class Monitor:
             ("update_ratio", lay_ur, n_dw > 0),
             ("missing_grad", lay_miss, n_seen > 0),
         ):
-            if mask.all():
-                stats[stat] = dict(zip(lnames, values.tolist()))
-            elif mask.any():
-                stats[stat] = {lnames[j]: float(values[j]) for j in np.flatnonzero(mask)}
-        return self._finish_record(step, pend, layout, stats, param_stats)
-
-    def _finish_record(
-        self,
-        step: int,
-        pend: Dict[str, Any],
-        layout: _Layout,
-        stats: Dict[str, Dict[str, float]],
-        param_stats: Dict[str, Dict[str, float]],
-    ) -> StepRecord:
-        """Add the activation rows, order the layers and make the :class:`StepRecord`."""
+            if mask.any():
+                stats[stat] = _masked_dict(lnames, values, mask)
         act = pend.get("act") or {}
         for layer, row in act.items():
             for s, v in row.items():
@@ -812,51 +784,6 @@ class Monitor:
             loss=pend.get("loss"),
             nonfinite_origin=origin,
         )
-
-    def _build_full_record(self, step: int, pend: Dict[str, Any]) -> StepRecord:
-        """:meth:`_build_record` for the common step where every watched parameter
-        stepped and had a gradient: the same record with fewer, vectorized numpy calls
-        (this runs on every logged step; the general path handles the rest)."""
-        layout: _Layout = pend["layout"]
-        p = pend["p"]
-        names, lnames = layout.names, layout.layer_names
-        ur = p[:, _UR]
-        has_ur = ~np.isnan(ur)
-        present = np.ones(p.shape, dtype=bool)
-        present[:, _UR] = has_ur
-        pend["present"] = present  # for the history, which keeps arrays
-        columns = p.T.tolist()
-        param_stats: Dict[str, Dict[str, float]] = {
-            stat: dict(zip(names, columns[j])) for j, stat in enumerate(GRAD_STATS) if j != _UR
-        }
-        if has_ur.all():
-            param_stats["update_ratio"] = dict(zip(names, columns[_UR]))
-        elif has_ur.any():
-            param_stats["update_ratio"] = {names[i]: float(ur[i]) for i in np.flatnonzero(has_ur)}
-        # per layer: norms combine as sqrt(sum of squares), max as max, counts add
-        order, starts = layout.by_layer, layout.layer_starts
-        q = p[order]
-        dw = pend["dW"][order]
-        with np.errstate(divide="ignore", invalid="ignore"):  # a NaN max|g| propagates, as it should
-            lay_gn = np.sqrt(np.add.reduceat(q[:, _GN] * q[:, _GN], starts))
-            lay_gm = np.maximum.reduceat(q[:, _GM], starts)
-            lay_nf = np.add.reduceat(q[:, _NF], starts)
-            lay_wn = np.sqrt(np.add.reduceat(q[:, _WN] * q[:, _WN], starts))
-            has_dw = ~np.isnan(dw)
-            n_dw = np.add.reduceat(has_dw.astype(np.int64), starts)
-            lay_ur = np.sqrt(np.add.reduceat(np.where(has_dw, dw * dw, 0.0), starts)) / lay_wn
-        stats: Dict[str, Dict[str, float]] = {
-            "grad_norm": dict(zip(lnames, lay_gn.tolist())),
-            "grad_max": dict(zip(lnames, lay_gm.tolist())),
-            "nonfinite": dict(zip(lnames, lay_nf.tolist())),
-            "weight_norm": dict(zip(lnames, lay_wn.tolist())),
-        }
-        if (n_dw > 0).all():
-            stats["update_ratio"] = dict(zip(lnames, lay_ur.tolist()))
-        elif (n_dw > 0).any():
-            stats["update_ratio"] = {lnames[j]: float(lay_ur[j]) for j in np.flatnonzero(n_dw > 0)}
-        stats["missing_grad"] = dict.fromkeys(lnames, 0.0)
-        return self._finish_record(step, pend, layout, stats, param_stats)
 
     def _after_record(self, record: StepRecord) -> None:
         broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
