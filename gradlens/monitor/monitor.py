@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradlens._record import GRAD_STATS, StepRecord, layer_of
+from gradlens._record import GRAD_STATS, LAYER_STATS, StepRecord, layer_of
 from gradlens.diagnose import engine as _engine
 from gradlens.diagnose.finding import Finding, TrainingHalted
 from gradlens.monitor import stats as _stats
@@ -33,6 +33,7 @@ __all__ = ["watch", "Monitor"]
 _log = logging.getLogger("gradlens")
 # columns of the per-parameter array (GRAD_STATS order)
 _GN, _GM, _NF, _WN, _UR, _MISS = (GRAD_STATS.index(s) for s in GRAD_STATS)
+_LAYER_COL = {stat: j for j, stat in enumerate(LAYER_STATS)}  # history column of each layer stat
 #: Per-parameter TensorBoard scalars are written by default up to this many parameters.
 PARAM_SCALARS_AUTO_LIMIT = 64
 #: Weight copies for update ratios up to this many bytes are kept between measurements.
@@ -137,7 +138,7 @@ class _Layout:
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.layers = [_group_name(layer_of(n), group_depth) for n in self.names]
-        self.param_layers = dict(zip(self.names, self.layers))
+        self.key = (tuple(self.names), tuple(self.layers))  # the history's layout key
         index = {id(p): i for i, p in enumerate(self.params)}
         self.by_opt = [[index[id(p)] for p in ps if id(p) in index] for ps in opt_params]
         # layer -> indices of its parameters
@@ -237,7 +238,7 @@ class Monitor:
         # forward order of modules, found on the first forward (input side first)
         self._reg_order = {self._name(n): i for i, (n, _) in enumerate(self._root.named_modules())}
         self._fwd_order: Dict[str, int] = {}
-        self._order_cache: Dict[Any, List[str]] = {}
+        self._order_cache: Dict[Any, Tuple[List[str], np.ndarray]] = {}
         self._probe: Optional[HookSet] = None
 
         for k, opt in enumerate(self._optimizers):
@@ -474,14 +475,17 @@ class Monitor:
         self._layout_sig = sig
         return self._layout
 
-    def _layer_order(self, layers: List[str]) -> List[str]:
+    def _layer_order(self, layers: List[str]) -> Tuple[List[str], np.ndarray]:
+        """``layers`` ordered input side first, and the position of each input in that order."""
         key = (tuple(layers), len(self._fwd_order))
         cached = self._order_cache.get(key)
         if cached is None:
-            cached = self._order_cache[key] = self._sorted_layers(layers)
+            ordered = self._sorted_layers(layers)
+            row_of = {name: i for i, name in enumerate(ordered)}
+            cached = self._order_cache[key] = (ordered, np.array([row_of[n] for n in layers], dtype=np.int64))
             if len(self._order_cache) > 64:
                 self._order_cache.pop(next(iter(self._order_cache)))
-        return list(cached)
+        return list(cached[0]), cached[1]
 
     def _sorted_layers(self, layers: Iterable[str]) -> List[str]:
         def pos(name: str) -> Tuple[float, float]:
@@ -717,7 +721,7 @@ class Monitor:
             return
         self._logged += 1
         record = self._build_record(step, pend)
-        self._history.write(record, pend["layout"].param_layers, params=(pend["p"], pend["present"]))
+        self._history.write(record, pend["layout"].key, (pend["p"], pend["present"]), pend["layer_rows"])
         if self._tb is not None:
             self._tb.write(record)
         self._after_record(record)
@@ -758,22 +762,32 @@ class Monitor:
         with np.errstate(divide="ignore", invalid="ignore"):
             lay_ur = np.sqrt(total(dw * dw, has_dw)) / lay_wn
         lnames = layout.layer_names
+        # one column per GRAD_STATS entry, for the record's dicts and the history's arrays
+        lay_vals = np.stack([lay_gn, lay_gm, lay_nf, lay_wn, lay_ur, lay_miss], axis=1)
+        some = n_meas > 0
+        lay_mask = np.stack([some, some, some, some, n_dw > 0, n_seen > 0], axis=1)
         stats: Dict[str, Dict[str, float]] = {}
-        for stat, values, mask in (
-            ("grad_norm", lay_gn, n_meas > 0),
-            ("grad_max", lay_gm, n_meas > 0),
-            ("nonfinite", lay_nf, n_meas > 0),
-            ("weight_norm", lay_wn, n_meas > 0),
-            ("update_ratio", lay_ur, n_dw > 0),
-            ("missing_grad", lay_miss, n_seen > 0),
-        ):
-            if mask.any():
-                stats[stat] = _masked_dict(lnames, values, mask)
+        for j, stat in enumerate(GRAD_STATS):
+            if lay_mask[:, j].any():
+                stats[stat] = _masked_dict(lnames, lay_vals[:, j], lay_mask[:, j])
         act = pend.get("act") or {}
         for layer, row in act.items():
             for s, v in row.items():
                 stats.setdefault(s, {})[layer] = float(v)
-        layers = self._layer_order(layout.layer_names + [a for a in act if a not in layout.layer_params])
+        layers, pos = self._layer_order(layout.layer_names + [a for a in act if a not in layout.layer_params])
+        # the history's per-layer arrays: rows in record order, columns in LAYER_STATS order
+        hist_vals = np.full((len(layers), len(LAYER_STATS)), np.nan, dtype=np.float32)
+        hist_mask = np.zeros(hist_vals.shape, dtype=bool)
+        grad_rows = pos[: len(lnames)]  # the layout's layers come first in the ordered input
+        hist_vals[grad_rows, : len(GRAD_STATS)] = lay_vals
+        hist_mask[grad_rows, : len(GRAD_STATS)] = lay_mask
+        if act:
+            row_of = dict(zip(layers, range(len(layers))))
+            for layer, row in act.items():
+                for s, v in row.items():
+                    hist_vals[row_of[layer], _LAYER_COL[s]] = v
+                    hist_mask[row_of[layer], _LAYER_COL[s]] = True
+        pend["layer_rows"] = (hist_vals, hist_mask)
         origin = pend.get("origin") or self._origin
         self._origin = None
         return StepRecord(

@@ -31,7 +31,6 @@ class HistorySink(Sink):
 
     Args:
         max_history: the most logged steps kept (>= 2).
-        param_layers: parameter name -> layer name, for the ``layer`` column.
     """
 
     name = "history"
@@ -52,28 +51,26 @@ class HistorySink(Sink):
     def write(
         self,
         record: StepRecord,
-        param_layers: Dict[str, str],
-        params: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+        layout: Tuple[Tuple[str, ...], Tuple[str, ...]],
+        params: Tuple[np.ndarray, np.ndarray],
+        layers: Tuple[np.ndarray, np.ndarray],
     ) -> None:
         """Append one record (thinning the older half when the cap is reached).
 
-        ``params``: optionally the per-parameter values (rows in ``param_layers``
-        order, columns in ``GRAD_STATS`` order) and their recorded-mask, which
-        saves re-reading ``record.param_stats``.
+        ``layout``: the parameter names and each one's layer. ``params``: the
+        per-parameter values (rows in ``layout`` order, columns in ``GRAD_STATS``
+        order) and their recorded-mask; ``layers``: the same per layer (rows in
+        ``record.layers`` order, columns in ``LAYER_STATS`` order). The monitor has
+        them as arrays already, so the record's dicts are not read back.
         """
-        names = tuple(param_layers)
-        layout = (names, tuple(param_layers[n] for n in names), tuple(record.layers))
-        lid = self._layout_ids.get(layout)
+        key = (layout[0], layout[1], tuple(record.layers))
+        lid = self._layout_ids.get(key)
         if lid is None:
-            lid = self._layout_ids[layout] = len(self._layouts)
-            self._layouts.append(layout)
-        if params is not None:
-            p = (params[0].astype(np.float32), params[1].copy())
-        else:
-            p = _pack(record.param_stats, GRAD_STATS, names)
-        lay = _pack(record.stats, LAYER_STATS, layout[2])
+            lid = self._layout_ids[key] = len(self._layouts)
+            self._layouts.append(key)
+        p = (params[0].astype(np.float32), params[1])
         loss = None if record.loss is None else float(record.loss)
-        self._rows.append((record.step, lid, p, lay, loss, record.nonfinite_origin))
+        self._rows.append((record.step, lid, p, layers, loss, record.nonfinite_origin))
         if len(self._rows) >= self.max_history:
             half = len(self._rows) // 2
             old = self._rows[:half]
@@ -133,20 +130,6 @@ class HistorySink(Sink):
     def last_step(self) -> Optional[int]:
         """Step of the newest kept record, or None."""
         return self._rows[-1][0] if self._rows else None
-
-
-def _pack(stats: Dict[str, Dict[str, float]], names_stats: Tuple[str, ...], names: Tuple[str, ...]) -> Tuple[np.ndarray, np.ndarray]:
-    # values (NaN where absent) and a mask of which entries were recorded at all
-    values = np.full((len(names), len(names_stats)), np.nan, dtype=np.float32)
-    present = np.zeros((len(names), len(names_stats)), dtype=bool)
-    for j, stat in enumerate(names_stats):
-        d = stats.get(stat)
-        if d:
-            for i, name in enumerate(names):
-                if name in d:
-                    values[i, j] = d[name]
-                    present[i, j] = True
-    return values, present
 
 
 def _unpack(packed: Tuple[np.ndarray, np.ndarray], names_stats: Tuple[str, ...], names: Tuple[str, ...]) -> Dict[str, Dict[str, float]]:
