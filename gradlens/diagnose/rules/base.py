@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gradlens._record import StepRecord
 
-__all__ = ["Condition", "Rule", "grad_layers", "fmt", "median", "is_real"]
+__all__ = ["Condition", "Rule", "FirstWeights", "grad_layers", "fmt", "median", "is_real"]
 
 
 @dataclass
@@ -107,6 +107,35 @@ def is_real(x: Any) -> bool:
 def finite(x: Any) -> bool:
     """A real, finite number (NaN, inf, None and non-numbers are not)."""
     return is_real(x) and math.isfinite(x)
+
+
+class FirstWeights:
+    """The first finite weight norm seen for each layer, to recognise zero-initialised ones.
+
+    Layers whose weights start at exactly zero (zero-initialised heads, residual branch
+    outputs, LoRA ``B``) have huge ratios to ``||W||`` on their first updates whatever
+    the training does; rules leave them out of those tests.
+
+    Example:
+        >>> fw = FirstWeights()
+        >>> fw.update(StepRecord(0, ["a", "b"], {"weight_norm": {"a": 0.0, "b": 2.0}}))
+        >>> fw.update(StepRecord(1, ["a", "b"], {"weight_norm": {"a": 0.5, "b": 2.0}}))
+        >>> fw.started_at_zero("a"), fw.started_at_zero("b"), fw.started_at_zero("unseen")
+        (True, False, False)
+    """
+
+    def __init__(self) -> None:
+        self._first: Dict[str, float] = {}
+
+    def update(self, record: StepRecord) -> None:
+        """Remember the weight norm of each layer seen finite for the first time."""
+        for name, w in record.stats.get("weight_norm", {}).items():
+            if name not in self._first and finite(w):
+                self._first[name] = w
+
+    def started_at_zero(self, name: str) -> bool:
+        """Whether the first finite weight norm of ``name`` was zero (unseen layers: no)."""
+        return self._first.get(name, 1.0) <= 0
 
 
 def grad_layers(record: StepRecord, *, positive: bool = True) -> List[Tuple[str, float]]:

@@ -24,7 +24,7 @@ import math
 from typing import Dict, List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, median, finite
+from gradlens.diagnose.rules.base import Condition, FirstWeights, Rule, fmt, grad_layers, median, finite
 
 __all__ = ["Exploding"]
 
@@ -39,7 +39,7 @@ class Exploding(Rule):
     kind = "exploding"
 
     def reset(self) -> None:
-        self._first_weight: Dict[str, float] = {}
+        self._first_weight = FirstWeights()
         self._total: List[float] = []
         self._per_layer: Dict[str, List[float]] = {}
 
@@ -52,16 +52,14 @@ class Exploding(Rule):
         (first, g_first), (last, g_last) = gl[0], gl[-1]
         ratio = g_first / g_last
         weights = record.stats.get("weight_norm", {})
-        for name, w in weights.items():
-            if name not in self._first_weight and finite(w):
-                self._first_weight[name] = w
+        self._first_weight.update(record)
         # zero-initialised layers are left out: ||W|| starts at 0, so ||g||/||W|| is
         # huge on their first updates whatever the gradients (ours: 71 at step 1 for a
         # zero-initialised head under Adam lr 1e-3, healthy suite)
         relative = {
             name: g / weights[name] for name, g in gl
             if finite(weights.get(name))
-            and weights[name] > 0 and self._first_weight.get(name, 1.0) > 0
+            and weights[name] > 0 and not self._first_weight.started_at_zero(name)
         }
         worst = max(relative, key=relative.get) if relative else None
         culprit, after, factor = self._largest_rise(gl)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, median, finite
+from gradlens.diagnose.rules.base import Condition, FirstWeights, Rule, fmt, median, finite
 
 __all__ = ["UpdateRatio"]
 
@@ -33,12 +33,10 @@ class UpdateRatio(Rule):
         return any(finite(v) for v in values)
 
     def reset(self) -> None:
-        self._first_weight = {}
+        self._first_weight = FirstWeights()
 
     def check(self, record: StepRecord) -> List[Condition]:
-        for name, w in record.stats.get("weight_norm", {}).items():
-            if name not in self._first_weight and finite(w):
-                self._first_weight[name] = w
+        self._first_weight.update(record)
         values = record.stats.get("update_ratio", {})
         ratios = [
             (n, float(values[n])) for n in record.layers
@@ -48,7 +46,7 @@ class UpdateRatio(Rule):
             return []
         out = []
         t_high, t_low = self.t["update_ratio_high"], self.t["update_ratio_low"]
-        high = [(n, r) for n, r in ratios if r >= t_high and self._first_weight.get(n, 1.0) > 0]
+        high = [(n, r) for n, r in ratios if r >= t_high and not self._first_weight.started_at_zero(n)]
         if high:
             name, r = max(high, key=lambda x: x[1])
             out.append(
