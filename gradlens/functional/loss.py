@@ -170,13 +170,18 @@ def mse_loss(
 # ------------------------------------------------------------------ NLL / cross entropy
 
 
-def _batched(input: Tensor, target: Tensor, prob: bool) -> Tuple[Tensor, Tensor]:
-    """Give an unbatched ``(C,)`` input (and its target) a batch dimension of 1."""
-    if input.dim() == 1:
+def _apply_batched(
+    fn: Any, input: Tensor, target: Tensor, prob: bool, weight: Optional[Tensor], reduction: int, *rest: Any
+) -> Tensor:
+    """``fn.apply`` with an unbatched ``(C,)`` input (and its target) given a batch dimension of 1;
+    the unreduced loss of an unbatched input is 0-dim, as in torch."""
+    unbatched = input.dim() == 1
+    if unbatched:
         input = input.unsqueeze(0)
         if prob or target.dim() == 0:
             target = target.unsqueeze(0)
-    return input, target
+    out = fn.apply(input, target, weight, reduction, *rest)
+    return out.reshape(()) if unbatched and reduction == _NONE else out
 
 
 def _class_shape(x: Tensor) -> Tuple[int, ...]:
@@ -205,6 +210,21 @@ def _kept_weight_sum(kept: Tensor, w_y: Optional[Tensor]) -> Tensor:
     return kept.sum() if w_y is None else w_y.sum()
 
 
+def _index_grads(grad: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int, ignore_index: int):
+    """The gradient each index target's loss receives: unweighted ``g`` and class-weighted ``wg``.
+
+    Both are exactly 0 for ignored targets, even when 'mean' divides by 0. Also returns
+    the class indices safe to gather with and each target's class weight ``w_y``
+    (None without ``weight``).
+    """
+    kept, safe, w_y = _index_terms(target, weight, ignore_index)
+    if reduction == _MEAN:
+        grad = grad / _kept_weight_sum(kept, w_y)
+    g = torch.where(kept, grad, 0)
+    wg = g if w_y is None else torch.where(kept, w_y * grad, 0)
+    return safe, w_y, g, wg
+
+
 class _NLLLossFn(Function):
     """``l_i = -w_{y_i} x[i, y_i]`` (0 where ``y_i == ignore_index``); mean divides by ``sum w_{y_i}``."""
 
@@ -220,13 +240,10 @@ class _NLLLossFn(Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         target, weight = ctx.saved_tensors
-        kept, safe, w_y = _index_terms(target, weight, ctx.ignore_index)
-        if ctx.reduction == _MEAN:
-            grad = grad / _kept_weight_sum(kept, w_y)
-        # dl/dx[i, c] = -w_{y_i} [c == y_i]   (zero for ignored targets, even when mean divides by 0)
-        a = torch.where(kept, grad if w_y is None else w_y * grad, 0)
+        safe, _, _, wg = _index_grads(grad, target, weight, ctx.reduction, ctx.ignore_index)
+        # dl/dx[i, c] = -w_{y_i} [c == y_i]
         zeros = grad.new_zeros(ctx.input_shape)
-        grad_input = zeros.scatter(1, safe.unsqueeze(1), -a.unsqueeze(1))
+        grad_input = zeros.scatter(1, safe.unsqueeze(1), -wg.unsqueeze(1))
         return grad_input, None, None, None, None
 
 
@@ -258,10 +275,7 @@ def nll_loss(
     if input.dim() < 1:
         raise ValueError(f"Expected 1 or more dimensions (got {input.dim()})")
     _no_grad_arg("nll_loss", "weight", weight)
-    unbatched = input.dim() == 1
-    input, target = _batched(input, target, prob=False)
-    out = _NLLLossFn.apply(input, target, weight, red, int(ignore_index))
-    return out.reshape(()) if unbatched and red == _NONE else out
+    return _apply_batched(_NLLLossFn, input, target, False, weight, red, int(ignore_index))
 
 
 class _CrossEntropyFn(Function):
@@ -339,11 +353,7 @@ class _CrossEntropyFn(Function):
                 grad_target = -(1 - e) * gt if e > 0 else -gt
             return grad_input, grad_target, None, None, None, None, None
 
-        kept, safe, w_y = _index_terms(target, weight, ctx.ignore_index)
-        if ctx.reduction == _MEAN:
-            grad = grad / _kept_weight_sum(kept, w_y)
-        g = torch.where(kept, grad, 0)  # ignored targets get exactly 0, even when mean divides by 0
-        wg = g if w_y is None else w_y * g  # w_y = 1 without class weights
+        safe, w_y, g, wg = _index_grads(grad, target, weight, ctx.reduction, ctx.ignore_index)
         idx = safe.unsqueeze(1)
         if e <= 0:
             # dl/dx = w_y (softmax(x) - onehot(y))
@@ -423,10 +433,7 @@ def cross_entropy(
             )
     if not input.is_floating_point():
         raise TypeError(f"cross_entropy(): argument 'input' must be a floating-point tensor, got {input.dtype}")
-    unbatched = input.dim() == 1
-    input, target = _batched(input, target, prob)
-    out = _CrossEntropyFn.apply(input, target, weight, red, int(ignore_index), smoothing, prob)
-    return out.reshape(()) if unbatched and red == _NONE else out
+    return _apply_batched(_CrossEntropyFn, input, target, prob, weight, red, int(ignore_index), smoothing, prob)
 
 
 # ------------------------------------------------------------------ BCE with logits
