@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, List
 
-from torch.utils.hooks import RemovableHandle
-
 __all__ = ["HookSet", "ZeroGradTap"]
 
 
@@ -85,13 +83,3 @@ class ZeroGradTap:
                 opt.zero_grad = previous
             else:
                 del opt.zero_grad
-
-
-def as_handle(fn: Callable[[], None]) -> RemovableHandle:
-    """Wrap a cleanup function as an object with ``.remove()``."""
-
-    class _Handle:
-        def remove(self) -> None:
-            fn()
-
-    return _Handle()  # type: ignore[return-value]

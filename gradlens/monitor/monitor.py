@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradlens._record import GRAD_STATS, LAYER_STATS, StepRecord, layer_of
+from gradlens._record import GRAD_STATS, LAYER_STATS, ROOT_LAYER, StepRecord, layer_of
 from gradlens.diagnose import engine as _engine
 from gradlens.diagnose.finding import Finding, TrainingHalted
 from gradlens.monitor import stats as _stats
@@ -364,16 +364,18 @@ class Monitor:
         """A parameter/module name of ``self._root`` as the user's unwrapped model has it."""
         return _strip(name, self._root, self._wrappers)
 
+    def _selected(self, name: str) -> bool:
+        """Whether ``name`` passes the include=/exclude= patterns."""
+        return (self._include is None or _matches(name, self._include)) and (
+            self._exclude is None or not _matches(name, self._exclude)
+        )
+
     def _warn_if_nothing_matches(self) -> None:
         """One warning when include=/exclude= leave none of the model's parameters."""
         if self._include is None and self._exclude is None:
             return
         names = [self._name(n) for n, _ in self._root.named_parameters()]
-        if not names or any(
-            (self._include is None or _matches(n, self._include))
-            and (self._exclude is None or not _matches(n, self._exclude))
-            for n in names
-        ):
+        if not names or any(self._selected(n) for n in names):
             return
         given = ", ".join(
             f"{arg}={list(pats)!r}"
@@ -400,7 +402,7 @@ class Monitor:
     def _is_traced_step(self) -> bool:
         # activations on every `activations`-th logged step (self._logged is the
         # index the upcoming record will have among logged ones)
-        return self._step % self.every == 0 and self._logged % self._activations == 0
+        return self._is_logged_step() and self._logged % self._activations == 0
 
     def _traced_modules(self) -> List[Tuple[str, nn.Module]]:
         mods = []
@@ -413,9 +415,7 @@ class Monitor:
             owns = any(True for _ in module.parameters(recurse=False))
             if not (leaf or owns) or isinstance(module, _RESHAPES):
                 continue  # reshapes repeat their input's numbers: not traced
-            if self._include is not None and not _matches(name, self._include):
-                continue
-            if self._exclude is not None and _matches(name, self._exclude):
+            if not self._selected(name):
                 continue
             group = _group_name(name, self._group_depth)
             if group in seen or group not in named:
@@ -464,9 +464,7 @@ class Monitor:
             n = self._name(n)
             if not p.requires_grad or (owned is not None and id(p) not in owned):
                 continue
-            if self._include is not None and not _matches(n, self._include):
-                continue
-            if self._exclude is not None and _matches(n, self._exclude):
+            if not self._selected(n):
                 continue
             named.append((n, p))
         if not self._optimizers:
@@ -494,7 +492,7 @@ class Monitor:
             if fwd is None and self._group_depth is not None:
                 members = [v for k, v in self._fwd_order.items() if k == name or k.startswith(name + ".")]
                 fwd = min(members) if members else None
-            reg = self._reg_order.get("" if name == "(root)" else name, math.inf)
+            reg = self._reg_order.get("" if name == ROOT_LAYER else name, math.inf)
             return (fwd if fwd is not None else math.inf, reg)
 
         return sorted(set(layers), key=pos)
@@ -554,7 +552,7 @@ class Monitor:
         if not self._is_logged_step():
             return
         layout = self._current_layout()
-        idxs = layout.by_opt[kk] if layout.by_opt else []
+        idxs = layout.by_opt[kk]
         present, missing, grads, weights = [], [], [], []
         for i in idxs:
             p = layout.params[i]
