@@ -16,7 +16,9 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gradlens._record import StepRecord
 
-__all__ = ["Condition", "Rule", "FirstWeights", "grad_layers", "fmt", "median", "is_real"]
+__all__ = [
+    "Condition", "Rule", "FirstWeights", "grad_layers", "largest_step", "fmt", "median", "is_real",
+]
 
 
 @dataclass
@@ -151,6 +153,27 @@ def grad_layers(record: StepRecord, *, positive: bool = True) -> List[Tuple[str,
         if finite(g) and (g > 0 or not positive):
             out.append((name, float(g)))
     return out
+
+
+def largest_step(
+    gl: Sequence[Tuple[str, float]], *, rise: bool
+) -> Tuple[str, str, float, List[float]]:
+    """Where the gradient norm changes most between adjacent layers of ``gl`` (at least two).
+
+    ``gl`` is input side first (from :func:`grad_layers`). Step ``i`` is
+    ``log10(g[i] / g[i+1])`` with ``rise`` (the gradient grows going backward from
+    layer ``i+1`` to layer ``i``), else ``log10(g[i+1] / g[i])`` (it drops). Returns
+    ``(layer, after, factor, steps)``: the input-side layer of the largest step (the
+    first on ties), its output-side neighbour, ``10 ** step`` and every step.
+
+    Example:
+        >>> largest_step([("a", 1e-6), ("b", 1e-3), ("c", 1e-2)], rise=False)[:3]
+        ('a', 'b', 1000.0)
+    """
+    logs = [math.log10(g) for _, g in gl]
+    steps = [(logs[i] - logs[i + 1]) if rise else (logs[i + 1] - logs[i]) for i in range(len(gl) - 1)]
+    i = max(range(len(steps)), key=steps.__getitem__)
+    return gl[i][0], gl[i + 1][0], 10 ** steps[i], steps
 
 
 def fmt(x: float) -> str:

@@ -24,7 +24,7 @@ import math
 from typing import Dict, List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, FirstWeights, Rule, fmt, grad_layers, median, finite
+from gradlens.diagnose.rules.base import Condition, FirstWeights, Rule, fmt, grad_layers, largest_step, median, finite
 
 __all__ = ["Exploding"]
 
@@ -62,7 +62,10 @@ class Exploding(Rule):
             and weights[name] > 0 and not self._first_weight.started_at_zero(name)
         }
         worst = max(relative, key=relative.get) if relative else None
-        culprit, after, factor = self._largest_rise(gl)
+        if len(gl) >= 2:
+            culprit, after, factor, _ = largest_step(gl, rise=True)
+        else:
+            culprit, after, factor = first, None, 1.0
         evidence = {
             "first_layer": first, "last_layer": last,
             "first_grad_norm": g_first, "last_grad_norm": g_last,
@@ -92,14 +95,6 @@ class Exploding(Rule):
                 evidence=dict(evidence, grad_over_weight=relative[worst], worst_layer=worst),
             )]
         return over_time
-
-    @staticmethod
-    def _largest_rise(gl):
-        if len(gl) < 2:
-            return (gl[0][0] if gl else None), None, 1.0
-        rises = [math.log10(gl[i][1]) - math.log10(gl[i + 1][1]) for i in range(len(gl) - 1)]
-        i = max(range(len(rises)), key=lambda k: rises[k])
-        return gl[i][0], gl[i + 1][0], 10 ** rises[i]
 
     def _over_time(self, gl) -> List[Condition]:
         n_base = max(1, int(self.t["baseline_steps"]))

@@ -9,11 +9,10 @@ input-side layer of the largest drop in ``log10 g`` between adjacent layers.
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, median
+from gradlens.diagnose.rules.base import Condition, Rule, fmt, grad_layers, largest_step, median
 
 __all__ = ["Vanishing"]
 
@@ -32,11 +31,8 @@ class Vanishing(Rule):
         t_ratio, t_abs = self.t["vanishing_ratio"], self.t["vanishing_abs"]
         if not (ratio <= t_ratio and g_first <= t_abs):
             return []
-        # drop[i] > 0: the gradient is smaller at layer i than at layer i+1.
-        drops = [math.log10(gl[i + 1][1]) - math.log10(gl[i][1]) for i in range(len(gl) - 1)]
-        i = max(range(len(drops)), key=lambda k: drops[k])
-        culprit, after = gl[i][0], gl[i + 1][0]
-        factor = 10 ** drops[i]
+        # drops[i] > 0: the gradient is smaller at layer i than at layer i+1.
+        culprit, after, factor, drops = largest_step(gl, rise=False)
         typical = 10 ** median(drops)
         if factor < 2 * typical and typical > 2:  # evenly spread: say so, name the largest
             where = (f"it shrinks ~{fmt(typical)}x at every layer (largest drop at {culprit!r}, "
