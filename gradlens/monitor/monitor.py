@@ -691,7 +691,7 @@ class Monitor:
                 per, origin = act_tracer.summarize(np.concatenate(act_vals) if act_vals else np.zeros(0))
                 pend["act"] = per
                 pend["origin"] = origin
-                for name in act_tracer.order:
+                for name in act_tracer.grad_norms:  # traced modules, in forward order
                     if name not in self._fwd_order:
                         self._fwd_order[name] = len(self._fwd_order)
             act_tracer.clear()

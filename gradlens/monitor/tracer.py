@@ -92,7 +92,6 @@ class _Call:
     stats: Optional[Tensor]  # ACT_FIELDS + per-unit non-zero counts, float32, on the output's device
     inputs: List[Any] = field(default_factory=list)  # int (earlier call) or Tensor (count)
     units: int = 0  # units for the dead-unit fraction (0: not measured)
-    size: int = 1  # length of ``stats``
 
 
 class Tracer:
@@ -108,7 +107,6 @@ class Tracer:
     def __init__(self, modules: List[Tuple[str, nn.Module]], active: Any, *, stats: bool = True) -> None:
         self.calls: List[_Call] = []
         self.grad_norms: Dict[str, List[Tensor]] = {}
-        self.order: List[str] = []
         self._active = active
         self._full = stats
         self._producers: Dict[int, Tuple["weakref.ref[Tensor]", int]] = {}
@@ -131,7 +129,6 @@ class Tracer:
         """Forget collected calls (the next logged step starts fresh)."""
         self.calls = []
         self.grad_norms = {}
-        self.order = []
         self._producers = {}
         self._pending_inputs = {}
 
@@ -174,7 +171,7 @@ class Tracer:
         return hook
 
     def _post(self, name: str, module: nn.Module) -> Any:
-        limits = sat_limits(module)
+        limits = self._limits[name]
         flast = features_last(module)
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -185,8 +182,7 @@ class Tracer:
             out = _first_tensor(output)
             if out is None or not out.is_floating_point() or out.numel() == 0:
                 return
-            if name not in self.grad_norms:
-                self.order.append(name)
+            if name not in self.grad_norms:  # first call: forward order is the dict's order
                 self.grad_norms[name] = []
             units = 0
             if self._full:
@@ -194,15 +190,13 @@ class Tracer:
                 vec, units = _stats.activation_stats(
                     x, limits=limits, features_last=flast, scratch=self._scratch(x)
                 )
-                size = len(_stats.ACT_FIELDS) + units
             else:
                 with torch.no_grad():
                     d = out.detach()
                     vec = _stats.nonfinite_count(d, d.sum()).reshape(1)
-                size = 1
             idx = len(self.calls)
             self.calls.append(
-                _Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0, size=size)
+                _Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0)
             )
             self._producers[id(out)] = (weakref.ref(out), idx)
             if self._full and out.requires_grad:
@@ -223,7 +217,7 @@ class Tracer:
         call vectors, then (stacked) input counts and output-gradient norms."""
         out: List[Tensor] = [call.stats for call in self.calls]
         scalars = [s for call in self.calls for s in call.inputs if isinstance(s, Tensor)]
-        scalars += [g for name in self.order for g in self.grad_norms[name]]
+        scalars += [g for norms in self.grad_norms.values() for g in norms]
         by_dev: Dict[torch.device, List[Tensor]] = {}
         for t in scalars:
             by_dev.setdefault(t.device, []).append(t)
@@ -242,8 +236,9 @@ class Tracer:
         host = np.asarray(host, dtype=np.float64)
         vecs, pos = [], 0
         for call in self.calls:
-            vecs.append(host[pos : pos + call.size])
-            pos += call.size
+            size = call.stats.numel()
+            vecs.append(host[pos : pos + size])
+            pos += size
         nf_out = [float(v[2]) if self._full else float(v[0]) for v in vecs]
         in_counts: List[List[Any]] = []
         for call in self.calls:
@@ -256,7 +251,7 @@ class Tracer:
                     ins.append(("call", s))
             in_counts.append(ins)
         gnorms: Dict[str, List[float]] = {}
-        for name in self.order:
+        for name in self.grad_norms:
             k = len(self.grad_norms[name])
             gnorms[name] = host[pos : pos + k].tolist()
             pos += k
@@ -277,7 +272,7 @@ class Tracer:
         groups: Dict[str, List[int]] = {}
         for i, call in enumerate(self.calls):
             groups.setdefault(call.name, []).append(i)
-        for name in self.order:
+        for name in self.grad_norms:
             idxs = groups.get(name, [])
             if not idxs:
                 continue
