@@ -108,11 +108,8 @@ class Exploding(Rule):
         t_growth = self.t["exploding_growth"]
         if base <= 0 or total / base < t_growth:
             return []
-        growth = {
-            name: g / median(self._per_layer[name])
-            for name, g in gl
-            if name in self._per_layer and median(self._per_layer[name]) > 0
-        }
+        bases = {name: median(values) for name, values in self._per_layer.items()}
+        growth = {name: g / bases[name] for name, g in gl if bases.get(name, 0.0) > 0}
         culprit = max(growth, key=growth.get) if growth else max(gl, key=lambda x: x[1])[0]
         value = total / base
         return [
