@@ -696,9 +696,7 @@ class Monitor:
                         self._fwd_order[name] = len(self._fwd_order)
             act_tracer.clear()
         if self._histogram_every and self._tb is not None and self._logged % self._histogram_every == 0:
-            layout_names = layout.names
-            for i, g in work["grads"].items():
-                self._tb._guard(self._tb.writer.add_histogram, f"grad_hist/{layout_names[i]}", g, self._step)
+            self._tb.write_histograms(((layout.names[i], g) for i, g in work["grads"].items()), self._step)
 
     def _flush_pending(self) -> None:
         # a multi-optimizer step whose other optimizers did not step (yet)

@@ -20,7 +20,7 @@ from typing import Any, Deque, Iterable, List, Optional, Tuple
 import numpy as np
 
 from gradlens import _tags
-from gradlens._record import ACT_STATS, GRAD_STATS, StepRecord
+from gradlens._record import LAYER_STATS, StepRecord
 from gradlens.sinks import Sink
 
 __all__ = ["TensorBoardSink", "flow_image"]
@@ -107,6 +107,11 @@ class TensorBoardSink(Sink):
         if lines:
             self._guard(self.writer.add_text, _tags.FINDINGS_TAG, "  \n".join(lines), step)
 
+    def write_histograms(self, named: Iterable[Tuple[str, Any]], step: int) -> None:
+        """Histograms of the given ``(name, tensor)`` pairs at ``grad_hist/{name}`` (opt-in)."""
+        for name, values in named:
+            self._guard(self.writer.add_histogram, f"grad_hist/{name}", values, step)
+
     def flush(self) -> None:
         """Flush pending events to disk."""
         self._guard(self.writer.flush)
@@ -122,7 +127,7 @@ class TensorBoardSink(Sink):
     # -- internals ------------------------------------------------------------
     def _write_layout(self) -> None:
         charts = {}
-        for stat in GRAD_STATS + ACT_STATS:
+        for stat in LAYER_STATS:
             charts[stat] = ["Multiline", [f"^{stat}/"]]
         self.writer.add_custom_scalars({"gradlens": charts})
 
