@@ -18,6 +18,7 @@ from gradlens._record import StepRecord
 
 __all__ = [
     "Condition", "Rule", "FirstWeights", "grad_layers", "largest_step", "fmt", "median", "is_real",
+    "finite",
 ]
 
 

@@ -31,7 +31,7 @@ class Saturation(Rule):
         out = []
         for name in record.layers:
             frac = sat.get(name)
-            if not (finite(frac)):
+            if not finite(frac):
                 continue
             zero = zeros.get(name)
             if finite(zero):
