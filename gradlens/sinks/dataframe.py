@@ -43,7 +43,6 @@ class HistorySink(Sink):
         self._rows: List[Tuple[int, int, np.ndarray, np.ndarray, float, Optional[str]]] = []
         self._layouts: List[_Layout] = []
         self._layout_ids: Dict[_Layout, int] = {}
-        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -74,7 +73,6 @@ class HistorySink(Sink):
         if len(self._rows) >= self.max_history:
             half = len(self._rows) // 2
             old = self._rows[:half]
-            self.dropped += len(old) - len(old[::2])
             self._rows = old[::2] + self._rows[half:]
 
     def dataframe(self, level: str = "param") -> Any:
@@ -127,9 +125,6 @@ class HistorySink(Sink):
             )
         return out
 
-    def last_step(self) -> Optional[int]:
-        """Step of the newest kept record, or None."""
-        return self._rows[-1][0] if self._rows else None
 
 
 def _unpack(packed: Tuple[np.ndarray, np.ndarray], names_stats: Tuple[str, ...], names: Tuple[str, ...]) -> Dict[str, Dict[str, float]]:
