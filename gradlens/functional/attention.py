@@ -103,11 +103,14 @@ def _attention(
     bias: Optional[torch.Tensor],
     dropout_p: float,
     scale: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Run :class:`_AttentionFn`; returns ``(out, weights after dropout)``.
+    *,
+    need_weights: bool,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Run :class:`_AttentionFn`; returns ``(out, weights after dropout or None)``.
 
     The dropout mask is drawn over the full weight shape exactly as torch's CPU
     kernels draw it (``empty_like(weights).bernoulli_(1 - p)``), before the call.
+    The weights are built only when ``need_weights``.
     """
     keep = None
     if dropout_p > 0.0:
@@ -117,8 +120,9 @@ def _attention(
             shape = torch.broadcast_shapes(shape, bias.shape)
         keep = _keep_mask(torch.empty(shape, dtype=q.dtype, device=q.device), dropout_p)
     out, probs = _AttentionFn.apply(q, k, v, bias, keep, scale)
-    weights = probs if keep is None else _DropoutFn.apply(probs, keep, False)
-    return out, weights
+    if not need_weights:
+        return out, None
+    return out, probs if keep is None else _DropoutFn.apply(probs, keep, False)
 
 
 def scaled_dot_product_attention(
@@ -234,9 +238,9 @@ def scaled_dot_product_attention(
         k5, v5 = key.unsqueeze(-3), value.unsqueeze(-3)
         if bias is not None and bias.dim() >= 3:
             bias = bias.unflatten(-3, (hk, hq // hk)) if bias.shape[-3] == hq else bias.unsqueeze(-3)
-        out, _ = _attention(q5, k5, v5, bias, p, float(scale))
+        out, _ = _attention(q5, k5, v5, bias, p, float(scale), need_weights=False)
         return out.flatten(-4, -3)
-    out, _ = _attention(query, key, value, bias, p, float(scale))
+    out, _ = _attention(query, key, value, bias, p, float(scale), need_weights=False)
     return out
 
 
@@ -408,13 +412,11 @@ def multi_head_attention_forward(
     k = k.reshape(src_len, bsz, num_heads, head_dim).permute(1, 2, 0, 3)
     v = v.reshape(src_len, bsz, num_heads, head_dim).permute(1, 2, 0, 3)
     p = _check_dropout_p(fn, dropout_p) if training else 0.0
-    out, weights = _attention(q, k, v, bias, p, 1.0 / math.sqrt(head_dim))
+    out, weights = _attention(q, k, v, bias, p, 1.0 / math.sqrt(head_dim), need_weights=need_weights)
 
     out = out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, embed_dim)
     out = linear(out, out_proj_weight, out_proj_bias).view(tgt_len, bsz, -1)
-    if not need_weights:
-        weights = None
-    else:
+    if weights is not None:
         weights = weights.expand(bsz, num_heads, tgt_len, src_len)
         if average_attn_weights:
             weights = weights.mean(dim=1)
