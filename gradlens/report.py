@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, TextIO
 from gradlens._record import StepRecord
 from gradlens._tags import LAYERS_TAG, LOSS_TAG, parse_tag
 from gradlens.diagnose import Diagnoser, Finding
+from gradlens.diagnose.rules.base import fmt
 
 __all__ = ["RunReport", "load_run", "find_runs", "add_arguments", "run"]
 
@@ -238,9 +239,7 @@ def _sparkline(values: List[float], width: int = 16) -> str:
 
 
 def _fmt(x: float) -> str:
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.3g}" if 1e-2 <= abs(x) < 1e4 or x == 0 else f"{x:.2e}"
+    return fmt(x, digits=2)
 
 
 def _print_report(rep: RunReport, out: TextIO) -> None:

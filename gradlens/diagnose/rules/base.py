@@ -177,13 +177,21 @@ def largest_step(
     return gl[i][0], gl[i + 1][0], 10 ** steps[i], steps
 
 
-def fmt(x: float) -> str:
-    """Compact human formatting of a number for messages (``3.2e-06``, ``0.42``, ``71``)."""
+def fmt(x: float, *, digits: int = 1) -> str:
+    """Compact human formatting of a number for messages (``3.2e-06``, ``0.42``, ``71``).
+
+    Numbers below 1e-2 or from 1e4 up are written in scientific notation with
+    ``digits`` digits after the point, the others with 3 significant digits.
+
+    Example:
+        >>> fmt(3.21e-6), fmt(3.21e-6, digits=2), fmt(0.4213), fmt(0.0)
+        ('3.2e-06', '3.21e-06', '0.421', '0')
+    """
     if not finite(x):
         return str(x)
     ax = abs(x)
     if ax != 0 and (ax < 1e-2 or ax >= 1e4):
-        return f"{x:.1e}"
+        return f"{x:.{digits}e}"
     return f"{x:.3g}"
 
 
