@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, TextIO
 
 from gradlens._record import StepRecord
 from gradlens._tags import LAYERS_TAG, LOSS_TAG, parse_tag
-from gradlens.diagnose import Diagnoser, Finding
+from gradlens.diagnose import Finding, diagnose
 from gradlens.diagnose.rules.base import fmt
 
 __all__ = ["RunReport", "load_run", "find_runs", "add_arguments", "run"]
@@ -163,7 +163,7 @@ def load_run(logdir: str, *, thresholds=None) -> RunReport:
 
     records = _records(frame, layers)
     report = RunReport(logdir, frame, layers, records, dropped_step=dropped)
-    report.findings = Diagnoser(thresholds).run(records)
+    report.findings = diagnose(records, thresholds=thresholds)
     return report
 
 
