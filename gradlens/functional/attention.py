@@ -125,6 +125,12 @@ def _attention(
     return out, probs if keep is None else _DropoutFn.apply(probs, keep, False)
 
 
+def _causal_bias(L: int, S: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive ``(L, S)`` mask: 0 where key position <= query position (upper-left aligned), else -inf."""
+    causal = torch.ones(L, S, dtype=torch.bool, device=device).tril()
+    return torch.zeros(L, S, dtype=dtype, device=device).masked_fill(~causal, float("-inf"))
+
+
 def scaled_dot_product_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -212,8 +218,7 @@ def scaled_dot_product_attention(
     L, S = query.shape[-2], key.shape[-2]
     bias = None
     if is_causal:
-        causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
-        bias = torch.zeros(L, S, dtype=query.dtype, device=query.device).masked_fill(~causal, float("-inf"))
+        bias = _causal_bias(L, S, query.dtype, query.device)
     elif attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             bias = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device).masked_fill(~attn_mask, float("-inf"))
@@ -404,8 +409,7 @@ def multi_head_attention_forward(
         pad = key_padding_mask.view(bsz, 1, 1, src_len)
         bias = pad if bias is None else bias + pad
     if is_causal and bias is None:
-        causal = torch.ones(tgt_len, src_len, dtype=torch.bool, device=query.device).tril()
-        bias = torch.zeros(tgt_len, src_len, dtype=query.dtype, device=query.device).masked_fill(~causal, float("-inf"))
+        bias = _causal_bias(tgt_len, src_len, query.dtype, query.device)
 
     # (L, N, H*hd) -> (N, H, L, hd)
     q = q.reshape(tgt_len, bsz, num_heads, head_dim).permute(1, 2, 0, 3)
