@@ -31,8 +31,6 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "diagnose")]
 
 import diag_scenarios as S  # noqa: E402
 
-_LOUD = ("warning", "error")
-
 
 def _run(sc, backend: str, steps: int):
     if backend == "watch":
@@ -51,7 +49,7 @@ def evaluate(*, quick: bool = False, backend: str = "auto", out=sys.stdout) -> D
         t0 = time.perf_counter()
         rec = _run(sc, backend, steps)
         took = time.perf_counter() - t0
-        loud = [f for f in rec.findings if f.severity in _LOUD]
+        loud = [f for f in rec.findings if f.is_problem]
         ok_kinds = set() if sc.healthy else {sc.kind} | set(sc.also)
         main = [f for f in loud if f.kind == sc.kind]
         hit = [f for f in main if f.layer in sc.culprits]

@@ -103,6 +103,7 @@ def _train_one(name: str, x, y, logdir: str, steps: int, batch: int, out: TextIO
     import torch.nn.functional as F
 
     import gradlens
+    from gradlens.diagnose.finding import one_line
 
     what, _expected = DEMOS[name]
     model, opt = _build(name)
@@ -118,15 +119,14 @@ def _train_one(name: str, x, y, logdir: str, steps: int, batch: int, out: TextIO
             opt.step()
             _progress(out, name, i + 1, steps)
         findings = list(mon.findings)
-    loud = [f for f in findings if f.severity in ("warning", "error")]
+    loud = [f for f in findings if f.is_problem]
     took = time.perf_counter() - t0
     if not loud:
         print(f"  diagnosis ({took:.1f}s): healthy, nothing at warning level", file=out)
     else:
         print(f"  diagnosis ({took:.1f}s):", file=out)
         for f in loud:
-            where = f.layer if f.layer is not None else "<global>"
-            print(f"    [{f.severity}] {f.kind} at {where} since step {f.step}: {f.message}", file=out)
+            print("    " + one_line(f, f" since step {f.step}"), file=out)
     print("", file=out)
     return findings
 

@@ -31,12 +31,12 @@ from typing import Any, Dict, List, Optional, TextIO
 from gradlens._record import StepRecord
 from gradlens._tags import LAYERS_TAG, LOSS_TAG, parse_tag
 from gradlens.diagnose import Finding, diagnose
+from gradlens.diagnose.finding import one_line
 from gradlens.diagnose.rules.base import fmt
 
 __all__ = ["RunReport", "load_run", "find_runs", "add_arguments", "run"]
 
 _EVENT_MARK = "tfevents"
-_PROBLEM = ("warning", "error")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class RunReport:
     @property
     def problems(self) -> List[Finding]:
         """Findings at warning level or above."""
-        return [f for f in self.findings if f.severity in _PROBLEM]
+        return [f for f in self.findings if f.is_problem]
 
     def layer_table(self):
         """Per-layer summary of the gradient norm: a pandas DataFrame, input side first."""
@@ -268,8 +268,7 @@ def _print_report(rep: RunReport, out: TextIO) -> None:
         print(f"findings ({len(rep.problems)} at warning level or above):", file=out)
         for f in rep.findings:
             steps_txt = f"steps {f.step}..{f.last_step}" if f.last_step != f.step else f"step {f.step}"
-            where = f.layer if f.layer is not None else "<global>"
-            print(f"  [{f.severity}] {f.kind} at {where}, {steps_txt}: {f.message}", file=out)
+            print("  " + one_line(f, ", " + steps_txt), file=out)
 
 
 # ---------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_demo_diagnoses_each_network_and_report_agrees(tmp_path, capsys):
     results = run_demo(str(tmp_path), steps=15, out=out)
     text = out.getvalue()
     for name, (_, expected) in DEMOS.items():
-        loud = [f for f in results[name] if f.severity in ("warning", "error")]
+        loud = [f for f in results[name] if f.is_problem]
         if expected is None:
             assert loud == [], [str(f) for f in loud]
         else:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-__all__ = ["Finding", "TrainingHalted", "SEVERITIES"]
+__all__ = ["Finding", "TrainingHalted", "SEVERITIES", "PROBLEM_SEVERITIES", "one_line"]
 
 SEVERITIES = ("info", "warning", "error")
+#: Severities that count as a problem: ``gradlens report`` exits 1 on them, the demo prints them.
+PROBLEM_SEVERITIES = ("warning", "error")
 
 
 @dataclass
@@ -66,9 +68,28 @@ class Finding:
             "evidence": dict(self.evidence),
         }
 
+    @property
+    def is_problem(self) -> bool:
+        """At warning level or above (see :data:`PROBLEM_SEVERITIES`)."""
+        return self.severity in PROBLEM_SEVERITIES
+
     def __str__(self) -> str:
-        where = self.layer if self.layer is not None else "<global>"
-        return f"[{self.severity}] {self.kind} at {where}, step {self.step}: {self.message}"
+        return one_line(self, f", step {self.step}")
+
+
+def one_line(finding: Finding, when: str) -> str:
+    """``[severity] kind at layer<when>: message``, as the monitor, report and demo print it.
+
+    ``when`` is inserted as given, separator included; a global finding's layer reads
+    ``<global>``.
+
+    Example:
+        >>> f = Finding("divergence", None, 7, "warning", 1e3, "the loss diverges")
+        >>> one_line(f, " since step 7")
+        '[warning] divergence at <global> since step 7: the loss diverges'
+    """
+    where = finding.layer if finding.layer is not None else "<global>"
+    return f"[{finding.severity}] {finding.kind} at {where}{when}: {finding.message}"
 
 
 class TrainingHalted(RuntimeError):

@@ -11,8 +11,6 @@ import pytest
 
 from diag_scenarios import HEALTHY, PROBLEMS, run_reference, run_watch, watch_available
 
-WARN = ("warning", "error")
-
 BACKENDS = [
     pytest.param(run_reference, id="reference"),
     pytest.param(run_watch, id="watch", marks=pytest.mark.skipif(
@@ -24,7 +22,7 @@ BACKENDS = [
 @pytest.mark.parametrize("sc", PROBLEMS, ids=lambda s: s.name)
 def test_problem_is_found_with_its_culprit(sc, run):
     rec = run(sc)
-    found = [f for f in rec.findings if f.severity in WARN]
+    found = [f for f in rec.findings if f.is_problem]
     main = [f for f in found if f.kind == sc.kind]
     assert main, f"{sc.name}: no {sc.kind} finding; got {[str(f) for f in found]}"
     assert any(f.layer in sc.culprits for f in main), (
@@ -41,7 +39,7 @@ def test_problem_is_found_with_its_culprit(sc, run):
 @pytest.mark.parametrize("sc", HEALTHY, ids=lambda s: s.name)
 def test_healthy_run_is_silent(sc, run):
     rec = run(sc)
-    loud = [str(f) for f in rec.findings if f.severity in WARN]
+    loud = [str(f) for f in rec.findings if f.is_problem]
     assert not loud, f"{sc.name}: false alarms {loud}"
     assert rec.logged_steps >= sc.steps  # the run was really recorded
 
