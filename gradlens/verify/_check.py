@@ -168,7 +168,6 @@ class _FD:
         self, prob: _Problem, x: List[torch.Tensor], cots: List[List[torch.Tensor]], eps: float, outs: Optional[List[torch.Tensor]] = None
     ) -> None:
         self.prob, self.x, self.cots = prob, x, cots
-        self.evals = 0
         # Normally float64. When fn has no float64 path, its own dtype, with the step that
         # balances truncation and rounding (eps^(1/3)).
         self.cast: Optional[torch.dtype] = F64 if all(t.dtype == F64 for t in x) else None
@@ -178,7 +177,6 @@ class _FD:
         with torch.no_grad():
             # f(x) itself: reuse the outputs already computed at x when given.
             if outs is None:
-                self.evals += 1
                 outs = [t for _, t in self.prob.call("fn", x, self.cast)]
             s0, self.scale = self._dots([o.detach() for o in outs], scale=True)
         self.s0 = s0
@@ -186,7 +184,6 @@ class _FD:
         self.noise = [64 * self.unit * sc / eps + 1e-300 for sc in self.scale]
 
     def _s(self, vals: Sequence[torch.Tensor]) -> Tuple[List[float], List[float]]:
-        self.evals += 1
         return self._dots([t for _, t in self.prob.call("fn", vals, self.cast)])
 
     def _dots(self, outs: Sequence[torch.Tensor], scale: bool = False) -> Tuple[List[float], List[float]]:
@@ -253,7 +250,6 @@ class _Checker:
         self.problems: List[str] = []
         self.warnings: List[str] = []
         self.notes: List[str] = []
-        self.evals = 0
 
     def _gen(self, salt: int) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(self.o["seed"] * 7919 + salt)
@@ -410,7 +406,6 @@ class _Checker:
         ref_outs = p.call("ref", R, F64)
         ref_t = [t for _, t in ref_outs]
         self._ref_forward64 = ref_t
-        self._ref_leaves64 = R
         if len(ref_t) != len(outs):
             raise ValueError(
                 f"check_backward(reference=...) returned {len(ref_t)} floating-point outputs, fn returned {len(outs)}"
@@ -480,7 +475,6 @@ class _Checker:
             X = [t.detach().clone().requires_grad_(True) for t in p.leaves]
             outs64 = [t for _, t in p.call("fn", X, None)]
             g64 = got
-        self._x64 = X
         self._outs64 = outs64
         # Forward rounding of the user's dtype, relative: part of the derived tolerance.
         self._fwd_rel = 0.0
@@ -490,7 +484,6 @@ class _Checker:
                 self._fwd_rel = max(self._fwd_rel, float((a.detach().to(F64) - b.detach()).abs().max()) / max(sc, 1e-300))
         xs = [x.detach() for x in X]
         fd = _FD(p, xs, [list(cs) for cs in cots64], o["eps"], outs=outs64)
-        self._fd = fd
         exp, known, kink, extra, flips = [], [], [], [], []
         for c in range(len(cots64)):
             exp.append([g.detach().to(F64) if g is not None else torch.zeros(x.shape, dtype=F64, device=x.device) for g, x in zip(g64[c], xs)])
@@ -569,7 +562,6 @@ class _Checker:
         if n <= o["max_fd_elements"]:
             sub = _FD(self.p, xs, [fd.cots[c]] + [cs for _, cs in alt_cots], o["eps"], outs=self._outs64)
             vals, kk = sub.elements(k, range(n))
-            fd.evals += sub.evals
             exp[c][k] = vals[0].view_as(x)
             kink[k] = kk.view_as(x)
             extra[k] = sub.noise[0] * 4 + 1e-6 * vals[0].abs().view_as(x)
@@ -642,7 +634,6 @@ class _Checker:
         if idx:
             sub = _FD(self.p, xs, [fd.cots[c]], o["eps"], outs=self._outs64)
             vals, kk = sub.elements(k, idx)
-            fd.evals += sub.evals
             it = torch.tensor(idx, device=x.device)
             ef[it] = vals[0]
             kf[it] = kk
