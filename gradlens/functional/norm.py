@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -96,10 +96,9 @@ def _centering(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> Tuple
 # --------------------------------------------------------------------- layer_norm
 class _LayerNormFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, shape: List[int], eps: float):
+    def forward(ctx, x, weight, bias, shape: List[int], dims: Tuple[int, ...], eps: float):
         out, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
-        ctx.eps = eps
-        ctx.dims = tuple(range(x.dim() - len(shape), x.dim()))
+        ctx.eps, ctx.dims = eps, dims
         ctx.mean, ctx.rstd = mean, rstd  # constants unless rebuilt for double backward
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
@@ -114,7 +113,7 @@ class _LayerNormFn(torch.autograd.Function):
             dx, dw, db = _layer_norm_backward_fast(
                 ctx, dy, x, weight, _opmath(ctx.mean), _opmath(ctx.rstd), len(dims)
             )
-            return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
+            return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None, None
         # building a graph of backward: stats must depend on x
         mean, rstd = _stats(x, dims, ctx.eps)
         # x̂ = (x - mean) * rstd
@@ -130,7 +129,7 @@ class _LayerNormFn(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # dL/db = Σ_batch dy
             db = dy.sum(lead) if lead else dy
-        return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None
+        return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None, None
 
 
 def _layer_norm_backward_fast(
@@ -187,6 +186,20 @@ def _check_affine(fn: str, name: str, t: Optional[torch.Tensor], shape: Sequence
         raise RuntimeError(f"{fn}(): expected {name} of shape {list(shape)}, got {list(t.shape)}")
 
 
+def _normalized_shape(
+    fn: str, input: torch.Tensor, normalized_shape: Union[int, Sequence[int]]
+) -> Tuple[List[int], Tuple[int, ...]]:
+    """``normalized_shape`` as a list, checked against ``input``'s trailing dims, and those dims."""
+    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+    if not shape or any(not isinstance(s, int) or isinstance(s, bool) for s in shape):
+        raise TypeError(f"{fn}(): normalized_shape must be a non-empty list of ints, got {normalized_shape!r}")
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(
+            f"{fn}(): normalized_shape={shape} does not match the trailing dims of input of shape {list(input.shape)}"
+        )
+    return shape, tuple(range(input.dim() - len(shape), input.dim()))
+
+
 def layer_norm(
     input: torch.Tensor,
     normalized_shape: List[int],
@@ -204,16 +217,10 @@ def layer_norm(
         tensor([[-1.0000,  1.0000]])
     """
     check_tensor("layer_norm", "input", input, floating=True)
-    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
-    if not shape or any(not isinstance(s, int) or isinstance(s, bool) for s in shape):
-        raise TypeError(f"layer_norm(): normalized_shape must be a non-empty list of ints, got {normalized_shape!r}")
-    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
-        raise RuntimeError(
-            f"layer_norm(): normalized_shape={shape} does not match the trailing dims of input of shape {list(input.shape)}"
-        )
+    shape, dims = _normalized_shape("layer_norm", input, normalized_shape)
     _check_affine("layer_norm", "weight", weight, shape)
     _check_affine("layer_norm", "bias", bias, shape)
-    return _LayerNormFn.apply(input, weight, bias, shape, float(eps))
+    return _LayerNormFn.apply(input, weight, bias, shape, dims, float(eps))
 
 
 # --------------------------------------------------------------------- batch_norm
@@ -551,16 +558,9 @@ def rms_norm(
         tensor([[0.8485, 1.1314]])
     """
     check_tensor("rms_norm", "input", input, floating=True)
-    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
-    if not shape or any(not isinstance(s, int) or isinstance(s, bool) for s in shape):
-        raise TypeError(f"rms_norm(): normalized_shape must be a non-empty list of ints, got {normalized_shape!r}")
-    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
-        raise RuntimeError(
-            f"rms_norm(): normalized_shape={shape} does not match the trailing dims of input of shape {list(input.shape)}"
-        )
+    shape, dims = _normalized_shape("rms_norm", input, normalized_shape)
     _check_affine("rms_norm", "weight", weight, shape)
     if eps is None:
         # torch takes the eps of the dtype it computes in: float32 for half/bfloat16 inputs.
         eps = torch.finfo(torch.float32 if input.dtype in _LOW_PRECISION else input.dtype).eps
-    dims = tuple(range(input.dim() - len(shape), input.dim()))
     return _RMSNormFn.apply(input, weight, dims, float(eps))
