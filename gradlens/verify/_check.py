@@ -484,9 +484,10 @@ class _Checker:
                 self._fwd_rel = max(self._fwd_rel, float((a.detach().to(F64) - b.detach()).abs().max()) / max(sc, 1e-300))
         xs = [x.detach() for x in X]
         fd = _FD(p, xs, [list(cs) for cs in cots64], o["eps"], outs=outs64)
-        exp, known, kink, extra, flips = [], [], [], [], []
-        for c in range(len(cots64)):
-            exp.append([g.detach().to(F64) if g is not None else torch.zeros(x.shape, dtype=F64, device=x.device) for g, x in zip(g64[c], xs)])
+        exp = [
+            [g.detach().to(F64) if g is not None else torch.zeros(x.shape, dtype=F64, device=x.device) for g, x in zip(g64[c], xs)]
+            for c in range(len(cots64))
+        ]
         known = [torch.ones(x.shape, dtype=torch.bool, device=x.device) for x in xs]
         kink = [torch.zeros(x.shape, dtype=torch.bool, device=x.device) for x in xs]
         extra = [None] * n
