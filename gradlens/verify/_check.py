@@ -463,18 +463,18 @@ class _Checker:
     def _expected_from_fd(self, outs: List[torch.Tensor], cots64: List[List[torch.Tensor]], got):
         p, o = self.p, self.o
         n = len(p.leaves)
-        X = [t.detach().to(F64).requires_grad_(True) for t in p.leaves]
-        try:
-            if all(t.dtype == F64 for t in p.leaves) and all(t.dtype == F64 for t in outs):
-                X, outs64, g64 = self._L, list(outs), got  # already float64: reuse the user's run
-            else:
+        if all(t.dtype == F64 for t in p.leaves) and all(t.dtype == F64 for t in outs):
+            X, outs64, g64 = self._L, list(outs), got  # already float64: reuse the user's run
+        else:
+            X = [t.detach().to(F64).requires_grad_(True) for t in p.leaves]
+            try:
                 outs64 = [t for _, t in p.call("fn", X, F64)]
                 g64 = [_vjp(outs64, X, cs) for cs in cots64]
-        except Exception as err:  # noqa: BLE001 - e.g. a kernel without a float64 path
-            self.notes.append(f"fn could not run in float64 ({type(err).__name__}: {err}); finite differences in its own dtype")
-            X = [t.detach().clone().requires_grad_(True) for t in p.leaves]
-            outs64 = [t for _, t in p.call("fn", X, None)]
-            g64 = got
+            except Exception as err:  # noqa: BLE001 - e.g. a kernel without a float64 path
+                self.notes.append(f"fn could not run in float64 ({type(err).__name__}: {err}); finite differences in its own dtype")
+                X = [t.detach().clone().requires_grad_(True) for t in p.leaves]
+                outs64 = [t for _, t in p.call("fn", X, None)]
+                g64 = got
         self._outs64 = outs64
         # Forward rounding of the user's dtype, relative: part of the derived tolerance.
         self._fwd_rel = 0.0
