@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from gradlens.functional._util import check_tensor
+from gradlens.functional._util import check_tensor, sum_to_shape
 
 __all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm"]
 
@@ -118,17 +118,16 @@ class _LayerNormFn(torch.autograd.Function):
         mean, rstd = _stats(x, dims, ctx.eps)
         # x̂ = (x - mean) * rstd
         xhat = _xhat(x, mean, rstd)
-        lead = tuple(range(x.dim() - len(dims)))
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             g = dy * weight if weight is not None else dy
             dx = _normalize_backward(g, xhat, rstd, g.mean(dims, keepdim=True), (g * xhat).mean(dims, keepdim=True))
         if weight is not None and ctx.needs_input_grad[1]:
             # dL/dw = Σ_batch dy * x̂
-            dw = (dy * xhat).sum(lead) if lead else dy * xhat
+            dw = sum_to_shape(dy * xhat, x.shape[dims[0]:])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # dL/db = Σ_batch dy
-            db = dy.sum(lead) if lead else dy
+            db = sum_to_shape(dy, x.shape[dims[0]:])
         return _cast_back(dx, x_in), _cast_back(dw, w_in), _cast_back(db, w_in), None, None, None
 
 
@@ -534,9 +533,8 @@ class _RMSNormFn(torch.autograd.Function):
             # dx = r * (ĝ - x̂ * mean(ĝ * x̂))
             dx = rstd * (g - xhat * (g * xhat).mean(dims, keepdim=True))
         if weight is not None and ctx.needs_input_grad[1]:
-            lead = tuple(range(x.dim() - len(dims)))
             # dL/dw = Σ_batch dy * x̂
-            dw = (dy * xhat).sum(lead) if lead else dy * xhat
+            dw = sum_to_shape(dy * xhat, weight.shape)
         return _cast_back(dx, x_in), _cast_back(dw, w_in), None, None
 
 
