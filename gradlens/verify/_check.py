@@ -430,19 +430,18 @@ class _Checker:
     def _reference_flips(self, k: int) -> Dict[int, torch.Tensor]:
         """For leaf ``k`` if it has the shape of an output: expected gradients for that output's cotangent flipped along each dim."""
         ref_t, R, cots = self._flip_args
-        for leaf in R[k : k + 1]:
-            fl: Dict[int, torch.Tensor] = {}
-            for j, o in enumerate(ref_t):
-                if o.shape == leaf.shape and o.requires_grad:
-                    for d in range(o.dim()):
-                        if o.shape[d] > 1:
-                            cs = [c if i != j else c.flip(d) for i, c in enumerate(cots)]
-                            e = _vjp(ref_t, [leaf], cs)[0]
-                            if e is not None:
-                                fl[d] = e
-                    break
-            return fl
-        return {}
+        leaf = R[k]
+        fl: Dict[int, torch.Tensor] = {}
+        for j, o in enumerate(ref_t):
+            if o.shape == leaf.shape and o.requires_grad:
+                for d in range(o.dim()):
+                    if o.shape[d] > 1:
+                        cs = [c if i != j else c.flip(d) for i, c in enumerate(cots)]
+                        e = _vjp(ref_t, [leaf], cs)[0]
+                        if e is not None:
+                            fl[d] = e
+                break
+        return fl
 
     def _compare_forward(self, outs: List[torch.Tensor], names: List[str], ref: List[torch.Tensor]) -> None:
         for n, a, b in zip(names, outs, ref):
