@@ -904,18 +904,16 @@ def check_backward(
             )
         modes = [None] if module is None or mode == "current" else (["train", "eval"] if mode == "both" else [mode])
         for m in modes:
-            label = ""
             if m is not None:
                 for mod in (module, reference):
                     if isinstance(mod, nn.Module):
                         mod.train(m == "train")
-                label = f"[{m}] " if mode == "both" else ""
+            label = f"[{m}] " if mode == "both" else ""
             chk = _Checker(prob, opts, label)
             tensors += chk.run()
-            pre = f"[{m}] " if mode == "both" else ""
-            problems += [pre + s for s in chk.problems]
-            warnings += [pre + s for s in chk.warnings]
-            notes += [pre + s for s in chk.notes]
+            problems += [label + s for s in chk.problems]
+            warnings += [label + s for s in chk.warnings]
+            notes += [label + s for s in chk.notes]
     finally:
         for s, tr in saved_modes:
             s.training = tr
