@@ -450,8 +450,8 @@ class _Checker:
                 continue
             b = b.detach()
             scale = float(b.abs().max()) if b.numel() else 0.0
-            e = _dtype_eps(a.dtype)
-            tol = max(1e-9, 1e3 * e) * max(scale, 1.0) if a.dtype != F64 else 1e-9 * max(scale, 1.0)
+            # 1000 ulps of the output's dtype, relative (float64: the 1e-9 floor)
+            tol = max(1e-9, 1e3 * _dtype_eps(a.dtype)) * max(scale, 1.0)
             d = float((a.detach().to(F64) - b.detach()).abs().max()) if b.numel() else 0.0
             if d > tol:
                 self.problems.append(
