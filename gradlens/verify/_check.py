@@ -690,7 +690,7 @@ class _Checker:
                 compare(
                     tr, gd, e, known=known[k], kink=kink[k], atol=atol, rtol=rtol, extra_tol=extra[k],
                     top_k=o["top_k"], values=leaf.detach().to(F64),
-                    alternatives=alternatives_for(gd, e, fl) if gd is not None else [], cotangent_like=cot_like,
+                    alternatives=alternatives_for(e, fl) if gd is not None else [], cotangent_like=cot_like,
                 )
                 return tr
 

@@ -210,9 +210,7 @@ def compare(
     )
 
 
-def alternatives_for(
-    got: torch.Tensor, exp: torch.Tensor, flipped: Dict[int, torch.Tensor]
-) -> List[Tuple[str, torch.Tensor]]:
+def alternatives_for(exp: torch.Tensor, flipped: Dict[int, torch.Tensor]) -> List[Tuple[str, torch.Tensor]]:
     """Hypotheses to test for a failing tensor: transposed, reversed along a dim."""
     alts: List[Tuple[str, torch.Tensor]] = []
     if exp.dim() >= 2 and exp.shape[-1] == exp.shape[-2]:
