@@ -95,8 +95,10 @@ def mirror(model: nn.Module, strict: bool = False) -> nn.Module:
             out = _shallow_twin(module, twin_cls)
         else:
             out = _shallow_twin(module, cls)
+            # a torch layer with math of its own and no twin (an already mirrored layer
+            # is a gradlens class, so it never counts)
             own_math = _is_torch_class(cls) and not isinstance(module, _PURE_CONTAINERS)
-            if own_math and cls not in TWINS.values():
+            if own_math:
                 unsupported.append(f"{name or '(root)'} ({cls.__name__})")
         memo[id(module)] = out
         for child_name, child in module._modules.items():

@@ -88,13 +88,13 @@ class _LeakyReluFn(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, slope: float, inplace: bool) -> torch.Tensor:
         ctx.slope = slope
         # From the output when sign(out) == sign(x) (slope >= 0); otherwise keep the input.
-        ctx.from_out = slope >= 0
+        from_out = slope >= 0
         if inplace:
             out = torch.nn.functional.leaky_relu_(x, slope)
             ctx.mark_dirty(x)
         else:
             out = torch.nn.functional.leaky_relu(x, slope)
-        ctx.save_for_backward(out if ctx.from_out else x)
+        ctx.save_for_backward(out if from_out else x)
         return out
 
     @staticmethod

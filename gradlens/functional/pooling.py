@@ -147,7 +147,6 @@ def max_pool2d(
 
 # --------------------------------------------------------------------------- avg pool
 
-_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d}
 _CONV_INPUT = {1: nn_grad.conv1d_input, 2: nn_grad.conv2d_input}
 
 
