@@ -1,7 +1,7 @@
 """The ``gradlens`` command line.
 
 ``gradlens --version`` prints the version. Subcommands are registered in
-:data:`_COMMANDS` (name -> ``"module:function"``); each module exposes
+:data:`_COMMANDS` (name -> ``(module, one-line help)``); each module exposes
 ``add_arguments(parser)`` and a ``run(args) -> int`` entry point.
 """
 
