@@ -243,6 +243,30 @@ class _FD:
         return [r.to(base.device) for r in res], kink.to(base.device)
 
 
+def _directional_ok(
+    fd: _FD, u: Dict[int, torch.Tensor], gs: Sequence[Sequence[Optional[torch.Tensor]]], cots: Optional[Sequence[int]] = None
+) -> List[bool]:
+    """Whether each gradient in ``gs`` agrees with finite differences along ``u`` (leaf -> direction).
+
+    ``gs[i]`` (per leaf) is the backward's gradient for cotangent ``cots[i]`` of ``fd``
+    (default: ``gs`` holds one per cotangent, in order). One pair of evaluations tests
+    them all; a second pair only when a mismatch is neither within tolerance nor clear.
+    """
+    cots = range(len(gs)) if cots is None else cots
+    d, du = fd.directional(u, fd.h)
+    a = [sum(float((g[k].to(F64) * du[k]).sum()) for k in du if g[k] is not None) for g in gs]
+    tol = [fd.noise[c] + 1e-7 * (abs(ai) + abs(d[c])) for ai, c in zip(a, cots)]
+    ok = [abs(ai - d[c]) <= t for ai, c, t in zip(a, cots, tol)]
+    if all(oki or _clear(ai, d[c], t) for oki, ai, c, t in zip(ok, a, cots, tol)):
+        return ok
+    # Confirm with a second step (Richardson): truncation error shrinks as h^2, a real bug does not.
+    d2, _ = fd.directional(u, 2 * fd.h)
+    return [
+        oki or abs(ai - (4 * d[c] - d2[c]) / 3) <= t + 4 * abs(d[c] - d2[c])
+        for oki, ai, c, t in zip(ok, a, cots, tol)
+    ]
+
+
 # ----------------------------------------------------------------------------- the checker
 class _Checker:
     def __init__(self, prob: _Problem, opts: Dict[str, Any], label: str) -> None:
@@ -500,10 +524,10 @@ class _Checker:
                 break
             # One random direction over every tensor tests all grad_outputs at once.
             u = {k: self._randn_like(xs[k], gen) for k in todo}
-            if all(self._dir_multi(fd, u, g64)):
+            if all(_directional_ok(fd, u, g64)):
                 continue
             for k in todo:  # locate: tensor by tensor, every grad_output at once
-                res = self._dir_multi(fd, {k: self._randn_like(xs[k], gen)}, g64)
+                res = _directional_ok(fd, {k: self._randn_like(xs[k], gen)}, g64)
                 if not all(res):
                     failing[k] = res.index(False)
         self._failing = failing
@@ -515,34 +539,6 @@ class _Checker:
         # The float64 gradients stand in for the truth where FD agreed; the comparison uses cotangent `c`.
         self._fd_cot = {k: failing.get(k, 0) for k in range(n)}
         return exp, known, kink, extra, [0.0] * n, flips, methods
-
-    def _dir_multi(self, fd: _FD, u: Dict[int, torch.Tensor], gs: List[List[Optional[torch.Tensor]]]) -> List[bool]:
-        """Directional check of every grad_output's gradient along ``u``; one pair of evaluations."""
-        h = fd.h
-        d, du = fd.directional(u, h)
-        a = [sum(float((g[k].to(F64) * du[k]).sum()) for k in du if g[k] is not None) for g in gs]
-        tol = [fd.noise[c] + 1e-7 * (abs(a[c]) + abs(d[c])) for c in range(len(gs))]
-        ok = [abs(a[c] - d[c]) <= tol[c] for c in range(len(gs))]
-        if all(ok) or all(ok[c] or _clear(a[c], d[c], tol[c]) for c in range(len(gs))):
-            return ok
-        d2, _ = fd.directional(u, 2 * h)  # Richardson confirmation, as in _dir_ok
-        return [
-            ok[c] or abs(a[c] - (4 * d[c] - d2[c]) / 3) <= tol[c] + 4 * abs(d[c] - d2[c]) for c in range(len(gs))
-        ]
-
-    def _dir_ok(self, fd: _FD, c: int, u: Dict[int, torch.Tensor], g: List[Optional[torch.Tensor]]) -> bool:
-        h = fd.h
-        d, du = fd.directional(u, h)
-        a = sum(float((g[k].to(F64) * du[k]).sum()) for k in du if g[k] is not None)
-        tol = fd.noise[c] + 1e-7 * (abs(a) + abs(d[c]))
-        if abs(a - d[c]) <= tol:
-            return True
-        if _clear(a, d[c], tol):
-            return False
-        # Confirm with a second step (Richardson): truncation error shrinks as h^2, a real bug does not.
-        d2, _ = fd.directional(u, 2 * h)
-        rich = (4 * d[c] - d2[c]) / 3
-        return abs(a - rich) <= tol + 4 * abs(d[c] - d2[c])
 
     def _analyze_leaf(self, k, c, fd, g64, exp, known, kink, extra, flips, methods, xs, gen) -> None:
         """A leaf failed a directional check: find the expected gradient element by element where affordable."""
@@ -592,6 +588,7 @@ class _Checker:
         budget_elems = max(o["max_fd_elements"], _FD_BUDGET)
         leaf_block = 16
         queue = [(0, n)]
+        g_k = [gf.view_as(x) if i == k else None for i in range(len(xs))]  # the blocks vary leaf k only
         bad_blocks: List[Tuple[int, int]] = []
         unknown_blocks: List[Tuple[int, int]] = []
         tests, passed_any, widespread = 0, False, False
@@ -601,9 +598,9 @@ class _Checker:
                 unknown_blocks.append((a, b))
                 continue
             u = torch.zeros(n, dtype=F64, device=x.device)
-            u[a:b] = torch.randn(b - a, generator=gen, dtype=torch.float32).to(device=x.device, dtype=F64)
+            u[a:b] = self._randn_like(u[a:b], gen)
             tests += 1
-            if self._dir_ok(fd, c, {k: u.view_as(x)}, [gf.view_as(x) if i == k else None for i in range(len(xs))]):
+            if _directional_ok(fd, {k: u.view_as(x)}, [g_k], cots=[c])[0]:
                 passed_any = True
                 continue
             if tests >= 24 and not passed_any:
