@@ -61,10 +61,10 @@ class _AttentionFn(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Optional[torch.Tensor], grad_probs: Optional[torch.Tensor]):
         q, k, v, keep, probs = ctx.saved_tensors
         need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
-        attn = probs if keep is None else probs * keep
         grad_q = grad_k = grad_v = grad_bias = None
         if grad_out is not None and need_v:
             # O = A V  =>  dV = A^T dO
+            attn = probs if keep is None else probs * keep
             grad_v = sum_to_shape(torch.matmul(attn.transpose(-2, -1), grad_out), v.shape)
         if need_q or need_k or need_bias:
             # O = A V  =>  dA = dO V^T ; A = P * keep  =>  dP = dA * keep (+ grad of the returned P)

@@ -232,14 +232,13 @@ class _BatchNormFn(torch.autograd.Function):
         rm = running_mean.contiguous() if running_mean is not None else None
         rv = running_var.contiguous() if running_var is not None else None
         out, save_mean, save_rstd = torch.native_batch_norm(x, weight, bias, rm, rv, training, momentum, eps)
+        ctx.training, ctx.eps = training, eps
+        ctx.has_bias = bias is not None
         if training:
             if rm is not None and rm is not running_mean:
                 running_mean.copy_(rm)
             if rv is not None and rv is not running_var:
                 running_var.copy_(rv)
-        ctx.training, ctx.eps = training, eps
-        ctx.has_bias = bias is not None
-        if training:
             ctx.mean, ctx.rstd = save_mean, save_rstd
         else:
             ctx.mean, ctx.rstd = running_mean.clone(), torch.rsqrt(running_var + eps)
@@ -370,7 +369,7 @@ class _GroupNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, eps: float):
         n, c = x.shape[0], x.shape[1]
-        hw = x.numel() // (n * c) if n * c else 0
+        hw = math.prod(x.shape[2:])
         x = x.contiguous()  # the fused kernel wants a contiguous input
         w = weight.contiguous() if weight is not None else None
         b = bias.contiguous() if bias is not None else None

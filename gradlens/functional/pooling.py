@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -73,9 +74,7 @@ class _MaxPoolFn(torch.autograd.Function):
             nd = ctx.nd
             x_shape = ctx.x_shape
             planes = tuple(x_shape[:-nd])
-            numel = 1
-            for n in x_shape[-nd:]:
-                numel *= n
+            numel = math.prod(x_shape[-nd:])
             # dL/dx[i] = sum of g[p] over the windows p whose max is x[i]
             # (in place on our own zeros: still differentiable in g for double backward)
             flat = g.new_zeros(planes + (numel,))
