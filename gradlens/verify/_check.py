@@ -337,10 +337,10 @@ class _Checker:
 
         # Expected gradients in float64.
         if p.reference is not None:
-            exp, known, kink, extra, err_est, flips, method = self._expected_from_reference(otensors, cots64, L)
+            exp, known, kink, extra, err_est, flips, methods = self._expected_from_reference(otensors, cots64, L)
             fwd_ref = self._ref_forward64
         else:
-            exp, known, kink, extra, err_est, flips, method = self._expected_from_fd(otensors, cots64, got)
+            exp, known, kink, extra, err_est, flips, methods = self._expected_from_fd(otensors, cots64, got)
             fwd_ref = None
 
         if fwd_ref is not None:
@@ -348,7 +348,7 @@ class _Checker:
 
         checks = []
         for k, leaf in enumerate(p.leaves):
-            checks.append(self._leaf_check(k, leaf, got, exp, known, kink, extra, err_est, flips, method, cots64, otensors))
+            checks.append(self._leaf_check(k, leaf, got, exp, known, kink, extra, err_est, flips, methods, cots64, otensors))
 
         # Function-level patterns.
         pairs = [(a, b) for a, b in zip(got[0], got[1]) if a is not None and b is not None] if n_cot >= 2 else []
@@ -449,7 +449,8 @@ class _Checker:
         kink = [torch.zeros(t.shape, dtype=torch.bool, device=t.device) for t in p.leaves]
         self._flip_args = (ref_t, R, cots64[0])
         flips = [None] * len(L)  # computed lazily, for failing tensors only
-        return exp, known, kink, [None] * len(L), err_est, flips, "reference autograd (every element)"
+        methods = ["reference autograd (every element)"] * len(L)
+        return exp, known, kink, [None] * len(L), err_est, flips, methods
 
     def _reference_flips(self, k: int) -> Dict[int, torch.Tensor]:
         """For leaf ``k`` if it has the shape of an output: expected gradients for that output's cotangent flipped along each dim."""
@@ -649,10 +650,10 @@ class _Checker:
             if n_unknown:
                 self.notes.append(f"{self._name(k)}: {n_unknown} elements in failing blocks were not compared one by one (budget)")
 
-    def _leaf_check(self, k, leaf, got, exp, known, kink, extra, err_est, flips, method, cots64, otensors) -> TensorCheck:
+    def _leaf_check(self, k, leaf, got, exp, known, kink, extra, err_est, flips, methods, cots64, otensors) -> TensorCheck:
         o = self.o
         check = TensorCheck(self._name(k), tuple(leaf.shape), str(leaf.dtype).replace("torch.", ""))
-        check.method = method[k] if isinstance(method, list) else method
+        check.method = methods[k]
         if self.p.reference is not None:
             cands = range(len(got))
         else:
