@@ -708,7 +708,7 @@ class _Checker:
             best.diagnosis.append("a random directional derivative disagrees with the backward (not located: locate=False)")
         n_kink = int(kink[k].sum())
         if n_kink:
-            first = [i for i in kink[k].nonzero()[0].tolist()]
+            first = kink[k].nonzero()[0].tolist()
             self.warnings.append(
                 f"{check.name}: {n_kink} element(s) sit on a kink (e.g. index {first}): one-sided slopes differ, "
                 "finite differences are ambiguous there; excluded from the verdict"
