@@ -102,9 +102,25 @@ def _b(batch: int, div: int) -> int:
     return max(1, batch // div)
 
 
-def _x(*shape: int) -> Callable[[int, torch.device], Tuple[torch.Tensor, ...]]:
-    """Random activation of ``shape``; the first dimension is the batch (scaled by --quick)."""
-    return lambda div, dev: (torch.randn(_b(shape[0], div), *shape[1:], device=dev),)
+def _x(
+    *shape: int, like: Optional[Callable[..., torch.Tensor]] = None, classes: int = 0
+) -> Callable[[int, torch.device], Tuple[torch.Tensor, ...]]:
+    """Random activation of ``shape``; the first dimension is the batch (scaled by --quick).
+
+    For a loss, a target follows it: drawn by ``like`` (``torch.randn``, ``torch.rand``)
+    with the same shape, or ``classes`` class labels, one per batch row.
+    """
+
+    def make(div: int, dev: torch.device) -> Tuple[torch.Tensor, ...]:
+        size = (_b(shape[0], div), *shape[1:])
+        x = torch.randn(size, device=dev)
+        if like is not None:
+            return x, like(size, device=dev)
+        if classes:
+            return x, torch.randint(classes, size[:1], device=dev)
+        return (x,)
+
+    return make
 
 
 def _mlp() -> nn.Module:
@@ -128,16 +144,6 @@ def _cnn() -> nn.Module:
 
 def _transformer() -> nn.Module:
     return _WithLoss(nn.Sequential(_EncoderBlock(128, 4)), nn.MSELoss())
-
-
-def _labels(batch: int, classes: int) -> Callable[[int, torch.device], Tuple[torch.Tensor, ...]]:
-    """Logits (or inputs) of ``batch x classes`` and class labels for them."""
-
-    def make(div: int, dev: torch.device) -> Tuple[torch.Tensor, ...]:
-        n = _b(batch, div)
-        return torch.randn(n, classes, device=dev), torch.randint(classes, (n,), device=dev)
-
-    return make
 
 
 SETTINGS: List[Setting] = [
@@ -164,54 +170,29 @@ SETTINGS: List[Setting] = [
     ),
     Setting("MultiheadAttention(128,4)", "x 16x64x128", lambda: _SelfAttention(128, 4), _x(16, 64, 128)),
     Setting(
-        "CrossEntropyLoss", "logits 128x1000", lambda: nn.CrossEntropyLoss(), _labels(128, 1000), scalar_output=True
+        "CrossEntropyLoss", "logits 128x1000", lambda: nn.CrossEntropyLoss(), _x(128, 1000, classes=1000), scalar_output=True
     ),
     Setting(
         "CrossEntropyLoss(ls=0.1)",
         "logits 128x1000",
         lambda: nn.CrossEntropyLoss(label_smoothing=0.1),
-        _labels(128, 1000),
+        _x(128, 1000, classes=1000),
         scalar_output=True,
     ),
+    Setting("MSELoss", "x 128x512", lambda: nn.MSELoss(), _x(128, 512, like=torch.randn), scalar_output=True),
     Setting(
-        "MSELoss",
-        "x 128x512",
-        lambda: nn.MSELoss(),
-        lambda div, dev: (torch.randn(_b(128, div), 512, device=dev), torch.randn(_b(128, div), 512, device=dev)),
-        scalar_output=True,
-    ),
-    Setting(
-        "BCEWithLogitsLoss",
-        "x 128x512",
-        lambda: nn.BCEWithLogitsLoss(),
-        lambda div, dev: (torch.randn(_b(128, div), 512, device=dev), torch.rand(_b(128, div), 512, device=dev)),
-        scalar_output=True,
+        "BCEWithLogitsLoss", "x 128x512", lambda: nn.BCEWithLogitsLoss(), _x(128, 512, like=torch.rand), scalar_output=True
     ),
     # --- whole models (input needs no gradient; the loss is part of the step)
+    Setting("MLP 784-512-512-512-10 + CE", "x 128x784", _mlp, _x(128, 784, classes=10), grad_inputs=(), scalar_output=True),
     Setting(
-        "MLP 784-512-512-512-10 + CE",
-        "x 128x784",
-        _mlp,
-        lambda div, dev: (torch.randn(_b(128, div), 784, device=dev), torch.randint(10, (_b(128, div),), device=dev)),
-        grad_inputs=(),
-        scalar_output=True,
-    ),
-    Setting(
-        "CNN 3x(conv-BN-ReLU) + CE",
-        "x 64x3x32x32",
-        _cnn,
-        lambda div, dev: (
-            torch.randn(_b(64, div), 3, 32, 32, device=dev),
-            torch.randint(10, (_b(64, div),), device=dev),
-        ),
-        grad_inputs=(),
-        scalar_output=True,
+        "CNN 3x(conv-BN-ReLU) + CE", "x 64x3x32x32", _cnn, _x(64, 3, 32, 32, classes=10), grad_inputs=(), scalar_output=True
     ),
     Setting(
         "Transformer block d128 h4 + MSE",
         "x 16x64x128",
         _transformer,
-        lambda div, dev: (torch.randn(_b(16, div), 64, 128, device=dev), torch.randn(_b(16, div), 64, 128, device=dev)),
+        _x(16, 64, 128, like=torch.randn),
         grad_inputs=(),
         scalar_output=True,
     ),
