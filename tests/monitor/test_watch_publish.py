@@ -1,0 +1,158 @@
+"""Records are published (sinks, rules) in batches; nothing is lost or changed by it.
+
+``watch`` turns logged steps into records, writes them and diagnoses them in batches
+of ``PUBLISH_BATCH`` steps (or after ``PUBLISH_SECONDS``). These tests pin down when
+that happens and that the batched result equals publishing every step at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import List, Tuple
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import gradlens
+import gradlens.monitor.monitor as monitor_mod
+from watch_helpers import mlp, train
+
+BATCH = monitor_mod.PUBLISH_BATCH
+
+
+class _Recorder:
+    """A stand-in SummaryWriter that remembers (tag, step) of every scalar."""
+
+    def __init__(self) -> None:
+        self.scalars: List[Tuple[str, int]] = []
+
+    def add_scalar(self, tag, value, step=None, *args, **kwargs):
+        self.scalars.append((tag, step))
+
+    def steps(self, tag: str = "grad_norm/0") -> List[int]:
+        return [s for t, s in self.scalars if t == tag]
+
+    def _ignore(self, *args, **kwargs):
+        return None
+
+    add_text = add_image = add_custom_scalars = add_histogram = flush = close = _ignore
+
+
+@pytest.fixture
+def no_clock(monkeypatch):
+    """Publishing by batch size only (a slow CI machine must not publish on time)."""
+    monkeypatch.setattr(monitor_mod, "PUBLISH_SECONDS", math.inf)
+
+
+def test_records_are_written_in_batches_and_reading_publishes(no_clock):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    writer = _Recorder()
+    with gradlens.watch(model, opt, writer=writer) as mon:
+        train(model, opt, BATCH - 1)
+        assert writer.steps() == []  # queued, not lost
+        assert mon.steps_seen == BATCH - 1
+        train(model, opt, 1)
+        assert writer.steps() == list(range(BATCH))  # the batch is full: all of it, in order
+        train(model, opt, 3)
+        assert writer.steps() == list(range(BATCH))
+        df = mon.dataframe()  # reading publishes what is queued
+        assert sorted(df["step"].unique()) == list(range(BATCH + 3))
+        assert writer.steps() == list(range(BATCH + 3))
+        train(model, opt, 2)
+    assert writer.steps() == list(range(BATCH + 5))  # close() publishes the rest
+
+
+def test_findings_property_publishes_queued_steps(no_clock):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights never move
+    with gradlens.watch(model, opt, update_every=1, thresholds={"persist_steps": 2}) as mon:
+        train(model, opt, 3)
+        assert len(mon._queue) == 3  # nothing diagnosed yet ...
+        with pytest.warns(RuntimeWarning, match="updates are tiny"):
+            kinds = [f.kind for f in mon.findings]  # ... until someone looks
+        assert kinds == ["update_ratio"] and not mon._queue
+
+
+def _run(eager: bool, steps: int = 2 * BATCH + 3) -> gradlens.Monitor:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    on_finding = (lambda f: None) if eager else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mon = gradlens.watch(model, opt, update_every=3, on_finding=on_finding, activations=2)
+        train(model, opt, steps, mon=mon)
+        mon.close()
+    return mon
+
+
+def test_batched_records_equal_records_published_at_each_step(no_clock):
+    eager, batched = _run(True), _run(False)
+    for level in ("param", "layer"):
+        pd.testing.assert_frame_equal(eager.dataframe(level), batched.dataframe(level))
+    assert [r.__dict__ for r in eager.records()] == [r.__dict__ for r in batched.records()]
+    assert [(f.kind, f.layer, f.step, f.last_step) for f in eager.findings] == [
+        (f.kind, f.layer, f.step, f.last_step) for f in batched.findings
+    ]
+    # the update ratio was measured (and batched) on every 3rd logged step
+    assert eager.dataframe()["update_ratio"].notna().sum() > 0
+
+
+def test_on_finding_sees_each_step_at_once(no_clock):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    writer = _Recorder()
+    with gradlens.watch(model, opt, writer=writer, on_finding=lambda f: None):
+        for n in range(1, 4):
+            train(model, opt, 1)
+            assert writer.steps() == list(range(n))
+
+
+def test_a_nonfinite_step_is_published_at_once(no_clock):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    writer = _Recorder()
+    with gradlens.watch(model, opt, writer=writer) as mon:
+        train(model, opt, 2)
+        assert writer.steps() == []
+        opt.zero_grad()
+        model(torch.randn(4, 6)).pow(2).mean().backward()
+        model[2].weight.grad[0, 0] = float("nan")
+        with pytest.warns(RuntimeWarning, match="nonfinite"):
+            opt.step()  # the finding is raised during this very step
+        assert writer.steps() == [0, 1, 2]  # with the clean steps queued before it
+        nf = mon.dataframe().set_index(["step", "param"])["nonfinite"]
+        assert nf[(2, "2.weight")] == 1 and nf[(2, "0.weight")] == 0
+
+
+def test_steps_are_published_after_publish_seconds(monkeypatch):
+    monkeypatch.setattr(monitor_mod, "PUBLISH_SECONDS", 0.0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    writer = _Recorder()
+    with gradlens.watch(model, opt, writer=writer):
+        train(model, opt, 1)
+        assert writer.steps() == []  # the first waiting step starts the clock
+        train(model, opt, 1)
+        assert writer.steps() == [0, 1]
+
+
+def test_statistics_of_a_batch_match_torch(no_clock):
+    # values computed at each step, published later, are those of that step
+    model = mlp()
+    ref_model = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt) as mon:
+        train(model, opt, BATCH + 2)
+        df = mon.dataframe()
+    refs = train(ref_model, ref_opt, BATCH + 2)
+    for step, ref in enumerate(refs):
+        got = df[df["step"] == step].set_index("param")
+        for name, (norm, gmax, wnorm) in ((k, v) for k, v in ref.items() if k != "loss"):
+            np.testing.assert_allclose(got.loc[name, ["grad_norm", "grad_max", "weight_norm"]].to_numpy(float),
+                                       [norm, gmax, wnorm], rtol=1e-5)
