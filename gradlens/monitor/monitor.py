@@ -9,8 +9,10 @@ the diagnosis engine. Nothing is computed on unlogged steps.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import math
+import operator
 import os
 import sys
 import time
@@ -35,6 +37,7 @@ _log = logging.getLogger("gradlens")
 # columns of the per-parameter array (GRAD_STATS order)
 _GN, _GM, _NF, _WN, _UR, _MISS = (GRAD_STATS.index(s) for s in GRAD_STATS)
 _LAYER_COL = {stat: j for j, stat in enumerate(LAYER_STATS)}  # history column of each layer stat
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 #: Per-parameter TensorBoard scalars are written by default up to this many parameters.
 PARAM_SCALARS_AUTO_LIMIT = 64
 #: Weight copies for update ratios up to this many bytes are kept between measurements.
@@ -114,11 +117,22 @@ def _group_name(layer: str, depth: Optional[int]) -> str:
     return ".".join(p for level in levels[:depth] for p in level)
 
 
-def _masked_dict(names: Sequence[str], values: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
-    """``{name: value}`` where ``mask`` is set (one ``zip`` when it is set everywhere)."""
-    if mask.all():
-        return dict(zip(names, values.tolist()))
-    return {names[i]: float(values[i]) for i in np.flatnonzero(mask)}
+def _stat_dicts(names: Sequence[str], values: np.ndarray, mask: np.ndarray) -> List[Dict[str, Dict[str, float]]]:
+    """Per step, ``{stat: {name: value}}`` for the GRAD_STATS columns of ``values``
+    (steps, names, GRAD_STATS) where ``mask`` is set; a stat set nowhere is left out."""
+    out = []
+    cols = values.transpose(0, 2, 1).tolist()  # [step][stat][name], as floats
+    every, some = mask.all(axis=1).tolist(), mask.any(axis=1).tolist()
+    for b in range(len(cols)):
+        stats = {}
+        for j, stat in enumerate(GRAD_STATS):
+            if every[b][j]:
+                stats[stat] = dict(zip(names, cols[b][j]))
+            elif some[b][j]:
+                col = cols[b][j]
+                stats[stat] = {names[i]: col[i] for i in np.flatnonzero(mask[b, :, j]).tolist()}
+        out.append(stats)
+    return out
 
 
 def _patterns(value: Any, arg: str) -> Optional[Tuple[str, ...]]:
@@ -160,6 +174,11 @@ class _Layout:
         self.layer_names = list(self.layer_params)
         pos = {layer: j for j, layer in enumerate(self.layer_names)}
         self.layer_ids = np.array([pos[layer] for layer in self.layers], dtype=np.int64)
+        # the parameters sorted by layer (None: they already are), and where each
+        # layer's run starts, for per-layer reductions with ``ufunc.reduceat``
+        order = np.argsort(self.layer_ids, kind="stable")
+        self.by_layer: Optional[np.ndarray] = None if (order == np.arange(len(order))).all() else order
+        self.layer_starts = np.searchsorted(self.layer_ids[order], np.arange(len(self.layer_names)))
 
 
 class _Pending:
@@ -489,9 +508,10 @@ class Monitor:
     def _current_layout(self) -> _Layout:
         if self._optimizers:
             # params added to an optimizer later, or (un)frozen, change the signature
-            sig = tuple(p.requires_grad for opt in self._optimizers for g in opt.param_groups for p in g["params"])
+            groups = (g["params"] for opt in self._optimizers for g in opt.param_groups)
+            sig = tuple(map(_REQUIRES_GRAD, itertools.chain.from_iterable(groups)))
         else:
-            sig = tuple(p.requires_grad for p in self._root.parameters())
+            sig = tuple(map(_REQUIRES_GRAD, self._root.parameters()))
         if self._layout is not None and sig == self._layout_sig:
             return self._layout
         owned: Optional[Set[int]] = None
@@ -725,10 +745,7 @@ class Monitor:
             for kind, idx, dev, start, n in slots:
                 vals = host[dev][start : start + n]
                 if kind == "grad":
-                    m = len(idx)
-                    p[idx, _GN] = vals[:m]
-                    p[idx, _GM] = vals[m : 2 * m]
-                    p[idx, _WN] = vals[2 * m : 3 * m]
+                    p[idx, _GN], p[idx, _GM], p[idx, _WN] = _stats.split_grad_stats(vals, len(idx))
                     p[idx, _NF] = 0.0
                     p[idx, _MISS] = 0.0
                 elif kind == "update":
@@ -773,86 +790,88 @@ class Monitor:
     def _publish_queued(self) -> None:
         """Build the queued steps' records and send them to the sinks and the rules, in order."""
         while self._queue:
-            step, pend = self._queue.pop(0)  # popped first: a halt leaves the rest queued
-            self._unpack(pend)
-            record = self._build_record(step, pend)
-            self._history.write(record, pend.layout.key, (pend.p, pend.present), pend.layer_rows)
-            if self._tb is not None:
-                self._tb.write(record)
-            self._after_record(record)
+            # the queued steps with the same parameter layout are built together
+            layout = self._queue[0][1].layout
+            n = 1
+            while n < len(self._queue) and self._queue[n][1].layout is layout:
+                n += 1
+            batch = self._queue[:n]
+            for _, pend in batch:
+                self._unpack(pend)
+            for step, pend, record in self._build_records(batch):
+                self._queue.pop(0)  # popped first: a halt leaves the rest queued
+                self._history.write(record, pend.layout.key, (pend.p, pend.present), pend.layer_rows)
+                if self._tb is not None:
+                    self._tb.write(record)
+                self._after_record(record)
 
-    def _build_record(self, step: int, pend: "_Pending") -> StepRecord:
-        layout = pend.layout
-        p = pend.p
-        names = layout.names
-        gn, gm, nf, wn, ur, miss = (p[:, j] for j in range(len(GRAD_STATS)))
+    def _build_records(self, batch: List[Tuple[int, "_Pending"]]) -> Iterable[Tuple[int, "_Pending", StepRecord]]:
+        """The records of ``batch`` (steps with one layout), with one numpy pass for all.
+
+        Yields ``(step, pending, record)`` in order; each pending also gets the
+        history's arrays (``present``, ``layer_rows``).
+        """
+        layout = batch[0][1].layout
+        names, lnames = layout.names, layout.layer_names
+        p = np.stack([pend.p for _, pend in batch])  # (steps, params, GRAD_STATS)
+        dw = np.stack([pend.dW for _, pend in batch])  # (steps, params)
+        miss = p[:, :, _MISS]
         seen = ~np.isnan(miss)  # the parameter's optimizer stepped in this record
-        measured = miss == 0  # ... and it had a gradient
-        param_stats: Dict[str, Dict[str, float]] = {}
-        masks = (measured, measured, measured, measured, measured & ~np.isnan(ur), seen)
-        pend.present = np.stack(masks, axis=1)  # for the history, which keeps arrays
-        for stat, values, mask in zip(GRAD_STATS, (gn, gm, nf, wn, ur, miss), masks):
-            if mask.any():
-                param_stats[stat] = _masked_dict(names, values, mask)
-        # per layer, from the parameters' numbers: norms combine as sqrt(sum of
-        # squares), max as max, counts add (bincount over the layer id of each param)
-        lid, nl = layout.layer_ids, len(layout.layer_names)
-        m = measured
-
-        def total(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            return np.bincount(lid[mask], weights=values[mask], minlength=nl)
-
-        n_seen = np.bincount(lid[seen], minlength=nl)
-        n_meas = np.bincount(lid[m], minlength=nl)
-        lay_gn = np.sqrt(total(gn * gn, m))
-        lay_gm = np.full(nl, -np.inf)
-        with np.errstate(invalid="ignore"):  # a NaN max|g| propagates, as it should
-            np.maximum.at(lay_gm, lid[m], gm[m])
-        lay_nf = total(nf, m)
-        lay_wn = np.sqrt(total(wn * wn, m))
-        lay_miss = total(miss, seen)
-        dw = pend.dW
+        m = miss == 0  # ... and it had a gradient
         has_dw = m & ~np.isnan(dw)
-        n_dw = np.bincount(lid[has_dw], minlength=nl)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lay_ur = np.sqrt(total(dw * dw, has_dw)) / lay_wn
-        lnames = layout.layer_names
-        # one column per GRAD_STATS entry, for the record's dicts and the history's arrays
-        lay_vals = np.stack([lay_gn, lay_gm, lay_nf, lay_wn, lay_ur, lay_miss], axis=1)
-        some = n_meas > 0
-        lay_mask = np.stack([some, some, some, some, n_dw > 0, n_seen > 0], axis=1)
-        stats: Dict[str, Dict[str, float]] = {}
-        for j, stat in enumerate(GRAD_STATS):
-            if lay_mask[:, j].any():
-                stats[stat] = _masked_dict(lnames, lay_vals[:, j], lay_mask[:, j])
-        act = pend.act or {}
-        for layer, row in act.items():
-            for s, v in row.items():
-                stats.setdefault(s, {})[layer] = float(v)
-        layers, pos = self._layer_order(layout.layer_names + [a for a in act if a not in layout.layer_params])
-        # the history's per-layer arrays: rows in record order, columns in LAYER_STATS order
-        hist_vals = np.full((len(layers), len(LAYER_STATS)), np.nan, dtype=np.float32)
-        hist_mask = np.zeros(hist_vals.shape, dtype=bool)
-        grad_rows = pos[: len(lnames)]  # the layout's layers come first in the ordered input
-        hist_vals[grad_rows, : len(GRAD_STATS)] = lay_vals
-        hist_mask[grad_rows, : len(GRAD_STATS)] = lay_mask
-        if act:
-            row_of = dict(zip(layers, range(len(layers))))
+        present = np.stack([m, m, m, m, m & ~np.isnan(p[:, :, _UR]), seen], axis=2)
+        # per layer, from the parameters' numbers: norms combine as sqrt(sum of
+        # squares), max as max, counts add; unmeasured entries are left out (zeroed),
+        # a NaN of a measured one propagates to its layer only
+        sq = np.stack([p[:, :, _GN] ** 2, p[:, :, _NF], p[:, :, _WN] ** 2, dw * dw, miss], axis=2)
+        keep = np.stack([m, m, m, has_dw, seen], axis=2)
+        cols = np.concatenate([np.where(keep, sq, 0.0), keep], axis=2)
+        gmax = np.where(m, p[:, :, _GM], -np.inf)
+        if layout.by_layer is not None:
+            cols, gmax = cols[:, layout.by_layer], gmax[:, layout.by_layer]
+        sums = np.add.reduceat(cols, layout.layer_starts, axis=1)  # (steps, layers, 10)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lay_gm = np.maximum.reduceat(gmax, layout.layer_starts, axis=1)  # NaN propagates
+            lay_wn = np.sqrt(sums[:, :, 2])
+            lay_vals = np.stack(
+                [np.sqrt(sums[:, :, 0]), lay_gm, sums[:, :, 1], lay_wn, np.sqrt(sums[:, :, 3]) / lay_wn, sums[:, :, 4]],
+                axis=2,
+            )
+        n_meas, n_dw, n_seen = sums[:, :, 5] > 0, sums[:, :, 8] > 0, sums[:, :, 9] > 0
+        lay_mask = np.stack([n_meas, n_meas, n_meas, n_meas, n_dw, n_seen], axis=2)
+        param_dicts = _stat_dicts(names, p, present)
+        layer_dicts = _stat_dicts(lnames, lay_vals, lay_mask)
+        for b, (step, pend) in enumerate(batch):
+            pend.present = present[b]
+            stats = layer_dicts[b]
+            act = pend.act or {}
             for layer, row in act.items():
-                for s, v in row.items():
-                    hist_vals[row_of[layer], _LAYER_COL[s]] = v
-                    hist_mask[row_of[layer], _LAYER_COL[s]] = True
-        pend.layer_rows = (hist_vals, hist_mask)
-        origin = pend.origin or self._origin
-        self._origin = None
-        return StepRecord(
-            step=step,
-            layers=layers,
-            stats={s: v for s, v in stats.items() if v},
-            param_stats=param_stats,
-            loss=pend.loss,
-            nonfinite_origin=origin,
-        )
+                for stat, v in row.items():
+                    stats.setdefault(stat, {})[layer] = float(v)
+            layers, pos = self._layer_order(lnames + [a for a in act if a not in layout.layer_params])
+            # the history's per-layer arrays: rows in record order, columns in LAYER_STATS order
+            hist_vals = np.full((len(layers), len(LAYER_STATS)), np.nan, dtype=np.float32)
+            hist_mask = np.zeros(hist_vals.shape, dtype=bool)
+            grad_rows = pos[: len(lnames)]  # the layout's layers come first in the ordered input
+            hist_vals[grad_rows, : len(GRAD_STATS)] = lay_vals[b]
+            hist_mask[grad_rows, : len(GRAD_STATS)] = lay_mask[b]
+            if act:
+                row_of = dict(zip(layers, range(len(layers))))
+                for layer, row in act.items():
+                    for stat, v in row.items():
+                        hist_vals[row_of[layer], _LAYER_COL[stat]] = v
+                        hist_mask[row_of[layer], _LAYER_COL[stat]] = True
+            pend.layer_rows = (hist_vals, hist_mask)
+            origin = pend.origin or self._origin
+            self._origin = None
+            yield step, pend, StepRecord(
+                step=step,
+                layers=layers,
+                stats=stats,
+                param_stats=param_dicts[b],
+                loss=pend.loss,
+                nonfinite_origin=origin,
+            )
 
     def _after_record(self, record: StepRecord) -> None:
         broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (

@@ -24,12 +24,14 @@ import math
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "grouped",
     "grad_stats",
+    "split_grad_stats",
     "norms",
     "nonfinite_counts",
     "activation_stats",
@@ -57,35 +59,54 @@ def grouped(tensors: Sequence[Tensor]) -> Dict[Tuple[torch.device, torch.dtype],
     return groups
 
 
-def norms(tensors: List[Tensor]) -> List[Tensor]:
-    """L2 norms of same-device, same-dtype tensors as float32 0-d tensors (one fused op)."""
-    return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+def norms(tensors: List[Tensor], ord: float = 2) -> List[Tensor]:
+    """Norms of same-device, same-dtype tensors as float32 0-d tensors (one fused op).
+
+    Half-precision and float32 tensors accumulate in float32; float64 ones in
+    float64 (torch refuses to narrow them in the op), rounded afterwards.
+    """
+    if tensors and tensors[0].dtype == torch.float64:
+        return [t.float() for t in torch._foreach_norm(tensors, ord)]
+    return list(torch._foreach_norm(tensors, ord, dtype=torch.float32))
 
 
-def _abs_max(tensors: List[Tensor]) -> Tensor:
-    # max |g| as one float32 vector. The fused inf-norm is one kernel on GPU but ~20x
-    # an L2 pass on CPU, where aminmax (one pass per tensor) is as cheap as L2; the
-    # per-tensor (min, max) pairs are then combined in two vector ops. The branch is
-    # on the device *type*, a host value, never on tensor contents.
+def _max_parts(tensors: List[Tensor]) -> List[Tensor]:
+    # What max|g| is made of, as float32 0-d tensors. The fused inf-norm is one
+    # kernel on GPU but ~20x an L2 pass on CPU, where aminmax (one pass per tensor)
+    # is as cheap as L2: there the parts are every tensor's max, then every min,
+    # and max|g| = max(max, -min) is taken on the host (no extra device ops). The
+    # branch is on the device *type*, a host value, never on tensor contents.
     if tensors[0].device.type == "cpu":
         # (an empty tensor has max|g| = 0, as its inf-norm; aminmax would raise)
         pairs = [torch.aminmax(t if t.numel() else t.new_zeros(1)) for t in tensors]
-        lo = torch.stack([p[0] for p in pairs])
-        hi = torch.stack([p[1] for p in pairs])
-        return torch.maximum(hi, lo.neg_()).float()  # NaN propagates, as it should
-    return torch.stack(torch._foreach_norm(tensors, math.inf, dtype=torch.float32))
+        parts = [hi for _, hi in pairs] + [lo for lo, _ in pairs]
+        if tensors[0].dtype != torch.float32:
+            parts = [t.float() for t in parts]
+        return parts
+    return norms(tensors, math.inf)
 
 
 def grad_stats(grads: List[Tensor], weights: List[Tensor]) -> Tensor:
-    """``[grad_norm..., grad_max..., weight_norm...]`` of one (device, dtype) group.
+    """``[grad_norm..., weight_norm..., max parts...]`` of one (device, dtype) group.
 
-    Returns one float32 tensor of length ``3 * len(grads)`` on the group's device;
-    the L2 norms of gradients and weights come from a single fused call.
+    Returns one float32 tensor on the group's device, made by one ``stack``: the L2
+    norms of gradients and weights (one fused call), then either ``max|g|`` of
+    every gradient (length ``3 * len(grads)``) or, on CPU, every gradient's max
+    followed by every min (length ``4 * len(grads)``); :func:`split_grad_stats`
+    turns it into the three statistics on the host.
     """
     with torch.no_grad():
-        n = len(grads)
-        l2 = torch.stack(torch._foreach_norm(grads + weights, 2, dtype=torch.float32))
-        return torch.cat([l2[:n], _abs_max(grads), l2[n:]])
+        return torch.stack(norms(grads + weights) + _max_parts(grads))
+
+
+def split_grad_stats(values: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(grad_norm, grad_max, weight_norm)`` of ``n`` gradients from a host copy of
+    :func:`grad_stats`. A NaN max or min gives a NaN ``grad_max``, as it should."""
+    gn, wn = values[:n], values[n : 2 * n]
+    if len(values) == 4 * n:  # maxes, then mins
+        with np.errstate(invalid="ignore"):
+            return gn, np.maximum(values[2 * n : 3 * n], -values[3 * n :]), wn
+    return gn, values[2 * n : 3 * n], wn
 
 
 def _count_nonfinite(x: Tensor) -> Tensor:

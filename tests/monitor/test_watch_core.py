@@ -208,3 +208,29 @@ def test_empty_parameter_is_recorded_never_raises():
     row = mon.dataframe().set_index("param").loc["extra"]
     assert row.grad_norm == 0 and row.grad_max == 0 and row.weight_norm == 0
     assert row.missing_grad == 0
+
+
+def test_param_stats_of_mixed_dtypes_equal_torch():
+    # one group per dtype: bfloat16/float16 maxes and mins come back as float32
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3))
+    model[0].to(torch.bfloat16)
+    model[1].to(torch.float16)
+    model[2].to(torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradlens.watch(model, opt) as mon:
+        opt.zero_grad()
+        h = model[0](torch.randn(5, 6, dtype=torch.bfloat16))
+        h = model[1](h.to(torch.float16))
+        h = model[2](h.to(torch.float64))
+        model[3](h.float()).pow(2).mean().backward()
+        refs = {n: (p.grad.float().norm().item(), p.grad.float().abs().max().item(), p.float().norm().item())
+                for n, p in model.named_parameters()}
+        opt.step()
+        got = mon.dataframe().set_index("param")
+    assert len(refs) == 8
+    for name, (norm, gmax, wnorm) in refs.items():
+        assert got.loc[name, "grad_norm"] == pytest.approx(norm, rel=1e-3), name
+        assert got.loc[name, "grad_max"] == pytest.approx(gmax, rel=1e-6), name
+        assert got.loc[name, "weight_norm"] == pytest.approx(wnorm, rel=1e-3), name
+        assert got.loc[name, "nonfinite"] == 0
