@@ -28,7 +28,7 @@ from gradlens.diagnose import engine as _engine
 from gradlens.diagnose.finding import Finding, TrainingHalted
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.hooks import HookSet, ZeroGradTap
-from gradlens.monitor.tracer import Tracer
+from gradlens.monitor.tracer import Traced, Tracer
 from gradlens.sinks.dataframe import DEFAULT_MAX_HISTORY, HistorySink
 
 __all__ = ["watch", "Monitor"]
@@ -184,7 +184,9 @@ class _Layout:
 class _Pending:
     """One logged step on the host, from its first optimizer's copy to its record."""
 
-    __slots__ = ("layout", "chunks", "skipped", "broken", "act", "origin", "loss", "p", "dW", "present", "layer_rows")
+    __slots__ = (
+        "layout", "chunks", "skipped", "broken", "traced", "act", "origin", "loss", "p", "dW", "present", "layer_rows",
+    )
 
     def __init__(self, layout: _Layout) -> None:
         self.layout = layout
@@ -193,6 +195,7 @@ class _Pending:
         self.chunks: List[Tuple[List[Tuple[str, Any, torch.device, int, int]], Dict[torch.device, List[float]], List[int]]] = []
         self.skipped = False  # a step the GradScaler skipped
         self.broken = False  # a non-finite statistic (published at once)
+        self.traced: Optional[Traced] = None  # activations traced at this step, until summarized
         self.act: Optional[Dict[str, Dict[str, float]]] = None
         self.origin: Optional[str] = None
         self.loss: Optional[float] = None
@@ -692,7 +695,7 @@ class Monitor:
                 with torch.no_grad():  # before <- before - after, in place (not needed again)
                     torch._foreach_sub_(part["before"], part["ws"])
                 put("update", part["idx"], torch.stack(_stats.norms(part["before"])))
-        act_tracer = self._tracer if (self._tracer is not None and pend.act is None) else None
+        act_tracer = self._tracer if (self._tracer is not None and pend.traced is None and pend.act is None) else None
         if act_tracer is not None and act_tracer.calls:
             for t in act_tracer.device_tensors():
                 put("act", None, t)
@@ -709,12 +712,12 @@ class Monitor:
         pend.chunks.append((slots, host, work["missing"]))
         if act_tracer is not None:
             if act_tracer.calls:
-                vals = [host[dev][start : start + n] for kind, _, dev, start, n in slots if kind == "act"]
-                pend.act, pend.origin = act_tracer.summarize(np.concatenate(vals))
-                for name in act_tracer.grad_norms:  # traced modules, in forward order
+                pend.traced = act_tracer.take()  # summarized with the values, by _unpack
+                for name in pend.traced.grad_counts:  # traced modules, in forward order
                     if name not in self._fwd_order:
                         self._fwd_order[name] = len(self._fwd_order)
-            act_tracer.clear()
+            else:
+                act_tracer.clear()
         # a NaN/Inf anywhere makes the sum non-finite (float64 overflow of finite
         # statistics would only cost an exact count that comes back 0)
         if not all(math.isfinite(sum(h)) for h in host.values()):
@@ -756,6 +759,10 @@ class Monitor:
                     pend.loss = float(vals[0])
             if missing:
                 p[missing, _MISS] = 1.0
+            act = [host[dev][start : start + n] for kind, _, dev, start, n in slots if kind == "act"]
+            if act and pend.traced is not None:
+                pend.act, pend.origin = pend.traced.summarize(np.concatenate(act))
+                pend.traced = None
         pend.chunks = []
         return p
 
@@ -917,7 +924,7 @@ class Monitor:
             probe.remove()
             with torch.no_grad():
                 host = torch.cat([t.float().cpu() for t in probe.device_tensors()]).tolist()
-            _, origin = probe.summarize(host)
+            _, origin = probe.take().summarize(host)
             self._origin_probe = None
             if origin is not None:
                 self._origin = origin

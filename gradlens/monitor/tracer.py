@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.hooks import HookSet
 
-__all__ = ["Tracer", "sat_limits", "features_last", "SCRATCH_MAX_NUMEL"]
+__all__ = ["Tracer", "Traced", "sat_limits", "features_last", "SCRATCH_MAX_NUMEL"]
 
 #: Outputs up to this many elements (16 MiB in float32) reuse one scratch buffer per
 #: device for their statistics' temporaries; larger ones allocate per call. The
@@ -92,6 +92,7 @@ class _Call:
     stats: Optional[Tensor]  # ACT_FIELDS + per-unit non-zero counts, float32, on the output's device
     inputs: List[Any] = field(default_factory=list)  # int (earlier call) or Tensor (count)
     units: int = 0  # units for the dead-unit fraction (0: not measured)
+    size: int = 0  # numel of ``stats``
 
 
 class Tracer:
@@ -196,7 +197,7 @@ class Tracer:
                     vec = _stats.nonfinite_count(d, d.sum()).reshape(1)
             idx = len(self.calls)
             self.calls.append(
-                _Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0)
+                _Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0, size=vec.numel())
             )
             self._producers[id(out)] = (weakref.ref(out), idx)
             if self._full and out.requires_grad:
@@ -227,6 +228,35 @@ class Tracer:
             out.extend(t.reshape(1) for t in scalars)
         return out
 
+    def take(self) -> "Traced":
+        """What was traced since the last :meth:`take`/:meth:`clear`, for :meth:`Traced.summarize`
+        once the host has the values of :meth:`device_tensors`; the tracer starts fresh."""
+        for call in self.calls:
+            call.stats = None  # the host copy has it; keep no device memory
+            call.inputs = [s if isinstance(s, int) else None for s in call.inputs]
+        traced = Traced(
+            self.calls, {name: len(norms) for name, norms in self.grad_norms.items()}, self._limits, self._full
+        )
+        self.clear()
+        return traced
+
+
+class Traced:
+    """The host side of one traced step: which calls were made, turned into statistics
+    by :meth:`summarize` (possibly later, from :meth:`Tracer.device_tensors`' values)."""
+
+    def __init__(
+        self,
+        calls: List[_Call],
+        grad_counts: Dict[str, int],
+        limits: Dict[str, Optional[Tuple[float, float]]],
+        full: bool,
+    ) -> None:
+        self.calls = calls
+        self.grad_counts = grad_counts  # traced module -> output gradients seen, in forward order
+        self._limits = limits
+        self._full = full
+
     def summarize(self, host: Sequence[float]) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
         """Per-module statistics and the non-finite origin from host values.
 
@@ -236,23 +266,21 @@ class Tracer:
         host = np.asarray(host, dtype=np.float64)
         vecs, pos = [], 0
         for call in self.calls:
-            size = call.stats.numel()
-            vecs.append(host[pos : pos + size])
-            pos += size
+            vecs.append(host[pos : pos + call.size])
+            pos += call.size
         nf_out = [float(v[2]) if self._full else float(v[0]) for v in vecs]
         in_counts: List[List[Any]] = []
         for call in self.calls:
             ins = []
             for s in call.inputs:
-                if isinstance(s, Tensor):
+                if isinstance(s, int):
+                    ins.append(("call", s))
+                else:  # a count, copied to the host
                     ins.append(("count", float(host[pos])))
                     pos += 1
-                else:
-                    ins.append(("call", s))
             in_counts.append(ins)
         gnorms: Dict[str, List[float]] = {}
-        for name in self.grad_norms:
-            k = len(self.grad_norms[name])
+        for name, k in self.grad_counts.items():
             gnorms[name] = host[pos : pos + k].tolist()
             pos += k
 
@@ -272,7 +300,7 @@ class Tracer:
         groups: Dict[str, List[int]] = {}
         for i, call in enumerate(self.calls):
             groups.setdefault(call.name, []).append(i)
-        for name in self.grad_norms:
+        for name in self.grad_counts:
             idxs = groups.get(name, [])
             if not idxs:
                 continue
