@@ -71,9 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     last = layers[layers.step == layers.step.max()]
     print(f"recorded {layers.step.nunique()} steps; last step {int(layers.step.max())}, "
           f"loss {last.loss.iloc[0]:.4f}")
-    cols = ["layer", "grad_norm", "weight_norm", "update_ratio", "act_mean", "act_dead_frac", "act_sat_frac",
-            "out_grad_norm"]
-    print(last[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    fmt = lambda v: f"{v:.3g}"  # noqa: E731
+    print(last[["layer", "grad_norm", "weight_norm"]].to_string(index=False, float_format=fmt))
+    # activations are traced on every 10th logged step: show the last traced one
+    traced = layers[layers.act_mean.notna()]
+    at = traced.step.max()
+    print(f"activations at step {int(at)}:")
+    cols = ["layer", "act_mean", "act_dead_frac", "act_sat_frac", "out_grad_norm"]
+    print(traced[traced.step == at][cols].to_string(index=False, float_format=fmt))
     for finding in mon.findings:
         print(finding)
     if args.logdir:

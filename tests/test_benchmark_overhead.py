@@ -15,7 +15,7 @@ def test_overhead_quick_smoke():
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    for row in ("watch(every=1)", "watch(every=10)", "watch(activations=True)", "watch(activations=10)",
+    for row in ("watch(every=1)", "watch(every=10)", "watch(activations=True)", "watch(activations=1)",
                 "manual .item()+add_scalar",
                 "TB histograms every step", "fused limit (hand-written)"):
         assert out.stdout.count(row) == 2, row  # once per model

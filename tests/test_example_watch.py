@@ -19,6 +19,7 @@ def test_example_runs(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "recorded 4 steps" in out.stdout
+    assert "activations at step 0:" in out.stdout  # traced on logged steps 0, 10, ...
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     assert "grad_norm/0" in acc.Tags()["scalars"]

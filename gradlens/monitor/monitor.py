@@ -50,6 +50,9 @@ UPDATE_BUFFER_BYTES = 256 * 2**20
 #: monitors with ``on_finding``/``halt_on`` publish at once.
 PUBLISH_BATCH = 8
 PUBLISH_SECONDS = 1.0
+#: ``activations=True`` traces every this many logged steps (an int picks another
+#: cadence; 1 is every logged step).
+ACTIVATIONS_EVERY = 10
 
 
 #: Modules that only reshape their input; their outputs are not traced (a view of
@@ -884,7 +887,9 @@ class Monitor:
         broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
             record.loss is not None and not math.isfinite(record.loss)
         )
-        if broken and self._tracer is None and not self._compiled and self._origin_probe is None:
+        # not traced at this step (no tracer, or not on its cadence): probe the next forward
+        traced = record.nonfinite_origin is not None or "act_mean" in record.stats
+        if broken and not traced and not self._compiled and self._origin_probe is None:
             self._arm_origin_probe()
         if self._diagnoser_failed:
             return
@@ -983,9 +988,13 @@ def watch(
             (it persists in weights, gradients and loss).
         activations: also trace forward statistics and the gradient flowing back
             into each layer's output (``act_*``, ``out_grad_norm``) and name the
-            module where non-finite values first appear. ``True``: on every logged
-            step; an int N: on every N-th logged step (tracing reads each traced
-            output ~8 times, see the benchmark); ``False``/0: off.
+            module where non-finite values first appear. ``True``: on every
+            ``ACTIVATIONS_EVERY``-th (10th) logged step, the first one included;
+            an int N: on every N-th logged step (``1``: all of them); ``False``/0:
+            off. Tracing reads each traced output four times and its gradient once
+            (on CPU: +20-30% on a step where it runs, see ``benchmarks/README.md``),
+            hence its own cadence. A NaN/Inf on an untraced step still gets its
+            origin: the next forward is probed for it.
         include, exclude: glob patterns on parameter/module names (``"encoder.*"``).
             Patterns that leave no parameter give a ``UserWarning`` listing the names.
         group_depth: aggregate per block: ``2`` reports ``encoder.layer.3`` as one
@@ -1058,7 +1067,7 @@ def watch(
     if group_depth is not None:
         group_depth = _check_int(group_depth, "group_depth", 1)
     if isinstance(activations, bool):
-        activations = int(activations)
+        activations = ACTIVATIONS_EVERY if activations else 0
     elif isinstance(activations, int):
         activations = _check_int(activations, "activations", 0)
     else:

@@ -555,8 +555,9 @@ def run_watch(sc: Scenario, *, steps: Optional[int] = None):
         opt_arg = opts[0] if len(opts) == 1 else opts
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ... and warns once per finding
-            # update_every=1: the suite evaluates the rules on every step's statistics
-            with gradlens.watch(model, opt_arg, activations=True, update_every=1,
+            # update_every=1, activations=1: the suite evaluates the rules on every step's
+            # statistics (not on the default cadences of those two)
+            with gradlens.watch(model, opt_arg, activations=1, update_every=1,
                                 on_finding=on_finding) as mon:
                 for i in range(steps or sc.steps):
                     step(i, mon.observe_loss)

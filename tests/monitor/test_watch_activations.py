@@ -40,7 +40,7 @@ def test_activation_stats_equal_torch(device):
             m[2].weight.mul_(8)  # push the tanh into saturation
     x = torch.randn(16, 6, device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    with gradlens.watch(model, opt, activations=True) as mon:
+    with gradlens.watch(model, opt, activations=1) as mon:
         opt.zero_grad()
         model(x).pow(2).mean().backward()
         opt.step()
@@ -72,7 +72,7 @@ def test_sigmoid_band_and_conv_channel_dead():
         model[0].bias[:2] = -100.0  # channels 0, 1 dead everywhere
         model[3].weight.mul_(30)
     x = torch.randn(5, 2, 6, 6)
-    mon = gradlens.watch(model, activations=True)
+    mon = gradlens.watch(model, activations=1)
     out = model(x)
     out.sum().backward()
     mon.step()
@@ -96,7 +96,7 @@ def test_module_called_twice_pools_both_calls():
 
     model = Twice()
     x = torch.randn(3, 4)
-    mon = gradlens.watch(model, activations=True)
+    mon = gradlens.watch(model, activations=1)
     outs = []
 
     def keep(module, args, out):
@@ -124,7 +124,7 @@ def test_inplace_relu():
     ref = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     ref.load_state_dict(model.state_dict())
     x = torch.randn(6, 4)
-    mon = gradlens.watch(model, activations=True)
+    mon = gradlens.watch(model, activations=1)
     model(x).sum().backward()
     mon.step()
     mon.close()
@@ -145,7 +145,7 @@ def test_inplace_relu():
 def test_no_grad_eval_passes_are_not_recorded():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt, activations=True) as mon:
+    with gradlens.watch(model, opt, activations=1) as mon:
         x = torch.randn(4, 6)
         opt.zero_grad()
         loss = model(x).pow(2).mean()
@@ -178,7 +178,7 @@ def _poison_model():
 
 def test_nonfinite_origin_with_activations():
     model = _poison_model()
-    mon = gradlens.watch(model, activations=True)
+    mon = gradlens.watch(model, activations=1)
     x = torch.full((3, 4), 5.0)
     model(x).sum().backward()
     with pytest.warns(RuntimeWarning, match="nonfinite.*born at '2'"):
@@ -192,7 +192,7 @@ def test_nonfinite_origin_with_activations():
 
 def test_nonfinite_input_is_not_blamed_on_first_module():
     model = _poison_model()
-    mon = gradlens.watch(model, activations=True)
+    mon = gradlens.watch(model, activations=1)
     x = torch.randn(3, 4)
     x[0, 0] = float("nan")
     model(x).sum().backward()
@@ -216,6 +216,25 @@ def test_origin_probe_armed_after_nonfinite_without_activations(caplog):
     assert recs[0].stats["nonfinite"]["3"] > 0
     assert recs[1].nonfinite_origin == "2"
     assert not model[2]._forward_hooks  # the one-forward probe removed itself
+
+
+def test_origin_probe_on_a_step_off_the_activation_cadence():
+    # activations=True traces logged steps 0, 10, ...: a NaN born at step 1 is
+    # found by probing the next forward, as without activations
+    model = _poison_model()
+    inputs = [torch.zeros(3, 4), torch.full((3, 4), 5.0), torch.full((3, 4), 5.0)]  # finite, then NaN
+    with gradlens.watch(model, activations=True) as mon, pytest.warns(RuntimeWarning, match="nonfinite"):
+        hooks = len(model[2]._forward_hooks)  # the tracer's
+        for x in inputs:
+            model.zero_grad()
+            model(x).sum().backward()
+            mon.step()
+        assert len(model[2]._forward_hooks) == hooks  # the one-forward probe removed itself
+    recs = mon.records()
+    assert "act_mean" in recs[0].stats and "act_mean" not in recs[1].stats
+    assert recs[0].nonfinite_origin is None and recs[0].get("nonfinite", "3") == 0
+    assert recs[1].nonfinite_origin is None and recs[1].stats["nonfinite"]["3"] > 0
+    assert recs[2].nonfinite_origin == "2"
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -250,7 +269,7 @@ def test_scratch_memory_is_bounded_with_varying_shapes():
     # not one per shape; and the statistics stay exact for every shape.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU())
-    mon = gradlens.watch(model, activations=True)
+    mon = gradlens.watch(model, activations=1)
     tracer = mon._tracer
     largest = 0
     for length in range(1, 30):

@@ -31,7 +31,7 @@ def test_unlogged_steps_do_no_statistics(monkeypatch):
     monkeypatch.setattr(_stats, "activation_stats", count_act)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt, every=5, activations=True) as mon:
+    with gradlens.watch(model, opt, every=5, activations=1) as mon:
         train(model, opt, 10)
     assert [r.step for r in mon.records()] == [0, 5]
     assert calls["grad"] == 2  # one fused call per logged step (one device/dtype group)
@@ -41,11 +41,26 @@ def test_unlogged_steps_do_no_statistics(monkeypatch):
 def test_activation_trace_only_on_logged_steps():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt, every=2, activations=True) as mon:
+    with gradlens.watch(model, opt, every=2, activations=1) as mon:
         train(model, opt, 4)
     recs = mon.records()
     assert [r.step for r in recs] == [0, 2]
     assert all("act_mean" in r.stats for r in recs)
+
+
+def test_activations_true_traces_every_tenth_logged_step():
+    from gradlens.monitor.monitor import ACTIVATIONS_EVERY
+
+    assert ACTIVATIONS_EVERY == 10
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, every=2, activations=True) as mon:
+        train(model, opt, 42)
+    traced = [r.step for r in mon.records() if "act_mean" in r.stats]
+    assert traced == [0, 20, 40]  # logged steps 0, 10, 20 (every=2)
+    layer = mon.dataframe("layer")
+    assert layer.loc[layer.step == 20, "act_mean"].notna().any()
+    assert layer.loc[layer.step == 22, "act_mean"].isna().all()
 
 
 def test_histograms_on_their_own_cadence(tmp_path):

@@ -39,7 +39,7 @@ WATCHED_STEPS = 3
 STEPS_AFTER_CLOSE = 2
 LR = 0.1
 #: gradlens.watch options per scenario; "activations" adds forward hooks to the DDP model
-SCENARIOS = {"default": {}, "activations": {"activations": True, "update_every": 1}}
+SCENARIOS = {"default": {}, "activations": {"activations": 1, "update_every": 1}}
 DEADLINE_S = 90  # a hung collective fails the test instead of hanging pytest
 
 

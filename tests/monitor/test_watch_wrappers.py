@@ -99,7 +99,7 @@ def test_names_and_values_equal_the_unwrapped_models(wrap):
     assert rec.layers == plain_rec.layers == ["enc.fc1", "enc.fc2", "dec"]
 
 
-@pytest.mark.parametrize("activations", [False, True], ids=["grads", "activations"])
+@pytest.mark.parametrize("activations", [False, 1], ids=["grads", "activations"])
 def test_group_depth_1_gives_the_unwrapped_models_layers(wrap, activations):
     model = wrap(encdec())
     with warnings.catch_warnings():
