@@ -726,7 +726,8 @@ class Monitor:
         if not all(math.isfinite(sum(h)) for h in host.values()):
             # exact non-finite counts, for the gradients whose norm is not finite
             pend.broken = True
-            p = self._unpack(pend)
+            self._unpack([pend])
+            p = pend.p
             for part in work["parts"]:
                 bad = np.flatnonzero(~np.isfinite(p[part["idx"], _GN]))
                 if len(bad):
@@ -739,35 +740,61 @@ class Monitor:
             self._tb.write_histograms(named, self._step)
 
     @staticmethod
-    def _unpack(pend: "_Pending") -> np.ndarray:
-        """Sort the host arrays of ``pend`` into its per-parameter array (returned)."""
-        if pend.p is None:
-            n = len(pend.layout.names)
-            pend.p = np.full((n, len(GRAD_STATS)), np.nan, dtype=np.float64)
-            pend.dW = np.full(n, np.nan, dtype=np.float64)  # ||w_after - w_before||
-        p = pend.p
-        for slots, lists, missing in pend.chunks:
-            host = {dev: np.asarray(values, dtype=np.float64) for dev, values in lists.items()}
-            for kind, idx, dev, start, n in slots:
-                vals = host[dev][start : start + n]
-                if kind == "grad":
-                    p[idx, _GN], p[idx, _GM], p[idx, _WN] = _stats.split_grad_stats(vals, len(idx))
-                    p[idx, _NF] = 0.0
-                    p[idx, _MISS] = 0.0
-                elif kind == "update":
-                    pend.dW[idx] = vals
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        p[idx, _UR] = vals / p[idx, _WN]
-                elif kind == "loss":
-                    pend.loss = float(vals[0])
-            if missing:
-                p[missing, _MISS] = 1.0
-            act = [host[dev][start : start + n] for kind, _, dev, start, n in slots if kind == "act"]
-            if act and pend.traced is not None:
-                pend.act, pend.origin = pend.traced.summarize(np.concatenate(act))
-                pend.traced = None
-        pend.chunks = []
-        return p
+    def _unpack(pends: Sequence["_Pending"]) -> Tuple[np.ndarray, np.ndarray]:
+        """Sort the host values of ``pends`` (steps with one layout) into arrays.
+
+        Returns ``(p, dW)`` shaped (steps, params, GRAD_STATS) and (steps, params);
+        each pending's ``p``/``dW`` become views of its row, its loss and activation
+        statistics are set. Steps whose host copies have the same structure (usually
+        all of them) are sorted with one numpy op per statistic.
+        """
+        n = len(pends[0].layout.names)
+        p = np.full((len(pends), n, len(GRAD_STATS)), np.nan)
+        dw = np.full((len(pends), n), np.nan)  # ||w_after - w_before||
+        groups: Dict[Any, List[int]] = {}
+        for b, pend in enumerate(pends):
+            if pend.p is not None:  # sorted before (a step with a NaN/Inf), then maybe more chunks
+                p[b], dw[b] = pend.p, pend.dW
+            if pend.chunks:
+                key = tuple(
+                    (tuple((kind, id(ref), dev, start, size) for kind, ref, dev, start, size in slots), tuple(missing))
+                    for slots, _, missing in pend.chunks
+                )
+                groups.setdefault(key, []).append(b)
+        for members in groups.values():
+            rows = np.array(members)
+            for c, (slots, lists, missing) in enumerate(pends[members[0]].chunks):
+                # (steps, values) per device; a slot's values are its columns
+                host = {dev: np.array([pends[b].chunks[c][1][dev] for b in members], dtype=np.float64) for dev in lists}
+                for kind, ref, dev, start, size in slots:
+                    vals = host[dev][:, start : start + size].T  # (values, steps)
+                    if kind == "grad":
+                        r, i = np.ix_(rows, ref)
+                        gn, gm, wn = _stats.split_grad_stats(vals, len(ref))
+                        p[r, i, _GN], p[r, i, _GM], p[r, i, _WN] = gn.T, gm.T, wn.T
+                        p[r, i, _NF] = 0.0
+                        p[r, i, _MISS] = 0.0
+                    elif kind == "update":
+                        r, i = np.ix_(rows, ref)
+                        dw[r, i] = vals.T
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            p[r, i, _UR] = vals.T / p[r, i, _WN]
+                    elif kind == "loss":
+                        for b, loss in zip(members, vals[0].tolist()):
+                            pends[b].loss = loss
+                if missing:
+                    p[rows[:, None], np.asarray(missing), _MISS] = 1.0
+                for b in members:
+                    pend = pends[b]
+                    if pend.traced is not None:
+                        own = pend.chunks[c][1]
+                        act = [own[dev][start : start + size] for kind, _, dev, start, size in slots if kind == "act"]
+                        if act:
+                            pend.act, pend.origin = pend.traced.summarize(np.concatenate(act))
+                            pend.traced = None
+        for b, pend in enumerate(pends):
+            pend.p, pend.dW, pend.chunks = p[b], dw[b], []
+        return p, dw
 
     def _flush_pending(self) -> None:
         """Publish every step seen so far (a multi-optimizer step whose other
@@ -806,8 +833,6 @@ class Monitor:
             while n < len(self._queue) and self._queue[n][1].layout is layout:
                 n += 1
             batch = self._queue[:n]
-            for _, pend in batch:
-                self._unpack(pend)
             for step, pend, record in self._build_records(batch):
                 self._queue.pop(0)  # popped first: a halt leaves the rest queued
                 self._history.write(record, pend.layout.key, (pend.p, pend.present), pend.layer_rows)
@@ -823,8 +848,7 @@ class Monitor:
         """
         layout = batch[0][1].layout
         names, lnames = layout.names, layout.layer_names
-        p = np.stack([pend.p for _, pend in batch])  # (steps, params, GRAD_STATS)
-        dw = np.stack([pend.dW for _, pend in batch])  # (steps, params)
+        p, dw = self._unpack([pend for _, pend in batch])  # (steps, params, GRAD_STATS), (steps, params)
         miss = p[:, :, _MISS]
         seen = ~np.isnan(miss)  # the parameter's optimizer stepped in this record
         m = miss == 0  # ... and it had a gradient

@@ -102,6 +102,51 @@ def test_batched_records_equal_records_published_at_each_step(no_clock):
     assert eager.dataframe()["update_ratio"].notna().sum() > 0
 
 
+class _Branchy(torch.nn.Module):
+    """A model whose second branch is used on odd steps only (missing gradients)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(6, 3)
+        self.b = torch.nn.Linear(6, 3)
+
+    def forward(self, x, use_b):
+        return self.a(x) + (self.b(x) if use_b else 0)
+
+
+def _run_branchy(eager: bool) -> gradlens.Monitor:
+    model = _Branchy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(3)
+    on_finding = (lambda f: None) if eager else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt, update_every=3, on_finding=on_finding) as mon:
+            for i in range(2 * BATCH + 5):
+                opt.zero_grad(set_to_none=True)
+                loss = model(torch.randn(4, 6, generator=gen), use_b=i % 2 == 1).pow(2).mean()
+                if i % 3 == 0:
+                    mon.observe_loss(loss)  # the loss on some steps only
+                loss.backward()
+                opt.step()
+    return mon
+
+
+def test_batched_steps_of_different_shapes_equal_eager_ones(no_clock):
+    # steps in one batch differ: missing gradients, update ratios, a loss or not
+    eager, batched = _run_branchy(True), _run_branchy(False)
+    for level in ("param", "layer"):
+        pd.testing.assert_frame_equal(eager.dataframe(level), batched.dataframe(level))
+    df = batched.dataframe().set_index(["step", "param"])
+    assert df.loc[(0, "b.weight"), "missing_grad"] == 1 and df.loc[(1, "b.weight"), "missing_grad"] == 0
+    assert math.isnan(df.loc[(0, "b.weight"), "grad_norm"]) and df.loc[(1, "b.weight"), "grad_norm"] > 0
+    assert df["loss"].notna().groupby(level="step").first().tolist() == [i % 3 == 0 for i in range(2 * BATCH + 5)]
+    assert df["update_ratio"].notna().groupby(level="step").any().tolist() == [
+        i % 3 == 0 for i in range(2 * BATCH + 5)
+    ]
+
+
 def test_on_finding_sees_each_step_at_once(no_clock):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
