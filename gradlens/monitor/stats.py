@@ -1,9 +1,12 @@
 """Fused statistics: device tensors in, one flat tensor per group out.
 
 Hot path rules (STYLE.md): tensors are grouped by (device, dtype) and each group
-runs one ``torch._foreach_norm`` per statistic; nothing here calls ``.item()``,
-``.cpu()`` or branches on a device value. The caller concatenates the groups and
-moves them to the host with one copy per logged step (per device).
+gets its gradient statistics from a fixed number of ops, not a few per tensor where
+it can be helped: one fused ``torch._foreach_norm`` for all L2 norms, and on CPU,
+where per-tensor dispatch dominates for many small parameters, one copy into a
+cached buffer reduced by rows and segments (:func:`grad_stats`). Nothing here calls
+``.item()``, ``.cpu()`` or branches on a device value. The caller concatenates the
+groups and moves them to the host with one copy per logged step (per device).
 
 Facts measured on CPU (one thread, torch 2.13) that shaped this file:
 
@@ -291,7 +294,11 @@ def grad_stats(grads: List[Tensor], weights: List[Tensor]) -> Tensor:
 
 def split_grad_stats(values: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(grad_norm, grad_max, weight_norm)`` of ``n`` gradients from a host copy of
-    :func:`grad_stats`. A NaN max or min gives a NaN ``grad_max``, as it should."""
+    :func:`grad_stats`. A NaN max or min gives a NaN ``grad_max``, as it should.
+
+    ``values`` may also be 2-D, one column per step (the copies of several steps
+    with the same layout): the results are then ``(n, steps)``.
+    """
     gn, wn = values[:n], values[n : 2 * n]
     if len(values) == 4 * n:  # maxes, then mins
         with np.errstate(invalid="ignore"):
