@@ -86,7 +86,7 @@ def test_report_on_a_live_run_still_being_written(tmp_path):
             warnings.simplefilter("ignore")
             mon = gradlens.watch(model, opt, logdir=str(tmp_path))
             try:
-                for _ in range(20):
+                for _ in range(100):
                     opt.zero_grad()
                     loss = F.cross_entropy(model(x[:32]), y[:32])
                     mon.observe_loss(loss)

@@ -44,12 +44,16 @@ PARAM_SCALARS_AUTO_LIMIT = 64
 UPDATE_BUFFER_BYTES = 256 * 2**20
 #: Logged steps are turned into records, written to the sinks and diagnosed in
 #: batches of up to this many steps, or once the oldest waiting step is
-#: ``PUBLISH_SECONDS`` old. Batching runs that Python work with warm caches
-#: (measured on the MLP benchmark: ~2.4 points of a training step). A step with a
-#: NaN/Inf, reading the monitor (findings, dataframe, records), close(), and
-#: monitors with ``on_finding``/``halt_on`` publish at once.
-PUBLISH_BATCH = 8
+#: ``PUBLISH_SECONDS`` old. Batching runs that Python work once for many steps,
+#: with warm caches (MLP benchmark, host work per logged step: ~260 us one by one,
+#: ~100 us in batches of 8, ~55 us in batches of 40). A step with a NaN/Inf,
+#: reading the monitor (findings, dataframe, records), close(), and monitors with
+#: ``on_finding``/``halt_on`` publish at once.
+PUBLISH_BATCH = 40
 PUBLISH_SECONDS = 1.0
+#: Host copies of up to this many values are kept as Python lists until published
+#: (cheapest to make and check); longer ones as numpy arrays (8 bytes a value, not 32).
+_LIST_MAX = 1024
 #: ``activations=True`` traces every this many logged steps (an int picks another
 #: cadence; 1 is every logged step).
 ACTIVATIONS_EVERY = 10
@@ -195,7 +199,7 @@ class _Pending:
         self.layout = layout
         # (slots, host values per device, missing parameter indices) per optimizer,
         # sorted into p/dW by Monitor._unpack
-        self.chunks: List[Tuple[List[Tuple[str, Any, torch.device, int, int]], Dict[torch.device, List[float]], List[int]]] = []
+        self.chunks: List[Tuple[List[Tuple[str, Any, torch.device, int, int]], Dict[torch.device, Any], List[int]]] = []
         self.skipped = False  # a step the GradScaler skipped
         self.broken = False  # a non-finite statistic (published at once)
         self.traced: Optional[Traced] = None  # activations traced at this step, until summarized
@@ -705,12 +709,12 @@ class Monitor:
         if self._loss:
             put("loss", None, torch.stack([t.to(self._loss[0].device) for t in self._loss]).mean())
             self._loss = []
-        host: Dict[torch.device, List[float]] = {}
+        host: Dict[torch.device, Any] = {}  # a list of floats, or a numpy array
         for dev, lst in by_device.items():
-            # the one host copy per logged step (per device); a list of floats is
-            # cheaper to make and to check here than a numpy array
-            flat = lst[0] if len(lst) == 1 else torch.cat(lst)
-            host[dev] = flat.cpu().tolist()
+            # the one host copy per logged step (per device); a short list of
+            # floats is cheaper to make and to check here than a numpy array
+            flat = (lst[0] if len(lst) == 1 else torch.cat(lst)).cpu()
+            host[dev] = flat.tolist() if flat.numel() <= _LIST_MAX else flat.numpy().copy()
 
         pend.chunks.append((slots, host, work["missing"]))
         if act_tracer is not None:
@@ -721,9 +725,9 @@ class Monitor:
                         self._fwd_order[name] = len(self._fwd_order)
             else:
                 act_tracer.clear()
-        # a NaN/Inf anywhere makes the sum non-finite (float64 overflow of finite
-        # statistics would only cost an exact count that comes back 0)
-        if not all(math.isfinite(sum(h)) for h in host.values()):
+        # a NaN/Inf anywhere makes the sum non-finite (overflow of finite statistics
+        # would only cost an exact count that comes back 0)
+        if not all(math.isfinite(sum(h) if isinstance(h, list) else h.sum(dtype=np.float64)) for h in host.values()):
             # exact non-finite counts, for the gradients whose norm is not finite
             pend.broken = True
             self._unpack([pend])
@@ -1039,7 +1043,7 @@ def watch(
 
     Statistics are computed at each logged step; turning them into records, writing
     them to TensorBoard and diagnosing them is done in batches of up to
-    ``PUBLISH_BATCH`` (8) logged steps, or once the oldest waiting step is
+    ``PUBLISH_BATCH`` (40) logged steps, or once the oldest waiting step is
     ``PUBLISH_SECONDS`` (1 s) old, which keeps that Python work cheap. So a finding's
     warning can come a few steps after the step it names. A step with a NaN/Inf,
     reading ``findings``, :meth:`Monitor.dataframe` or :meth:`Monitor.records`,

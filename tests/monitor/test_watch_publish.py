@@ -201,3 +201,38 @@ def test_statistics_of_a_batch_match_torch(no_clock):
         for name, (norm, gmax, wnorm) in ((k, v) for k, v in ref.items() if k != "loss"):
             np.testing.assert_allclose(got.loc[name, ["grad_norm", "grad_max", "weight_norm"]].to_numpy(float),
                                        [norm, gmax, wnorm], rtol=1e-5)
+
+
+class _Wide(torch.nn.Module):
+    """300 Linear(2, 2) side by side (in a chain the gradient would vanish)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(300))
+
+    def forward(self, x):
+        return torch.stack([h(x) for h in self.heads]).sum(0)
+
+
+def test_long_host_copies_are_kept_as_arrays_and_checked(no_clock):
+    # 2 x 300 parameters: 1800 values per copy, past _LIST_MAX, kept as numpy arrays
+    model = _Wide()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    assert 3 * 600 > monitor_mod._LIST_MAX
+    with gradlens.watch(model, opt) as mon:
+        refs = train(model, opt, 3, inputs=2)
+        assert isinstance(mon._queue[0][1].chunks[0][1][torch.device("cpu")], np.ndarray)
+        opt.zero_grad()
+        model(torch.randn(4, 2)).sum().backward()
+        model.heads[7].bias.grad[1] = float("inf")
+        with pytest.warns(RuntimeWarning, match="nonfinite"):
+            opt.step()  # found in the array copy: published at once
+        assert not mon._queue
+    df = mon.dataframe().set_index(["step", "param"])
+    for step, ref in enumerate(refs):
+        for name in ("heads.0.weight", "heads.150.bias", "heads.299.weight"):
+            norm, gmax, wnorm = ref[name]
+            assert df.loc[(step, name), "grad_norm"] == pytest.approx(norm, rel=1e-5)
+            assert df.loc[(step, name), "grad_max"] == pytest.approx(gmax, rel=1e-6)
+    assert df.loc[(3, "heads.7.bias"), "nonfinite"] == 1 and df.loc[(3, "heads.7.weight"), "nonfinite"] == 0
