@@ -815,11 +815,15 @@ class Monitor:
         self._contrib = set()
         self._dev = {}
         self._step += 1
+        if pend is not None:
+            self._logged += 1
+        if self._tracer is not None:
+            # module hooks only while a traced step runs; others run no gradlens code
+            self._tracer.arm(self._is_traced_step())
         if pend is None:
             if self._tracer is not None and not self._is_logged_step():
                 self._tracer.clear()
             return
-        self._logged += 1
         self._queue.append((step, pend))
         if self._eager or pend.broken or len(self._queue) >= PUBLISH_BATCH:
             self._publish_queued()

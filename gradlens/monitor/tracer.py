@@ -116,9 +116,20 @@ class Tracer:
         self._buffers: Dict[Any, Tensor] = {}
         self.enabled = True
         self._limits = {name: sat_limits(module) for name, module in modules}
-        for name, module in modules:
-            self._hooks.add(module.register_forward_pre_hook(self._pre(name)))
-            self._hooks.add(module.register_forward_hook(self._post(name, module)))
+        self._modules = modules
+        self.arm(True)
+
+    def arm(self, on: bool) -> None:
+        """Put the module hooks on, or take them off until the next ``arm(True)`` (a
+        forward between traced steps then runs no gradlens code at all)."""
+        if not self.enabled or on == (len(self._hooks) > 0):
+            return
+        if on:
+            for name, module in self._modules:
+                self._hooks.add(module.register_forward_pre_hook(self._pre(name)))
+                self._hooks.add(module.register_forward_hook(self._post(name, module)))
+        else:
+            self._hooks.remove()
 
     def remove(self) -> None:
         """Remove every hook (tensor hooks on live graphs turn into no-ops)."""

@@ -224,12 +224,14 @@ def test_origin_probe_on_a_step_off_the_activation_cadence():
     model = _poison_model()
     inputs = [torch.zeros(3, 4), torch.full((3, 4), 5.0), torch.full((3, 4), 5.0)]  # finite, then NaN
     with gradlens.watch(model, activations=True) as mon, pytest.warns(RuntimeWarning, match="nonfinite"):
-        hooks = len(model[2]._forward_hooks)  # the tracer's
-        for x in inputs:
+        assert len(model[2]._forward_hooks) == 1  # the tracer's, on for step 0
+        for i, x in enumerate(inputs):
             model.zero_grad()
             model(x).sum().backward()
             mon.step()
-        assert len(model[2]._forward_hooks) == hooks  # the one-forward probe removed itself
+            if i == 0:
+                assert not model[0]._forward_hooks  # the tracer's are off until logged step 10
+        assert not model[2]._forward_hooks  # and the one-forward probe removed itself
     recs = mon.records()
     assert "act_mean" in recs[0].stats and "act_mean" not in recs[1].stats
     assert recs[0].nonfinite_origin is None and recs[0].get("nonfinite", "3") == 0
