@@ -49,6 +49,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gradlens  # noqa: E402
 from gradlens.monitor import stats as _stats  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import block_medians, make_step, mlp  # noqa: E402  (same models and method)
+
 
 class Block(nn.Module):
     """``x + f(x)``, f = 4 x Linear(16,16) with tanh between (activations stay O(1))."""
@@ -66,13 +69,6 @@ class Block(nn.Module):
 
 def many_linear() -> nn.Module:
     return nn.Sequential(*[Block() for _ in range(250)])
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-        nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10),
-    )
 
 
 # title: (build, input shape, classes)
@@ -110,29 +106,6 @@ def _stats_hook(model: nn.Module) -> Callable[[], None]:
     return hook
 
 
-def _make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               before_step: Callable[[], None] | None = None) -> Callable[[], None]:
-    def step() -> None:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        if before_step is not None:
-            before_step()
-        opt.step()
-
-    return step
-
-
-def _block_medians(ta: List[float], tb: List[float], block: int) -> Tuple[float, float, float]:
-    """Median over blocks of ``block`` pairs of (mean plain, mean variant, their ratio)."""
-    block = max(1, min(block, len(ta)))
-    starts = range(0, len(ta) - block + 1, block)  # whole blocks only
-    means_a = [sum(ta[i : i + block]) / block for i in starts]
-    means_b = [sum(tb[i : i + block]) / block for i in starts]
-    ratios = [b / a for a, b in zip(means_a, means_b)]
-    return statistics.median(means_a), statistics.median(means_b), statistics.median(ratios)
-
-
 def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, ...], classes: int,
                 steps: int, warmup: int, block: int) -> Tuple[float, float, float, float]:
     """Plain and variant step times (s, medians of block means), their ratio (median of
@@ -144,13 +117,13 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
     y = torch.randint(0, classes, (shape[0],))
     opt_a = torch.optim.SGD(plain.parameters(), lr=1e-3, momentum=0.9)
     opt_b = torch.optim.SGD(other.parameters(), lr=1e-3, momentum=0.9)
-    step_a = _make_step(plain, opt_a, x, y)
+    step_a = make_step(plain, opt_a, x, y)
     mon = None
     if variant.startswith("watch"):
         mon = gradlens.watch(other, opt_b, every=1)
-        step_b = _make_step(other, opt_b, x, y)
+        step_b = make_step(other, opt_b, x, y)
     else:
-        step_b = _make_step(other, opt_b, x, y, _stats_hook(other))
+        step_b = make_step(other, opt_b, x, y, _stats_hook(other))
     ta: List[float] = []
     tb: List[float] = []
     clock = time.thread_time  # this thread's CPU time: other processes do not count
@@ -171,7 +144,7 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
     finally:
         if mon is not None:
             mon.close()
-    a, b, ratio = _block_medians(ta, tb, block)
+    a, b, ratio = block_medians(ta, tb, block)
     return a, b, ratio, statistics.median(tb) - statistics.median(ta)
 
 

@@ -80,7 +80,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                before_step: Callable[[], None] | None = None) -> Callable[[], None]:
     def step() -> None:
         opt.zero_grad()
@@ -143,7 +143,7 @@ VARIANTS = [
 ]
 
 
-def _block_medians(ta: List[float], tb: List[float], block: int) -> Tuple[float, float, float]:
+def block_medians(ta: List[float], tb: List[float], block: int) -> Tuple[float, float, float]:
     """Median over blocks of ``block`` pairs of (mean plain, mean variant, their ratio)."""
     block = max(1, min(block, len(ta)))
     starts = range(0, len(ta) - block + 1, block)  # whole blocks only
@@ -164,7 +164,7 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
     y = torch.randint(0, 10, (shape[0],), device=device)
     opt_a = torch.optim.SGD(plain.parameters(), lr=1e-3, momentum=0.9)
     opt_b = torch.optim.SGD(other.parameters(), lr=1e-3, momentum=0.9)
-    step_a = _make_step(plain, opt_a, x, y)
+    step_a = make_step(plain, opt_a, x, y)
     cleanup: List[Callable[[], None]] = []
     logdir = tempfile.mkdtemp(dir=tmp)
     counter = [0]
@@ -180,7 +180,7 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
             kwargs["logdir"] = logdir
         mon = gradlens.watch(other, opt_b, **kwargs)
         cleanup.append(mon.close)
-        step_b = _make_step(other, opt_b, x, y)
+        step_b = make_step(other, opt_b, x, y)
     else:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -191,7 +191,7 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
             writer = SummaryWriter(logdir)
             cleanup.append(writer.close)
             hook = _manual(other, writer, counter) if "manual" in variant else _hist(other, writer, counter)
-        step_b = _make_step(other, opt_b, x, y, hook)
+        step_b = make_step(other, opt_b, x, y, hook)
     ta: List[float] = []
     tb: List[float] = []
     # CPU: this thread's CPU time (time.thread_time), so that other processes on a
@@ -216,7 +216,7 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
     finally:
         for fn in cleanup:
             fn()
-    a, b, ratio = _block_medians(ta, tb, block)
+    a, b, ratio = block_medians(ta, tb, block)
     return a, b, ratio, statistics.median(tb) / statistics.median(ta)
 
 
