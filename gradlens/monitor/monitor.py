@@ -416,6 +416,7 @@ class Monitor:
                 self._probe.remove()
             if self._tb is not None:
                 self._tb.close()
+            _stats.release_cache()  # buffers of the batched statistics (rebuilt on demand)
 
     def __enter__(self) -> "Monitor":
         return self

@@ -37,6 +37,7 @@ __all__ = [
     "grouped",
     "grad_stats",
     "split_grad_stats",
+    "release_cache",
     "norms",
     "nonfinite_counts",
     "activation_stats",
@@ -208,23 +209,44 @@ def _same_shapes(tensors: List[Tensor], shapes: Tuple[torch.Size, ...]) -> bool:
     return len(tensors) == len(shapes) and all(map(operator.eq, map(_shape, tensors), shapes))
 
 
-def _flat_plan(grads: List[Tensor], weights: List[Tensor]) -> _FlatPlan:
-    # cached per thread (the buffers are scratch: two threads must not share
-    # them), found by the shapes, which the views and blocks are made for;
-    # most recently used first
+def _flat_plan(grads: List[Tensor], weights: List[Tensor]) -> Optional[_FlatPlan]:
+    # Cached per thread (the buffers are scratch: two threads must not share
+    # them), found by the shapes, which the views and blocks are made for; most
+    # recently used first. A plan costs ~10-16 ms per 1000 parameters of varied
+    # shapes to build, so it is built only for a layout seen a second time in a
+    # row of recent ones: a layout that changes every step (parameters without a
+    # gradient that vary, as in mixture-of-experts models) keeps the per-tensor
+    # path (None) instead of rebuilding a plan at every call.
     plans: Optional[List[_FlatPlan]] = getattr(_local, "plans", None)
     if plans is None:
         plans = _local.plans = []
+        _local.seen = []
     dtype = grads[0].dtype
     for k, plan in enumerate(plans):
         if plan.dtype == dtype and _same_shapes(grads, plan.gshapes) and _same_shapes(weights, plan.wshapes):
             if k:
                 plans.insert(0, plans.pop(k))
             return plan
-    plan = _FlatPlan(tuple(map(_shape, grads)), tuple(map(_shape, weights)), dtype)
-    plans.insert(0, plan)
-    del plans[_FLAT_LAYOUTS:]
-    return plan
+    seen: List[Tuple[torch.dtype, Tuple[torch.Size, ...], Tuple[torch.Size, ...]]] = _local.seen
+    for k, (dt, gshapes, wshapes) in enumerate(seen):
+        if dt == dtype and _same_shapes(grads, gshapes) and _same_shapes(weights, wshapes):
+            del seen[k]
+            # (buffers made in inference mode could not be written outside it)
+            with torch.inference_mode(False):
+                plan = _FlatPlan(gshapes, wshapes, dtype)
+            plans.insert(0, plan)
+            del plans[_FLAT_LAYOUTS:]
+            return plan
+    seen.insert(0, (dtype, tuple(map(_shape, grads)), tuple(map(_shape, weights))))
+    del seen[_FLAT_LAYOUTS:]
+    return None
+
+
+def release_cache() -> None:
+    """Drop this thread's cached layouts and their buffers (up to ``_FLAT_MAX_BYTES``
+    each); the next call builds what it needs again."""
+    _local.plans = []
+    _local.seen = []
 
 
 def _may_batch(grads: List[Tensor]) -> bool:
@@ -276,11 +298,16 @@ def grad_stats(grads: List[Tensor], weights: List[Tensor]) -> Tensor:
     a cached zero-padded ``(rows, 64)`` buffer, reduced per row, then per tensor
     with :func:`torch.segment_reduce` (squared row norms summed in float64). A
     NaN/Inf reaches only its own tensor's statistics; an empty tensor gives 0.
+    The row buffer sums squared row norms in float64, so a norm whose square
+    overflows float32 stays finite there while the other paths (and torch's own
+    ``norm``) give inf. A layout is batched from the second call with it on.
+    ``weights[i]`` must have the dtype of ``grads[i]`` (as parameters and their
+    gradients do).
     """
     with torch.no_grad():
         if _may_batch(grads):
             plan = _flat_plan(grads, weights)
-            if plan.use:
+            if plan is not None and plan.use:
                 vals = _flat_stats(plan, grads, weights)
                 if plan.large:
                     gl = [grads[i] for i in plan.large]

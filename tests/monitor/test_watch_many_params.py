@@ -39,6 +39,7 @@ def _ref(gs: Sequence[torch.Tensor], ws: Sequence[torch.Tensor]) -> Tuple[np.nda
 
 
 def _ours(gs: List[torch.Tensor], ws: List[torch.Tensor]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    _stats.grad_stats(gs, ws)  # a layout is batched from its second call on
     vec = _stats.grad_stats(gs, ws)
     assert vec.dtype == torch.float32 and vec.dim() == 1 and vec.device == gs[0].device
     # the monitor's way: one host copy as float64, then split_grad_stats
@@ -59,7 +60,8 @@ def _check(gs: List[torch.Tensor], ws: List[torch.Tensor], rtol: float = 1e-5) -
 
 
 def _plan(gs: List[torch.Tensor], ws: List[torch.Tensor]):
-    return _stats._flat_plan(gs, ws)
+    first = _stats._flat_plan(gs, ws)  # None unless the layout was seen just before
+    return first if first is not None else _stats._flat_plan(gs, ws)
 
 
 def _random_shapes(n: int, seed: int) -> List[Tuple[int, ...]]:
@@ -253,3 +255,44 @@ def test_many_params_benchmark_quick_run_prints_its_rows():
         assert len(row) == 1, out
         # plain, variant, ratio, added, median step added: numbers, never asserted on
         assert len(row[0][len(variant):].split()) == 5, row
+
+
+def test_a_layout_that_changes_every_call_builds_no_plan():
+    # parameters without a gradient that vary per step (mixture of experts): each
+    # call has another layout; building a plan each time would cost more than it saves
+    _stats.release_cache()
+    shapes = _random_shapes(200, 70)
+    gs, ws = _tensors(shapes, 71), _tensors(shapes, 72)
+    for k in range(6):
+        keep = [i for i in range(200) if (i + k) % 7]  # another subset each call
+        sub_g, sub_w = [gs[i] for i in keep], [ws[i] for i in keep]
+        np.testing.assert_allclose(
+            _stats.split_grad_stats(_stats.grad_stats(sub_g, sub_w).double().numpy(), len(keep))[0],
+            _ref(sub_g, sub_w)[0], rtol=1e-5,
+        )
+        assert _stats._local.plans == []
+    _stats.grad_stats(gs, ws)
+    _stats.grad_stats(gs, ws)  # the second call in a row with one layout: planned
+    assert len(_stats._local.plans) == 1 and _stats._local.plans[0].use
+
+
+def test_plan_made_in_inference_mode_works_outside_it():
+    _stats.release_cache()
+    shapes = _random_shapes(50, 80)
+    gs, ws = _tensors(shapes, 81), _tensors(shapes, 82)
+    with torch.inference_mode():
+        _check(gs, ws)  # the plan and its buffers are made here
+    _check(gs, ws)  # ... and written outside it
+
+
+def test_close_releases_the_cached_buffers():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[_Block() for _ in range(30)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradlens.watch(model, opt):
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 12)).pow(2).mean().backward()
+            opt.step()
+        assert _stats._local.plans  # planned from the second logged step
+    assert _stats._local.plans == []
