@@ -169,7 +169,7 @@ class _Layout:
         self.params = [p for _, p in named]
         self.layers = [_group_name(layer_of(n), group_depth) for n in self.names]
         self.key = (tuple(self.names), tuple(self.layers))  # the history's layout key
-        index = {id(p): i for i, p in enumerate(self.params)}
+        index = self.index = {id(p): i for i, p in enumerate(self.params)}
         self.by_opt = [[index[id(p)] for p in ps if id(p) in index] for ps in opt_params]
         # per optimizer: its watched parameters and their indices (as an array)
         self.opt_params = [[self.params[i] for i in idxs] for idxs in self.by_opt]
@@ -276,6 +276,8 @@ class Monitor:
         self._logged = 0  # logged records so far
         self._layout: Optional[_Layout] = None
         self._layout_sig: Any = None
+        self._layouts: Dict[Any, _Layout] = {}  # by signature (requires_grad of each parameter)
+        self._unions: Dict[Tuple[int, int], _Layout] = {}  # of two layouts met in one step
         self._contrib: Set[int] = set()
         self._pending: Optional[_Pending] = None  # the step being collected
         self._queue: List[Tuple[int, _Pending]] = []  # closed steps waiting for their records
@@ -525,6 +527,19 @@ class Monitor:
             sig = tuple(map(_REQUIRES_GRAD, self._root.parameters()))
         if self._layout is not None and sig == self._layout_sig:
             return self._layout
+        # (a GAN freezing D for G's step flips between two signatures every step:
+        # the same layout objects come back, so their steps still batch together)
+        layout = self._layouts.get(sig)
+        if layout is None:
+            layout = self._layouts[sig] = self._layout_of(lambda p: p.requires_grad)
+            if len(self._layouts) > 8:
+                self._layouts.pop(next(iter(self._layouts)))
+                self._unions.clear()
+        self._layout, self._layout_sig = layout, sig
+        return layout
+
+    def _layout_of(self, want: Callable[[nn.Parameter], bool]) -> _Layout:
+        """The layout of the watched parameters (optimizer-owned, selected) that ``want``."""
         owned: Optional[Set[int]] = None
         opt_params = [[p for g in opt.param_groups for p in g["params"]] for opt in self._optimizers]
         if self._optimizers:
@@ -532,16 +547,39 @@ class Monitor:
         named = []
         for n, p in self._root.named_parameters():
             n = self._name(n)
-            if not p.requires_grad or (owned is not None and id(p) not in owned):
+            if not want(p) or (owned is not None and id(p) not in owned):
                 continue
             if not self._selected(n):
                 continue
             named.append((n, p))
         if not self._optimizers:
             opt_params = [[p for _, p in named]]
-        self._layout = _Layout(named, opt_params, self._group_depth)
-        self._layout_sig = sig
-        return self._layout
+        return _Layout(named, opt_params, self._group_depth)
+
+    def _merge_into(self, pend: "_Pending", layout: _Layout, work: Dict[str, Any]) -> None:
+        """Record ``work`` (made on ``layout``) in ``pend`` (another layout of the same
+        step: a parameter was frozen or unfrozen between two optimizers' steps): both
+        move to the union of the two layouts, indices remapped by parameter."""
+        key = (id(pend.layout), id(layout))
+        union = self._unions.get(key)
+        if union is None:
+            ids = set(pend.layout.index) | set(layout.index)
+            union = self._unions[key] = self._layout_of(lambda p: id(p) in ids)
+        old = np.array([union.index[id(p)] for p in pend.layout.params], dtype=np.int64)
+        new = np.array([union.index[id(p)] for p in layout.params], dtype=np.int64)
+        remap = lambda idx, to: to[idx] if isinstance(idx, np.ndarray) else idx  # noqa: E731
+        pend.chunks = [
+            ([(kind, remap(ref, old), dev, start, n) for kind, ref, dev, start, n in slots], host, old[missing].tolist())
+            for slots, host, missing in pend.chunks
+        ]
+        if pend.p is not None:  # sorted already (a step with a NaN/Inf)
+            p, dw = np.full((len(union.names), len(GRAD_STATS)), np.nan), np.full(len(union.names), np.nan)
+            p[old], dw[old] = pend.p, pend.dW
+            pend.p, pend.dW = p, dw
+        for part in work["parts"]:
+            part["idx"] = new[part["idx"]]
+        work["missing"] = new[work["missing"]].tolist()
+        pend.layout = union
 
     def _layer_order(self, layers: List[str]) -> Tuple[List[str], np.ndarray]:
         """``layers`` ordered input side first, and the position of each input in that order."""
@@ -684,6 +722,9 @@ class Monitor:
         pend = self._pending
         if pend is None:
             pend = self._pending = _Pending(layout)
+        elif layout is not pend.layout:
+            self._merge_into(pend, layout, work)
+            layout = pend.layout
         pend.skipped |= skipped
         by_device: Dict[torch.device, List[Tensor]] = {}
         sizes: Dict[torch.device, int] = {}
@@ -819,18 +860,23 @@ class Monitor:
         if pend is not None:
             self._logged += 1
         if self._tracer is not None:
+            # calls made after this step's collection (a second optimizer's forward)
+            # belong to no record: dropped, not left for the next step
+            self._tracer.clear()
             # module hooks only while a traced step runs; others run no gradlens code
             self._tracer.arm(self._is_traced_step())
-        if pend is None:
-            if self._tracer is not None and not self._is_logged_step():
-                self._tracer.clear()
+        if pend is not None:
+            self._queue.append((step, pend))
+            if len(self._queue) == 1:
+                self._queued_at = time.monotonic()
+        if not self._queue:
             return
-        self._queue.append((step, pend))
-        if self._eager or pend.broken or len(self._queue) >= PUBLISH_BATCH:
-            self._publish_queued()
-        elif len(self._queue) == 1:
-            self._queued_at = time.monotonic()
-        elif time.monotonic() - self._queued_at >= PUBLISH_SECONDS:
+        if (
+            self._eager
+            or (pend is not None and pend.broken)
+            or len(self._queue) >= PUBLISH_BATCH
+            or time.monotonic() - self._queued_at >= PUBLISH_SECONDS
+        ):
             self._publish_queued()
 
     def _publish_queued(self) -> None:
@@ -842,8 +888,17 @@ class Monitor:
             while n < len(self._queue) and self._queue[n][1].layout is layout:
                 n += 1
             batch = self._queue[:n]
-            for step, pend, record in self._build_records(batch):
-                self._queue.pop(0)  # popped first: a halt leaves the rest queued
+            del self._queue[:n]  # taken first: steps that cannot be built are not retried forever
+            try:
+                built = list(self._build_records(batch))
+            except Exception as exc:  # noqa: BLE001 - a gradlens bug must not stop training
+                msg = (f"gradlens: the records of steps {batch[0][0]}-{batch[-1][0]} could not be built "
+                       f"({type(exc).__name__}: {exc}); they are left out")
+                _log.warning(msg)
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+                continue
+            # (with on_finding/halt_on every step is published alone: a halt loses nothing)
+            for step, pend, record in built:
                 self._history.write(record, pend.layout.key, (pend.p, pend.present), pend.layer_rows)
                 if self._tb is not None:
                     self._tb.write(record)
@@ -885,7 +940,7 @@ class Monitor:
         param_dicts = _stat_dicts(names, p, present)
         layer_dicts = _stat_dicts(lnames, lay_vals, lay_mask)
         for b, (step, pend) in enumerate(batch):
-            pend.present = present[b]
+            pend.present = present[b].copy()  # kept by the history: not a view of the batch
             stats = layer_dicts[b]
             act = pend.act or {}
             for layer, row in act.items():
@@ -920,9 +975,10 @@ class Monitor:
         broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
             record.loss is not None and not math.isfinite(record.loss)
         )
-        # not traced at this step (no tracer, or not on its cadence): probe the next forward
-        traced = record.nonfinite_origin is not None or "act_mean" in record.stats
-        if broken and not traced and not self._compiled and self._origin_probe is None:
+        # the next forward is not traced (no tracer, or off its cadence): probe it
+        # (broken steps are published at once, so the "next" step is the one to come)
+        next_traced = self._tracer is not None and self._is_traced_step()
+        if broken and not next_traced and not self._compiled and self._origin_probe is None:
             self._arm_origin_probe()
         if self._diagnoser_failed:
             return

@@ -125,9 +125,11 @@ class Tracer:
         if not self.enabled or on == (len(self._hooks) > 0):
             return
         if on:
+            # first among the module's hooks, every time: re-arming must not move them
+            # behind hooks the user added meanwhile (those could change the output seen)
             for name, module in self._modules:
-                self._hooks.add(module.register_forward_pre_hook(self._pre(name)))
-                self._hooks.add(module.register_forward_hook(self._post(name, module)))
+                self._hooks.add(module.register_forward_pre_hook(self._pre(name), prepend=True))
+                self._hooks.add(module.register_forward_hook(self._post(name, module), prepend=True))
         else:
             self._hooks.remove()
 

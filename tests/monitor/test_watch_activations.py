@@ -231,12 +231,24 @@ def test_origin_probe_on_a_step_off_the_activation_cadence():
             mon.step()
             if i == 0:
                 assert not model[0]._forward_hooks  # the tracer's are off until logged step 10
-        assert not model[2]._forward_hooks  # and the one-forward probe removed itself
+        assert mon._origin_probe is not None  # still broken: the next forward is probed too
+    assert not model[2]._forward_hooks and not model[0]._forward_hooks  # close() removed all
     recs = mon.records()
     assert "act_mean" in recs[0].stats and "act_mean" not in recs[1].stats
     assert recs[0].nonfinite_origin is None and recs[0].get("nonfinite", "3") == 0
     assert recs[1].nonfinite_origin is None and recs[1].stats["nonfinite"]["3"] > 0
     assert recs[2].nonfinite_origin == "2"
+
+
+def test_origin_is_found_on_every_broken_step():
+    # each broken step arms the probe for the next forward (not only every other one)
+    model = _poison_model()
+    with gradlens.watch(model) as mon, pytest.warns(RuntimeWarning, match="nonfinite"):
+        for _ in range(5):
+            model.zero_grad()
+            model(torch.full((3, 4), 5.0)).sum().backward()
+            mon.step()
+    assert [r.nonfinite_origin for r in mon.records()] == [None, "2", "2", "2", "2"]
 
 
 @pytest.mark.parametrize("device", DEVICES)

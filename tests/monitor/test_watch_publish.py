@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
 from typing import List, Tuple
 
@@ -175,15 +176,16 @@ def test_a_nonfinite_step_is_published_at_once(no_clock):
 
 
 def test_steps_are_published_after_publish_seconds(monkeypatch):
-    monkeypatch.setattr(monitor_mod, "PUBLISH_SECONDS", 0.0)
+    monkeypatch.setattr(monitor_mod, "PUBLISH_SECONDS", 0.2)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     writer = _Recorder()
-    with gradlens.watch(model, opt, writer=writer):
+    with gradlens.watch(model, opt, writer=writer, every=2):
         train(model, opt, 1)
         assert writer.steps() == []  # the first waiting step starts the clock
-        train(model, opt, 1)
-        assert writer.steps() == [0, 1]
+        time.sleep(0.3)
+        train(model, opt, 1)  # an unlogged step also publishes what waited too long
+        assert writer.steps() == [0]
 
 
 def test_statistics_of_a_batch_match_torch(no_clock):
@@ -236,3 +238,62 @@ def test_long_host_copies_are_kept_as_arrays_and_checked(no_clock):
             assert df.loc[(step, name), "grad_norm"] == pytest.approx(norm, rel=1e-5)
             assert df.loc[(step, name), "grad_max"] == pytest.approx(gmax, rel=1e-6)
     assert df.loc[(3, "heads.7.bias"), "nonfinite"] == 1 and df.loc[(3, "heads.7.weight"), "nonfinite"] == 0
+
+
+class _GAN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.G = torch.nn.Linear(4, 4)
+        self.D = torch.nn.Linear(4, 1)
+
+
+@pytest.mark.parametrize("g_first", [True, False], ids=["G-first", "D-first"])
+def test_parameters_frozen_between_two_optimizers_of_a_step(g_first):
+    # pix2pix/CycleGAN: D.requires_grad_(False) for G's step, True again for D's;
+    # each optimizer's numbers must land on its own parameters, at every step
+    model = _GAN()
+    opt_g = torch.optim.SGD(model.G.parameters(), lr=0.1)
+    opt_d = torch.optim.SGD(model.D.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(5)
+    refs = []
+
+    def g_step():
+        model.D.requires_grad_(False)
+        opt_g.zero_grad()
+        model.D(model.G(torch.randn(8, 4, generator=gen))).mean().backward()
+        refs[-1].update({f"G.{n}": p.grad.norm().item() for n, p in model.G.named_parameters()})
+        opt_g.step()
+        model.D.requires_grad_(True)
+
+    def d_step():
+        opt_d.zero_grad()
+        model.D(torch.randn(8, 4, generator=gen)).pow(2).mean().backward()
+        refs[-1].update({f"D.{n}": p.grad.norm().item() for n, p in model.D.named_parameters()})
+        opt_d.step()
+
+    with gradlens.watch(model, [opt_g, opt_d]) as mon:
+        for _ in range(2 * BATCH + 3):
+            refs.append({})
+            for fn in (g_step, d_step) if g_first else (d_step, g_step):
+                fn()
+    df = mon.dataframe().set_index(["step", "param"])["grad_norm"]
+    assert len(refs) == 2 * BATCH + 3
+    for step, ref in enumerate(refs):
+        for name, norm in ref.items():
+            assert df[(step, name)] == pytest.approx(norm, rel=1e-5), (step, name)
+
+
+def test_a_step_that_cannot_be_built_warns_and_is_left_out(monkeypatch, no_clock):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = gradlens.watch(model, opt)
+    train(model, opt, 2)
+    real = mon._build_records
+    monkeypatch.setattr(mon, "_build_records", lambda batch: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.warns(RuntimeWarning, match="steps 0-1 could not be built"):
+        mon.dataframe()  # training code reading the monitor is not broken by it
+    monkeypatch.setattr(mon, "_build_records", real)
+    train(model, opt, 2)
+    mon.close()
+    assert sorted(mon.dataframe()["step"].unique()) == [2, 3]  # the queue is not jammed
