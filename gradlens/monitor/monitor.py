@@ -8,7 +8,9 @@ the diagnosis engine. Nothing is computed on unlogged steps.
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
+import functools
 import itertools
 import logging
 import math
@@ -17,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
@@ -309,6 +312,10 @@ class Monitor:
         self._order_cache: Dict[Any, Tuple[List[str], np.ndarray]] = {}
         self._probe: Optional[HookSet] = None
 
+        # a script that never calls close() still gets its last steps published
+        self._at_exit = functools.partial(_publish_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
+
         for k, opt in enumerate(self._optimizers):
             self._hooks.add(opt.register_step_pre_hook(self._make_pre(k)))
             self._hooks.add(opt.register_step_post_hook(self._make_post(k)))
@@ -419,6 +426,7 @@ class Monitor:
             if self._tb is not None:
                 self._tb.close()
             _stats.release_cache()  # buffers of the batched statistics (rebuilt on demand)
+            atexit.unregister(self._at_exit)
 
     def __enter__(self) -> "Monitor":
         return self
@@ -1026,6 +1034,19 @@ class Monitor:
 
         handle = self._root.register_forward_hook(done)
         self._hooks.add(handle)
+
+
+def _publish_at_exit(ref: "weakref.ref[Monitor]") -> None:
+    """Publish and flush what a monitor that was never closed still holds."""
+    mon = ref()
+    if mon is None or mon._closed:
+        return
+    try:
+        mon._flush_pending()
+        if mon._tb is not None:
+            mon._tb.flush()
+    except Exception:  # noqa: BLE001 - nothing to report to at interpreter exit
+        pass
 
 
 def _check_int(value: Any, arg: str, minimum: int) -> int:

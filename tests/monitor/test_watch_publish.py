@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
@@ -18,11 +22,14 @@ import pandas as pd
 import pytest
 import torch
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 import gradlens
 import gradlens.monitor.monitor as monitor_mod
 from watch_helpers import mlp, train
 
 BATCH = monitor_mod.PUBLISH_BATCH
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Recorder:
@@ -297,3 +304,23 @@ def test_a_step_that_cannot_be_built_warns_and_is_left_out(monkeypatch, no_clock
     train(model, opt, 2)
     mon.close()
     assert sorted(mon.dataframe()["step"].unique()) == [2, 3]  # the queue is not jammed
+
+
+def test_a_script_that_never_closes_still_publishes_its_last_steps(tmp_path):
+    script = tmp_path / "no_close.py"
+    script.write_text(
+        "import sys, torch, gradlens\n"
+        "model = torch.nn.Linear(3, 2)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        f"mon = gradlens.watch(model, opt, logdir={str(tmp_path / 'run')!r})\n"
+        "for _ in range(13):\n"
+        "    opt.zero_grad(); model(torch.randn(4, 3)).sum().backward(); opt.step()\n"
+        "print(len(mon._queue))\n"  # waiting, then published at exit (no close())
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == 13
+    acc = EventAccumulator(str(tmp_path / "run"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("grad_norm/(root)")] == list(range(13))
