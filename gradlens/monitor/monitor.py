@@ -173,22 +173,19 @@ class _Layout:
         self.layers = [_group_name(layer_of(n), group_depth) for n in self.names]
         self.key = (tuple(self.names), tuple(self.layers))  # the history's layout key
         index = self.index = {id(p): i for i, p in enumerate(self.params)}
-        self.by_opt = [[index[id(p)] for p in ps if id(p) in index] for ps in opt_params]
+        by_opt = [[index[id(p)] for p in ps if id(p) in index] for ps in opt_params]
         # per optimizer: its watched parameters and their indices (as an array)
-        self.opt_params = [[self.params[i] for i in idxs] for idxs in self.by_opt]
-        self.opt_idx = [np.array(idxs, dtype=np.int64) for idxs in self.by_opt]
-        # layer -> indices of its parameters
-        self.layer_params: Dict[str, List[int]] = {}
-        for i, layer in enumerate(self.layers):
-            self.layer_params.setdefault(layer, []).append(i)
-        self.layer_names = list(self.layer_params)
-        pos = {layer: j for j, layer in enumerate(self.layer_names)}
-        self.layer_ids = np.array([pos[layer] for layer in self.layers], dtype=np.int64)
+        self.opt_params = [[self.params[i] for i in idxs] for idxs in by_opt]
+        self.opt_idx = [np.array(idxs, dtype=np.int64) for idxs in by_opt]
+        # layers in first-seen order, and where each parameter's layer is in it
+        pos = self.layer_pos = {layer: j for j, layer in enumerate(dict.fromkeys(self.layers))}
+        self.layer_names = list(pos)
+        layer_ids = np.array([pos[layer] for layer in self.layers], dtype=np.int64)
         # the parameters sorted by layer (None: they already are), and where each
         # layer's run starts, for per-layer reductions with ``ufunc.reduceat``
-        order = np.argsort(self.layer_ids, kind="stable")
+        order = np.argsort(layer_ids, kind="stable")
         self.by_layer: Optional[np.ndarray] = None if (order == np.arange(len(order))).all() else order
-        self.layer_starts = np.searchsorted(self.layer_ids[order], np.arange(len(self.layer_names)))
+        self.layer_starts = np.searchsorted(layer_ids[order], np.arange(len(self.layer_names)))
 
 
 class _Pending:
@@ -898,7 +895,7 @@ class Monitor:
             batch = self._queue[:n]
             del self._queue[:n]  # taken first: steps that cannot be built are not retried forever
             try:
-                built = list(self._build_records(batch))
+                records = self._build_records(batch)
             except Exception as exc:  # noqa: BLE001 - a gradlens bug must not stop training
                 msg = (f"gradlens: the records of steps {batch[0][0]}-{batch[-1][0]} could not be built "
                        f"({type(exc).__name__}: {exc}); they are left out")
@@ -906,18 +903,16 @@ class Monitor:
                 warnings.warn(msg, RuntimeWarning, stacklevel=3)
                 continue
             # (with on_finding/halt_on every step is published alone: a halt loses nothing)
-            for step, pend, record in built:
+            for (_, pend), record in zip(batch, records):
                 self._history.write(record, pend.layout.key, (pend.p, pend.present), pend.layer_rows)
                 if self._tb is not None:
                     self._tb.write(record)
                 self._after_record(record)
 
-    def _build_records(self, batch: List[Tuple[int, "_Pending"]]) -> Iterable[Tuple[int, "_Pending", StepRecord]]:
-        """The records of ``batch`` (steps with one layout), with one numpy pass for all.
-
-        Yields ``(step, pending, record)`` in order; each pending also gets the
-        history's arrays (``present``, ``layer_rows``).
-        """
+    def _build_records(self, batch: List[Tuple[int, "_Pending"]]) -> List[StepRecord]:
+        """The records of ``batch`` (steps with one layout), in order, with one numpy
+        pass for all; each pending also gets the history's arrays (``present``,
+        ``layer_rows``)."""
         layout = batch[0][1].layout
         names, lnames = layout.names, layout.layer_names
         p, dw = self._unpack([pend for _, pend in batch])  # (steps, params, GRAD_STATS), (steps, params)
@@ -947,14 +942,15 @@ class Monitor:
         lay_mask = np.stack([n_meas, n_meas, n_meas, n_meas, n_dw, n_seen], axis=2)
         param_dicts = _stat_dicts(names, p, present)
         layer_dicts = _stat_dicts(lnames, lay_vals, lay_mask)
+        records = []
         for b, (step, pend) in enumerate(batch):
-            pend.present = present[b].copy()  # kept by the history: not a view of the batch
+            pend.present = present[b]
             stats = layer_dicts[b]
             act = pend.act or {}
             for layer, row in act.items():
                 for stat, v in row.items():
                     stats.setdefault(stat, {})[layer] = float(v)
-            layers, pos = self._layer_order(lnames + [a for a in act if a not in layout.layer_params])
+            layers, pos = self._layer_order(lnames + [a for a in act if a not in layout.layer_pos])
             # the history's per-layer arrays: rows in record order, columns in LAYER_STATS order
             hist_vals = np.full((len(layers), len(LAYER_STATS)), np.nan, dtype=np.float32)
             hist_mask = np.zeros(hist_vals.shape, dtype=bool)
@@ -970,14 +966,15 @@ class Monitor:
             pend.layer_rows = (hist_vals, hist_mask)
             origin = pend.origin or self._origin
             self._origin = None
-            yield step, pend, StepRecord(
+            records.append(StepRecord(
                 step=step,
                 layers=layers,
                 stats=stats,
                 param_stats=param_dicts[b],
                 loss=pend.loss,
                 nonfinite_origin=origin,
-            )
+            ))
+        return records
 
     def _after_record(self, record: StepRecord) -> None:
         broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (

@@ -67,7 +67,8 @@ class HistorySink(Sink):
         if lid is None:
             lid = self._layout_ids[key] = len(self._layouts)
             self._layouts.append(key)
-        p = (params[0].astype(np.float32), params[1])
+        # copies: the caller's arrays may be views of a larger (batch) array
+        p = (params[0].astype(np.float32), params[1].copy())
         loss = None if record.loss is None else float(record.loss)
         self._rows.append((record.step, lid, p, layers, loss, record.nonfinite_origin))
         if len(self._rows) >= self.max_history:
