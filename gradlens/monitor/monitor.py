@@ -331,7 +331,7 @@ class Monitor:
             )
             self._activations = False
         if self._activations:
-            self._tracer = Tracer(self._traced_modules(), self._is_traced_step)
+            self._tracer = Tracer(self._traced_modules())  # armed for step 0, which is traced
         elif not self._compiled:
             self._arm_order_probe()
 
@@ -1013,7 +1013,7 @@ class Monitor:
 
     def _arm_origin_probe(self) -> None:
         """Trace non-finite counts per module for the next grad-enabled forward only."""
-        probe = Tracer(self._traced_modules(), lambda: True, stats=False)
+        probe = Tracer(self._traced_modules(), stats=False)
         self._origin_probe = probe
 
         def done(module: nn.Module, args: Any, output: Any) -> None:

@@ -96,19 +96,17 @@ class _Call:
 
 
 class Tracer:
-    """Collects per-call output statistics of ``modules`` while ``active()`` is true.
+    """Collects per-call output statistics of ``modules`` while armed (:meth:`arm`).
 
     Args:
         modules: ``(name, module)`` pairs to trace.
-        active: called at each forward; tracing happens only when it returns True.
         stats: compute the full statistics (False: only non-finite counts, used by
             the one-forward origin probe).
     """
 
-    def __init__(self, modules: List[Tuple[str, nn.Module]], active: Any, *, stats: bool = True) -> None:
+    def __init__(self, modules: List[Tuple[str, nn.Module]], *, stats: bool = True) -> None:
         self.calls: List[_Call] = []
         self.grad_norms: Dict[str, List[Tensor]] = {}
-        self._active = active
         self._full = stats
         self._producers: Dict[int, Tuple["weakref.ref[Tensor]", int]] = {}
         self._pending_inputs: Dict[int, List[List[Any]]] = {}
@@ -160,7 +158,7 @@ class Tracer:
 
     # -- hooks ----------------------------------------------------------------
     def _on(self) -> bool:
-        return self.enabled and torch.is_grad_enabled() and self._active()
+        return self.enabled and torch.is_grad_enabled()
 
     def _pre(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
