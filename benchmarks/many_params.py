@@ -39,7 +39,6 @@ import copy
 import os
 import statistics
 import sys
-import time
 from typing import Callable, Iterator, List, Tuple
 
 import torch
@@ -50,7 +49,7 @@ import gradlens  # noqa: E402
 from gradlens.monitor import stats as _stats  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import block_medians, make_step, mlp  # noqa: E402  (same models and method)
+from overhead import block_medians, make_step, mlp, time_pairs  # noqa: E402  (same models and method)
 
 
 class Block(nn.Module):
@@ -124,23 +123,9 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
         step_b = make_step(other, opt_b, x, y)
     else:
         step_b = make_step(other, opt_b, x, y, _stats_hook(other))
-    ta: List[float] = []
-    tb: List[float] = []
-    clock = time.thread_time  # this thread's CPU time: other processes do not count
     try:
         with _per_tensor_only("per-tensor" in variant):
-            for i in range(warmup + steps):
-                # alternate the order (A B, then B A) so neither copy always runs second
-                first, second = (step_a, step_b) if i % 2 == 0 else (step_b, step_a)
-                t0 = clock()
-                first()
-                t1 = clock()
-                second()
-                t2 = clock()
-                if i >= warmup:
-                    da, db = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
-                    ta.append(da)
-                    tb.append(db)
+            ta, tb = time_pairs(step_a, step_b, steps, warmup, torch.device("cpu"))
     finally:
         if mon is not None:
             mon.close()

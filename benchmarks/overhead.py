@@ -143,6 +143,32 @@ VARIANTS = [
 ]
 
 
+def time_pairs(step_a: Callable[[], None], step_b: Callable[[], None], steps: int, warmup: int,
+               device: torch.device) -> Tuple[List[float], List[float]]:
+    """Times of ``steps`` plain (A) and variant (B) steps, alternating in one loop."""
+    ta: List[float] = []
+    tb: List[float] = []
+    # CPU: this thread's CPU time (time.thread_time), so that other processes on a
+    # shared machine do not count; CUDA: wall time after a synchronisation.
+    clock = time.thread_time if device.type == "cpu" else time.perf_counter
+    for i in range(warmup + steps):
+        # alternate the order (A B, then B A) so neither copy always runs second
+        first, second = (step_a, step_b) if i % 2 == 0 else (step_b, step_a)
+        _sync(device)
+        t0 = clock()
+        first()
+        _sync(device)
+        t1 = clock()
+        second()
+        _sync(device)
+        t2 = clock()
+        if i >= warmup:
+            da, db = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+            ta.append(da)
+            tb.append(db)
+    return ta, tb
+
+
 def block_medians(ta: List[float], tb: List[float], block: int) -> Tuple[float, float, float]:
     """Median over blocks of ``block`` pairs of (mean plain, mean variant, their ratio)."""
     block = max(1, min(block, len(ta)))
@@ -192,27 +218,8 @@ def run_variant(variant: str, build: Callable[[], nn.Module], shape: Tuple[int, 
             cleanup.append(writer.close)
             hook = _manual(other, writer, counter) if "manual" in variant else _hist(other, writer, counter)
         step_b = make_step(other, opt_b, x, y, hook)
-    ta: List[float] = []
-    tb: List[float] = []
-    # CPU: this thread's CPU time (time.thread_time), so that other processes on a
-    # shared machine do not count; CUDA: wall time after a synchronisation.
-    clock = time.thread_time if device.type == "cpu" else time.perf_counter
     try:
-        for i in range(warmup + steps):
-            # alternate the order (A B, then B A) so neither copy always runs second
-            first, second = (step_a, step_b) if i % 2 == 0 else (step_b, step_a)
-            _sync(device)
-            t0 = clock()
-            first()
-            _sync(device)
-            t1 = clock()
-            second()
-            _sync(device)
-            t2 = clock()
-            if i >= warmup:
-                da, db = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
-                ta.append(da)
-                tb.append(db)
+        ta, tb = time_pairs(step_a, step_b, steps, warmup, device)
     finally:
         for fn in cleanup:
             fn()
