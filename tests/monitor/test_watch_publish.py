@@ -98,10 +98,17 @@ def _run(eager: bool, steps: int = 2 * BATCH + 3) -> gradlens.Monitor:
     return mon
 
 
-def test_batched_records_equal_records_published_at_each_step(no_clock):
-    eager, batched = _run(True), _run(False)
+def _eager_and_batched(run):
+    """Monitors of the same run published at each step and in batches; both
+    dataframes (parameter and layer level) must be equal."""
+    eager, batched = run(True), run(False)
     for level in ("param", "layer"):
         pd.testing.assert_frame_equal(eager.dataframe(level), batched.dataframe(level))
+    return eager, batched
+
+
+def test_batched_records_equal_records_published_at_each_step(no_clock):
+    eager, batched = _eager_and_batched(_run)
     assert [r.__dict__ for r in eager.records()] == [r.__dict__ for r in batched.records()]
     assert [(f.kind, f.layer, f.step, f.last_step) for f in eager.findings] == [
         (f.kind, f.layer, f.step, f.last_step) for f in batched.findings
@@ -143,9 +150,7 @@ def _run_branchy(eager: bool) -> gradlens.Monitor:
 
 def test_batched_steps_of_different_shapes_equal_eager_ones(no_clock):
     # steps in one batch differ: missing gradients, update ratios, a loss or not
-    eager, batched = _run_branchy(True), _run_branchy(False)
-    for level in ("param", "layer"):
-        pd.testing.assert_frame_equal(eager.dataframe(level), batched.dataframe(level))
+    _, batched = _eager_and_batched(_run_branchy)
     df = batched.dataframe().set_index(["step", "param"])
     assert df.loc[(0, "b.weight"), "missing_grad"] == 1 and df.loc[(1, "b.weight"), "missing_grad"] == 0
     assert math.isnan(df.loc[(0, "b.weight"), "grad_norm"]) and df.loc[(1, "b.weight"), "grad_norm"] > 0
