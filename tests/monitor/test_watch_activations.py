@@ -231,7 +231,7 @@ def test_origin_probe_on_a_step_off_the_activation_cadence():
             mon.step()
             if i == 0:
                 assert not model[0]._forward_hooks  # the tracer's are off until logged step 10
-        assert mon._origin_probe is not None  # still broken: the next forward is probed too
+        assert mon._activations.origin_probe is not None  # still broken: the next forward is probed too
     assert not model[2]._forward_hooks and not model[0]._forward_hooks  # close() removed all
     recs = mon.records()
     assert "act_mean" in recs[0].stats and "act_mean" not in recs[1].stats
@@ -284,7 +284,7 @@ def test_scratch_memory_is_bounded_with_varying_shapes():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU())
     mon = gradlens.watch(model, activations=1)
-    tracer = mon._tracer
+    tracer = mon._activations.tracer
     largest = 0
     for length in range(1, 30):
         x = torch.randn(3, length, 5)

@@ -92,7 +92,7 @@ def test_halt_on_other_kind_does_not_raise(fake):
 def test_real_diagnoser_is_used_by_default():
     model = mlp()
     with gradlens.watch(model) as mon:
-        assert isinstance(mon._diagnoser, engine.Diagnoser)
+        assert isinstance(mon._publisher._diagnoser, engine.Diagnoser)
         assert mon.findings == []
 
 

@@ -25,7 +25,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import gradlens
-import gradlens.monitor.monitor as monitor_mod
+import gradlens.monitor.packet as packet_mod
+import gradlens.monitor.publish as monitor_mod
 from watch_helpers import mlp, train
 
 BATCH = monitor_mod.PUBLISH_BATCH
@@ -80,10 +81,10 @@ def test_findings_property_publishes_queued_steps(no_clock):
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights never move
     with gradlens.watch(model, opt, update_every=1, thresholds={"persist_steps": 2}) as mon:
         train(model, opt, 3)
-        assert len(mon._queue) == 3  # nothing diagnosed yet ...
+        assert len(mon._publisher.queue) == 3  # nothing diagnosed yet ...
         with pytest.warns(RuntimeWarning, match="updates are tiny"):
             kinds = [f.kind for f in mon.findings]  # ... until someone looks
-        assert kinds == ["update_ratio"] and not mon._queue
+        assert kinds == ["update_ratio"] and not mon._publisher.queue
 
 
 def _run(eager: bool, steps: int = 2 * BATCH + 3) -> gradlens.Monitor:
@@ -233,16 +234,16 @@ def test_long_host_copies_are_kept_as_arrays_and_checked(no_clock):
     # 2 x 300 parameters: 1800 values per copy, past _LIST_MAX, kept as numpy arrays
     model = _Wide()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    assert 3 * 600 > monitor_mod._LIST_MAX
+    assert 3 * 600 > packet_mod.LIST_MAX
     with gradlens.watch(model, opt) as mon:
         refs = train(model, opt, 3, inputs=2)
-        assert isinstance(mon._queue[0][1].chunks[0][1][torch.device("cpu")], np.ndarray)
+        assert isinstance(mon._publisher.queue[0][1].chunks[0][1][torch.device("cpu")], np.ndarray)
         opt.zero_grad()
         model(torch.randn(4, 2)).sum().backward()
         model.heads[7].bias.grad[1] = float("inf")
         with pytest.warns(RuntimeWarning, match="nonfinite"):
             opt.step()  # found in the array copy: published at once
-        assert not mon._queue
+        assert not mon._publisher.queue
     df = mon.dataframe().set_index(["step", "param"])
     for step, ref in enumerate(refs):
         for name in ("heads.0.weight", "heads.150.bias", "heads.299.weight"):
@@ -301,11 +302,11 @@ def test_a_step_that_cannot_be_built_warns_and_is_left_out(monkeypatch, no_clock
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     mon = gradlens.watch(model, opt)
     train(model, opt, 2)
-    real = mon._build_records
-    monkeypatch.setattr(mon, "_build_records", lambda batch: (_ for _ in ()).throw(ValueError("boom")))
+    real = mon._publisher.build_records
+    monkeypatch.setattr(mon._publisher, "build_records", lambda batch: (_ for _ in ()).throw(ValueError("boom")))
     with pytest.warns(RuntimeWarning, match="steps 0-1 could not be built"):
         mon.dataframe()  # training code reading the monitor is not broken by it
-    monkeypatch.setattr(mon, "_build_records", real)
+    monkeypatch.setattr(mon._publisher, "build_records", real)
     train(model, opt, 2)
     mon.close()
     assert sorted(mon.dataframe()["step"].unique()) == [2, 3]  # the queue is not jammed
@@ -320,7 +321,7 @@ def test_a_script_that_never_closes_still_publishes_its_last_steps(tmp_path):
         f"mon = gradlens.watch(model, opt, logdir={str(tmp_path / 'run')!r})\n"
         "for _ in range(13):\n"
         "    opt.zero_grad(); model(torch.randn(4, 3)).sum().backward(); opt.step()\n"
-        "print(len(mon._queue))\n"  # waiting, then published at exit (no close())
+        "print(len(mon._publisher.queue))\n"  # waiting, then published at exit (no close())
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                          cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})

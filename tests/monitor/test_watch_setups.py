@@ -291,7 +291,7 @@ def test_torch_compile_anywhere_turns_activations_off_with_a_warning(where):
     ],
 )
 def test_group_name_levels(layer, depth, group):
-    from gradlens.monitor.monitor import _group_name
+    from gradlens.monitor.layout import group_name as _group_name
 
     assert _group_name(layer, depth) == group
 

@@ -1,4 +1,4 @@
-"""Forward/backward signal tracing: per-module output statistics and NaN origin.
+"""Forward/backward signal tracing (the activations source's hooks): per-module output statistics and NaN origin.
 
 A :class:`Tracer` puts a forward pre-hook and a forward hook on each traced
 module. For every call it keeps, on the device, a small vector of output
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from gradlens.monitor import stats as _stats
-from gradlens.monitor.hooks import HookSet
+from gradlens.monitor.attach import HookSet
 
 __all__ = ["Tracer", "Traced", "sat_limits", "features_last", "SCRATCH_MAX_NUMEL"]
 

@@ -1,0 +1,136 @@
+"""Validation of :func:`gradlens.watch`'s arguments: every bad value raises a
+``TypeError``/``ValueError`` that names the argument and what was expected,
+before anything is attached."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY
+
+__all__ = ["parse"]
+
+
+def _check_int(value: Any, arg: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"watch({arg}=...) expects an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"watch({arg}=...) expects an int >= {minimum}, got {value}")
+    return value
+
+
+def _patterns(value: Any, arg: str) -> Optional[Tuple[str, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(f"watch({arg}=...) expects a glob pattern string or a list of them, got {type(value).__name__}")
+
+
+def _optimizers(model: nn.Module, optimizer: Any) -> List[torch.optim.Optimizer]:
+    if optimizer is None:
+        optimizers: List[torch.optim.Optimizer] = []
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        optimizers = [optimizer]
+    elif isinstance(optimizer, (list, tuple)) and optimizer and all(
+        isinstance(o, torch.optim.Optimizer) for o in optimizer
+    ):
+        optimizers = list(optimizer)
+    else:
+        raise TypeError(
+            "watch(optimizer=...) expects a torch.optim.Optimizer, a non-empty list of them, "
+            f"or None, got {type(optimizer).__name__}"
+        )
+    if len({id(o) for o in optimizers}) != len(optimizers):
+        raise ValueError("watch(optimizer=...) got the same optimizer twice")
+    model_params = {id(p) for p in model.parameters()}
+    for i, opt in enumerate(optimizers):
+        if not any(id(p) in model_params for g in opt.param_groups for p in g["params"]):
+            raise ValueError(
+                f"watch(optimizer=...): optimizer #{i} ({type(opt).__name__}) owns none of the "
+                "model's parameters; pass the optimizer that trains this model"
+            )
+    return optimizers
+
+
+def parse(
+    model: Any,
+    optimizer: Any,
+    *,
+    logdir: Any,
+    writer: Any,
+    every: Any,
+    activations: Any,
+    include: Any,
+    exclude: Any,
+    group_depth: Any,
+    update_every: Any,
+    max_history: Any,
+    param_scalars: Any,
+    flow_every: Any,
+    histogram_every: Any,
+    on_finding: Any,
+    halt_on: Union[str, Iterable[str]],
+    thresholds: Any,
+) -> Tuple[List[torch.optim.Optimizer], Dict[str, Any]]:
+    """Validate ``watch``'s arguments; returns the optimizers and the Monitor's
+    keyword arguments (a ``SummaryWriter`` is created for ``logdir``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"watch(model=...) expects an nn.Module, got {type(model).__name__}")
+    optimizers = _optimizers(model, optimizer)
+    every = _check_int(every, "every", 1)
+    update_every = _check_int(update_every, "update_every", 0)
+    max_history = _check_int(max_history, "max_history", 2)
+    flow_every = _check_int(flow_every, "flow_every", 0)
+    histogram_every = _check_int(histogram_every, "histogram_every", 0)
+    if group_depth is not None:
+        group_depth = _check_int(group_depth, "group_depth", 1)
+    if isinstance(activations, bool):
+        activations = ACTIVATIONS_EVERY if activations else 0
+    elif isinstance(activations, int):
+        activations = _check_int(activations, "activations", 0)
+    else:
+        raise TypeError(
+            f"watch(activations=...) expects a bool or an int >= 0, got {type(activations).__name__}"
+        )
+    if param_scalars is not None and not isinstance(param_scalars, bool):
+        raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
+    inc = _patterns(include, "include")
+    exc = _patterns(exclude, "exclude")
+    if on_finding is not None and not callable(on_finding):
+        raise TypeError(f"watch(on_finding=...) expects a callable, got {type(on_finding).__name__}")
+    if isinstance(halt_on, str):
+        halt: Tuple[str, ...] = (halt_on,)
+    else:
+        try:
+            halt = tuple(halt_on)
+        except TypeError:
+            raise TypeError(f"watch(halt_on=...) expects finding kinds (strings), got {type(halt_on).__name__}") from None
+        if not all(isinstance(h, str) for h in halt):
+            raise TypeError("watch(halt_on=...) expects finding kinds (strings)")
+    if thresholds is not None and not isinstance(thresholds, dict):
+        raise TypeError(f"watch(thresholds=...) expects a dict, got {type(thresholds).__name__}")
+    if logdir is not None and writer is not None:
+        raise ValueError("watch() takes logdir=... or writer=..., not both")
+    owns = False
+    if logdir is not None:
+        if not isinstance(logdir, (str, os.PathLike)):
+            raise TypeError(f"watch(logdir=...) expects a path, got {type(logdir).__name__}")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=os.fspath(logdir))
+        owns = True
+    elif writer is not None and not callable(getattr(writer, "add_scalar", None)):
+        raise TypeError(f"watch(writer=...) expects a SummaryWriter, got {type(writer).__name__}")
+    return optimizers, dict(
+        writer=writer, owns_writer=owns, every=every, activations=activations, include=inc, exclude=exc,
+        group_depth=group_depth, update_every=update_every, max_history=max_history,
+        param_scalars=param_scalars, flow_every=flow_every, histogram_every=histogram_every,
+        on_finding=on_finding, halt_on=halt, thresholds=thresholds,
+    )

@@ -1,0 +1,217 @@
+"""The one device packet of a logged step, and its host copy.
+
+Sources write named slots into a :class:`Packet` (``put(kind, ref, tensor)``), on
+the device, with no sync. :meth:`Packet.seal` concatenates each device's slots and
+copies them to the host once:
+
+* on CPU the copy is the tensor itself, read at once (a short list of floats, or a
+  numpy array past ``LIST_MAX`` values);
+* on CUDA it is a non-blocking copy into pinned memory with an event behind it,
+  read when the step is published (:meth:`HostCopy.get`). A logged step then does
+  not wait for the device; ``sync=True`` (a halt or a callback needs the values at
+  once) reads it at the step, as on CPU.
+
+A :class:`StepPacket` is one logged step on the host, from its first optimizer's
+chunk to its record; :func:`unpack` sorts the host values of many steps into the
+per-parameter arrays, handing each slot kind to the source that wrote it. The
+flat per-device layout (slots as ``(kind, ref, device, start, size)``) is what a
+later all-reduce of the whole packet would reduce, once per logged step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradlens._record import GRAD_STATS
+
+__all__ = ["Packet", "HostCopy", "StepPacket", "unpack", "defers", "LIST_MAX", "Reader"]
+
+#: Host copies of up to this many values are kept as Python lists until published
+#: (cheapest to make and check); longer ones as numpy arrays (8 bytes a value, not 32).
+LIST_MAX = 1024
+
+Slot = Tuple[str, Any, torch.device, int, int]  # kind, ref, device, start, size
+
+
+def defers(device: torch.device) -> bool:
+    """Whether a copy from ``device`` is left in flight (CUDA; tests may say CPU too)."""
+    return device.type == "cuda"
+
+
+class HostCopy:
+    """The host side of one device's part of a packet, copied without blocking.
+
+    :meth:`ready` says (without waiting) whether the copy arrived; :meth:`get`
+    waits for it if needed and returns the values (list or numpy array). From a
+    CUDA device it is a non-blocking copy into pinned memory followed by an event;
+    from any other device, a copy taken at once (the same code path, synchronous).
+    """
+
+    __slots__ = ("_host", "_event", "_values")
+
+    def __init__(self, flat: Tensor) -> None:
+        self._event: Any = None
+        if flat.is_cuda:
+            self._host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            self._host.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = flat.clone()
+        self._values: Any = None
+
+    def ready(self) -> bool:
+        """Whether the values are on the host (never waits)."""
+        return self._values is not None or self._event is None or self._event.query()
+
+    def get(self) -> Any:
+        """The values; waits for the copy the first time if it has not arrived."""
+        if self._values is None:
+            if self._event is not None:
+                self._event.synchronize()
+            self._values = _host_values(self._host)
+            self._host = self._event = None
+        return self._values
+
+
+def _host_values(flat: Tensor) -> Any:
+    return flat.tolist() if flat.numel() <= LIST_MAX else flat.numpy().copy()
+
+
+def resolved(value: Any) -> Any:
+    """A host chunk's values, waiting for a :class:`HostCopy` if it is one."""
+    return value.get() if isinstance(value, HostCopy) else value
+
+
+class Packet:
+    """The device-side slots one optimizer's step writes, until :meth:`seal`."""
+
+    __slots__ = ("slots", "_by_device", "_sizes")
+
+    def __init__(self) -> None:
+        self.slots: List[Slot] = []
+        self._by_device: Dict[torch.device, List[Tensor]] = {}
+        self._sizes: Dict[torch.device, int] = {}
+
+    def put(self, kind: str, ref: Any, t: Tensor) -> None:
+        """Add the values of ``t`` (detached, float32 or float64) as a slot of ``kind``;
+        ``ref`` is the writer's own key for them (e.g. parameter indices)."""
+        dev, n = t.device, t.numel()
+        start = self._sizes.get(dev, 0)
+        self._by_device.setdefault(dev, []).append(t if t.dim() == 1 else t.reshape(-1))
+        self._sizes[dev] = start + n
+        self.slots.append((kind, ref, dev, start, n))
+
+    def seal(self, *, sync: bool) -> Dict[torch.device, Any]:
+        """The one host copy per device: values now (CPU, or ``sync``), else a
+        :class:`HostCopy` read when published."""
+        host: Dict[torch.device, Any] = {}
+        for dev, lst in self._by_device.items():
+            flat = lst[0] if len(lst) == 1 else torch.cat(lst)
+            if not sync and defers(dev):
+                host[dev] = HostCopy(flat)
+            else:
+                host[dev] = _host_values(flat.cpu())
+        return host
+
+
+class StepPacket:
+    """One logged step on the host, from its first optimizer's chunk to its record."""
+
+    __slots__ = (
+        "layout", "chunks", "skipped", "broken", "checked", "traced", "act", "origin", "loss", "p", "dW",
+        "present", "layer_rows", "grads",
+    )
+
+    def __init__(self, layout: Any) -> None:
+        self.layout = layout
+        # (slots, host values per device, missing parameter indices) per optimizer
+        self.chunks: List[Tuple[List[Slot], Dict[torch.device, Any], List[int]]] = []
+        self.skipped = False  # a step the GradScaler skipped
+        self.broken = False  # a non-finite value (published at once)
+        self.checked = True  # its host values were checked for NaN/Inf (deferred copies: later)
+        self.traced: Any = None  # activations traced at this step, until summarized
+        self.act: Optional[Dict[str, Dict[str, float]]] = None
+        self.origin: Optional[str] = None
+        self.loss: Optional[float] = None
+        self.p: Optional[np.ndarray] = None  # (params, GRAD_STATS)
+        self.dW: Optional[np.ndarray] = None  # ||w_after - w_before|| per parameter
+        self.present: Optional[np.ndarray] = None  # which entries of p were measured
+        self.layer_rows: Optional[Tuple[np.ndarray, np.ndarray]] = None  # the history's layer arrays
+        # per chunk, the gradients behind it with their versions, kept until the
+        # host copy was checked (exact non-finite counts need them)
+        self.grads: List[Any] = []
+
+    def ready(self) -> bool:
+        """Whether every host copy of the step has arrived (never waits)."""
+        return all(not isinstance(h, HostCopy) or h.ready() for _, host, _ in self.chunks for h in host.values())
+
+    def finite(self, hosts: Optional[Sequence[Dict[torch.device, Any]]] = None) -> bool:
+        """Whether every host value (of ``hosts``, default: every chunk's) is finite;
+        waits for deferred copies."""
+        for host in hosts if hosts is not None else [host for _, host, _ in self.chunks]:
+            for h in host.values():
+                h = resolved(h)
+                # a NaN/Inf anywhere makes the sum non-finite (overflow of finite
+                # statistics only costs an exact count that comes back 0)
+                if not math.isfinite(sum(h) if isinstance(h, list) else h.sum(dtype=np.float64)):
+                    return False
+        return True
+
+
+class Reader(Protocol):
+    """What :func:`unpack` calls for the slots of one kind (a source's host side)."""
+
+    def read(
+        self, slots: List[Tuple[Any, np.ndarray]], rows: np.ndarray, p: np.ndarray, dw: np.ndarray,
+        pends: Sequence[StepPacket], members: List[int],
+    ) -> None:
+        """Turn ``slots`` ((ref, values shaped (values, steps)) of one kind, for the
+        steps ``members`` of ``pends`` (rows ``rows`` of ``p``/``dw``)) into columns."""
+
+
+def unpack(pends: Sequence[StepPacket], readers: Dict[str, Reader]) -> Tuple[np.ndarray, np.ndarray]:
+    """Sort the host values of ``pends`` (steps with one layout) into arrays.
+
+    Returns ``(p, dW)`` shaped (steps, params, GRAD_STATS) and (steps, params);
+    each step packet's ``p``/``dW`` become views of its row. Steps whose host copies
+    have the same structure (usually all of them) are sorted with one numpy op per
+    statistic; each slot kind goes to its reader in ``readers``.
+    """
+    n = len(pends[0].layout.names)
+    p = np.full((len(pends), n, len(GRAD_STATS)), np.nan)
+    dw = np.full((len(pends), n), np.nan)  # ||w_after - w_before||
+    groups: Dict[Any, List[int]] = {}
+    for b, pend in enumerate(pends):
+        if pend.p is not None:  # sorted before (a step with a NaN/Inf), then maybe more chunks
+            p[b], dw[b] = pend.p, pend.dW
+        if pend.chunks:
+            key = tuple(
+                (tuple((kind, id(ref), dev, start, size) for kind, ref, dev, start, size in slots), tuple(missing))
+                for slots, _, missing in pend.chunks
+            )
+            groups.setdefault(key, []).append(b)
+    miss_col = GRAD_STATS.index("missing_grad")
+    for members in groups.values():
+        rows = np.array(members)
+        for c, (slots, lists, missing) in enumerate(pends[members[0]].chunks):
+            # (steps, values) per device; a slot's values are its columns
+            host = {
+                dev: np.array([resolved(pends[b].chunks[c][1][dev]) for b in members], dtype=np.float64)
+                for dev in lists
+            }
+            by_kind: Dict[str, List[Tuple[Any, np.ndarray]]] = {}
+            for kind, ref, dev, start, size in slots:
+                by_kind.setdefault(kind, []).append((ref, host[dev][:, start : start + size].T))
+            for kind, kind_slots in by_kind.items():
+                readers[kind].read(kind_slots, rows, p, dw, pends, members)
+            if missing:
+                p[rows[:, None], np.asarray(missing), miss_col] = 1.0
+    for b, pend in enumerate(pends):
+        pend.p, pend.dW, pend.chunks = p[b], dw[b], []
+    return p, dw

@@ -1,0 +1,134 @@
+"""Activations: per-layer output statistics, the gradient flowing back into each
+output, and the module where a NaN/Inf is born.
+
+Device side: the tracer's module hooks (``_tracer.py``), on only while a traced
+step runs (every ``every``-th logged step); their per-call vectors are the step's
+``act`` slots. Host side: the ``act_*`` and ``out_grad_norm`` columns and
+``StepRecord.nonfinite_origin``. After a broken step whose next forward is not
+traced, a one-forward probe (non-finite counts only) names the origin there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradlens.monitor.attach import HookSet, on_root_forward
+from gradlens.monitor.layout import LayerOrder, Layouts
+from gradlens.monitor.packet import Packet, StepPacket
+from gradlens.monitor.sources._tracer import Tracer
+from gradlens.monitor.sources.base import Cycle, Source, Work
+
+__all__ = ["Activations", "ACTIVATIONS_EVERY"]
+
+_log = logging.getLogger("gradlens")
+
+#: ``activations=True`` traces every this many logged steps (an int picks another
+#: cadence; 1 is every logged step).
+ACTIVATIONS_EVERY = 10
+
+#: Modules that only reshape their input; their outputs are not traced (a view of
+#: a traced output is still recognised as finite input by the NaN-origin rule).
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+class Activations(Source):
+    """Activation tracing on every ``every``-th logged step (0: off, only the
+    NaN-origin probe after broken steps), and the origin probe.
+
+    Args:
+        layouts: names and selection of the model's modules.
+        order: the layer order, told which modules ran.
+        every: the tracing cadence in logged steps (0: no tracing).
+        probe: whether the origin probe may run (False for compiled models).
+    """
+
+    kinds = ("act",)
+
+    def __init__(self, layouts: Layouts, order: LayerOrder, every: int, *, probe: bool = True) -> None:
+        self._layouts, self._order = layouts, order
+        self.every = every
+        self._may_probe = probe
+        self._hooks = HookSet()
+        self.origin_probe: Optional[Tracer] = None
+        self._origin: Optional[str] = None  # named by the probe, for the next record
+        # armed for step 0, which is traced
+        self.tracer: Optional[Tracer] = Tracer(layouts.modules(skip=_RESHAPES)) if every else None
+
+    def traced(self, cycle: Cycle) -> bool:
+        """Whether the upcoming step is traced."""
+        # (cycle.logged is the index the upcoming record will have among logged ones)
+        return self.tracer is not None and cycle.is_logged_step() and cycle.logged % self.every == 0
+
+    def after_update(self, cycle: Cycle, work: Work, pend: StepPacket, packet: Packet, skipped: bool) -> None:
+        tracer = self.tracer
+        if tracer is None or pend.traced is not None or pend.act is not None:
+            return  # (a second optimizer's chunk: the forward was traced once)
+        if not tracer.calls:
+            tracer.clear()
+            return
+        for t in tracer.device_tensors():
+            packet.put("act", None, t)
+        pend.traced = tracer.take()  # summarized with the values, by read()
+        for name in pend.traced.grad_counts:  # traced modules, in forward order
+            self._order.saw(name)
+
+    def read(
+        self, slots: List[Tuple[Any, np.ndarray]], rows: np.ndarray, p: np.ndarray, dw: np.ndarray,
+        pends: Sequence[StepPacket], members: List[int],
+    ) -> None:
+        vals = np.concatenate([v for _, v in slots])  # (values, steps)
+        for j, b in enumerate(members):
+            pend = pends[b]
+            if pend.traced is not None:
+                pend.act, pend.origin = pend.traced.summarize(vals[:, j])
+                pend.traced = None
+
+    def step_done(self, cycle: Cycle) -> None:
+        if self.tracer is not None:
+            # calls made after this step's collection (a second optimizer's forward)
+            # belong to no record: dropped, not left for the next step
+            self.tracer.clear()
+            # module hooks only while a traced step runs; others run no gradlens code
+            self.tracer.arm(self.traced(cycle))
+
+    def take_origin(self, pend: StepPacket) -> Optional[str]:
+        """The origin for ``pend``'s record: its own, or the probe's latest."""
+        origin = pend.origin or self._origin
+        self._origin = None
+        return origin
+
+    def after_broken_record(self, next_traced: bool) -> None:
+        """A record with NaN/Inf was published: probe the next forward unless it is traced."""
+        if not next_traced and self._may_probe and self.origin_probe is None:
+            self._arm_origin_probe()
+
+    def _arm_origin_probe(self) -> None:
+        """Trace non-finite counts per module for the next grad-enabled forward only."""
+        probe = Tracer(self._layouts.modules(skip=_RESHAPES), stats=False)
+        self.origin_probe = probe
+
+        def done(module: nn.Module, args: Any, output: Any) -> None:
+            if not probe.calls:
+                return
+            handle.remove()
+            probe.remove()
+            with torch.no_grad():
+                host = torch.cat([t.float().cpu() for t in probe.device_tensors()]).tolist()
+            _, origin = probe.take().summarize(host)
+            self.origin_probe = None
+            if origin is not None:
+                self._origin = origin
+                _log.warning("gradlens: non-finite values first appear in the output of %s", origin)
+
+        handle = self._hooks.add(on_root_forward(self._layouts.root, done))
+
+    def close(self) -> None:
+        self._hooks.remove()
+        for tracer in (self.tracer, self.origin_probe):
+            if tracer is not None:
+                tracer.remove()
