@@ -309,3 +309,24 @@ def test_group_depth_on_nested_sequentials():
     assert rec.layers == ["0", "1", "2"]
     ref = math.sqrt(sum(p.grad.norm().item() ** 2 for p in model[1].parameters()))
     assert rec.get("grad_norm", "1") == pytest.approx(ref, rel=1e-6)
+
+
+def test_losses_observed_during_accumulation_are_averaged():
+    # two micro-batches per optimizer step, each loss observed: the record has their mean
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(3)
+    seen = []
+    with gradlens.watch(model, opt) as mon:
+        for _ in range(3):
+            opt.zero_grad()
+            losses = []
+            for _ in range(2):
+                loss = model(torch.randn(4, 6, generator=gen)).pow(2).mean()
+                mon.observe_loss(loss)
+                mon.observe_loss(float(loss) * 0 + float(loss))  # a float is kept alike
+                losses.append(loss.item())
+                (loss / 2).backward()
+            seen.append(sum(losses) / len(losses))
+            opt.step()
+    assert [r.loss for r in mon.records()] == pytest.approx(seen, rel=1e-6)
