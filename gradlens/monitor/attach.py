@@ -109,7 +109,12 @@ class OptimizerTaps:
     """The step hooks and the ``zero_grad`` tap of each optimizer, as one :class:`HookSet`.
 
     ``pre(k)`` runs right before optimizer ``k`` updates (its gradients are final),
-    ``post(k, skipped)`` right after. A ``GradScaler`` skips ``optimizer.step()``
+    ``post(k, skipped)`` right after. When ``step(closure)`` is given a closure (as
+    Lightning always does, and LBFGS needs), the gradients are only computed inside
+    it: the closure is wrapped, ``pre(k)`` runs when its first evaluation returns
+    (LBFGS evaluates it several times: the first one is the gradient at the step's
+    starting point, from which its update is computed), and ``closure_result(k,
+    value)`` gets what that evaluation returned (the loss, by convention). A ``GradScaler`` skips ``optimizer.step()``
     when gradients overflowed, so the step hooks never fire: if the gradients
     changed since the last step/zero_grad and the optimizer did not step, that step
     was skipped, and ``pre(k)``/``post(k, True)`` run at the next ``zero_grad``,
@@ -123,10 +128,13 @@ class OptimizerTaps:
         pre: Callable[[int], None],
         post: Callable[[int, bool], None],
         zero_grad: Callable[[int], None] = lambda k: None,
+        closure_result: Callable[[int, Any], None] = lambda k, value: None,
     ) -> None:
         self._optimizers = list(optimizers)
         self._pre, self._post, self._zero_grad = pre, post, zero_grad
+        self._closure_result = closure_result
         self._stepped = [False] * len(self._optimizers)
+        self._in_step = [False] * len(self._optimizers)  # between the step's pre- and post-hook
         self._snap: List[Any] = [_grad_identity(opt) for opt in self._optimizers]
         self.hooks = HookSet()
         self.active = True
@@ -140,15 +148,37 @@ class OptimizerTaps:
         self.active = False
         self.hooks.remove()
 
-    def _make_pre(self, k: int) -> Callable[..., None]:
-        def hook(opt: Any, args: Any, kwargs: Any) -> None:
-            if self.active:
-                self._pre(k)
+    def _make_pre(self, k: int) -> Callable[..., Any]:
+        def hook(opt: Any, args: Any, kwargs: Any) -> Any:
+            if not self.active:
+                return None
+            self._in_step[k] = True
+            if kwargs.get("closure") is not None:
+                return args, {**kwargs, "closure": self._wrap(k, kwargs["closure"])}
+            i = 1 if args and args[0] is opt else 0  # (torch passes the optimizer itself first)
+            if len(args) > i and callable(args[i]):
+                return (*args[:i], self._wrap(k, args[i]), *args[i + 1:]), kwargs
+            self._pre(k)
+            return None
 
         return hook
 
+    def _wrap(self, k: int, closure: Callable[..., Any]) -> Callable[..., Any]:
+        first = [True]
+
+        def closure_then_record(*args: Any, **kwargs: Any) -> Any:
+            value = closure(*args, **kwargs)
+            if first[0] and self.active:
+                first[0] = False
+                self._pre(k)  # the gradients this evaluation computed
+                self._closure_result(k, value)
+            return value
+
+        return closure_then_record
+
     def _make_post(self, k: int) -> Callable[..., None]:
         def hook(opt: Any, args: Any, kwargs: Any) -> None:
+            self._in_step[k] = False
             if self.active:
                 self._stepped[k] = True
                 self._snap[k] = _grad_identity(self._optimizers[k])
@@ -161,6 +191,8 @@ class OptimizerTaps:
             if not self.active:
                 return
             self._zero_grad(k)
+            if self._in_step[k]:
+                return  # inside step(closure): the closure clears and recomputes the gradients
             if not self._stepped[k] and _grad_identity(self._optimizers[k]) != self._snap[k]:
                 self._pre(k)
                 self._post(k, True)

@@ -131,7 +131,9 @@ class Monitor:
         atexit.register(self._at_exit)
 
         self._optimizers = list(optimizers)
-        self._taps = OptimizerTaps(optimizers, collector.pre, collector.post, lambda k: self._poll())
+        self._taps = OptimizerTaps(
+            optimizers, collector.pre, collector.post, lambda k: self._poll(), closure_result=self._closure_loss
+        )
         self._hooks = HookSet()
         if not eager and any(_packet.defers(p.device) for p in layouts.root.parameters()):
             # deferred GPU copies are checked as soon as they arrived: at zero_grad and
@@ -256,6 +258,15 @@ class Monitor:
         if not self._closed:
             self._collector.poll(last_chance=last_chance)
 
+    def _closure_loss(self, k: int, value: Any) -> None:
+        # what step(closure)'s closure returned is the step's loss, unless one was observed
+        if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
+            pass
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if not self._closed and self._collector.is_logged_step() and not self._loss.observed:
+            self._loss.observe(value)
+
     def _after_record(self, record: StepRecord) -> None:
         broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
             record.loss is not None and not math.isfinite(record.loss)
@@ -310,7 +321,10 @@ def watch(
     Statistics are taken right before each ``optimizer.step()`` (a step pre-hook),
     so they see the gradients the optimizer uses (after DDP's all-reduce, after
     gradient accumulation, unscaled under ``GradScaler``; a step the GradScaler
-    skips is still recorded, at the next ``optimizer.zero_grad()``).
+    skips is still recorded, at the next ``optimizer.zero_grad()``). With
+    ``optimizer.step(closure)`` (Lightning, LBFGS) they are taken when the closure's
+    first evaluation returns, and what it returns is the step's loss unless
+    :meth:`Monitor.observe_loss` gave one.
 
     Args:
         model: the ``nn.Module`` to watch; a ``torch.compile``'d, ``DataParallel``,
@@ -318,7 +332,9 @@ def watch(
             and names are those of the model inside (``0.weight``, not
             ``module.0.weight``), so runs with and without the wrapper line up.
         optimizer: an optimizer, a list of them (GAN: ``[opt_g, opt_d]``), or None:
-            then call :meth:`Monitor.step` after each backward.
+            then call :meth:`Monitor.step` after each backward. Wrappers holding a
+            torch optimizer as ``.optimizer`` (accelerate's ``AcceleratedOptimizer``,
+            Lightning's ``LightningOptimizer``) are unwrapped.
         logdir: write TensorBoard events there (creates a ``SummaryWriter``).
         writer: or use your own ``SummaryWriter`` (not closed by gradlens).
         every: record every N-th step; unlogged steps cost nothing per parameter.

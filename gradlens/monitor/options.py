@@ -33,20 +33,33 @@ def _patterns(value: Any, arg: str) -> Optional[Tuple[str, ...]]:
     raise TypeError(f"watch({arg}=...) expects a glob pattern string or a list of them, got {type(value).__name__}")
 
 
+def _unwrap(optimizer: Any, i: int) -> torch.optim.Optimizer:
+    """The torch optimizer inside wrappers such as accelerate's ``AcceleratedOptimizer``
+    or Lightning's ``LightningOptimizer`` (anything whose ``.optimizer`` or
+    ``._optimizer`` is one); a wrapper that subclasses Optimizer without calling its
+    ``__init__`` has no hook registry of its own, so it is unwrapped too."""
+    seen = set()
+    obj = optimizer
+    while obj is not None and id(obj) not in seen:
+        seen.add(id(obj))
+        if isinstance(obj, torch.optim.Optimizer) and hasattr(obj, "_optimizer_step_pre_hooks"):
+            return obj
+        obj = vars(obj).get("optimizer", vars(obj).get("_optimizer")) if hasattr(obj, "__dict__") else None
+    raise TypeError(
+        f"watch(optimizer=...) expects a torch.optim.Optimizer (or a wrapper holding one as "
+        f"`.optimizer`), got {type(optimizer).__name__}" + (f" at position {i}" if i else "")
+    )
+
+
 def _optimizers(model: nn.Module, optimizer: Any) -> List[torch.optim.Optimizer]:
     if optimizer is None:
-        optimizers: List[torch.optim.Optimizer] = []
-    elif isinstance(optimizer, torch.optim.Optimizer):
-        optimizers = [optimizer]
-    elif isinstance(optimizer, (list, tuple)) and optimizer and all(
-        isinstance(o, torch.optim.Optimizer) for o in optimizer
-    ):
-        optimizers = list(optimizer)
+        return []
+    if isinstance(optimizer, (list, tuple)):
+        if not optimizer:
+            raise TypeError("watch(optimizer=...) expects an optimizer, a non-empty list of them, or None, got []")
+        optimizers = [_unwrap(o, i) for i, o in enumerate(optimizer)]
     else:
-        raise TypeError(
-            "watch(optimizer=...) expects a torch.optim.Optimizer, a non-empty list of them, "
-            f"or None, got {type(optimizer).__name__}"
-        )
+        optimizers = [_unwrap(optimizer, 0)]
     if len({id(o) for o in optimizers}) != len(optimizers):
         raise ValueError("watch(optimizer=...) got the same optimizer twice")
     model_params = {id(p) for p in model.parameters()}

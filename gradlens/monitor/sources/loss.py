@@ -24,6 +24,11 @@ class Loss(Source):
     def __init__(self) -> None:
         self._seen: List[Tensor] = []
 
+    @property
+    def observed(self) -> bool:
+        """Whether a loss was observed for the step being collected."""
+        return bool(self._seen)
+
     def observe(self, loss: Union[Tensor, float]) -> None:
         """Keep ``loss`` (a validated scalar) for the step being collected."""
         if isinstance(loss, Tensor):
