@@ -40,6 +40,7 @@ __all__ = [
     "release_cache",
     "norms",
     "nonfinite_counts",
+    "norms64",
     "activation_stats",
     "nonfinite_count",
     "SAT_BAND",
@@ -336,6 +337,13 @@ def split_grad_stats(values: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray
 def _count_nonfinite(x: Tensor) -> Tensor:
     """Exact count of NaN/Inf elements (float32 0-d): ``x - x`` is NaN exactly there."""
     return torch.ne(x - x, 0).sum(dtype=torch.float32)
+
+
+def norms64(tensors: Sequence[Tensor]) -> List[float]:
+    """L2 norms accumulated in float64, on the host (for the rare norms that
+    overflowed in float32; one sync)."""
+    with torch.no_grad():
+        return torch.stack([torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]).tolist()
 
 
 def nonfinite_counts(tensors: Iterable[Tensor]) -> List[float]:

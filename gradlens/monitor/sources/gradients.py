@@ -4,7 +4,10 @@ Device side (:mod:`gradlens.monitor.stats`): one fused vector per (device, dtype
 group, taken right before the update. Host side: the columns ``grad_norm``,
 ``grad_max``, ``weight_norm``, ``nonfinite`` (0 unless the step is broken) and
 ``missing_grad``. On a broken step the exact non-finite element counts are taken
-from the gradients, for the tensors whose norm is not finite; when the gradients
+from the gradients, for the tensors whose norm is not finite, and a norm that
+overflowed (float32) over finite elements is taken again in float64, for gradients
+and weights alike: ``nonfinite`` means a NaN/Inf element, never an overflowed norm.
+When the gradients
 no longer hold the step's values (a deferred GPU copy that arrived after
 ``zero_grad``), the count is exact where max|g| is finite (0: the norm overflowed)
 and the lower bound 1 where it is not.
@@ -74,7 +77,15 @@ class Gradients(Source):
             p[bad, _NF] = np.where(np.isfinite(p[bad, _GM]), 0.0, 1.0)
             return
         for part in parts:
-            bad = np.flatnonzero(~np.isfinite(p[part.idx, _GN]))
-            if len(bad):
-                counts = _stats.nonfinite_counts([part.grads[j] for j in bad.tolist()])
-                p[part.idx[bad], _NF] = counts
+            for col, tensors in ((_GN, part.grads), (_WN, part.weights)):
+                bad = np.flatnonzero(~np.isfinite(p[part.idx, col])).tolist()
+                if not bad:
+                    continue
+                counts = _stats.nonfinite_counts([tensors[j] for j in bad])
+                if col == _GN:
+                    p[part.idx[bad], _NF] = counts
+                # a norm that overflowed over finite elements (float32 sum of squares
+                # past 3.4e38) is taken again in float64, for those tensors only
+                overflowed = [j for j, c in zip(bad, counts) if c == 0]
+                if overflowed:
+                    p[part.idx[overflowed], col] = _stats.norms64([tensors[j] for j in overflowed])
