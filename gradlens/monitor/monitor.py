@@ -41,6 +41,9 @@ __all__ = ["watch", "Monitor", "ACTIVATIONS_EVERY", "PARAM_SCALARS_AUTO_LIMIT"]
 #: Per-parameter TensorBoard scalars are written by default up to this many parameters.
 PARAM_SCALARS_AUTO_LIMIT = 64
 
+#: The latest open monitor of each watched model (a second one is warned about).
+_WATCHED: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+
 
 class Monitor:
     """Records per-parameter and per-layer gradient statistics of a model.
@@ -86,6 +89,15 @@ class Monitor:
         self.every = every
         self._closed = False
         layouts = self._layouts = Layouts(model, optimizers, include, exclude, group_depth)
+        other = _WATCHED.get(layouts.root)
+        if other is not None and other() is not None and not other()._closed:
+            warnings.warn(
+                f"gradlens.watch: this {type(model).__name__} is already watched by {other()!r}; this "
+                "second monitor records on its own (its own hooks, history and event files). Close "
+                "the first one (mon.close(), or leave its `with` block) if that is not what you want",
+                UserWarning,
+                stacklevel=3,
+            )
         layouts.warn_if_nothing_matches()  # before any hook, in case warnings are errors
         compiled = layouts.compiled
         if activations and compiled:
@@ -130,6 +142,7 @@ class Monitor:
         self._at_exit = functools.partial(_publish_at_exit, weakref.ref(self))
         atexit.register(self._at_exit)
 
+        _WATCHED[layouts.root] = weakref.ref(self)
         self._optimizers = list(optimizers)
         self._taps = OptimizerTaps(
             optimizers, collector.pre, collector.post, lambda k: self._poll(), closure_result=self._closure_loss
@@ -221,6 +234,9 @@ class Monitor:
             self._flush_pending()
         finally:
             self._closed = True
+            latest = _WATCHED.get(self._layouts.root)
+            if latest is not None and latest() is self:
+                del _WATCHED[self._layouts.root]
             self._taps.remove()
             self._hooks.remove()
             for source in self._sources:
@@ -229,6 +245,10 @@ class Monitor:
                 self._tb.close()
             _stats.release_cache()  # buffers of the batched statistics (rebuilt on demand)
             atexit.unregister(self._at_exit)
+        if self._collector.logged == 0:
+            how = ("no optimizer step ran" if self._optimizers
+                   else "no optimizer was given and mon.step() was never called")
+            warnings.warn(f"gradlens: {self!r} recorded no step: {how}", UserWarning, stacklevel=2)
 
     def __enter__(self) -> "Monitor":
         return self
@@ -375,6 +395,11 @@ def watch(
     reading ``findings``, :meth:`Monitor.dataframe` or :meth:`Monitor.records`,
     :meth:`Monitor.close`, and a monitor given ``on_finding`` or ``halt_on``
     publish at once.
+
+    Watching a model that an open monitor already watches gives a ``UserWarning``;
+    the second monitor then records on its own (its own hooks, history and event
+    files), and closing either leaves the other working. :meth:`Monitor.close`
+    warns when the monitor recorded no step at all.
 
     Returns:
         A :class:`Monitor` (also a context manager).

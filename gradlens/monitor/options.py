@@ -127,6 +127,12 @@ def parse(
             raise TypeError(f"watch(halt_on=...) expects finding kinds (strings), got {type(halt_on).__name__}") from None
         if not all(isinstance(h, str) for h in halt):
             raise TypeError("watch(halt_on=...) expects finding kinds (strings)")
+    from gradlens.diagnose.rules import DEFAULT_RULES
+
+    kinds = sorted({rule.kind for rule in DEFAULT_RULES})
+    unknown = [h for h in halt if h not in kinds]
+    if unknown:
+        raise ValueError(f"watch(halt_on=...) got unknown finding kind(s) {unknown}; expected some of {kinds}")
     if thresholds is not None and not isinstance(thresholds, dict):
         raise TypeError(f"watch(thresholds=...) expects a dict, got {type(thresholds).__name__}")
     if logdir is not None and writer is not None:

@@ -15,6 +15,7 @@ to wait.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -34,6 +35,19 @@ _LAYER_COL = {stat: j for j, stat in enumerate(LAYER_STATS)}  # history column o
 
 PUBLISH_BATCH = 40
 PUBLISH_SECONDS = 1.0
+
+
+#: Modules whose frames a warning skips to point at the user's own code.
+_LIBRARIES = ("gradlens", "torch", "lightning", "pytorch_lightning", "transformers", "accelerate")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by the caller point at the
+    first frame outside gradlens, torch and the training frameworks."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] in _LIBRARIES:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _stat_dicts(names: Sequence[str], values: np.ndarray, mask: np.ndarray) -> List[Dict[str, Dict[str, float]]]:
@@ -137,8 +151,7 @@ class Publisher:
             except Exception as exc:  # noqa: BLE001 - a gradlens bug must not stop training
                 msg = (f"gradlens: the records of steps {batch[0][0]}-{batch[-1][0]} could not be built "
                        f"({type(exc).__name__}: {exc}); they are left out")
-                _log.warning(msg)
-                warnings.warn(msg, RuntimeWarning, stacklevel=4)
+                warnings.warn(msg, RuntimeWarning, stacklevel=user_stacklevel())
                 continue
             # (with on_finding/halt_on every step is published alone: a halt loses nothing)
             for (_, pend), record in zip(batch, records):
@@ -221,19 +234,21 @@ class Publisher:
         except Exception as exc:  # noqa: BLE001 - diagnosis must never break training
             self._diagnoser_failed = True
             msg = f"gradlens: diagnosis failed ({type(exc).__name__}: {exc}); it is off for this run"
-            _log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=5)
+            warnings.warn(msg, RuntimeWarning, stacklevel=user_stacklevel())
             return
         if not new:
             return
         if self._tb is not None:
             self._tb.write_findings(new, record.step)
         for finding in new:
-            _log.warning("%s", finding)
+            # one line per finding on stderr: the first of each (kind, layer) as a
+            # warning that points at the user's code, later ones as a log line
             key = (finding.kind, finding.layer)
             if key not in self._warned:
                 self._warned.add(key)
-                warnings.warn(str(finding), RuntimeWarning, stacklevel=5)
+                warnings.warn(str(finding), RuntimeWarning, stacklevel=user_stacklevel())
+            else:
+                _log.warning("%s", finding)
             if self._on_finding is not None:
                 self._on_finding(finding)
         for finding in new:

@@ -130,3 +130,39 @@ def test_repr_and_public_names():
     mon.close()
     assert "closed" in repr(mon)
     assert gradlens.Monitor is type(mon)
+
+
+def test_a_second_monitor_on_one_model_is_warned_about():
+    model = mlp()
+    opt = _opt(model)
+    with gradlens.watch(model, opt):
+        with pytest.warns(UserWarning, match="already watched by Monitor"):
+            second = gradlens.watch(model, opt)
+        second.close()
+    import warnings as _w
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        with gradlens.watch(model, opt):  # the others are closed: no warning
+            train(model, opt, 1)
+
+
+@pytest.mark.parametrize("optimizer", [True, False], ids=["optimizer-never-stepped", "no-optimizer-no-step"])
+def test_close_warns_when_nothing_was_recorded(optimizer):
+    model = mlp()
+    mon = gradlens.watch(model, _opt(model) if optimizer else None)
+    model(torch.randn(2, 6)).sum().backward()  # a backward, but no step
+    with pytest.warns(UserWarning, match="recorded no step: " + ("no optimizer step ran" if optimizer else "no optimizer was given")):
+        mon.close()
+
+
+def test_halt_on_with_a_typo_lists_the_valid_kinds():
+    with pytest.raises(ValueError, match=r"unknown finding kind\(s\) \['nonfinte'\]; expected some of \[.*'nonfinite'"):
+        gradlens.watch(mlp(), halt_on={"nonfinte"})
+
+
+def test_unknown_threshold_names_are_rejected_before_anything_is_attached():
+    model = mlp()
+    opt = _opt(model)
+    with pytest.raises(ValueError, match="unknown threshold 'vanish'"):
+        gradlens.watch(model, opt, thresholds={"vanish": 1e-3})
+    assert _all_hooks(model, opt) == 0

@@ -61,9 +61,9 @@ def test_findings_plumbing(fake, tmp_path, caplog):
     assert [r.step for r in diag.records] == [0, 1, 2, 3]
     assert [f.step for f in seen] == [1, 2]
     assert mon.findings is diag.findings
-    # warned once per (kind, layer), logged every time
+    # one line per finding: warned once per (kind, layer), the later ones logged
     assert len([w for w in warned if "tiny gradient" in str(w.message)]) == 1
-    assert len([r for r in caplog.records if "tiny gradient" in r.getMessage()]) == 2
+    assert len([r for r in caplog.records if "tiny gradient" in r.getMessage()]) == 1
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     texts = [e.tensor_proto.string_val[0].decode() for e in acc.Tensors(_tags.FINDINGS_TAG + "/text_summary")]
@@ -110,3 +110,32 @@ def test_failing_diagnoser_warns_once_training_goes_on(monkeypatch):
             train(model, opt, 3)
     assert len([w for w in warned if "diagnosis failed" in str(w.message)]) == 1
     assert mon.steps_seen == 3 and len(mon.records()) == 3
+
+
+class _Log(torch.nn.Module):
+    def forward(self, x):
+        return torch.log(x)  # NaN for the negative entries: born here, at every step
+
+
+def test_each_finding_is_one_line_and_the_warning_points_at_the_users_code(caplog):
+    import logging
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), _Log(), torch.nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    caplog.set_level(logging.WARNING, logger="gradlens")
+    with pytest.warns(RuntimeWarning, match="nonfinite") as warned:
+        with gradlens.watch(model, opt) as mon:
+            for _ in range(6):
+                opt.zero_grad()
+                model(torch.randn(8, 4)).sum().backward()
+                opt.step()
+    ours = [w for w in warned if "nonfinite" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__  # at the user's opt.step(), not in gradlens
+    texts = [r.getMessage() for r in caplog.records]
+    assert not any("nonfinite" in t for t in texts)  # the warned finding is not logged again
+    origins = [t for t in texts if "first appear" in t]
+    # once per origin, not at every broken step (after the first update the weights of
+    # '0' are NaN too, so the probe then names '0': a second origin, also said once)
+    assert origins[0].endswith("output of 1") and len(origins) == len(set(origins)) <= 2
+    assert [f.kind for f in mon.findings] == ["nonfinite"]

@@ -56,6 +56,7 @@ class Activations(Source):
         self._hooks = HookSet()
         self.origin_probe: Optional[Tracer] = None
         self._origin: Optional[str] = None  # named by the probe, for the next record
+        self._announced: set = set()  # origins already logged (once each)
         # armed for step 0, which is traced
         self.tracer: Optional[Tracer] = Tracer(layouts.modules(skip=_RESHAPES)) if every else None
 
@@ -123,7 +124,9 @@ class Activations(Source):
             self.origin_probe = None
             if origin is not None:
                 self._origin = origin
-                _log.warning("gradlens: non-finite values first appear in the output of %s", origin)
+                if origin not in self._announced:
+                    self._announced.add(origin)
+                    _log.warning("gradlens: non-finite values first appear in the output of %s", origin)
 
         handle = self._hooks.add(on_root_forward(self._layouts.root, done))
 
