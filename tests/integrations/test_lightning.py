@@ -99,7 +99,7 @@ def test_writes_into_the_trainers_tensorboard_logger(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="run")
-    module, capture, cb = _Module(), _Capture(), GradlensCallback()
+    module, cb = _Module(), GradlensCallback()
     trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])
     with warnings.catch_warnings():
