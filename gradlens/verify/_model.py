@@ -68,8 +68,11 @@ class _Recorder:
         self.counts: Dict[type, int] = {}
         self.excluded: Dict[str, int] = {}
         self._active: List[Any] = []  # frames of the apply calls running now (nested calls are internal)
+        self.chain: Optional[Callable[..., Any]] = None  # a profile function set before ours
 
     def __call__(self, frame: Any, event: str, arg: Any) -> None:
+        if self.chain is not None:
+            self.chain(frame, event, arg)
         if event == "call" and frame.f_code is _APPLY_CODE:
             nested = bool(self._active)
             self._active.append(frame)
@@ -326,6 +329,9 @@ def _run_forward(model: nn.Module, batch: Tuple[Any, ...], loss_fn: Any, recorde
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     previous = sys.getprofile()
+    # A Python profile function already set keeps running (chained); a C profiler
+    # (cProfile) pauses during this forward and is re-enabled after it.
+    recorder.chain = previous if callable(previous) else None
     try:
         sys.setprofile(recorder)
         try:
@@ -334,7 +340,11 @@ def _run_forward(model: nn.Module, batch: Tuple[Any, ...], loss_fn: Any, recorde
                 if loss_fn is not None:
                     out = (out, loss_fn(out))
         finally:
-            sys.setprofile(previous)
+            if previous is None or callable(previous):
+                sys.setprofile(previous)
+            else:
+                sys.setprofile(None)
+                getattr(previous, "enable", lambda: None)()
         return _graph_classes(out)
     finally:
         with torch.no_grad():

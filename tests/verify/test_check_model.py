@@ -392,3 +392,20 @@ def test_bad_arguments(kwargs, err, match):
 def test_model_must_be_a_module():
     with pytest.raises(TypeError, match="check_model\\(model=...\\) expects an nn.Module, got list"):
         gradlens.check_model([nn.Linear(2, 2)], torch.randn(3))
+
+
+def test_a_profile_function_set_before_keeps_running_and_stays_set():
+    events = []
+
+    def prof(frame, event, arg):
+        events.append(event)
+
+    model, x = mz.make(fixed=True)
+    sys.setprofile(prof)
+    try:
+        report = gradlens.check_model(model, x)
+        assert sys.getprofile() is prof
+    finally:
+        sys.setprofile(None)
+    assert report.ok and len(report.functions) == 3
+    assert events.count("call") > 100  # chained during the recorded forward too
