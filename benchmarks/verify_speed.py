@@ -22,7 +22,7 @@ import importlib.util
 import os
 import sys
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -143,6 +143,35 @@ def run_localisation(exact: bool, repeat: int) -> List[dict]:
     return rows
 
 
+_COLD = """
+import sys, time, torch
+sys.path.insert(0, {here!r})
+torch.set_num_threads(1)
+import verify_speed as v, gradlens
+fn, x = v._chunked(1024), torch.randn(4100, dtype=torch.float64, requires_grad=True)
+t = time.process_time()
+ok = {call}
+print(time.process_time() - t, ok)
+"""
+
+
+def run_cold() -> Dict[str, Tuple[float, bool]]:
+    """The 4-wrong tail case as the first call of a fresh process (torch's lazy imports included)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    calls = {
+        "check_backward": "gradlens.check_backward(fn, x).ok",
+        "gradcheck exact": "torch.autograd.gradcheck(fn, (x,), raise_exception=False)",
+    }
+    out = {}
+    for name, call in calls.items():
+        res = subprocess.run([sys.executable, "-c", _COLD.format(here=here, call=call)], capture_output=True, text=True, check=True)
+        t, ok = res.stdout.split()
+        out[name] = (float(t), ok == "True")
+    return out
+
+
 def print_localisation(rows: List[dict]) -> None:
     head = f"{'elementwise Function':>24} | {'check_backward':>17} | {'located':>7} | {'gradcheck exact':>16} | {'gl/exact':>8}"
     print(head)
@@ -257,6 +286,14 @@ def main(argv: List[str] | None = None) -> int:
     print()
     print_localisation(run_localisation(exact=not args.quick, repeat=1 if args.quick else 7))
     print("located: mismatched elements named; gl/exact: check_backward's time divided by gradcheck exact mode's.")
+    if not args.quick:
+        cold = run_cold()
+        (c_t, c_v), (e_t, e_v) = cold["check_backward"], cold["gradcheck exact"]
+        print(
+            f"first call in a fresh process (tail of 4 wrong, cpu time): check_backward {c_t * 1e3:.0f} ms {_verdict(c_v)}, "
+            f"gradcheck exact {e_t * 1e3:.0f} ms {_verdict(e_v)}; both include torch's one-time import of "
+            "torch.fx.experimental.symbolic_shapes (sympy) in the first torch.autograd.grad with grad_outputs"
+        )
     print()
     print_model(run_model(exact=not args.quick, repeat=1 if args.quick else 5))
     return 0

@@ -212,6 +212,7 @@ def test_calls_counted_bounded_named_and_skipped():
     assert [f.name for f in report.functions] == ["Swish", "_Scale", "_Outer", "_Loss"], text
     swish = report["Swish"]
     assert swish.ok and not swish.checked and "grad disabled" in swish.calls[0].skipped
+    assert swish.n_calls == 1  # the call inside _Outer's forward is _Outer's business, not the model's
     scale = report["_Scale"]
     assert scale.n_calls == 5 and [c.index for c in scale.calls] == [0, 1] and scale.ok, text
     assert scale.calls[0].inputs == ["input 0 = activation [4, 6] float32", "input 1 = w [6] float32"]
