@@ -6,14 +6,13 @@ import functools
 import inspect
 import os
 import sys
-import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from gradlens._record import ROOT_LAYER
-from gradlens.verify._check import _STE_EXAMPLE, _check_options, _map_tensors, check_backward
+from gradlens.verify._check import _STE_EXAMPLE, _check_options, _flatten, _map_tensors, check_backward
 from gradlens.verify._model_report import FunctionCall, FunctionReport, ModelReport
 
 # Every call of a custom Function runs this code object (``MyFn.apply`` is a bound
@@ -62,11 +61,11 @@ class _Recorder:
         self.tensor_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self.tensor_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
         self.include_gradlens, self.max_calls = include_gradlens, max_calls
-        self.thread = threading.get_ident()
         self.order: List[type] = []  # Function classes, in order of first call
         self.calls: Dict[type, List[Tuple[FunctionCall, Optional[Tuple[Any, Dict[str, Any]]]]]] = {}
         self.counts: Dict[type, int] = {}
         self.excluded: Dict[str, int] = {}
+        self._origins: Dict[type, str] = {}
         self._active: List[Any] = []  # frames of the apply calls running now (nested calls are internal)
         self.chain: Optional[Callable[..., Any]] = None  # a profile function set before ours
 
@@ -89,7 +88,9 @@ class _Recorder:
         cls, args, kwargs = loc.get("cls"), loc.get("args", ()), loc.get("kwargs") or {}
         if not isinstance(cls, type):
             return
-        origin = _origin(cls)
+        origin = self._origins.get(cls)
+        if origin is None:
+            origin = self._origins[cls] = _origin(cls)
         if origin == "torch" or (origin == "gradlens" and not self.include_gradlens):
             self.excluded[origin] = self.excluded.get(origin, 0) + 1
             return
@@ -100,7 +101,7 @@ class _Recorder:
         index = self.counts[cls]
         self.counts[cls] += 1
         recorded = self.calls[cls]
-        if sum(c.report is None and not c.skipped for c, _ in recorded) >= self.max_calls:
+        if sum(captured is not None for _, captured in recorded) >= self.max_calls:
             return  # counted, not recorded: max_calls bounds the copies kept
         module, module_type, source = self._where(frame.f_back)
         call = FunctionCall(index, module, module_type, source)
@@ -155,7 +156,7 @@ def _short_path(path: str) -> str:
 
 def _graph_classes(outs: Any) -> List[type]:
     """The Function classes (``_forward_cls``) in the autograd graph of ``outs``, in discovery order."""
-    roots = [t.grad_fn for t in _tensors(outs) if t.grad_fn is not None]
+    roots = [t.grad_fn for _, t in _flatten(outs, "out") if t.grad_fn is not None]
     seen, found, stack = set(), [], list(roots)
     while stack:
         node = stack.pop()
@@ -167,12 +168,6 @@ def _graph_classes(outs: Any) -> List[type]:
             found.append(cls)
         stack.extend(nxt for nxt, _ in node.next_functions)
     return found
-
-
-def _tensors(obj: Any) -> List[torch.Tensor]:
-    out: List[torch.Tensor] = []
-    _map_tensors(obj, lambda t: out.append(t))
-    return out
 
 
 def _find_reference(references: Mapping[Any, Callable[..., Any]], cls: type) -> Optional[Callable[..., Any]]:
@@ -269,7 +264,7 @@ def check_model(
 
     recorder = _Recorder(model, include_gradlens, max_calls)
     graph = _run_forward(model, batch, loss_fn, recorder)
-    unseen = [c for c in graph if c not in recorder.counts and _origin(c) == "" ]
+    unseen = [c for c in graph if c not in recorder.counts and _origin(c) == ""]
     functions: List[FunctionReport] = []
     for cls in recorder.order:
         calls = []
