@@ -291,8 +291,9 @@ def main(argv: List[str] | None = None) -> int:
         (c_t, c_v), (e_t, e_v) = cold["check_backward"], cold["gradcheck exact"]
         print(
             f"first call in a fresh process (tail of 4 wrong, cpu time): check_backward {c_t * 1e3:.0f} ms {_verdict(c_v)}, "
-            f"gradcheck exact {e_t * 1e3:.0f} ms {_verdict(e_v)}; both include torch's one-time import of "
-            "torch.fx.experimental.symbolic_shapes (sympy) in the first torch.autograd.grad with grad_outputs"
+            f"gradcheck exact {e_t * 1e3:.0f} ms {_verdict(e_v)} (ratio {c_t / e_t:.3f}); gradcheck's includes torch's one-time "
+            "import of torch.fx.experimental.symbolic_shapes (sympy, ~0.5 s) at its first torch.autograd.grad with "
+            "grad_outputs, a call check_backward does not make"
         )
     print()
     print_model(run_model(exact=not args.quick, repeat=1 if args.quick else 5))
