@@ -178,6 +178,10 @@ def compare(
         check.diagnosis.append(cond + (" (got 0 there)" if gz else ""))
         return
     runs = _runs(bad_flat)
+    if n_mis < check.n_checked and len(runs) <= 3 and all(a == b for a, b in runs):
+        txt = ", ".join(str(list(_unravel(a, exp.shape))) for a, _ in runs)
+        check.diagnosis.append(f"wrong only at elements {txt} of {n}{zero_note}")
+        return
     if n_mis < check.n_checked and len(runs) <= 3:
         txt = ", ".join(f"{a}..{b}" for a, b in runs)
         check.diagnosis.append(f"wrong only on a band: flat elements {txt} of {n}{zero_note}")

@@ -410,3 +410,13 @@ def test_a_profile_function_set_before_keeps_running_and_stays_set():
         sys.setprofile(None)
     assert report.ok and len(report.functions) == 3
     assert events.count("call") > 100  # chained during the recorded forward too
+
+
+def test_bfloat16_model_verdicts():
+    # bfloat16's derived tolerance is wide: only the largest errors count, but the verdicts stand.
+    model, x = mz.make(torch.bfloat16, fixed=True)
+    assert gradlens.check_model(model, x).ok
+    model, x = mz.make(torch.bfloat16)
+    report = gradlens.check_model(model, x)
+    assert [f.name for f in report.failed] == ["ReLU6", "RowClip"], str(report)
+    assert "wrong only at elements [6, 4], [6, 14] of 512" in str(report["ReLU6"].calls[0].report), str(report)

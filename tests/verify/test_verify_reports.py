@@ -265,3 +265,16 @@ def test_worst_elements_are_mismatched_only(dtype, use_ref):
     assert [line.split(":")[0].strip() for line in str(rep).splitlines() if " vs " in line and "index" not in line] == ["[2, 1]"]
     good = gradlens.check_backward(zoo.Sin, *make(dtype), reference=torch.sin if use_ref else None)
     assert good.ok and good["input 0"].worst == []
+
+
+def test_isolated_wrong_elements_are_listed_not_called_a_band():
+    def bw(ctx, g):
+        (x,) = ctx.saved_tensors
+        out = g * x.cos()
+        out[1, 2] *= 3
+        out[3, 0] *= 3
+        return out
+
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    rep = gradlens.check_backward(zoo._fn(torch.sin, bw, "SinTwo"), x, reference=torch.sin)
+    assert "wrong only at elements [1, 2], [3, 0] of 20" in str(rep), str(rep)
