@@ -420,3 +420,19 @@ def test_bfloat16_model_verdicts():
     report = gradlens.check_model(model, x)
     assert [f.name for f in report.failed] == ["ReLU6", "RowClip"], str(report)
     assert "wrong only at elements [6, 4], [6, 14] of 512" in str(report["ReLU6"].calls[0].report), str(report)
+
+
+def test_dogfood_a_mirrored_cnn_with_its_loss():
+    # Every gradlens Function a mirrored CNN calls, on its real activations, in one call.
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(64, 10), nn.LayerNorm(10), nn.GELU(), nn.Linear(10, 3),
+    )
+    twin = gradlens.mirror(cnn)
+    y = torch.tensor([0, 1, 2, 0])
+    report = gradlens.check_model(twin, torch.randn(4, 3, 8, 8), include_gradlens=True, loss_fn=lambda o: gradlens.functional.cross_entropy(o, y))
+    assert report.ok, str(report)
+    names = {f.name for f in report.functions}
+    assert {"_ConvNdFn", "_BatchNormFn", "_LinearFn", "_LayerNormFn", "_CrossEntropyFn"} <= names, names
+    assert [c.module for c in report["_LinearFn"].calls] == ["5", "8"]
