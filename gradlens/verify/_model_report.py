@@ -125,6 +125,25 @@ class ModelReport:
         seed: the seed of every check (``check_model(..., seed=report.seed)`` repeats it).
         excluded: Functions left out by default, ``{"torch": n, "gradlens": m}`` calls.
         notes: informative lines.
+
+    Example:
+        >>> import torch, gradlens
+        >>> class Double(torch.autograd.Function):
+        ...     @staticmethod
+        ...     def forward(ctx, x):
+        ...         return 2 * x
+        ...     @staticmethod
+        ...     def backward(ctx, g):
+        ...         return 3 * g  # wrong: should be 2 * g
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = torch.nn.Linear(4, 4)
+        ...     def forward(self, x):
+        ...         return Double.apply(self.fc(x))
+        >>> report = gradlens.check_model(Net(), torch.randn(2, 4))
+        >>> report.ok, [f.name for f in report.failed], report["Double"].calls[0].module
+        (False, ['Double'], '(root)')
     """
 
     ok: bool
