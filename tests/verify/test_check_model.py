@@ -436,3 +436,5 @@ def test_dogfood_a_mirrored_cnn_with_its_loss():
     names = {f.name for f in report.functions}
     assert {"_ConvNdFn", "_BatchNormFn", "_LinearFn", "_LayerNormFn", "_CrossEntropyFn"} <= names, names
     assert [c.module for c in report["_LinearFn"].calls] == ["5", "8"]
+    # The source line is the user's (here: this test's check_model line), past torch's and gradlens's frames.
+    assert all("test_check_model.py:" in c.source for f in report.functions for c in f.calls), str(report)
