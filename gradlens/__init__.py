@@ -38,6 +38,8 @@ _LAZY = {
     "mirror": "gradlens.mirroring",
     "check_backward": "gradlens.verify",
     "BackwardReport": "gradlens.verify",
+    "check_model": "gradlens.verify",
+    "ModelReport": "gradlens.verify",
     "Finding": "gradlens.diagnose.finding",
     "TrainingHalted": "gradlens.diagnose.finding",
 }

@@ -2,6 +2,8 @@
 
 * :func:`assert_backward_correct` raises ``AssertionError`` whose message is the full
   :class:`~gradlens.verify.BackwardReport`.
+* :func:`assert_model_backward_correct` does it for every custom Function a model's
+  forward calls (:func:`gradlens.check_model`), on the inputs the model gives them.
 * :class:`BackwardCase` names one Function under test; :func:`backward_test` turns a list
   of cases into one parametrized pytest test (one line in your test file).
 * A pytest plugin: ``pytest_plugins = ["gradlens.testing"]`` in your top-level
@@ -26,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-from gradlens.verify import BackwardReport, check_backward
+from gradlens.verify import BackwardReport, ModelReport, check_backward, check_model
 
-__all__ = ["assert_backward_correct", "BackwardCase", "backward_test", "gradlens_check"]
+__all__ = ["assert_backward_correct", "assert_model_backward_correct", "BackwardCase", "backward_test", "gradlens_check"]
 
 
 def assert_backward_correct(fn: Any, *inputs: Any, reference: Optional[Callable[..., Any]] = None, **options: Any) -> BackwardReport:
@@ -46,6 +48,47 @@ def assert_backward_correct(fn: Any, *inputs: Any, reference: Optional[Callable[
     report = check_backward(fn, *inputs, reference=reference, **options)
     if not report.ok:
         raise AssertionError("\n" + str(report))
+    return report
+
+
+def assert_model_backward_correct(model: Any, batch: Any, *, allow_empty: bool = False, **options: Any) -> ModelReport:
+    """Run :func:`gradlens.check_model` and raise ``AssertionError(report)`` unless every custom Function is right.
+
+    ``batch`` is what the model is called with: a tensor (``model(batch)``) or a tuple /
+    list of positional arguments (``model(*batch)``). A forward that calls no custom
+    Function fails too (nothing was verified) unless ``allow_empty=True``. Other options
+    (``loss_fn``, ``references``, ``max_calls``, ``atol``...) go to :func:`gradlens.check_model`.
+
+    Example:
+        >>> import torch
+        >>> from gradlens.testing import assert_model_backward_correct
+        >>> class Cube(torch.autograd.Function):
+        ...     @staticmethod
+        ...     def forward(ctx, x):
+        ...         ctx.save_for_backward(x)
+        ...         return x**3
+        ...     @staticmethod
+        ...     def backward(ctx, g):
+        ...         (x,) = ctx.saved_tensors
+        ...         return 3 * x**2 * g
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = torch.nn.Linear(3, 2)
+        ...     def forward(self, x):
+        ...         return Cube.apply(self.fc(x))
+        >>> report = assert_model_backward_correct(Net(), torch.randn(5, 3))
+        >>> report.functions[0].name
+        'Cube'
+    """
+    args = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+    report = check_model(model, *args, **options)
+    if not report.ok:
+        raise AssertionError("\n" + str(report))
+    if not allow_empty and not any(f.checked for f in report.functions):
+        raise AssertionError(
+            "\n" + str(report) + "\nno custom autograd.Function was checked: nothing verified (allow_empty=True accepts this)"
+        )
     return report
 
 

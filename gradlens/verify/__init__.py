@@ -1,4 +1,5 @@
-"""Verify hand-written backward passes: :func:`check_backward` and its :class:`BackwardReport`.
+"""Verify hand-written backward passes: :func:`check_backward` (one function, the inputs you give) and
+:func:`check_model` (every custom Function a model's forward calls, on the inputs it really gets).
 
 Example:
     >>> import torch, gradlens
@@ -9,6 +10,8 @@ Example:
 """
 
 from gradlens.verify._check import check_backward
+from gradlens.verify._model import check_model
+from gradlens.verify._model_report import FunctionCall, FunctionReport, ModelReport
 from gradlens.verify._report import BackwardReport, TensorCheck
 
-__all__ = ["check_backward", "BackwardReport", "TensorCheck"]
+__all__ = ["check_backward", "BackwardReport", "TensorCheck", "check_model", "ModelReport", "FunctionReport", "FunctionCall"]

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from gradlens.verify._conditions import explain
 from gradlens.verify._report import TensorCheck
 
 
@@ -81,6 +82,7 @@ def compare(
     values: Optional[torch.Tensor] = None,
     alternatives: Sequence[Tuple[str, torch.Tensor]] = (),
     cotangent_like: Optional[torch.Tensor] = None,
+    others: Sequence[Tuple[str, torch.Tensor]] = (),
 ) -> None:
     """Fill ``check`` (stats, ok, diagnosis) from ``got`` vs ``exp``.
 
@@ -123,13 +125,11 @@ def compare(
         check.max_abs_error = float(diff_u.max())
         rel = diff_u / exp.abs().clamp_min(max(atol, 1e-300))
         check.max_rel_error = float(rel.max())
-    k = min(top_k, check.n_checked)
-    if k:
-        vals, idx = diff_u.flatten().topk(k)
+    k = min(top_k, n_mis)
+    if k:  # the worst mismatched elements only: a correct element is no evidence
+        vals, idx = torch.where(mis, diff_u, torch.zeros_like(diff_u)).flatten().topk(k)
         gf, ef = g.flatten(), exp.flatten()
-        check.worst = [
-            (_unravel(int(i), exp.shape), float(gf[i]), float(ef[i])) for v, i in zip(vals.tolist(), idx.tolist()) if v > 0
-        ]
+        check.worst = [(_unravel(int(i), exp.shape), float(gf[i]), float(ef[i])) for i in idx.tolist()]
     if n_mis == 0:
         return
     check.ok = False
@@ -173,7 +173,15 @@ def compare(
         ratio = f", got x {gv / e:.4g} the expected value" if e != 0 and gv != 0 else ""
         check.diagnosis.append(f"wrong only at element {list(_unravel(i, exp.shape))} of {n}{ratio}{zero_note}")
         return
+    cond = explain(mis, use, values, others)
+    if cond is not None:
+        check.diagnosis.append(cond + (" (got 0 there)" if gz else ""))
+        return
     runs = _runs(bad_flat)
+    if n_mis < check.n_checked and len(runs) <= 3 and all(a == b for a, b in runs):
+        txt = ", ".join(str(list(_unravel(a, exp.shape))) for a, _ in runs)
+        check.diagnosis.append(f"wrong only at elements {txt} of {n}{zero_note}")
+        return
     if n_mis < check.n_checked and len(runs) <= 3:
         txt = ", ".join(f"{a}..{b}" for a, b in runs)
         check.diagnosis.append(f"wrong only on a band: flat elements {txt} of {n}{zero_note}")

@@ -18,7 +18,8 @@ class TensorCheck:
         max_abs_error, max_rel_error: worst absolute and relative error over the elements
             that were compared exactly (``None`` when nothing could be compared).
         n_mismatched, n_checked: elements outside tolerance / elements compared exactly.
-        worst: up to ``top_k`` ``(index, got, expected)`` triples, worst first.
+        worst: up to ``top_k`` ``(index, got, expected)`` triples of mismatched elements,
+            worst first (empty when every element is right).
         diagnosis: short sentences naming the error's shape (sign flipped, x 1/6, ...).
         method: ``"reference"``, ``"finite differences (all elements)"``, ...
         atol, rtol: the tolerance used (derived unless overridden).

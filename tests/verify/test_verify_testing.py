@@ -93,3 +93,17 @@ def test_pytest_plugin_fixture_and_parametrized_cases(pytester):
     out = result.stdout.str()
     assert "test_all[square-bad]" in out and "test_fixture_case" in out
     assert "x 1/2" in out  # the report is the failure message
+
+
+def test_assert_model_backward_correct():
+    import model_zoo as mz
+
+    model, x = mz.make(fixed=True)
+    rep = glt.assert_model_backward_correct(model, x)
+    assert rep.ok and len(rep.functions) == 3
+    assert glt.assert_model_backward_correct(model, (x,)).ok  # a tuple batch: model(*batch)
+    model, x = mz.make()
+    with pytest.raises(AssertionError) as info:
+        glt.assert_model_backward_correct(model, [x])
+    text = str(info.value)
+    assert "2 of 3 custom Functions WRONG" in text and "module blocks.0 (Act)" in text
