@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import gradlens.functional as GF
-from gradlens.functional.tensor_ops import _rdiv
+from gradlens.functional.tensor_ops import _rdiv, _view
 
 _T = torch.Tensor
 
@@ -36,6 +36,19 @@ def _softmax_method(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tens
 
     def call(input: torch.Tensor, dim: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         return fn(input, dim, dtype=dtype)
+
+    return call
+
+
+def _on_parameters(fn: Callable[..., torch.Tensor], torch_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Route a view op (``w.t()``, ``w.view(...)``) only when its input is a parameter (a leaf
+    that requires grad): then it is the parameter's consumer and decides its coverage.
+    Views of activations stay torch's (they are many, cheap, and consume no parameter)."""
+
+    def call(input: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if torch.is_tensor(input) and input.is_leaf and input.requires_grad:
+            return fn(input, *args, **kwargs)
+        return torch_fn(input, *args, **kwargs)
 
     return call
 
@@ -89,6 +102,16 @@ def _build_routes() -> Dict[Any, Callable[..., Any]]:
     route(_rdiv, _T.__rdiv__, _T.__rtruediv__)
     route(GF.cat, torch.cat, torch.concat)
     route(GF.expand, _T.expand)
+    # view ops, for parameters only (see _on_parameters)
+    for ours, theirs in (
+        (GF.t, (torch.t, _T.t)),
+        (GF.transpose, (torch.transpose, _T.transpose)),
+        (GF.permute, (torch.permute, _T.permute)),
+        (GF.reshape, (torch.reshape, _T.reshape)),
+        (_view, (_T.view,)),
+    ):
+        for fn in theirs:
+            routes[fn] = _on_parameters(ours, fn)
     return routes
 
 

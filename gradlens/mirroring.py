@@ -324,19 +324,25 @@ def coverage(
         raise TypeError(f"coverage(model=...) expects an nn.Module, got {type(model).__name__}")
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"coverage(loss_fn=...) expects a callable, got {type(loss_fn).__name__}")
+    global _measuring
     buffers = [b for b in model.buffers()]
     saved = [b.detach().clone() for b in buffers]
     devices = sorted({str(t.device) for t in (*model.parameters(), *buffers) if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        outer, _measuring = _measuring, True  # a mirror's first-forward judgement waits for a real forward
         try:
             output = model(*args, **kwargs)
             if loss_fn is not None:
                 output = (output, loss_fn(output))
             return _coverage_of(model, output)
         finally:
+            _measuring = outer
             with torch.no_grad():
                 for b, s in zip(buffers, saved):
                     b.copy_(s)
+
+
+_measuring = False  # True while coverage() runs its forward
 
 
 def _report(result: nn.Module, cov: Coverage, strict: bool, stacklevel: int) -> None:
@@ -356,7 +362,7 @@ class _CoverageOnFirstForward:
         self.handle: Any = None
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not torch.is_grad_enabled():
+        if _measuring or not torch.is_grad_enabled():
             return
         if self.handle is not None:
             self.handle.remove()

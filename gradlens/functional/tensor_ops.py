@@ -29,7 +29,10 @@ import torch
 
 from gradlens.functional._util import check_tensor, records_grad, sum_to_shape, unsupported
 
-__all__ = ["add", "sub", "rsub", "mul", "div", "matmul", "mm", "bmm", "addmm", "baddbmm", "cat", "expand"]
+__all__ = [
+    "add", "sub", "rsub", "mul", "div", "matmul", "mm", "bmm", "addmm", "baddbmm",
+    "cat", "expand", "permute", "transpose", "t", "reshape",
+]  # fmt: skip
 
 Number = Union[int, float, bool]
 _Meta = Optional[Tuple[torch.Size, torch.dtype, torch.device]]
@@ -447,3 +450,122 @@ def expand(input: torch.Tensor, *sizes: Any) -> torch.Tensor:
     if not records_grad(input):
         return input.expand(sizes)
     return _ExpandFn.apply(input, tuple(sizes))
+
+
+# ------------------------------------------------------- permute / transpose / reshape
+class _PermuteFn(torch.autograd.Function):
+    """``y = x`` with its dims reordered by ``perm`` (a view: no copy)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, perm: Tuple[int, ...]):
+        ctx.inverse = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
+        return x.permute(perm)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        # dL/dx = g with the dims put back (the inverse permutation)
+        return g.permute(ctx.inverse), None
+
+
+def permute(input: torch.Tensor, *dims: Any) -> torch.Tensor:
+    """Drop-in for :func:`torch.permute` / :meth:`torch.Tensor.permute`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.permute(torch.zeros(2, 3, 4), 2, 0, 1).shape
+        torch.Size([4, 2, 3])
+    """
+    check_tensor("permute", "input", input)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        raise TypeError(f"permute(): 'dims' must be ints, got {tuple(type(d).__name__ for d in dims)}")
+    nd = input.dim()
+    if len(dims) != nd or sorted(d % max(nd, 1) for d in dims) != list(range(nd)):
+        return input.permute(dims)  # torch's own error for a bad permutation
+    if not records_grad(input):
+        return input.permute(dims)
+    return _PermuteFn.apply(input, tuple(d % nd for d in dims))
+
+
+def transpose(input: torch.Tensor, dim0: int, dim1: int) -> torch.Tensor:
+    """Drop-in for :func:`torch.transpose`: swap ``dim0`` and ``dim1``.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.transpose(torch.zeros(2, 3, 4), 0, -1).shape
+        torch.Size([4, 3, 2])
+    """
+    check_tensor("transpose", "input", input)
+    if not records_grad(input):
+        return torch.transpose(input, dim0, dim1)
+    nd = input.dim()
+    if nd == 0:
+        return torch.transpose(input, dim0, dim1)  # torch's rules for 0-d
+    perm = list(range(nd))
+    a, b = dim0 % nd if -nd <= dim0 < nd else dim0, dim1 % nd if -nd <= dim1 < nd else dim1
+    if not (0 <= a < nd and 0 <= b < nd):
+        return torch.transpose(input, dim0, dim1)  # torch's own IndexError
+    perm[a], perm[b] = perm[b], perm[a]
+    return _PermuteFn.apply(input, tuple(perm))
+
+
+def t(input: torch.Tensor) -> torch.Tensor:
+    """Drop-in for :func:`torch.t`: the transpose of a matrix (0-D and 1-D as they are).
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.t(torch.zeros(2, 3)).shape
+        torch.Size([3, 2])
+    """
+    check_tensor("t", "input", input)
+    if input.dim() > 2 or not records_grad(input):
+        return torch.t(input)  # torch's error for > 2 dims
+    return _PermuteFn.apply(input, (1, 0)) if input.dim() == 2 else _PermuteFn.apply(input, tuple(range(input.dim())))
+
+
+class _ReshapeFn(torch.autograd.Function):
+    """``y = x`` with a new shape (``op`` is torch's reshape or view)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, shape: Tuple[int, ...], op: Callable[..., torch.Tensor]):
+        ctx.x_shape = x.shape
+        return op(x, shape)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        # dL/dx = g in x's shape
+        return g.reshape(ctx.x_shape), None, None
+
+
+def _shape_arg(fn: str, shape: Tuple[Any, ...]) -> Tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        shape = tuple(shape[0])
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"{fn}(): 'shape' must be ints, got {tuple(type(s).__name__ for s in shape)}")
+    return tuple(shape)
+
+
+def reshape(input: torch.Tensor, *shape: Any) -> torch.Tensor:
+    """Drop-in for :func:`torch.reshape` / :meth:`torch.Tensor.reshape` (a view where possible).
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.reshape(torch.zeros(2, 3), -1).shape
+        torch.Size([6])
+    """
+    check_tensor("reshape", "input", input)
+    size = _shape_arg("reshape", shape)
+    if not records_grad(input):
+        return input.reshape(size)
+    return _ReshapeFn.apply(input, size, torch.reshape)
+
+
+def _view(input: torch.Tensor, *shape: Any) -> Any:
+    """``input.view(*shape)`` (a dtype argument is torch's alone: ``NotImplementedError`` hands it back)."""
+    if len(shape) == 1 and isinstance(shape[0], torch.dtype):
+        raise unsupported("view", "dtype", shape[0])
+    size = _shape_arg("view", shape)
+    if not records_grad(input):
+        return input.view(size)
+    return _ReshapeFn.apply(input, size, torch.Tensor.view)

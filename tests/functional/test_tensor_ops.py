@@ -12,7 +12,7 @@ from conftest import DEVICES
 from harness import OpCase, check_against_torch, check_gradcheck
 
 import gradlens.functional as GF
-from gradlens.functional.tensor_ops import _rdiv
+from gradlens.functional.tensor_ops import _rdiv, _view
 
 
 def _randn(*shapes, positive=()):
@@ -83,6 +83,13 @@ CASES = [
     OpCase("cat-single", lambda *t: GF.cat(t), lambda *t: torch.cat(t), _randn((3, 2))),
     OpCase("expand-cls-token", lambda x: GF.expand(x, 3, -1, -1), lambda x: x.expand(3, -1, -1), _randn((1, 1, 4))),
     OpCase("expand-new-dims", lambda x: GF.expand(x, (2, 3, 4)), lambda x: x.expand((2, 3, 4)), _randn((4,))),
+    OpCase("permute", lambda x: GF.permute(x, 2, 0, 1), lambda x: x.permute(2, 0, 1), _randn((2, 3, 4))),
+    OpCase("permute-list-neg", lambda x: GF.permute(x, [-1, 0]), lambda x: x.permute(-1, 0), _randn((2, 3))),
+    OpCase("transpose", lambda x: GF.transpose(x, 0, -1), lambda x: x.transpose(0, -1), _randn((2, 3, 4))),
+    OpCase("t-matrix", GF.t, torch.t, _randn((2, 3))),
+    OpCase("t-vector", GF.t, torch.t, _randn((3,))),
+    OpCase("reshape", lambda x: GF.reshape(x, 3, -1), lambda x: x.reshape(3, -1), _randn((2, 3, 2))),
+    OpCase("view", lambda x: _view(x, (6,)), lambda x: x.view(6), _randn((2, 3))),
     OpCase("expand-middle", lambda x: GF.expand(x, 2, 5, 3), lambda x: x.expand(2, 5, 3), _randn((2, 1, 3))),
 ]
 
@@ -164,6 +171,13 @@ FAIL_SETTINGS = [
     ("cat-dim-not-int", GF.cat, ([torch.ones(2)],), {"dim": 0.5}, TypeError, "dim"),
     ("cat-shape-mismatch", GF.cat, ([torch.ones(2, 3), torch.ones(2, 4)],), {}, RuntimeError, "size"),
     ("expand-bad-size", GF.expand, (torch.ones(2, 3), 4, 3), {}, RuntimeError, "size|match"),
+    ("permute-bad-dims", GF.permute, (torch.ones(2, 3), 0, 0), {}, RuntimeError, "repeated|dims"),
+    ("permute-dim-not-int", GF.permute, (torch.ones(2, 3), 0, 1.0), {}, TypeError, "dims"),
+    ("transpose-dim-out-of-range", GF.transpose, (torch.ones(2, 3), 0, 2), {}, IndexError, "range"),
+    ("t-3d", GF.t, (torch.ones(2, 3, 4),), {}, RuntimeError, "2"),
+    ("reshape-bad-numel", GF.reshape, (torch.ones(2, 3), 4), {}, RuntimeError, "shape|size"),
+    ("reshape-size-not-int", GF.reshape, (torch.ones(2, 3), "6"), {}, TypeError, "shape"),
+    ("view-dtype", _view, (torch.ones(2),  torch.int32), {}, NotImplementedError, "dtype"),
     ("expand-size-not-int", GF.expand, (torch.ones(2), 2.0), {}, TypeError, "sizes"),
 ]
 
