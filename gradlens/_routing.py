@@ -100,6 +100,7 @@ def _build_routes() -> Dict[Any, Callable[..., Any]]:
     route(GF.mul, torch.mul, torch.multiply, _T.mul, _T.__mul__, _T.__rmul__)
     route(GF.div, torch.div, torch.true_divide, _T.div, _T.__truediv__)
     route(_rdiv, _T.__rdiv__, _T.__rtruediv__)
+    route(GF.neg, torch.neg, torch.negative, _T.neg, _T.__neg__)
     route(GF.cat, torch.cat, torch.concat)
     route(GF.expand, _T.expand)
     # view ops, for parameters only (see _on_parameters)

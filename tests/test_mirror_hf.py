@@ -82,6 +82,32 @@ MODELS = {"gpt2": _gpt2, "llama": _llama, "bert": _bert, "t5": _t5, "vit": _vit}
 CASES = [(name, "sdpa") for name in MODELS] + [("gpt2", "eager"), ("llama", "eager"), ("bert", "eager")]
 
 
+# Torch backward nodes allowed in a mirrored model's graph: data movement only (views,
+# copies, indexing, masking), no arithmetic. Anything else (attention, softmax, a loss,
+# a matmul) means a routed call stayed torch's.
+_DATA_MOVEMENT = {
+    "ViewBackward0", "UnsafeViewBackward0", "AliasBackward0", "CloneBackward0", "TransposeBackward0",
+    "PermuteBackward0", "SplitBackward0", "UnsqueezeBackward0", "SqueezeBackward0", "SliceBackward0",
+    "SelectBackward0", "WhereBackward0", "ExpandBackward0", "AccumulateGrad",
+}  # fmt: skip
+
+
+def _torch_nodes(output):
+    """Names of the torch (non-gradlens) backward nodes behind ``output``."""
+    from gradlens.mirroring import _is_gradlens_node
+
+    names, stack, seen = set(), [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if not _is_gradlens_node(node):
+            names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
 def _build(name, attn, device):
     torch.manual_seed(0)
     model, make_batch = MODELS[name](attn)
@@ -102,6 +128,7 @@ def test_hf_model_fully_covered_and_matches_torch(name, attn, device):
     loss_ref = reference(**batch).loss
     loss_ref.backward()
     loss = twin(**batch).loss
+    assert _torch_nodes(loss) <= _DATA_MOVEMENT, _torch_nodes(loss) - _DATA_MOVEMENT
     loss.backward()
     torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-6)
     ref_params = dict(reference.named_parameters())

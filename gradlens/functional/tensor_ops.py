@@ -31,7 +31,7 @@ from gradlens.functional._util import check_tensor, records_grad, sum_to_shape, 
 
 __all__ = [
     "add", "sub", "rsub", "mul", "div", "matmul", "mm", "bmm", "addmm", "baddbmm",
-    "cat", "expand", "permute", "transpose", "t", "reshape",
+    "neg", "cat", "expand", "permute", "transpose", "t", "reshape",
 ]  # fmt: skip
 
 Number = Union[int, float, bool]
@@ -214,6 +214,33 @@ def _rdiv(input: torch.Tensor, other: Union[torch.Tensor, Number]) -> torch.Tens
     if not records_grad(input, other if torch.is_tensor(other) else None):
         return torch.Tensor.__rdiv__(input, other)
     return _DivFn.apply(other, input, lambda n, d: torch.Tensor.__rdiv__(d, n))
+
+
+class _NegFn(torch.autograd.Function):
+    """``y = -x``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor):
+        return torch.neg(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        # dy/dx = -1
+        return torch.neg(g)
+
+
+def neg(input: torch.Tensor) -> torch.Tensor:
+    """Drop-in for :func:`torch.neg` (and ``-x``; Llama's rotary ``rotate_half`` uses it).
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.neg(torch.tensor([1.0, -2.0]))
+        tensor([-1.,  2.])
+    """
+    check_tensor("neg", "input", input)
+    if not records_grad(input):
+        return torch.neg(input)
+    return _NegFn.apply(input)
 
 
 # ------------------------------------------------------------------- matmul family

@@ -60,6 +60,7 @@ CASES = [
     _case("div-scalar", GF.div, torch.div, (2, 3), None),
     _case("rdiv-scalar", _rdiv, torch.Tensor.__rdiv__, (2, 3), None, positive=(0,)),
     _case("rdiv-tensor", _rdiv, torch.Tensor.__rdiv__, (2, 3), (3,), positive=(0,)),
+    OpCase("neg", GF.neg, torch.neg, _randn((2, 3))),
     # matmul family: 1-D operands, broadcast batch dims
     _case("matmul-2d", GF.matmul, torch.matmul, (3, 4), (4, 5)),
     _case("matmul-vec-vec", GF.matmul, torch.matmul, (4,), (4,)),
@@ -178,6 +179,7 @@ FAIL_SETTINGS = [
     ("reshape-bad-numel", GF.reshape, (torch.ones(2, 3), 4), {}, RuntimeError, "shape|size"),
     ("reshape-size-not-int", GF.reshape, (torch.ones(2, 3), "6"), {}, TypeError, "shape"),
     ("view-dtype", _view, (torch.ones(2),  torch.int32), {}, NotImplementedError, "dtype"),
+    ("neg-not-tensor", GF.neg, (2.0,), {}, TypeError, "input"),
     ("expand-size-not-int", GF.expand, (torch.ones(2), 2.0), {}, TypeError, "sizes"),
 ]
 
