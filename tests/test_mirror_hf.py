@@ -16,6 +16,7 @@ import torch
 
 import gradlens
 from conftest import DEVICES
+from mirror_check import assert_grads_match
 from gradlens.nn.hf import twin_class_for
 
 transformers = pytest.importorskip("transformers")
@@ -131,10 +132,7 @@ def test_hf_model_fully_covered_and_matches_torch(name, attn, device):
     assert _torch_nodes(loss) <= _DATA_MOVEMENT, _torch_nodes(loss) - _DATA_MOVEMENT
     loss.backward()
     torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-6)
-    ref_params = dict(reference.named_parameters())
-    for pname, p in twin.named_parameters():
-        assert p.grad is not None, f"{pname}: no gradient"
-        torch.testing.assert_close(p.grad, ref_params[pname].grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{pname}: {m}")
+    assert_grads_match(twin, reference)
 
 
 def test_hf_model_is_left_alone():

@@ -54,14 +54,17 @@ def _reduce(grad: torch.Tensor, meta: _Meta) -> Optional[torch.Tensor]:
     return grad
 
 
-def _check_other(fn: str, other: Any) -> None:
-    """``other`` is a tensor or a real Python number (as torch accepts)."""
+def _binary_records_grad(fn: str, input: Any, other: Any) -> bool:
+    """Check ``input`` (a tensor) and ``other`` (a tensor or a real number, as torch accepts);
+    whether autograd would record ``fn(input, other)``."""
+    check_tensor(fn, "input", input)
     if torch.is_tensor(other):
-        return
+        return records_grad(input, other)
     if isinstance(other, numbers.Complex) and not isinstance(other, numbers.Real):
         raise unsupported(fn, "other", other)  # a complex scalar would make the result complex
     if not isinstance(other, numbers.Real):
         raise TypeError(f"{fn}(): argument 'other' must be Tensor or Number, not {type(other).__name__}")
+    return records_grad(input)
 
 
 # ------------------------------------------------------------------ add / sub / rsub
@@ -84,11 +87,10 @@ class _AffineFn(torch.autograd.Function):
 
 
 def _affine(fn: str, input: torch.Tensor, other: Any, alpha: Number, ca: Number, cb: Number, op: Callable[..., Any]):
-    check_tensor(fn, "input", input)
-    _check_other(fn, other)
+    needs_graph = _binary_records_grad(fn, input, other)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"{fn}(alpha=...) expects a real number, got {type(alpha).__name__}")
-    if not records_grad(input, other if torch.is_tensor(other) else None):
+    if not needs_graph:
         return op(input, other)
     return _AffineFn.apply(input, other, ca, cb, op)
 
@@ -159,9 +161,7 @@ def mul(input: torch.Tensor, other: Union[torch.Tensor, Number]) -> torch.Tensor
         >>> GF.mul(torch.tensor([1.0, 2.0]), 3)
         tensor([3., 6.])
     """
-    check_tensor("mul", "input", input)
-    _check_other("mul", other)
-    if not records_grad(input, other if torch.is_tensor(other) else None):
+    if not _binary_records_grad("mul", input, other):
         return torch.mul(input, other)
     return _MulFn.apply(input, other)
 
@@ -198,20 +198,17 @@ def div(input: torch.Tensor, other: Union[torch.Tensor, Number], *, rounding_mod
         >>> GF.div(torch.tensor([1.0, 2.0]), 4)
         tensor([0.2500, 0.5000])
     """
-    check_tensor("div", "input", input)
-    _check_other("div", other)
+    needs_graph = _binary_records_grad("div", input, other)
     if rounding_mode is not None:
         raise unsupported("div", "rounding_mode", rounding_mode)
-    if not records_grad(input, other if torch.is_tensor(other) else None):
+    if not needs_graph:
         return torch.div(input, other)
     return _DivFn.apply(input, other, torch.div)
 
 
 def _rdiv(input: torch.Tensor, other: Union[torch.Tensor, Number]) -> torch.Tensor:
     """``other / input`` computed as torch's ``Tensor.__rdiv__`` does (what ``2 / x`` calls)."""
-    check_tensor("rdiv", "input", input)
-    _check_other("rdiv", other)
-    if not records_grad(input, other if torch.is_tensor(other) else None):
+    if not _binary_records_grad("rdiv", input, other):
         return torch.Tensor.__rdiv__(input, other)
     return _DivFn.apply(other, input, lambda n, d: torch.Tensor.__rdiv__(d, n))
 
