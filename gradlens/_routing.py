@@ -12,9 +12,10 @@ attached to the caller's model.
 
 A call is routed only while grad mode is on (inside a gradlens Function's own
 forward it is off, so the kernels there stay torch's) and without an ``out=``
-tensor; a gradlens function that does not support an option
-(``NotImplementedError``) hands the call back to torch, and the coverage report
-then shows the parameter it touched as plain torch.
+tensor. A call the gradlens function does not take (an option it lacks:
+``NotImplementedError``; an argument form it rejects: ``TypeError``/``ValueError``)
+goes to torch instead, so routing never breaks a forward that torch runs; the
+coverage report then shows any parameter that call consumed as plain torch.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ class _Router(TorchFunctionMode):
         if ours is not None and "out" not in kwargs and torch.is_grad_enabled():
             try:
                 return ours(*args, **kwargs)
-            except NotImplementedError:  # an option gradlens lacks: torch's op, reported by coverage
+            except (NotImplementedError, TypeError, ValueError):
+                # An option gradlens lacks (or an argument form it does not take): torch's op
+                # runs instead, and coverage reports any parameter it consumed. Errors of the
+                # computation itself (RuntimeError) are torch's own and would repeat there.
                 pass
         return func(*args, **kwargs)
 

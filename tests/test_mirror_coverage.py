@@ -141,6 +141,32 @@ def test_routed_functions_give_torch_gradients_through_gradlens_nodes():
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+class MaxNormEmbedding(nn.Module):
+    """F.embedding with max_norm: an option gradlens.functional.embedding lacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 4))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, ids):
+        return self.head(torch.nn.functional.embedding(ids, self.table, max_norm=1.0))
+
+
+def test_a_call_gradlens_lacks_goes_to_torch_and_shows_in_coverage():
+    torch.manual_seed(0)
+    model = MaxNormEmbedding()
+    ref = copy.deepcopy(model)
+    ids = torch.tensor([[1, 2, 3], [3, 4, 9]])
+    with pytest.warns(UnsupportedLayersWarning, match=r"plain torch: table \(EmbeddingBackward0\)"):
+        twin = gradlens.mirror(model, example_inputs=ids)
+    assert twin.gradlens_coverage.covered == ("head.weight", "head.bias")
+    twin(ids).sum().backward()
+    ref(ids).sum().backward()
+    for p, r in zip(twin.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, r.grad)
+
+
 def test_route_functional_false_swaps_layers_only():
     twin = gradlens.mirror(Routed(), route_functional=False)
     with warnings.catch_warnings():

@@ -344,9 +344,7 @@ class _AddMatmulFn(torch.autograd.Function):
         m1, m2 = ctx.saved_tensors
         need_c, need_m1, need_m2 = ctx.needs_input_grad[:3]
         beta, alpha = ctx.beta, ctx.alpha
-        ga = alpha_g = None
-        if need_m1 or need_m2:
-            alpha_g = g if alpha == 1 else g * alpha
+        alpha_g = g if alpha == 1 else g * alpha
         # dL/dc = beta g, summed back over the dims c was broadcast along
         gc = _reduce(g if beta == 1 else g * beta, ctx.c_meta) if need_c else None
         # dL/dm1 = alpha g m2^T
