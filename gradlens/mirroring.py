@@ -163,7 +163,26 @@ def _shallow_twin(module: nn.Module, cls: type) -> nn.Module:
         if isinstance(value, (dict, set)):
             state[key] = copy.copy(value)
     twin.__dict__.update(state)
+    _drop_own_hooks(twin)
     return twin
+
+
+def _is_own_hook(hook: Any) -> bool:
+    from gradlens._routing import _RoutingHooks
+
+    owner = getattr(hook, "__self__", hook)
+    return isinstance(owner, (_RoutingHooks, _CoverageOnFirstForward))
+
+
+def _drop_own_hooks(module: nn.Module) -> None:
+    """Forget the hooks an earlier ``mirror`` put on ``module`` (mirroring a mirror installs its own)."""
+    for attr in ("_forward_pre_hooks", "_forward_hooks"):
+        hooks = module.__dict__.get(attr)
+        if not hooks:
+            continue
+        for key in [k for k, h in hooks.items() if _is_own_hook(h)]:
+            del hooks[key]
+            module.__dict__.get("_forward_hooks_always_called", {}).pop(key, None)
 
 
 def _make_twin(module: nn.Module, factory: Factory) -> nn.Module:

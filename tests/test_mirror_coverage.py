@@ -331,3 +331,14 @@ def test_register_twin_errors_and_replace():
         with gradlens.register_twin(Scale, bad):
             with pytest.raises(TypeError, match="must return a new nn.Module"):
                 gradlens.mirror(Scale())
+
+
+def test_mirroring_a_mirror_installs_one_set_of_hooks():
+    first = gradlens.mirror(Exotic())
+    second = gradlens.mirror(first)
+    assert len(second._forward_pre_hooks) == 1 and len(second._forward_hooks) == 2  # routing pair + coverage
+    depth = _mode_depth()
+    with pytest.warns(UnsupportedLayersWarning) as record:
+        second(_x())
+    assert len(record) == 1 and _mode_depth() == depth
+    assert first.gradlens_coverage is None and list(second.gradlens_coverage.uncovered) == ["v"]
