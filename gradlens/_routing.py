@@ -7,8 +7,9 @@ Module twins cover ``nn.Linear`` and friends, but real models also call
 :mod:`gradlens.functional` drop-in (same signature), and everything else to torch.
 :func:`gradlens.mirror` installs it on the mirrored root only, as a forward
 pre-hook that enters the mode and an always-called forward hook that leaves it: it
-is active exactly while that forward runs, never during backward, and nothing is
-attached to the caller's model.
+is active exactly while that forward runs (and while activation checkpointing
+re-runs a block of it during backward), and nothing is attached to the caller's
+model.
 
 A call is routed only while grad mode is on (inside a gradlens Function's own
 forward it is off, so the kernels there stay torch's) and without an ``out=``
@@ -20,6 +21,7 @@ coverage report then shows any parameter that call consumed as plain torch.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -139,35 +141,56 @@ class _Router(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_state = threading.local()  # depth: how many routed modules' forwards are running on this thread
+
+
 class _RoutingHooks:
     """The pair of forward hooks that keeps :class:`_Router` on while the owner's forward runs.
 
-    A picklable object (not closures), so a mirrored model can still be saved whole.
+    Only the outermost routed forward on a thread enters a mode (one mode, however
+    deep the nesting); inner ones just count. A picklable object (not closures), so
+    a mirrored model can still be saved whole.
     """
 
     def __init__(self) -> None:
-        self._active: List[_Router] = []  # one per nested call of the owner
+        self._active: List[Optional[_Router]] = []  # one per running call of the owner
 
     def enter(self, module: torch.nn.Module, args: Any) -> None:
-        router = _Router()
-        router.__enter__()
+        depth = getattr(_state, "depth", 0)
+        router = None
+        if depth == 0:
+            router = _Router()
+            router.__enter__()
         self._active.append(router)
+        _state.depth = depth + 1
 
     def leave(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._active:  # empty when a pre-hook before ours raised
-            self._active.pop().__exit__(None, None, None)
+        if not self._active:  # a pre-hook before ours raised
+            return
+        router = self._active.pop()
+        _state.depth = getattr(_state, "depth", 1) - 1
+        if router is not None:
+            router.__exit__(None, None, None)
 
     def __getstate__(self) -> Dict[str, Any]:
         return {"_active": []}
 
 
-def install(module: torch.nn.Module) -> None:
-    """Route ``module``'s forward (and everything it calls) to gradlens while it runs.
+def install(model: torch.nn.Module) -> None:
+    """Route ``model``'s forward (and everything it calls) to gradlens while it runs.
+
+    The hooks go on the root and on every module that is not a gradlens twin:
+    activation checkpointing (``torch.utils.checkpoint``, Hugging Face's
+    ``gradient_checkpointing_enable``) re-runs a block's forward during backward,
+    outside the root's forward, and that recomputation must be routed like the
+    first run (else its saved tensors differ). Twins compute with gradlens already.
 
     The entering pre-hook goes last among the pre-hooks and the leaving hook first
     among the forward hooks (and it also runs when the forward raises), so the mode
     covers exactly ``forward`` and is never left on the stack.
     """
-    hooks = _RoutingHooks()
-    module.register_forward_pre_hook(hooks.enter)
-    module.register_forward_hook(hooks.leave, prepend=True, always_call=True)
+    for module in model.modules():
+        if module is model or not type(module).__module__.startswith("gradlens."):
+            hooks = _RoutingHooks()
+            module.register_forward_pre_hook(hooks.enter)
+            module.register_forward_hook(hooks.leave, prepend=True, always_call=True)

@@ -196,7 +196,7 @@ def test_routing_is_on_only_during_forward_and_off_after_an_exception():
     depth = _mode_depth()
     twin(_x())
     assert seen == [depth + 1] and _mode_depth() == depth
-    bad = gradlens.mirror(nn.Sequential(Raises()))
+    bad = gradlens.mirror(nn.Sequential(nn.Sequential(Raises())))
     with pytest.raises(ValueError, match="boom"):
         bad(_x())
     assert _mode_depth() == depth
@@ -342,3 +342,29 @@ def test_mirroring_a_mirror_installs_one_set_of_hooks():
         second(_x())
     assert len(record) == 1 and _mode_depth() == depth
     assert first.gradlens_coverage is None and list(second.gradlens_coverage.uncovered) == ["v"]
+
+
+class Checkpointed(nn.Module):
+    """A block re-run during backward by torch.utils.checkpoint (reentrant or not)."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.block = Routed()
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=self.reentrant)
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_activation_checkpointing_recomputes_through_gradlens(reentrant):
+    torch.manual_seed(0)
+    model = Checkpointed(reentrant)
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    twin = gradlens.mirror(model, strict=True, example_inputs=x)
+    twin(x).sum().backward()
+    ref(x).sum().backward()
+    for (name, p), r in zip(twin.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert _mode_depth() == 0

@@ -147,6 +147,17 @@ def test_hf_model_is_left_alone():
     assert torch.equal(model(**batch).logits, before)
 
 
+def test_hf_gradient_checkpointing():
+    # The recomputation during backward must run through gradlens too (same saved tensors).
+    model, batch = _build("llama", "sdpa", "cpu")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reference = copy.deepcopy(model)
+    twin = gradlens.mirror(model, strict=True, example_inputs=batch)
+    twin(**batch).loss.backward()
+    reference(**batch).loss.backward()
+    assert_grads_match(twin, reference)
+
+
 # ------------------------------------------------------------------------- the twins
 def test_conv1d_twin():
     from transformers.pytorch_utils import Conv1D
