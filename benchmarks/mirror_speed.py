@@ -8,7 +8,8 @@ torch and gradlens inside one loop so that a noisy, shared machine slows both al
 the ratio gradlens/torch (median of the per-iteration ratios of back-to-back pairs,
 with their quartiles) and the largest output difference on the first step.
 
-Settings whose twin is not available yet print ``n/a (no twin: ...)``.
+Settings whose twin is not available yet print ``n/a (no twin: ...)``. The Hugging Face
+rows (``--only HF``) need ``transformers`` and are left out without it.
 
 Usage::
 
@@ -198,6 +199,74 @@ SETTINGS: List[Setting] = [
     ),
 ]
 
+
+# --- Hugging Face models built from config (no downloads), when transformers is installed.
+class _HFLoss(nn.Module):
+    """A transformers model called with keyword inputs, returning its own ``.loss``."""
+
+    def __init__(self, model: nn.Module, keys: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.keys = model, tuple(keys)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.keys, tensors))).loss
+
+
+def _hf_settings() -> List[Setting]:
+    """GPT-2, BERT, Llama, T5 and ViT at d=128, 2 layers, 4 heads, dropout off (loss inside the model)."""
+    try:
+        import transformers as T
+    except ImportError:
+        return []
+    vocab, d, ff = 1000, 128, 512
+
+    def ids(b: int, n: int, dev: torch.device) -> torch.Tensor:
+        return torch.randint(vocab, (b, n), device=dev)
+
+    def lm(div: int, dev: torch.device) -> Tuple[torch.Tensor, ...]:
+        x = ids(_b(8, div), 64, dev)
+        return x, x
+
+    def cls(div: int, dev: torch.device) -> Tuple[torch.Tensor, ...]:
+        return ids(_b(8, div), 64, dev), torch.randint(3, (_b(8, div),), device=dev)
+
+    def seq2seq(div: int, dev: torch.device) -> Tuple[torch.Tensor, ...]:
+        return ids(_b(8, div), 64, dev), ids(_b(8, div), 32, dev)
+
+    def image(div: int, dev: torch.device) -> Tuple[torch.Tensor, ...]:
+        return torch.randn(_b(8, div), 3, 64, 64, device=dev), torch.randint(3, (_b(8, div),), device=dev)
+
+    def make(build: Callable[[], nn.Module], keys: Sequence[str]) -> Callable[[], nn.Module]:
+        return lambda: _HFLoss(build(), keys)
+
+    common = {"attn_implementation": "sdpa"}
+    gpt2 = lambda: T.GPT2LMHeadModel(T.GPT2Config(  # noqa: E731
+        n_layer=2, n_embd=d, n_head=4, vocab_size=vocab, n_positions=64, bos_token_id=0, eos_token_id=0,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common))  # fmt: skip
+    bert = lambda: T.BertForSequenceClassification(T.BertConfig(  # noqa: E731
+        num_hidden_layers=2, hidden_size=d, intermediate_size=ff, num_attention_heads=4, vocab_size=vocab,
+        max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        **common))  # fmt: skip
+    llama = lambda: T.LlamaForCausalLM(T.LlamaConfig(  # noqa: E731
+        num_hidden_layers=2, hidden_size=d, intermediate_size=ff, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=vocab, max_position_embeddings=64, **common))  # fmt: skip
+    t5 = lambda: T.T5ForConditionalGeneration(T.T5Config(  # noqa: E731
+        num_layers=2, d_model=d, d_ff=ff, num_heads=4, d_kv=32, vocab_size=vocab, decoder_start_token_id=0,
+        pad_token_id=0, dropout_rate=0.0, **common))  # fmt: skip
+    vit = lambda: T.ViTForImageClassification(T.ViTConfig(  # noqa: E731
+        num_hidden_layers=2, hidden_size=d, intermediate_size=ff, num_attention_heads=4, image_size=64,
+        patch_size=8, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **common))  # fmt: skip
+    hf = {"grad_inputs": (), "scalar_output": True}
+    return [
+        Setting("HF GPT-2 d128 L2 + LM loss", "ids 8x64", make(gpt2, ("input_ids", "labels")), lm, **hf),
+        Setting("HF BERT d128 L2 + CE", "ids 8x64", make(bert, ("input_ids", "labels")), cls, **hf),
+        Setting("HF Llama d128 L2 GQA + LM loss", "ids 8x64", make(llama, ("input_ids", "labels")), lm, **hf),
+        Setting("HF T5 d128 L2+2 + LM loss", "ids 8x64 -> 8x32", make(t5, ("input_ids", "labels")), seq2seq, **hf),
+        Setting("HF ViT d128 L2 p8 + CE", "img 8x3x64x64", make(vit, ("pixel_values", "labels")), image, **hf),
+    ]
+
+
+SETTINGS += _hf_settings()
 
 class _Timer:
     """Wall time of one call: perf_counter on CPU, CUDA events (synchronised) on a GPU."""

@@ -36,6 +36,7 @@ _LAZY = {
     "watch": "gradlens.monitor",
     "Monitor": "gradlens.monitor",
     "mirror": "gradlens.mirroring",
+    "register_twin": "gradlens.mirroring",
     "check_backward": "gradlens.verify",
     "BackwardReport": "gradlens.verify",
     "check_model": "gradlens.verify",

@@ -14,6 +14,7 @@ from torch import nn
 
 import gradlens
 from conftest import DEVICES
+from mirror_check import assert_grads_match
 
 
 def _mlp() -> nn.Module:
@@ -83,10 +84,7 @@ def test_mirrored_model_matches_torch(name, device):
     loss.backward()
 
     torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-6)
-    ref_params = dict(reference.named_parameters())
-    for pname, p in twin.named_parameters():
-        assert p.grad is not None, f"{pname}: no gradient"
-        torch.testing.assert_close(p.grad, ref_params[pname].grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{pname}: {m}")
+    assert_grads_match(twin, reference)
     # Buffers (BatchNorm running statistics) were updated exactly like torch's.
     ref_buffers = dict(reference.named_buffers())
     for bname, b in twin.named_buffers():

@@ -9,7 +9,9 @@ unless the function's docstring says otherwise. An option not supported yet rais
 ``NotImplementedError`` naming it; it never gives a wrong result.
 
 One module per op family: ``linear``, ``conv``, ``activation``, ``norm``,
-``pooling``, ``sparse`` (embedding), ``dropout``, ``attention``, ``loss``.
+``pooling``, ``sparse`` (embedding), ``dropout``, ``attention``, ``loss``, and
+``tensor_ops`` (``add``, ``mul``, ``matmul``, ``addmm``, ``cat``, ``expand``, ...: the
+torch ops parameters flow through outside layers).
 
 Example:
     >>> import torch
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("linear", "conv", "activation", "norm", "pooling", "sparse", "dropout", "attention", "loss")
+_FAMILIES = ("linear", "conv", "activation", "norm", "pooling", "sparse", "dropout", "attention", "loss", "tensor_ops")
 
 __all__: list = []
 for _family in _FAMILIES:
