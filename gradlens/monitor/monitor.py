@@ -126,7 +126,8 @@ class Monitor:
         sources = [Gradients(histogram_every, hist), Updates(update_every), self._activations, self._loss]
         self._sources = sources
         # a callback or a halt must see each finding at its step: no batching then
-        eager = on_finding is not None or bool(halt_on)
+        eager = self._eager = on_finding is not None or bool(halt_on)
+        self._warned_late = False
         collector = self._collector = Collector(
             layouts, sources, n_optimizers=len(optimizers), every=every, sync=eager,
             closed=self._closed_step, urgent=self._publish,
@@ -134,7 +135,7 @@ class Monitor:
         self._publisher = Publisher(
             collector.readers, order, history=self._history, tb=self._tb,
             diagnoser=_engine.Diagnoser(thresholds=thresholds), eager=eager,
-            on_finding=on_finding, halt_on=halt_on, origin=self._activations.take_origin,
+            on_finding=on_finding, halt_on=halt_on, origin=self._activations.take_origin, finish=self._loss.finish,
             check=functools.partial(collector.poll, wait=True), after_record=self._after_record,
         )
 
@@ -148,11 +149,12 @@ class Monitor:
             optimizers, collector.pre, collector.post, lambda k: self._poll(), closure_result=self._closure_loss
         )
         self._hooks = HookSet()
-        if not eager and any(_packet.defers(p.device) for p in layouts.root.parameters()):
-            # deferred GPU copies are checked as soon as they arrived: at zero_grad and
-            # at the next forward, which is also the last moment to count NaN/Inf
-            # elements exactly (the gradients change after it)
-            self._hooks.add(on_root_forward(layouts.root, lambda m, a: self._poll(last_chance=True), pre=True))
+        # each forward of the model notes its step (a loss observed after step()
+        # belongs to the step of its forward); deferred GPU copies are checked there
+        # too, the last moment to count NaN/Inf elements exactly (the gradients change
+        # after it). On the model as called, outside any torch.compile'd region.
+        self._deferred = not eager and any(_packet.defers(p.device) for p in layouts.root.parameters())
+        self._hooks.add(on_root_forward(model, self._on_forward, pre=True))
         if not activations and not compiled:
             # forward order of modules from one probed forward (input side first)
             named = [(layouts.name(n), m) for n, m in layouts.root.named_modules()]
@@ -190,16 +192,37 @@ class Monitor:
         """Give the monitor the loss of the current step (logged as ``gradlens/loss``).
 
         Stays on the device until the step's single host copy. Called several times
-        per optimizer step (gradient accumulation), the mean is recorded.
+        per optimizer step (gradient accumulation), the mean is recorded. It may be
+        called before or after ``optimizer.step()``: the loss goes to the step whose
+        forward computed it (after ``step()`` it waits for the record of the step
+        just closed; with ``on_finding``/``halt_on``, which publish each step at
+        once, call it before ``step()``).
         """
         if isinstance(loss, Tensor):
             if loss.numel() != 1:
                 raise ValueError(f"observe_loss(loss=...) expects a scalar, got shape {tuple(loss.shape)}")
         elif not isinstance(loss, (int, float)) or isinstance(loss, bool):
             raise TypeError(f"observe_loss(loss=...) expects a tensor or float, got {type(loss).__name__}")
-        if self._closed or not self._collector.is_logged_step():
+        if self._closed:
             return
-        self._loss.observe(loss)
+        collector = self._collector
+        step = self._loss.forward_step
+        if step is None or step >= collector.step:  # its forward belongs to the step being collected
+            if collector.is_logged_step():
+                self._loss.observe(loss)
+            return
+        late = self._publisher.queued(step)  # observed after the step() of its forward
+        if late is not None:
+            self._loss.observe(loss, late=late)
+        elif step % self.every == 0 and not self._warned_late:
+            self._warned_late = True
+            warnings.warn(
+                f"gradlens: the loss of step {step} was observed after that step was published "
+                "(on_finding/halt_on publish each step at once); call mon.observe_loss(loss) "
+                "before optimizer.step() to have it recorded",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def dataframe(self, level: str = "param") -> Any:
         """The recorded history as a long-format pandas DataFrame.
@@ -269,7 +292,16 @@ class Monitor:
         if pend is not None:
             self._publisher.add(step, pend)
         if self._publisher.due():
-            self._publisher.publish(wait=False)
+            # the step that just closed waits (its loss may come after its step()),
+            # unless a callback or a halt needs every step at once
+            self._publisher.publish(wait=False, keep_last=pend is not None and not self._eager)
+
+    def _on_forward(self, module: nn.Module, args: Any) -> None:
+        if self._closed:
+            return
+        self._loss.saw_forward(self._collector.step)
+        if self._deferred:
+            self._collector.poll(last_chance=True)
 
     def _publish(self) -> None:
         self._publisher.publish()

@@ -125,7 +125,7 @@ class StepPacket:
 
     __slots__ = (
         "layout", "chunks", "skipped", "broken", "checked", "traced", "act", "origin", "loss", "p", "dW",
-        "present", "layer_rows", "grads",
+        "present", "layer_rows", "grads", "late_loss", "loss_count",
     )
 
     def __init__(self, layout: Any) -> None:
@@ -146,6 +146,8 @@ class StepPacket:
         # per chunk, the gradients behind it with their versions, kept until the
         # host copy was checked (exact non-finite counts need them)
         self.grads: List[Any] = []
+        self.late_loss: List[Tensor] = []  # losses observed after the step closed (device)
+        self.loss_count = 0  # how many losses the loss slot averages
 
     def ready(self) -> bool:
         """Whether every host copy of the step has arrived (never waits)."""

@@ -79,6 +79,8 @@ class Publisher:
         eager: publish every step at once (a callback or a halt needs it).
         on_finding, halt_on: called / raised for each new finding.
         origin: ``origin(packet)`` -> the NaN origin for that step's record.
+        finish: ``finish(packet)`` completes a step packet right before its record is
+            built (losses observed after the step closed).
         check: ``check()`` checks the deferred host copies (waits for them).
         after_record: called with each record before it is diagnosed.
     """
@@ -95,6 +97,7 @@ class Publisher:
         on_finding: Optional[Callable[[Finding], Any]],
         halt_on: Tuple[str, ...],
         origin: Callable[[StepPacket], Optional[str]],
+        finish: Callable[[StepPacket], None],
         check: Callable[[], None],
         after_record: Callable[[StepRecord], None],
     ) -> None:
@@ -102,7 +105,7 @@ class Publisher:
         self._history, self._tb, self._diagnoser = history, tb, diagnoser
         self._eager = eager
         self._on_finding, self._halt_on = on_finding, halt_on
-        self._origin, self._check, self._after_record = origin, check, after_record
+        self._origin, self._finish, self._check, self._after_record = origin, finish, check, after_record
         self._diagnoser_failed = False
         self._warned: set = set()
         self.queue: List[Tuple[int, StepPacket]] = []  # closed steps waiting for their records
@@ -127,16 +130,27 @@ class Publisher:
             or time.monotonic() - self._queued_at >= PUBLISH_SECONDS
         )
 
-    def publish(self, *, wait: bool = True) -> None:
+    def queued(self, step: int) -> Optional[StepPacket]:
+        """The packet of ``step`` if it is still waiting in the queue."""
+        for queued_step, pend in reversed(self.queue):
+            if queued_step == step:
+                return pend
+            if queued_step < step:
+                break
+        return None
+
+    def publish(self, *, wait: bool = True, keep_last: bool = False) -> None:
         """Build the queued steps' records and send them to the sinks and the rules,
-        in order (``wait=False``: only the leading steps whose copies arrived)."""
+        in order (``wait=False``: only the leading steps whose copies arrived;
+        ``keep_last``: the newest step waits for the next batch, since its loss may
+        still be observed after its ``optimizer.step()``)."""
         if wait:
             self._check()
-        while self.queue:
+        while len(self.queue) > keep_last:
             # the queued steps with the same parameter layout are built together
             layout = self.queue[0][1].layout
             n = 0
-            while n < len(self.queue) and self.queue[n][1].layout is layout and (
+            while n < len(self.queue) - keep_last and self.queue[n][1].layout is layout and (
                 wait or (self.queue[n][1].checked and self.queue[n][1].ready())
             ):
                 n += 1
@@ -216,6 +230,7 @@ class Publisher:
                         hist_vals[row_of[layer], _LAYER_COL[stat]] = v
                         hist_mask[row_of[layer], _LAYER_COL[stat]] = True
             pend.layer_rows = (hist_vals, hist_mask)
+            self._finish(pend)
             records.append(StepRecord(
                 step=step,
                 layers=layers,

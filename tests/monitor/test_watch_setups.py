@@ -330,3 +330,43 @@ def test_losses_observed_during_accumulation_are_averaged():
             seen.append(sum(losses) / len(losses))
             opt.step()
     assert [r.loss for r in mon.records()] == pytest.approx(seen, rel=1e-6)
+
+
+@pytest.mark.parametrize("when", ["before-step", "after-step", "both"])
+def test_a_loss_lands_on_the_step_of_its_forward(when):
+    # the README's quick tour calls observe_loss after opt.step(): the loss still
+    # belongs to the step whose forward computed it, including the last step and
+    # the last step of each publishing batch
+    from gradlens.monitor.publish import PUBLISH_BATCH
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(4)
+    steps = PUBLISH_BATCH + 3
+    seen = []
+    with gradlens.watch(model, opt) as mon:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = model(torch.randn(4, 6, generator=gen)).pow(2).mean()
+            if when in ("before-step", "both"):
+                mon.observe_loss(loss)
+            loss.backward()
+            opt.step()
+            if when in ("after-step", "both"):
+                mon.observe_loss(loss * 3 if when == "both" else loss)
+            seen.append(loss.item() * (2 if when == "both" else 1))  # both: mean of (l, 3l)
+    losses = [r.loss for r in mon.records()]
+    assert losses == pytest.approx(seen, rel=1e-6)
+
+
+def test_a_late_loss_with_a_callback_warns_that_it_came_too_late():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, on_finding=lambda f: None) as mon:
+        opt.zero_grad()
+        loss = model(torch.randn(4, 6)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        with pytest.warns(UserWarning, match="observed after that step was published"):
+            mon.observe_loss(loss)
+    assert mon.records()[0].loss is None
