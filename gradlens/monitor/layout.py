@@ -21,7 +21,7 @@ import math
 import operator
 import sys
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 
 from gradlens._record import ROOT_LAYER, layer_of
 
-__all__ = ["Layout", "Layouts", "LayerOrder", "group_name", "wrapper_types", "strip_wrappers"]
+__all__ = ["Layout", "Layouts", "LayerOrder", "group_name", "auto_depth", "wrapper_types", "strip_wrappers"]
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
@@ -76,6 +76,17 @@ def strip_wrappers(name: str, root: nn.Module, wrappers: Sequence[Tuple[type, st
     return ".".join(kept)
 
 
+def _split_levels(layer: str) -> List[List[str]]:
+    # a numeric part (a ModuleList/Sequential index) stays with the name before it
+    levels: List[List[str]] = []
+    for part in layer.split("."):
+        if part.isdigit() and levels and len(levels[-1]) == 1 and not levels[-1][0].isdigit():
+            levels[-1].append(part)
+        else:
+            levels.append([part])
+    return levels
+
+
 def group_name(layer: str, depth: Optional[int]) -> str:
     """Truncate a module path to ``depth`` levels; a numeric part (a ModuleList/Sequential
     index) stays attached to the name right before it, so ``encoder.layer.3.attn.q`` at
@@ -83,14 +94,26 @@ def group_name(layer: str, depth: Optional[int]) -> str:
     a Sequential of Sequentials groups too: ``12.3`` at depth 1 is ``12``."""
     if depth is None or "." not in layer:
         return layer
-    parts = layer.split(".")
-    levels: List[List[str]] = []
-    for part in parts:
-        if part.isdigit() and levels and len(levels[-1]) == 1 and not levels[-1][0].isdigit():
-            levels[-1].append(part)
-        else:
-            levels.append([part])
-    return ".".join(p for level in levels[:depth] for p in level)
+    return ".".join(p for level in _split_levels(layer)[:depth] for p in level)
+
+
+def auto_depth(root: nn.Module, name: Callable[[str], str] = lambda n: n) -> Optional[int]:
+    """The ``group_depth`` of the shallowest repeated block: a ``ModuleList`` or
+    ``Sequential`` holding at least two children of one class that own parameters
+    (``transformer.h.0`` for GPT-2: 2, ``bert.encoder.layer.0`` for BERT: 3,
+    ``model.layers.0`` for Llama, ``encoder.block.0`` for T5: 2). None when the
+    model has no such block (every layer keeps its own row)."""
+    best: Optional[int] = None
+    for qual, module in root.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = [c for c in module.children() if any(True for _ in c.parameters())]
+        if len(children) < 2 or len({type(c) for c in children}) != 1 or not any(True for _ in children[0].children()):
+            continue  # (a Sequential of single layers is a stack of rows already)
+        first = next(n for n, c in module.named_children() if c is children[0])
+        depth = len(_split_levels(name(f"{qual}.{first}" if qual else first)))
+        best = depth if best is None else min(best, depth)
+    return best
 
 
 def _matches(name: str, patterns: Tuple[str, ...]) -> bool:
@@ -134,7 +157,7 @@ class Layouts:
         optimizers: the optimizers whose parameters are watched (none: every
             parameter of the model, for ``Monitor.step()``).
         include, exclude: glob patterns (None: no filter).
-        group_depth: see :func:`group_name`.
+        group_depth: see :func:`group_name`; ``"auto"``: :func:`auto_depth`.
     """
 
     def __init__(
@@ -143,14 +166,16 @@ class Layouts:
         optimizers: Sequence[torch.optim.Optimizer],
         include: Optional[Tuple[str, ...]],
         exclude: Optional[Tuple[str, ...]],
-        group_depth: Optional[int],
+        group_depth: Union[None, int, str],
     ) -> None:
         self.model = model
         self.root: nn.Module = getattr(model, "_orig_mod", model)
         self.wrappers = wrapper_types()
         self._optimizers = list(optimizers)
         self.include, self.exclude = include, exclude
-        self.group_depth = group_depth
+        if group_depth == "auto":
+            group_depth = auto_depth(self.root, self.name)
+        self.group_depth: Optional[int] = group_depth
         self._current: Optional[Layout] = None
         self._current_sig: Any = None
         self._by_sig: Dict[Any, Layout] = {}  # by signature (requires_grad of each parameter)

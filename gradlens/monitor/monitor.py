@@ -75,7 +75,7 @@ class Monitor:
         activations: int,
         include: Optional[Tuple[str, ...]],
         exclude: Optional[Tuple[str, ...]],
-        group_depth: Optional[int],
+        group_depth: Union[None, int, str],
         update_every: int,
         max_history: int,
         param_scalars: Optional[bool],
@@ -358,7 +358,7 @@ def watch(
     activations: Union[bool, int] = False,
     include: Union[None, str, Sequence[str]] = None,
     exclude: Union[None, str, Sequence[str]] = None,
-    group_depth: Optional[int] = None,
+    group_depth: Union[None, int, str] = None,
     update_every: int = 10,
     max_history: int = DEFAULT_MAX_HISTORY,
     param_scalars: Optional[bool] = None,
@@ -405,6 +405,10 @@ def watch(
             Patterns that leave no parameter give a ``UserWarning`` listing the names.
         group_depth: aggregate per block: ``2`` reports ``encoder.layer.3`` as one
             row (numeric ModuleList indices stay with the name before them).
+            ``"auto"``: the level of the model's repeated blocks (``transformer.h.0``
+            for GPT-2, ``bert.encoder.layer.0`` for BERT, ``model.layers.0`` for
+            Llama), which keeps a 100-block model at about 100 rows; recommended for
+            transformers. Default None: every module keeps its own row.
         update_every: measure ``update_ratio`` on every N-th logged step (it copies
             the weights for the duration of one ``step()``); 0 turns it off.
         max_history: logged steps kept in memory for :meth:`Monitor.dataframe`;

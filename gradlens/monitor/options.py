@@ -102,7 +102,9 @@ def parse(
     max_history = _check_int(max_history, "max_history", 2)
     flow_every = _check_int(flow_every, "flow_every", 0)
     histogram_every = _check_int(histogram_every, "histogram_every", 0)
-    if group_depth is not None:
+    if group_depth is not None and group_depth != "auto":
+        if isinstance(group_depth, str):
+            raise ValueError(f"watch(group_depth=...) expects an int >= 1, 'auto' or None, got {group_depth!r}")
         group_depth = _check_int(group_depth, "group_depth", 1)
     if isinstance(activations, bool):
         activations = ACTIVATIONS_EVERY if activations else 0
