@@ -152,8 +152,11 @@ def _to_finding(kind: str, pending: List[Tuple[int, Condition]]) -> Finding:
 
 
 def _refresh(finding: Finding, step: int, cond: Condition) -> None:
+    # the value, the message that reports it and the evidence move together, so a
+    # finding never says one number and holds another (its layer stays the first one)
     finding.last_step = step
-    finding.value = cond.value
+    if cond.layer == finding.layer or SEVERITIES.index(cond.severity) > SEVERITIES.index(finding.severity):
+        finding.value, finding.message = cond.value, cond.message
+        finding.threshold, finding.evidence = cond.threshold, dict(cond.evidence)
     if SEVERITIES.index(cond.severity) > SEVERITIES.index(finding.severity):
         finding.severity = cond.severity
-        finding.message = cond.message

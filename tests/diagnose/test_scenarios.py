@@ -7,6 +7,8 @@ real ``gradlens.watch`` (its fused statistics, its Diagnoser hook-up).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from diag_scenarios import HEALTHY, PROBLEMS, run_reference, run_watch, watch_available
@@ -49,3 +51,18 @@ def test_suite_covers_every_kind():
     assert kinds >= {"vanishing", "exploding", "nonfinite", "dead_units", "saturation",
                      "update_ratio", "divergence"}
     assert len(PROBLEMS) >= 10 and len(HEALTHY) >= 6
+
+
+@pytest.mark.parametrize("sc", PROBLEMS, ids=lambda s: s.name)
+def test_every_findings_value_is_the_number_its_message_reports(sc):
+    # value, message and evidence move together while a finding persists (an
+    # exploding finding once held 277.1 while its message said 677)
+    from gradlens.diagnose.rules.base import fmt
+
+    rec = run_reference(sc)
+    assert rec.findings
+    for f in rec.findings:
+        if math.isnan(f.value):
+            continue
+        said = (fmt(f.value), fmt(f.value, digits=2), f"{100 * f.value:.1f}%")  # fractions as percents
+        assert any(s in f.message for s in said), (f.kind, f.value, f.message)

@@ -74,7 +74,7 @@ class DeadUnits(Rule):
                         threshold=0.0,
                         severity="warning",
                         message=(
-                            f"the gradient of {name!r} is exactly zero step after step: nothing "
+                            f"the gradient of {name!r} is exactly zero (||g|| = 0) step after step: nothing "
                             f"flows back to it (dead units below a ReLU, a detached branch, or "
                             f"an output that the loss ignores)"
                         ),

@@ -17,7 +17,7 @@ import math
 from typing import List, Optional, Tuple
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, Rule, is_real, finite
+from gradlens.diagnose.rules.base import Condition, Rule, finite, fmt, is_real
 
 __all__ = ["NonFinite"]
 
@@ -57,8 +57,9 @@ class NonFinite(Rule):
             v for v in s.get("nonfinite", {}).values() if finite(v)
         )
         named = f"born at {layer!r}" if layer is not None else "origin unknown"
+        counted = f"{fmt(float(count))} non-finite gradient elements, " if count else ""
         message = (
-            f"NaN/Inf in {', '.join(where) or 'activations'} ({named}; threshold: any): check "
+            f"NaN/Inf in {', '.join(where) or 'activations'} ({counted}{named}; threshold: any): check "
             f"that layer's inputs for log/sqrt/division of non-positive values, lower the "
             f"learning rate or clip gradients"
         )
