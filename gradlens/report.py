@@ -15,6 +15,7 @@ Example::
     $ gradlens report runs/exp1            # table + findings, exit 0/1
     $ gradlens report runs/exp1 --json     # the same as JSON
     $ gradlens report runs/exp1 --csv stats.csv
+    $ gradlens report runs/exp1 --plot flow.png  # the gradient-flow figure
     $ gradlens report runs/exp1 --threshold persist_steps=5
 """
 
@@ -293,6 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("logdir", help="directory with the TensorBoard event files gradlens wrote")
     parser.add_argument("--csv", metavar="FILE", help="also write every statistic (long format) to FILE")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw the gradient-flow figure (layers x steps, findings marked) to FILE.png; "
+                             "several runs are stacked in one image")
     parser.add_argument("--threshold", metavar="NAME=VALUE", action="append", default=[],
                         help="override a diagnosis threshold (repeatable), e.g. vanishing_ratio=1e-4")
 
@@ -346,6 +350,12 @@ def run(args: argparse.Namespace) -> int:
 
         frames = [r.frame.assign(run=os.path.relpath(r.logdir, logdir)) for r in reports]
         pd.concat(frames, ignore_index=True).to_csv(args.csv, index=False)
+    if getattr(args, "plot", None):
+        try:
+            _plot(reports, logdir, args.plot)
+        except (ImportError, OSError, ValueError) as exc:
+            print(f"gradlens report: --plot {args.plot}: {exc}", file=err)
+            return 2
     if args.json:
         payload = {
             "runs": [
@@ -367,7 +377,32 @@ def run(args: argparse.Namespace) -> int:
             if i:
                 print("", file=out)
             _print_report(rep, out)
+        if getattr(args, "plot", None):
+            print(f"\ngradient-flow figure: {args.plot}", file=out)
     return 1 if any(r.problems for r in reports) else 0
+
+
+def _plot(reports: List[RunReport], logdir: str, path: str) -> None:
+    """The gradient-flow figure of each run, stacked top to bottom, saved as a PNG."""
+    from gradlens.sinks.figure import flow_figure
+
+    images = []
+    for rep in reports:
+        name = os.path.relpath(rep.logdir, logdir)
+        name = os.path.basename(os.path.abspath(rep.logdir)) if name == "." else name
+        images.append(flow_figure(rep.records, rep.findings,
+                                  title=f"{name}: log10 gradient norm per layer (input side at the top) x step"))
+    if len(images) == 1:
+        images[0].save(path, format="PNG")
+        return
+    from PIL import Image
+
+    sheet = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), (255, 255, 255))
+    y = 0
+    for img in images:
+        sheet.paste(img, (0, y))
+        y += img.height
+    sheet.save(path, format="PNG")
 
 
 def _clean(x):

@@ -21,6 +21,7 @@ What the figure shows:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -51,13 +52,16 @@ _FONT_SIZE = 13
 _MAX_LISTED = 8  # findings listed under the figure
 
 
-def _state(value: float) -> Tuple[int, float]:
-    """(state, log10) of one recorded norm (NaN/Inf: a non-finite gradient)."""
+_Cell = Tuple[int, float, int]  # (state, mean log10 of its finite values, how many)
+
+
+def _state(value: float) -> _Cell:
+    """The cell of one recorded norm (NaN/Inf: a non-finite gradient)."""
     if not math.isfinite(value):
-        return NONFINITE, math.nan
+        return NONFINITE, math.nan, 0
     if value <= 0.0:
-        return ZERO, -math.inf
-    return FINITE, math.log10(value)
+        return ZERO, -math.inf, 0
+    return FINITE, math.log10(value), 1
 
 
 class FlowHistory:
@@ -92,7 +96,7 @@ class FlowHistory:
         if layers != self._seen_layers:  # newest order first, layers gone since after it
             self._seen_layers = layers
             self.layers = list(layers) + [name for name in self.layers if name not in set(layers)]
-        cells: Dict[str, Tuple[int, float]] = {}
+        cells: Dict[str, _Cell] = {}
         for layer, value in norms.items():
             cells[layer] = _state(value)
             if layer not in self.first:
@@ -101,7 +105,7 @@ class FlowHistory:
         if nonfinite:
             for layer, bad in nonfinite.items():
                 if bad > 0:  # a NaN count compares False: left alone
-                    cells[layer] = (NONFINITE, math.nan)
+                    cells[layer] = (NONFINITE, math.nan, 0)
         if self.columns and self.columns[-1][2] < self._stride:
             col = self.columns[-1]
             col[1], col[2], col[3] = step, col[2] + 1, _merge_cells(col[3], cells)
@@ -120,7 +124,7 @@ class FlowHistory:
         state = np.zeros((len(layers), len(self.columns)), dtype=np.int8)
         logv = np.full(state.shape, np.nan)
         for c, (_a, _b, _n, cells) in enumerate(self.columns):
-            for layer, (s, v) in cells.items():
+            for layer, (s, v, _n) in cells.items():
                 i = index.get(layer)
                 if i is None:
                     continue
@@ -129,20 +133,20 @@ class FlowHistory:
         return layers, spans, state, logv
 
 
-def _merge_cells(a: Dict[str, Tuple[int, float]], b: Dict[str, Tuple[int, float]]) -> Dict[str, Tuple[int, float]]:
+def _merge_cells(a: Dict[str, _Cell], b: Dict[str, _Cell]) -> Dict[str, _Cell]:
+    """One column from two: NaN/Inf wins, finite norms average in log10 (geometric mean)."""
     out = dict(a)
-    for layer, (sb, vb) in b.items():
-        sa, va = out.get(layer, (MISSING, math.nan))
-        if sa == NONFINITE or sb == NONFINITE:
-            out[layer] = (NONFINITE, math.nan)
-        elif sa == FINITE and sb == FINITE:
-            out[layer] = (FINITE, (va + vb) / 2.0)  # geometric mean of the two norms
-        elif sa == FINITE or sb == FINITE:
-            out[layer] = (sa, va) if sa == FINITE else (sb, vb)
-        elif sa == ZERO or sb == ZERO:
-            out[layer] = (ZERO, -math.inf)
+    for layer, (sb, vb, nb) in b.items():
+        sa, va, na = out.get(layer, (MISSING, math.nan, 0))
+        if NONFINITE in (sa, sb):
+            out[layer] = (NONFINITE, math.nan, 0)
+        elif FINITE in (sa, sb):
+            total = (va * na if na else 0.0) + (vb * nb if nb else 0.0)
+            out[layer] = (FINITE, total / (na + nb), na + nb)
+        elif ZERO in (sa, sb):
+            out[layer] = (ZERO, -math.inf, 0)
         else:
-            out[layer] = (MISSING, math.nan)
+            out[layer] = (MISSING, math.nan, 0)
     return out
 
 
@@ -162,6 +166,16 @@ class _Layout(NamedTuple):
     hi: float  # log10 at its top
 
 
+def _pil():
+    """Pillow's Image and ImageDraw, or an ImportError that names the extra to install."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError as exc:  # pragma: no cover - Pillow comes with TensorBoard >= 2.15
+        raise ImportError("the gradient-flow figure needs Pillow: pip install 'gradlens[plot]'") from exc
+    return Image, ImageDraw
+
+
+@functools.lru_cache(maxsize=4)
 def _font(size: int):
     from PIL import ImageFont
 
@@ -211,7 +225,7 @@ def render_flow(layers: Sequence[str], spans: Sequence[Tuple[int, int]], state: 
                 logv: np.ndarray, findings: Iterable[Any] = (), *, title: Optional[str] = None,
                 stat_label: str = "gradient norm"):
     """Draw the figure; returns ``(PIL.Image.Image, _Layout)``. See :func:`flow_figure`."""
-    from PIL import Image, ImageDraw
+    Image, ImageDraw = _pil()
 
     font, small = _font(_FONT_SIZE), _font(_FONT_SIZE - 2)
     n_layers, n_cols = state.shape
@@ -363,6 +377,7 @@ def flow_figure(data: Any, findings: Iterable[Any] = (), *, title: Optional[str]
     Raises:
         TypeError: ``data`` is neither records nor a DataFrame.
         ValueError: ``data`` holds no gradient norms.
+        ImportError: Pillow is missing (``pip install 'gradlens[plot]'``).
 
     Example:
         >>> from gradlens._record import StepRecord

@@ -22,6 +22,7 @@ Tags follow :mod:`gradlens._tags` exactly (``gradlens report`` reads them back):
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -32,6 +33,7 @@ from gradlens.sinks.figure import FINITE, MISSING, ZERO, FlowHistory, render_flo
 
 __all__ = ["TensorBoardSink", "layout_proto"]
 
+_log = logging.getLogger("gradlens")
 _LOG10 = frozenset(_tags.LOG10_STATS)
 _CHANGE_ONLY = frozenset(_tags.CHANGE_ONLY_STATS)
 #: chart order in the custom-scalars layout: what a reader looks at first
@@ -128,6 +130,7 @@ class TensorBoardSink(Sink):
         self._n = 0
         self._last_step: Optional[int] = None
         self._drawn_at: Optional[int] = None
+        self._no_figure = False
 
     # -- public ---------------------------------------------------------------
     def write(self, record: StepRecord) -> None:
@@ -280,8 +283,14 @@ class TensorBoardSink(Sink):
         import numpy as np
 
         self._drawn_at = step
-        img = self.figure()
-        self.writer.add_image(_tags.FLOW_TAG, np.asarray(img), step, dataformats="HWC")
+        if not self._no_figure:
+            try:
+                img = self.figure()
+            except ImportError as exc:  # no Pillow: the rest of the sink goes on
+                self._no_figure = True
+                _log.warning("gradlens: no gradient-flow image in TensorBoard (%s)", exc)
+            else:
+                self.writer.add_image(_tags.FLOW_TAG, np.asarray(img), step, dataformats="HWC")
         self.writer.add_text(_tags.OVERVIEW_TAG, self.overview(), step)
 
 
