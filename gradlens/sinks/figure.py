@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tu
 
 import numpy as np
 
-__all__ = ["flow_figure", "FlowHistory"]
+__all__ = ["flow_figure", "FlowHistory", "PLOT_WIDTH", "TB_WIDTH"]
 
 # viridis sampled at 9 points (dark blue -> green -> yellow); linear in between.
 _RAMP = np.array(
@@ -46,6 +46,9 @@ MISSING, FINITE, ZERO, NONFINITE = 0, 1, 2, 3
 
 #: Width of the plot area in pixels (the steps are spread over it).
 PLOT_WIDTH = 600
+#: Width of the figure written to TensorBoard: its IMAGES cards are 350 pixels wide
+#: and scale wider images down, so this one is shown at its own size.
+TB_WIDTH = 350
 _ROW_H = 18  # per layer, while the layers fit
 _MAX_PLOT_H = 720
 _FONT_SIZE = 13
@@ -223,37 +226,43 @@ def _nice_ticks(first: int, last: int, max_ticks: int = 8) -> List[int]:
 
 def render_flow(layers: Sequence[str], spans: Sequence[Tuple[int, int]], state: np.ndarray,
                 logv: np.ndarray, findings: Iterable[Any] = (), *, title: Optional[str] = None,
-                stat_label: str = "gradient norm"):
+                width: Optional[int] = None):
     """Draw the figure; returns ``(PIL.Image.Image, _Layout)``. See :func:`flow_figure`."""
     Image, ImageDraw = _pil()
 
-    font, small = _font(_FONT_SIZE), _font(_FONT_SIZE - 2)
+    compact = width is not None and width < 520
+    fs = _FONT_SIZE - 2 if compact else _FONT_SIZE
+    font, small = _font(fs), _font(fs - 1 if compact else fs - 2)
     n_layers, n_cols = state.shape
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    row_h = _ROW_H if n_layers * _ROW_H <= _MAX_PLOT_H else max(2, _MAX_PLOT_H // max(1, n_layers))
-    label_every = max(1, math.ceil((_FONT_SIZE + 2) / row_h))
-    label_w = max([_text_w(probe, str(name), font) for name in layers] + [30])
+    row_full = fs + 3 if compact else _ROW_H
+    max_h = _MAX_PLOT_H // 2 if compact else _MAX_PLOT_H
+    row_h = row_full if n_layers * row_full <= max_h else max(2, max_h // max(1, n_layers))
+    label_every = max(1, math.ceil((fs + 2) / row_h))
+    label_w = max([_text_w(probe, str(name), font) for name in layers] + [20])
     findings = [f for f in findings]
     lo, hi = _decades(logv, state)
+    tick_w = max(_text_w(probe, f"{v:g}", small) for v in (lo, hi, (lo + hi) / 2))
+    pad = 8 if compact else 12
 
-    left = 12 + label_w + 8
-    top = 12 + (_FONT_SIZE + 10) + (16 if findings else 4)
-    plot_w = PLOT_WIDTH
+    left = pad + label_w + 6
+    top = 8 + (fs + 8) + (fs + 3)  # the heading, then a line for the finding numbers and 'log10'
+    right_part = (14 if compact else 24) + 12 + 6 + max(tick_w, _text_w(probe, "log10", small)) + pad
+    plot_w = PLOT_WIDTH if width is None else max(120, width - left - right_part)
     plot_h = max(row_h, n_layers * row_h)
     right, bottom = left + plot_w, top + plot_h
-    cb_left = right + 24
-    cb = (cb_left, top, cb_left + 14, top + max(plot_h, 120))
-    tick_w = max(_text_w(probe, f"{v:g}", small) for v in (lo, hi, (lo + hi) / 2))
-    width = cb[2] + 8 + tick_w + 16
-    width = max(width, left + plot_w + 40, _text_w(probe, title or "", font) + 24)
+    cb_left = right + (14 if compact else 24)
+    cb = (cb_left, top, cb_left + 12, top + max(plot_h, 80 if compact else 120))
+    width = max(width or 0, cb[2] + 6 + tick_w + pad, left + plot_w + 40)
     listed = findings[:_MAX_LISTED]
-    legend_y = max(bottom, cb[3]) + 36
-    height = legend_y + 24 + (len(listed) + (1 if len(findings) > len(listed) else 0)) * (_FONT_SIZE + 5) + 8
+    legend_y = max(bottom, cb[3]) + (2 * fs + 10)
+    line_h = fs + 4
+    height = legend_y + line_h + 6 + (len(listed) + (1 if len(findings) > len(listed) else 0)) * line_h + 6
 
     img = Image.new("RGB", (width, height), _BG_RGB)
     draw = ImageDraw.Draw(img)
-    heading = title or f"log10 {stat_label} per layer (input side at the top) x step"
-    draw.text((12, 10), heading, fill=_TEXT_RGB, font=font)
+    heading = title or "log10 gradient norm per layer (input side at the top) x step"
+    draw.text((pad, 8), _fit(heading, width - 2 * pad, draw, font), fill=_TEXT_RGB, font=font)
 
     # heat map: each column spread over the plot width
     edges = [left + round(c * plot_w / max(1, n_cols)) for c in range(n_cols + 1)] if n_cols else [left, right]
@@ -272,7 +281,7 @@ def render_flow(layers: Sequence[str], spans: Sequence[Tuple[int, int]], state: 
             continue
         y = top + i * row_h + row_h // 2
         w = _text_w(draw, str(name), font)
-        draw.text((left - 8 - w, y), str(name), fill=_TEXT_RGB, font=font, anchor="lm")
+        draw.text((left - 6 - w, y), str(name), fill=_TEXT_RGB, font=font, anchor="lm")
 
     # step axis
     if n_cols:
@@ -282,7 +291,7 @@ def render_flow(layers: Sequence[str], spans: Sequence[Tuple[int, int]], state: 
             x = (edges[c] + edges[c + 1]) // 2
             draw.line([x, bottom, x, bottom + 4], fill=_TEXT_RGB)
             draw.text((x, bottom + 6), str(s), fill=_TEXT_RGB, font=small, anchor="mt")
-        draw.text(((left + right) // 2, bottom + 20), "step", fill=_TEXT_RGB, font=small, anchor="mt")
+        draw.text(((left + right) // 2, bottom + fs + 8), "step", fill=_TEXT_RGB, font=small, anchor="mt")
 
     # colour bar, in decades
     bar_h = cb[3] - cb[1]
@@ -295,7 +304,7 @@ def render_flow(layers: Sequence[str], spans: Sequence[Tuple[int, int]], state: 
     for v in np.arange(hi, lo - 1e-9, -step_dec):
         y = cb[1] + round((hi - v) / (hi - lo) * (bar_h - 1))
         draw.line([cb[2], y, cb[2] + 3, y], fill=_TEXT_RGB)
-        draw.text((cb[2] + 6, y), f"{v:g}", fill=_TEXT_RGB, font=small, anchor="lm")
+        draw.text((cb[2] + 5, y), f"{v:g}", fill=_TEXT_RGB, font=small, anchor="lm")
 
     # findings: a box around layer x steps, numbered above the plot
     rows = {name: i for i, name in enumerate(layers)}
@@ -315,20 +324,21 @@ def render_flow(layers: Sequence[str], spans: Sequence[Tuple[int, int]], state: 
         draw.text((tx, top - 3), str(k), fill=_FINDING_RGB, font=small, anchor="lb")
 
     # legend and the list of findings
-    x = left
-    for rgb, label in ((_NONFINITE_RGB, "NaN/Inf"), (_ZERO_RGB, "zero"), (_MISSING_RGB, "not logged")):
-        draw.rectangle([x, legend_y, x + 12, legend_y + 12], fill=rgb, outline=_TEXT_RGB)
-        draw.text((x + 16, legend_y + 6), label, fill=_TEXT_RGB, font=small, anchor="lm")
-        x += 16 + _text_w(draw, label, small) + 18
+    x, box = pad, fs - 1
+    entries = [(_NONFINITE_RGB, None, "NaN/Inf"), (_ZERO_RGB, None, "zero"), (_MISSING_RGB, None, "not logged")]
     if findings:
-        draw.rectangle([x, legend_y, x + 12, legend_y + 12], outline=_FINDING_RGB, width=2)
-        draw.text((x + 16, legend_y + 6), "finding (layer x steps)", fill=_TEXT_RGB, font=small, anchor="lm")
-    y = legend_y + 24
+        entries.append((None, _FINDING_RGB, "finding"))
+    for fill, outline, label in entries:
+        draw.rectangle([x, legend_y, x + box, legend_y + box], fill=fill, outline=outline or _TEXT_RGB,
+                       width=2 if outline else 1)
+        draw.text((x + box + 4, legend_y + box // 2), label, fill=_TEXT_RGB, font=small, anchor="lm")
+        x += box + 4 + _text_w(draw, label, small) + (10 if compact else 18)
+    y = legend_y + line_h + 6
     for k, f in enumerate(listed, start=1):
-        draw.text((12, y), _finding_line(k, f, width - 24, draw, small), fill=_TEXT_RGB, font=small)
-        y += _FONT_SIZE + 5
+        draw.text((pad, y), _fit(_finding_text(k, f), width - 2 * pad, draw, small), fill=_TEXT_RGB, font=small)
+        y += line_h
     if len(findings) > len(listed):
-        draw.text((12, y), f"... and {len(findings) - len(listed)} more", fill=_TEXT_RGB, font=small)
+        draw.text((pad, y), f"... and {len(findings) - len(listed)} more", fill=_TEXT_RGB, font=small)
 
     layout = _Layout(width, height, (left, top, right, bottom), row_h, tuple(edges), cb, lo, hi)
     return img, layout
@@ -342,24 +352,33 @@ def _column_of(spans: Sequence[Tuple[int, int]], step: int) -> int:
     return len(spans) - 1
 
 
-def _finding_line(k: int, f: Any, max_w: int, draw, font) -> str:
+def _finding_text(k: int, f: Any) -> str:
     step, last = getattr(f, "step", None), getattr(f, "last_step", None)
     steps = f"steps {step}..{last}" if last not in (None, step) else f"step {step}"
     layer = getattr(f, "layer", None)
     where = f"layer {layer}" if layer is not None else "whole model"
-    text = f"{k}  [{getattr(f, 'severity', '?')}] {getattr(f, 'kind', '?')}, {where}, {steps}: {getattr(f, 'message', '')}"
+    return f"{k}  [{getattr(f, 'severity', '?')}] {getattr(f, 'kind', '?')}, {where}, {steps}: {getattr(f, 'message', '')}"
+
+
+def _fit(text: str, max_w: int, draw, font) -> str:
+    """``text``, cut with ``...`` to fit ``max_w`` pixels."""
     if _text_w(draw, text, font) <= max_w:
         return text
-    while text and _text_w(draw, text + "...", font) > max_w:
-        text = text[:-1]
-    return text + "..."
+    lo, hi = 0, len(text)
+    while lo < hi:  # the longest prefix that fits with the ellipsis
+        mid = (lo + hi + 1) // 2
+        if _text_w(draw, text[:mid] + "...", font) <= max_w:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + "..."
 
 
 # ---------------------------------------------------------------------------
 # public entry point
 # ---------------------------------------------------------------------------
 def flow_figure(data: Any, findings: Iterable[Any] = (), *, title: Optional[str] = None,
-                max_columns: int = 512):
+                max_columns: int = 512, width: Optional[int] = None):
     """The gradient-flow figure of a run, as a ``PIL.Image.Image``.
 
     Args:
@@ -370,6 +389,9 @@ def flow_figure(data: Any, findings: Iterable[Any] = (), *, title: Optional[str]
         findings: the findings to mark (``mon.findings``).
         title: the heading; by default it says what is drawn.
         max_columns: the most columns; longer runs are merged pairwise (>= 2).
+        width: the figure's width in pixels; by default the plot is 600 pixels wide.
+            Below 520 the figure is compact (smaller type), as TensorBoard's IMAGES
+            cards show it (``TB_WIDTH``, 350 pixels).
 
     Returns:
         The figure: ``img.save("flow.png")``; a notebook shows it inline.
@@ -386,21 +408,23 @@ def flow_figure(data: Any, findings: Iterable[Any] = (), *, title: Optional[str]
         >>> img.size[0] > 600 and img.mode
         'RGB'
     """
-    img, _layout = _flow_figure(data, findings, title=title, max_columns=max_columns)
+    img, _layout = _flow_figure(data, findings, title=title, max_columns=max_columns, width=width)
     return img
 
 
 def _flow_figure(data: Any, findings: Iterable[Any] = (), *, title: Optional[str] = None,
-                 max_columns: int = 512):
+                 max_columns: int = 512, width: Optional[int] = None):
     if isinstance(max_columns, bool) or not isinstance(max_columns, int) or max_columns < 2:
         raise ValueError(f"flow_figure(max_columns=...) expects an int >= 2, got {max_columns!r}")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 200):
+        raise ValueError(f"flow_figure(width=...) expects None or an int >= 200, got {width!r}")
     history = FlowHistory(max_columns)
     for step, layers, norms, nonfinite in _steps_of(data):
         history.add(step, layers, norms, nonfinite)
     if not history.columns:
         raise ValueError("flow_figure(data=...) holds no gradient norms (no 'grad_norm' values)")
     layers, spans, state, logv = history.grid()
-    return render_flow(layers, spans, state, logv, findings, title=title)
+    return render_flow(layers, spans, state, logv, findings, title=title, width=width)
 
 
 def _steps_of(data: Any):

@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from gradlens import _tags
 from gradlens._record import LAYER_STATS, StepRecord
 from gradlens.sinks import Sink
-from gradlens.sinks.figure import FINITE, MISSING, ZERO, FlowHistory, render_flow
+from gradlens.sinks.figure import FINITE, MISSING, TB_WIDTH, ZERO, FlowHistory, render_flow
 
 __all__ = ["TensorBoardSink", "layout_proto"]
 
@@ -165,10 +165,10 @@ class TensorBoardSink(Sink):
         if self.owns_writer:
             self._guard(self.writer.close)
 
-    def figure(self, *, title: Optional[str] = None):
-        """The flow figure of what was written so far (a ``PIL.Image.Image``)."""
+    def figure(self, *, title: Optional[str] = None, width: Optional[int] = TB_WIDTH):
+        """The flow figure of what was written so far (a ``PIL.Image.Image``), as written to TensorBoard."""
         layers, spans, state, logv = self._flow.grid()
-        img, _layout = render_flow(layers, spans, state, logv, self._findings, title=title)
+        img, _layout = render_flow(layers, spans, state, logv, self._findings, title=title, width=width)
         return img
 
     def overview(self) -> str:

@@ -94,7 +94,7 @@ def test_flow_image_on_cadence(tmp_path):
     steps = [e.step for e in acc.Images(_tags.FLOW_TAG)]
     assert steps == [2, 5, 6]  # every 3 logged steps, and a final one at close
     img = acc.Images(_tags.FLOW_TAG)[-1]
-    assert img.width > 600  # the labelled figure, not a 28-pixel strip
+    assert img.width == 350  # the labelled figure, as wide as an IMAGES card, not a 28-pixel strip
 
 
 def test_param_scalars_auto_limit(tmp_path):
