@@ -11,126 +11,23 @@ always stopped (every wait is bounded). Skips without Chromium:
 from __future__ import annotations
 
 import io
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
+from tb_browser import INSTALL_HINT, TensorBoard, find_chromium, screenshot
 
 pytestmark = pytest.mark.slow
 
-_INSTALL = "apt-get update && apt-get install -y chromium"
 _RUNS = ("deep_sigmoid", "bad_init_relu", "healthy_residual")
 
 
 def chromium() -> str:
     """The Chromium executable, or a skip that says how to install it."""
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip(f"headless Chromium not found; install it with: {_INSTALL}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End ``proc`` and its children (own process group), politely, then for sure."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
-class TensorBoard:
-    """A ``tensorboard`` server on 127.0.0.1 over ``logdir``; a context manager that stops it."""
-
-    def __init__(self, logdir: str, *, start_timeout: float = 90.0) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1",
-             "--port", str(self.port), "--reload_interval", "0"],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        try:
-            self._wait_ready(start_timeout)
-        except BaseException:
-            self.close()
-            raise
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._log.seek(0)
-                raise RuntimeError(f"tensorboard exited ({self.proc.returncode}): {self._log.read()[-2000:]!r}")
-            try:  # ready once every run is loaded
-                tags = self.json("/data/plugin/scalars/tags")
-                if all(run in tags for run in _RUNS):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"tensorboard did not serve the runs within {timeout:.0f} s")
-
-    def get(self, path: str, **params) -> bytes:
-        query = ("?" + urllib.parse.urlencode(params)) if params else ""
-        with urllib.request.urlopen(self.url + path + query, timeout=20) as resp:
-            return resp.read()
-
-    def json(self, path: str, **params):
-        return json.loads(self.get(path, **params))
-
-    def close(self) -> None:
-        _stop(self.proc)
-        self._log.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def screenshot(browser: str, url: str, path: str, *, size=(1400, 1000), budget_ms: int = 20000,
-               timeout: float = 120.0) -> None:
-    """A headless Chromium screenshot of ``url`` after ``budget_ms`` of (virtual) page time."""
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [browser, "--headless", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-               f"--virtual-time-budget={budget_ms}", f"--screenshot={path}", url]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            cmd.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        finally:
-            _stop(proc)
-    if not os.path.exists(path):
-        raise RuntimeError(f"chromium wrote no screenshot of {url}")
+    path = find_chromium()
+    if path is None:
+        pytest.skip(f"headless Chromium not found; install it with: {INSTALL_HINT}")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +41,7 @@ def demo_logdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tensorboard(demo_logdir):
-    with TensorBoard(demo_logdir) as tb:
+    with TensorBoard(demo_logdir, runs=_RUNS) as tb:
         yield tb
 
 
