@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from gradlens import _tags
 from gradlens._record import LAYER_STATS, StepRecord
@@ -203,10 +203,10 @@ class TensorBoardSink(Sink):
         if record.loss is not None:
             items.append((_tags.LOSS_TAG, record.loss))
         for stat, values in record.stats.items():
-            items.extend(self._layer_items(stat, values))
+            items.extend(self._items(stat, values, self._tag, self._new_layer_tag))
         if self.param_scalars:
             for stat, values in record.param_stats.items():
-                items.extend(self._param_items(stat, values))
+                items.extend(self._items(stat, values, self._ptag, self._new_param_tag))
         self._scalars(items, step)
         if self.flow_every:
             self._flow.add(step, layers, record.stats.get("grad_norm", {}), record.stats.get("nonfinite"))
@@ -214,13 +214,15 @@ class TensorBoardSink(Sink):
             if self._n % self.flow_every == 0:
                 self._write_figures(step)
 
-    def _layer_items(self, stat: str, values: Dict[str, float]) -> List[Tuple[str, float]]:
-        tags, log10, held = self._tag, stat in _LOG10, stat in _CHANGE_ONLY
+    def _items(self, stat: str, values: Dict[str, float], tags: Dict[Tuple[str, str], str],
+               make_tag: Callable[[str, str, bool], str]) -> List[Tuple[str, float]]:
+        """(tag, value) pairs of one statistic: log10 for norms, counts only when they change."""
+        log10, held = stat in _LOG10, stat in _CHANGE_ONLY
         out = []
-        for layer, value in values.items():
-            tag = tags.get((stat, layer))
+        for name, value in values.items():
+            tag = tags.get((stat, name))
             if tag is None:
-                tag = tags[(stat, layer)] = self._new_layer_tag(stat, layer, log10)
+                tag = tags[(stat, name)] = make_tag(stat, name, log10)
             if held:
                 if not self._changed(tag, value):
                     continue
@@ -234,20 +236,9 @@ class TensorBoardSink(Sink):
         pos = layers.index(layer) if layer in layers else None
         return _tags.layer_tag(stat, layer, position=pos, width=len(str(len(layers) - 1)), log10=log10)
 
-    def _param_items(self, stat: str, values: Dict[str, float]) -> List[Tuple[str, float]]:
-        tags, log10, held = self._ptag, stat in _LOG10, stat in _CHANGE_ONLY
-        out = []
-        for param, value in values.items():
-            tag = tags.get((stat, param))
-            if tag is None:
-                tag = tags[(stat, param)] = _tags.param_tag(stat, param, log10=log10)
-            if held:
-                if not self._changed(tag, value):
-                    continue
-            elif log10:
-                value = _log10(value)
-            out.append((tag, value))
-        return out
+    @staticmethod
+    def _new_param_tag(stat: str, param: str, log10: bool) -> str:
+        return _tags.param_tag(stat, param, log10=log10)
 
     def _changed(self, tag: str, value: float) -> bool:
         last = self._held.get(tag)
