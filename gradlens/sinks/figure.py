@@ -188,8 +188,14 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _text_w(draw, text: str, font) -> int:
-    left, _top, right, _bottom = draw.textbbox((0, 0), text, font=font)
+def _text_w(_draw, text: str, font) -> int:
+    return _measure(text, font)
+
+
+@functools.lru_cache(maxsize=4096)
+def _measure(text: str, font) -> int:
+    # layer names repeat from one figure to the next: measured once
+    left, _top, right, _bottom = font.getbbox(text)
     return int(right - left)
 
 

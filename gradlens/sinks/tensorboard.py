@@ -111,7 +111,7 @@ class TensorBoardSink(Sink):
         *,
         param_scalars: bool = False,
         flow_every: int = 50,
-        flow_window: int = 512,
+        flow_window: int = 256,
         owns_writer: bool = False,
     ) -> None:
         super().__init__()
@@ -270,9 +270,26 @@ class TensorBoardSink(Sink):
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in items])
         get_file_writer().add_summary(summary, step)
 
-    def _write_figures(self, step: int) -> None:
-        import numpy as np
+    def _image(self, img: Any, step: int) -> None:
+        get_file_writer = getattr(self.writer, "_get_file_writer", None)
+        if get_file_writer is None:
+            import numpy as np
 
+            self.writer.add_image(_tags.FLOW_TAG, np.asarray(img), step, dataformats="HWC")
+            return
+        import io
+
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        # PNG at a low compression level: a few times faster to write than the default,
+        # and a flat-coloured figure compresses well anyway
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", compress_level=1)
+        summary = Summary(value=[Summary.Value(tag=_tags.FLOW_TAG, image=Summary.Image(
+            height=img.height, width=img.width, colorspace=3, encoded_image_string=buf.getvalue()))])
+        get_file_writer().add_summary(summary, step)
+
+    def _write_figures(self, step: int) -> None:
         self._drawn_at = step
         if not self._no_figure:
             try:
@@ -281,7 +298,7 @@ class TensorBoardSink(Sink):
                 self._no_figure = True
                 _log.warning("gradlens: no gradient-flow image in TensorBoard (%s)", exc)
             else:
-                self.writer.add_image(_tags.FLOW_TAG, np.asarray(img), step, dataformats="HWC")
+                self._image(img, step)
         self.writer.add_text(_tags.OVERVIEW_TAG, self.overview(), step)
 
 
