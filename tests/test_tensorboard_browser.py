@@ -120,10 +120,14 @@ def _near(arr, rgb, tol=12):
     return (np.abs(arr.astype(int) - np.array(rgb)).max(axis=2) <= tol)
 
 
-def test_screenshots_of_custom_scalars_and_images(tensorboard, tmp_path_factory):
+@pytest.fixture
+def browser():
+    return chromium()  # before the server: a missing browser skips at once
+
+
+def test_screenshots_of_custom_scalars_and_images(browser, tensorboard, tmp_path_factory):
     from gradlens.sinks.figure import _RAMP
 
-    browser = chromium()
     out = os.environ.get("GRADLENS_SCREENSHOTS") or str(tmp_path_factory.mktemp("shots"))
     cs, im = os.path.join(out, "custom_scalars.png"), os.path.join(out, "images.png")
     screenshot(browser, tensorboard.url + "/#custom_scalars", cs)
