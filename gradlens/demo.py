@@ -11,6 +11,7 @@ Example::
 
     $ gradlens demo --logdir runs/demo --steps 60
     $ tensorboard --logdir runs/demo
+    $ gradlens report runs/demo --plot flow.png
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def run_demo(logdir: str = _DEFAULT_LOGDIR, *, steps: int = 60, out: Optional[Te
         torch.set_num_threads(threads)
     print(f"Open the logs in TensorBoard:\n  tensorboard --logdir {logdir}", file=out)
     print(f"Re-diagnose them from the event files:\n  gradlens report {logdir}", file=out)
+    print(f"Draw their gradient-flow figures:\n  gradlens report {logdir} --plot flow.png", file=out)
     return results
 
 

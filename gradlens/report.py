@@ -15,6 +15,7 @@ Example::
     $ gradlens report runs/exp1            # table + findings, exit 0/1
     $ gradlens report runs/exp1 --json     # the same as JSON
     $ gradlens report runs/exp1 --csv stats.csv
+    $ gradlens report runs/exp1 --plot flow.png  # the gradient-flow figure
     $ gradlens report runs/exp1 --threshold persist_steps=5
 """
 
@@ -28,8 +29,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, TextIO
 
-from gradlens._record import StepRecord
-from gradlens._tags import LAYERS_TAG, LOSS_TAG, parse_tag
+from gradlens._record import ACT_STATS, StepRecord
+from gradlens._tags import CHANGE_ONLY_STATS, LAYERS_TAG, LOSS_TAG, decode_tag
 from gradlens.diagnose import Finding, diagnose
 from gradlens.diagnose.finding import one_line
 from gradlens.diagnose.rules.base import fmt
@@ -122,25 +123,37 @@ def load_run(logdir: str, *, thresholds=None) -> RunReport:
     Raises:
         ValueError: ``logdir`` holds no gradlens statistics.
     """
+    import numpy as np
     import pandas as pd
     from tensorboard.backend.event_processing import event_accumulator as ea
 
     acc = ea.EventAccumulator(logdir, size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
     acc.Reload()
-    rows = []
+    parts = []
     for tag in acc.Tags().get("scalars", []):
-        parsed = parse_tag(tag)
-        if parsed is None and tag != LOSS_TAG:
+        decoded = decode_tag(tag)
+        if decoded is None and tag != LOSS_TAG:
             continue
-        level, stat, name = parsed if parsed else ("run", "loss", "")
-        for ev in acc.Scalars(tag):
-            rows.append((ev.step, ev.wall_time, tag, level, stat, name, float(ev.value)))
-    frame = pd.DataFrame(rows, columns=["step", "wall_time", "tag", "level", "stat", "name", "value"])
+        level, stat, name, log10 = decoded if decoded else ("run", "loss", "", False)
+        events = acc.Scalars(tag)
+        values = np.array([ev.value for ev in events], dtype=np.float64)
+        if log10:
+            with np.errstate(over="ignore"):
+                values = np.power(10.0, values)  # -inf -> 0, NaN/Inf stay
+        parts.append(pd.DataFrame({"step": [ev.step for ev in events], "wall_time": [ev.wall_time for ev in events],
+                                   "tag": tag, "level": level, "stat": stat, "name": name, "value": values}))
+    columns = ["step", "wall_time", "tag", "level", "stat", "name", "value"]
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     if frame.empty or not (frame["level"] == "layer").any():
         raise ValueError(f"no gradlens statistics in {logdir!r} (no '<stat>/<layer>' scalars)")
-    # keep the last value written for a (tag, step): a restarted run rewrites steps
-    frame = frame.sort_values(["step", "wall_time"]).drop_duplicates(["tag", "step"], keep="last")
-    frame = frame.reset_index(drop=True)
+    # keep the last value written for a (statistic, name, step): a restarted run
+    # rewrites steps, and a layer that moved in the layer list has a second tag
+    frame = frame.sort_values(["step", "wall_time"], kind="stable")
+    frame = frame.drop_duplicates(["level", "stat", "name", "step"], keep="last").reset_index(drop=True)
+    dropped = _incomplete_last_step(frame)
+    if dropped is not None:
+        frame = frame[frame["step"] != dropped].reset_index(drop=True)
+    frame = _carry_counts_forward(frame)
 
     layers: List[str] = []
     texts = _text_values(acc, LAYERS_TAG)
@@ -157,28 +170,55 @@ def load_run(logdir: str, *, thresholds=None) -> RunReport:
             seen.add(name)
             layers.append(name)
 
-    dropped = _incomplete_last_step(frame)
-    if dropped is not None:
-        frame = frame[frame["step"] != dropped].reset_index(drop=True)
-
     records = _records(frame, layers)
     report = RunReport(logdir, frame, layers, records, dropped_step=dropped)
     report.findings = diagnose(records, thresholds=thresholds)
     return report
 
 
+#: statistics not expected at every logged step: on their own cadence, or written on change
+_NOT_EVERY_STEP = frozenset(("update_ratio", "out_grad_norm") + CHANGE_ONLY_STATS) | frozenset(ACT_STATS)
+
+
 def _incomplete_last_step(frame) -> Optional[int]:
     """The last step, when it lacks tags the step before it has (a write in progress).
 
-    Statistics on their own cadence (``update_ratio``) are not expected at every step.
+    Statistics on their own cadence (``update_ratio``, activations) or written only
+    when they change (counts) are not expected at every step.
     """
     steps = sorted(frame["step"].unique())
     if len(steps) < 2:
         return None
-    regular = frame[frame["stat"] != "update_ratio"]
+    regular = frame[~frame["stat"].isin(_NOT_EVERY_STEP)]
     last = set(regular.loc[regular["step"] == steps[-1], "tag"])
     before = set(regular.loc[regular["step"] == steps[-2], "tag"])
     return int(steps[-1]) if not before <= last else None
+
+
+def _carry_counts_forward(frame):
+    """Counts are written when they change: give every step of a layer (parameter) its value.
+
+    A step gets the last value written at or before it; steps before the first
+    write get none.
+    """
+    import pandas as pd
+
+    held = frame["stat"].isin(CHANGE_ONLY_STATS)
+    if not held.any():
+        return frame
+    keys = ["level", "stat", "name"]
+    seen = frame.loc[~held & (frame["level"] != "run"), ["step", "level", "name"]].drop_duplicates()
+    stats = frame.loc[held, ["level", "stat"]].drop_duplicates()
+    left = seen.merge(stats, on="level")
+    right = frame.loc[held].rename(columns={"step": "written"})
+    left = pd.concat([left, right[["written"] + keys].rename(columns={"written": "step"})], ignore_index=True)
+    left = left.drop_duplicates(["step"] + keys).sort_values("step", kind="stable")
+    right = right.assign(step=right["written"]).sort_values("step", kind="stable")
+    filled = pd.merge_asof(left, right[["step", "wall_time", "tag", "value"] + keys], on="step", by=keys,
+                           direction="backward")
+    filled = filled.dropna(subset=["tag"])
+    out = pd.concat([frame.loc[~held], filled[frame.columns]], ignore_index=True)
+    return out.sort_values(["step", "level", "stat", "name"], kind="stable").reset_index(drop=True)
 
 
 def _records(frame, layers: List[str]) -> List[StepRecord]:
@@ -201,41 +241,16 @@ def _records(frame, layers: List[str]) -> List[StepRecord]:
 # ---------------------------------------------------------------------------
 # printing
 # ---------------------------------------------------------------------------
-_BARS = "▁▂▃▄▅▆▇█"
-_ASCII_BARS = "_.-~=+*#"
-
-
 def _sparkline(values: List[float], width: int = 16) -> str:
-    bars = _BARS
+    from gradlens.sinks.overview import ASCII_BARS, BARS, sparkline
+
     enc = getattr(sys.stdout, "encoding", None) or "ascii"
     try:
-        bars.encode(enc)
+        BARS.encode(enc)
+        bars = BARS
     except (UnicodeEncodeError, LookupError):
-        bars = _ASCII_BARS
-    if not values:
-        return ""
-    # one bar per bucket of steps: mean of log10 of the finite, positive norms
-    n = len(values)
-    buckets = [values[i * n // min(width, n):(i + 1) * n // min(width, n)] for i in range(min(width, n))]
-    logs = []
-    for b in buckets:
-        good = [math.log10(v) for v in b if math.isfinite(v) and v > 0]
-        bad = any(not math.isfinite(v) for v in b)
-        logs.append(None if bad else (sum(good) / len(good) if good else -math.inf))
-    finite = [x for x in logs if x is not None and math.isfinite(x)]
-    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
-    if hi - lo < 1.0:  # less than a decade of change: draw it small, not full height
-        lo = (hi + lo) / 2 - 0.5
-        hi = lo + 1.0
-    out = []
-    for x in logs:
-        if x is None:
-            out.append("!")  # NaN/Inf in this stretch
-        elif not math.isfinite(x):
-            out.append(" ")  # exactly zero
-        else:
-            out.append(bars[0 if hi == lo else int((x - lo) / (hi - lo) * (len(bars) - 1))])
-    return "".join(out)
+        bars = ASCII_BARS
+    return sparkline(values, width, bars=bars)
 
 
 def _fmt(x: float) -> str:
@@ -279,6 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("logdir", help="directory with the TensorBoard event files gradlens wrote")
     parser.add_argument("--csv", metavar="FILE", help="also write every statistic (long format) to FILE")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw the gradient-flow figure (layers x steps, findings marked) to FILE.png; "
+                             "several runs are stacked in one image")
     parser.add_argument("--threshold", metavar="NAME=VALUE", action="append", default=[],
                         help="override a diagnosis threshold (repeatable), e.g. vanishing_ratio=1e-4")
 
@@ -332,6 +350,12 @@ def run(args: argparse.Namespace) -> int:
 
         frames = [r.frame.assign(run=os.path.relpath(r.logdir, logdir)) for r in reports]
         pd.concat(frames, ignore_index=True).to_csv(args.csv, index=False)
+    if getattr(args, "plot", None):
+        try:
+            _plot(reports, logdir, args.plot)
+        except (ImportError, OSError, ValueError) as exc:
+            print(f"gradlens report: --plot {args.plot}: {exc}", file=err)
+            return 2
     if args.json:
         payload = {
             "runs": [
@@ -353,7 +377,32 @@ def run(args: argparse.Namespace) -> int:
             if i:
                 print("", file=out)
             _print_report(rep, out)
+        if getattr(args, "plot", None):
+            print(f"\ngradient-flow figure: {args.plot}", file=out)
     return 1 if any(r.problems for r in reports) else 0
+
+
+def _plot(reports: List[RunReport], logdir: str, path: str) -> None:
+    """The gradient-flow figure of each run, stacked top to bottom, saved as a PNG."""
+    from gradlens.sinks.figure import flow_figure
+
+    images = []
+    for rep in reports:
+        name = os.path.relpath(rep.logdir, logdir)
+        name = os.path.basename(os.path.abspath(rep.logdir)) if name == "." else name
+        images.append(flow_figure(rep.records, rep.findings,
+                                  title=f"{name}: log10 gradient norm per layer (input side at the top) x step"))
+    if len(images) == 1:
+        images[0].save(path, format="PNG")
+        return
+    from PIL import Image
+
+    sheet = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), (255, 255, 255))
+    y = 0
+    for img in images:
+        sheet.paste(img, (0, y))
+        y += img.height
+    sheet.save(path, format="PNG")
 
 
 def _clean(x):

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from torch.utils.tensorboard import SummaryWriter
@@ -187,3 +188,67 @@ def test_threshold_overrides(vanishing_run, capsys):
                      ("nope=1", "unknown threshold 'nope'"), ("persist_steps=-1", "finite number >= 0")]:
         assert cli.main(["report", str(d), "--threshold", bad]) == 2
         assert msg in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# events written by gradlens' own TensorBoard sink (log10 norms, counts on change)
+# ---------------------------------------------------------------------------
+def _write_with_sink(path, records, findings=(), **kw):
+    from gradlens.sinks.tensorboard import TensorBoardSink
+
+    sink = TensorBoardSink(SummaryWriter(str(path)), owns_writer=True, **kw)
+    for r in records:
+        sink.write(r)
+    sink.write_findings(findings, records[-1].step)
+    sink.close()
+    return sink
+
+
+@pytest.mark.parametrize("scenario", ["deep_sigmoid_mlp", "log_of_negative"])
+def test_report_reads_what_the_sink_wrote(tmp_path, scenario):
+    rec = run_reference(_by_name(PROBLEMS, scenario), steps=8)
+    _write_with_sink(tmp_path, rec.records)
+    rep = load_run(str(tmp_path))
+    assert [r.step for r in rep.records] == [r.step for r in rec.records]
+    for live, back in zip(rec.records, rep.records):
+        for stat, values in live.stats.items():
+            for layer, v in values.items():
+                got = back.get(stat, layer)
+                if math.isnan(v):
+                    assert math.isnan(got), (stat, layer, live.step)
+                elif stat in ("nonfinite", "missing_grad", "act_nonfinite"):
+                    assert got == v, (stat, layer, live.step)  # carried forward between changes
+                else:  # log10 in float32 and back
+                    assert got == pytest.approx(v, rel=3e-6, abs=1e-30), (stat, layer, live.step)
+    live = [(f.kind, f.layer, f.step, f.severity) for f in rec.findings]
+    assert [(f.kind, f.layer, f.step, f.severity) for f in rep.findings] == live
+
+
+def test_report_plot_writes_the_flow_figure(vanishing_run, healthy_run, tmp_path, capsys):
+    from PIL import Image
+
+    from gradlens.sinks.figure import flow_figure
+
+    d, rec = vanishing_run
+    png = tmp_path / "flow.png"
+    assert cli.main(["report", str(d), "--plot", str(png)]) == 1
+    assert f"gradient-flow figure: {png}" in capsys.readouterr().out
+    rep = load_run(str(d))
+    expected = flow_figure(rep.records, rep.findings, title=f"{d.name}: log10 gradient norm per layer "
+                                                          "(input side at the top) x step")
+    with Image.open(png) as img:
+        assert img.size == expected.size
+        assert (np.asarray(img.convert("RGB")) == np.asarray(expected)).all()
+    # several runs: one figure each, stacked
+    import shutil
+
+    shutil.copytree(d, tmp_path / "runs" / "a")
+    shutil.copytree(healthy_run[0], tmp_path / "runs" / "b")
+    both = tmp_path / "both.png"
+    cli.main(["report", str(tmp_path / "runs"), "--plot", str(both)])
+    runs = [load_run(str(tmp_path / "runs" / n)) for n in "ab"]
+    with Image.open(both) as img:
+        assert img.height == sum(flow_figure(r.records, r.findings).height for r in runs)
+    capsys.readouterr()
+    assert cli.main(["report", str(d), "--plot", str(tmp_path / "no" / "such" / "dir.png")]) == 2
+    assert "--plot" in capsys.readouterr().err

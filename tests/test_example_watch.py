@@ -22,8 +22,11 @@ def test_example_runs(tmp_path):
     assert "activations at step 0:" in out.stdout  # traced on logged steps 0, 10, ...
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
-    assert "grad_norm/0" in acc.Tags()["scalars"]
-    assert "act_sat_frac/1" in acc.Tags()["scalars"]  # the Tanh layer
+    from gradlens._tags import parse_tag
+
+    series = {parse_tag(t) for t in acc.Tags()["scalars"]}
+    assert ("layer", "grad_norm", "0") in series
+    assert ("layer", "act_sat_frac", "1") in series  # the Tanh layer
 
 
 def test_example_rejects_bad_steps():

@@ -1,5 +1,8 @@
 """Where recorded statistics go: TensorBoard (:mod:`.tensorboard`) and pandas (:mod:`.dataframe`).
 
+The gradient-flow figure (:mod:`.figure`) and the run overview (:mod:`.overview`) are drawn
+for TensorBoard, ``gradlens report --plot`` and notebooks alike.
+
 Sinks receive host-side :class:`~gradlens._record.StepRecord` objects only; they
 never touch tensors on the device. A sink that fails (full disk, closed writer)
 warns once and then goes quiet (:class:`Sink`), so training never breaks.

@@ -1,5 +1,5 @@
 """Cadences: every=N does no per-parameter work on unlogged steps; histograms and the
-gradient-flow image on their own cadence; the flow image's colours."""
+gradient-flow figure on their own cadence (the figure itself: tests/sinks/test_figure.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import gradlens
 from gradlens import _tags
 from gradlens.monitor import stats as _stats
-from gradlens.sinks.tensorboard import flow_image
 from watch_helpers import mlp, train
 
 
@@ -95,20 +94,7 @@ def test_flow_image_on_cadence(tmp_path):
     steps = [e.step for e in acc.Images(_tags.FLOW_TAG)]
     assert steps == [2, 5, 6]  # every 3 logged steps, and a final one at close
     img = acc.Images(_tags.FLOW_TAG)[-1]
-    assert img.height == 3 * 8  # three layers, 8 px each
-    assert img.width == 7 * 4  # seven steps, 4 px each
-
-
-def test_flow_image_colours():
-    cols = [[1.0, 1e-3, math.nan], [1.0, math.inf, 0.0]]  # steps x layers
-    img = flow_image(cols, cell_w=1, cell_h=1)
-    assert img.shape == (3, 2, 3)
-    assert tuple(img[0, 0]) == (253, 231, 37)  # largest norm: top of the ramp
-    assert tuple(img[1, 0]) == (68, 1, 84)  # smallest: bottom
-    assert tuple(img[1, 1]) == (255, 0, 255)  # non-finite: magenta
-    assert tuple(img[2, 0]) == (0, 0, 0)  # not measured: black
-    assert tuple(img[2, 1]) == (68, 1, 84)  # zero norm: bottom of the ramp
-    assert flow_image([]).shape == (8, 4, 3)
+    assert img.width == 350  # the labelled figure, as wide as an IMAGES card, not a 28-pixel strip
 
 
 def test_param_scalars_auto_limit(tmp_path):
@@ -131,7 +117,7 @@ def test_param_scalars_auto_limit(tmp_path):
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert not any(t.startswith("param/") for t in tags)
-    assert "grad_norm/63" in tags
+    assert "grad_norm_log10/63:63" in tags
 
 
 def test_activations_on_their_own_cadence():

@@ -42,7 +42,7 @@ class _Recorder:
     def add_scalar(self, tag, value, step=None, *args, **kwargs):
         self.scalars.append((tag, step))
 
-    def steps(self, tag: str = "grad_norm/0") -> List[int]:
+    def steps(self, tag: str = "grad_norm_log10/00:0") -> List[int]:
         return [s for t, s in self.scalars if t == tag]
 
     def _ignore(self, *args, **kwargs):
@@ -331,4 +331,4 @@ def test_a_script_that_never_closes_still_publishes_its_last_steps(tmp_path):
     assert int(out.stdout.strip()) == 13
     acc = EventAccumulator(str(tmp_path / "run"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("grad_norm/(root)")] == list(range(13))
+    assert [e.step for e in acc.Scalars("grad_norm_log10/00:(root)")] == list(range(13))

@@ -1,4 +1,6 @@
-"""TensorBoard sink: values read back with TensorBoard's own EventAccumulator equal torch's."""
+"""TensorBoard sink: values read back with TensorBoard's own EventAccumulator equal torch's.
+
+Norms are stored as log10 in float32: 10**value matches torch to ~1e-6 relative."""
 
 from __future__ import annotations
 
@@ -24,25 +26,32 @@ def _text(acc, tag):
     return [e.tensor_proto.string_val[0].decode() for e in acc.Tensors(tag + "/text_summary")]
 
 
+def _series(acc, tag, log10=False):
+    return {e.step: (10.0 ** e.value if log10 else e.value) for e in acc.Scalars(tag)}
+
+
 def test_scalars_read_back_equal_torch(tmp_path):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt, logdir=tmp_path, flow_every=2) as mon:
+    with gradlens.watch(model, opt, logdir=tmp_path, flow_every=2, param_scalars=True) as mon:
         refs = train(model, opt, 3, mon=mon)
     acc = _load(tmp_path)
     tags = acc.Tags()["scalars"]
     for step, ref in enumerate(refs):
         for name in ("0.weight", "4.bias"):
-            ev = {e.step: e.value for e in acc.Scalars(_tags.param_tag("grad_norm", name))}
-            assert ev[step] == pytest.approx(ref[name][0], rel=1e-6)
-            ev = {e.step: e.value for e in acc.Scalars(_tags.param_tag("grad_max", name))}
-            assert ev[step] == pytest.approx(ref[name][1], rel=1e-6)
+            ev = _series(acc, _tags.param_tag("grad_norm", name, log10=True), log10=True)
+            assert ev[step] == pytest.approx(ref[name][0], rel=2e-6)
+            ev = _series(acc, _tags.param_tag("grad_max", name, log10=True), log10=True)
+            assert ev[step] == pytest.approx(ref[name][1], rel=2e-6)
         w, b = ref["2.weight"], ref["2.bias"]
-        ev = {e.step: e.value for e in acc.Scalars(_tags.layer_tag("grad_norm", "2"))}
-        assert ev[step] == pytest.approx(math.hypot(w[0], b[0]), rel=1e-6)
-        ev = {e.step: e.value for e in acc.Scalars(_tags.LOSS_TAG)}
+        ev = _series(acc, "grad_norm_log10/01:2", log10=True)  # layer '2' is the second from the input
+        assert ev[step] == pytest.approx(math.hypot(w[0], b[0]), rel=2e-6)
+        ev = _series(acc, _tags.LOSS_TAG)
         assert ev[step] == pytest.approx(ref["loss"], rel=1e-6)
-    assert _tags.layer_tag("weight_norm", "4") in tags
+    assert "weight_norm_log10/02:4" in tags
+    # counts: written at the first step, then only on change (here: never)
+    assert sorted(_series(acc, "nonfinite/00:0")) == [0]
+    assert sorted(_series(acc, "missing_grad/02:4")) == [0]
     # every layer/param tag parses back with the shared scheme
     for tag in tags:
         if tag != _tags.LOSS_TAG:
@@ -51,22 +60,47 @@ def test_scalars_read_back_equal_torch(tmp_path):
     assert _tags.FLOW_TAG in acc.Tags()["images"]
 
 
+def test_counts_written_again_when_they_change(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from gradlens._record import StepRecord
+    from gradlens.sinks.tensorboard import TensorBoardSink
+
+    counts = [0, 0, 3, 3, 0, math.nan, math.nan, 0]
+    sink = TensorBoardSink(SummaryWriter(str(tmp_path)), owns_writer=True, flow_every=0)
+    for step, c in enumerate(counts):
+        sink.write(StepRecord(step, ["a"], {"grad_norm": {"a": 1.0}, "nonfinite": {"a": c}}))
+    sink.close()
+    ev = _series(_load(tmp_path), "nonfinite/00:a")
+    assert list(ev) == [0, 2, 4, 5, 7]  # first, each change (NaN counts as one value)
+    assert [ev[s] for s in (0, 2, 4, 7)] == [0, 3, 0, 0] and math.isnan(ev[5])
+
+
 def test_custom_scalars_layout(tmp_path):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt, logdir=tmp_path):
+    with gradlens.watch(model, opt, logdir=tmp_path, activations=1):
         train(model, opt, 1)
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     acc = _load(tmp_path)
     tensor_tags = acc.Tags()["tensors"]
     assert "custom_scalars__config__" in tensor_tags
-    ev = acc.Tensors("custom_scalars__config__")[0]
+    ev = acc.Tensors("custom_scalars__config__")[-1]
     layout = layout_pb2.Layout()
     layout.ParseFromString(ev.tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts["grad_norm"] == ["^grad_norm/"]
-    assert "out_grad_norm" in charts
+    assert list(charts)[0] == "grad_norm (log10)"  # what a reader looks at first
+    assert charts["grad_norm (log10)"] == ["^grad_norm_log10/"]
+    assert charts["nonfinite"] == ["^nonfinite/"] and charts["loss"] == ["^gradlens/loss$"]
+    assert "out_grad_norm (log10)" in charts and "act_dead_frac" in charts
+    # every chart's regex matches at least one tag that was written
+    import re
+
+    tags = acc.Tags()["scalars"]
+    for title, (regex,) in charts.items():
+        if title != "loss":
+            assert any(re.match(regex, t) for t in tags), title
 
 
 def test_layers_text_rewritten_when_layer_set_changes(tmp_path):
@@ -97,7 +131,7 @@ def test_user_writer_is_not_closed(tmp_path):
     writer.add_scalar("mine", 1.0, 0)  # still usable
     writer.close()
     tags = _load(tmp_path).Tags()["scalars"]
-    assert "mine" in tags and "grad_norm/0" in tags
+    assert "mine" in tags and "grad_norm_log10/00:0" in tags
     assert not any(t.startswith("param/") for t in tags)
 
 
