@@ -36,10 +36,7 @@ from gradlens.monitor.sources.loss import Loss
 from gradlens.monitor.sources.updates import Updates
 from gradlens.sinks.dataframe import DEFAULT_MAX_HISTORY, HistorySink
 
-__all__ = ["watch", "Monitor", "ACTIVATIONS_EVERY", "PARAM_SCALARS_AUTO_LIMIT"]
-
-#: Per-parameter TensorBoard scalars are written by default up to this many parameters.
-PARAM_SCALARS_AUTO_LIMIT = 64
+__all__ = ["watch", "Monitor", "ACTIVATIONS_EVERY"]
 
 #: The latest open monitor of each watched model (a second one is warned about).
 _WATCHED: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
@@ -113,9 +110,9 @@ class Monitor:
         if writer is not None:
             from gradlens.sinks.tensorboard import TensorBoardSink
 
-            n_params = sum(1 for _ in layouts.root.parameters())
-            ps = param_scalars if param_scalars is not None else n_params <= PARAM_SCALARS_AUTO_LIMIT
-            self._tb = TensorBoardSink(writer, param_scalars=ps, flow_every=flow_every, owns_writer=owns_writer)
+            # per-parameter series are opt-in (the tag budget: a 10-layer CNN keeps ~60 tags)
+            self._tb = TensorBoardSink(writer, param_scalars=bool(param_scalars), flow_every=flow_every,
+                                       owns_writer=owns_writer)
         self._history = HistorySink(max_history)
 
         # the sources, in slot order (a new statistic is one more entry here)
@@ -239,6 +236,17 @@ class Monitor:
             raise ValueError(f"dataframe(level=...) expects 'param' or 'layer', got {level!r}")
         self._flush_pending()
         return self._history.dataframe(level)
+
+    def plot(self, **kwargs: Any) -> Any:
+        """The gradient-flow figure of the history so far (a ``PIL.Image``; a
+        notebook shows it as it is): layers from the input side against steps, log10
+        colour scale, NaN/Inf marked, each finding boxed at its layer and steps.
+        Keyword arguments go to :func:`gradlens.sinks.figure.flow_figure`
+        (``title``, ``max_columns``, ``width``); ``gradlens report LOGDIR --plot
+        FILE.png`` draws the same figure from event files."""
+        from gradlens.sinks.figure import flow_figure
+
+        return flow_figure(self.records(), self.findings, **kwargs)
 
     def records(self) -> List[StepRecord]:
         """The kept history as :class:`~gradlens._record.StepRecord` objects."""
@@ -413,8 +421,9 @@ def watch(
             the weights for the duration of one ``step()``); 0 turns it off.
         max_history: logged steps kept in memory for :meth:`Monitor.dataframe`;
             older ones are thinned.
-        param_scalars: write per-parameter TensorBoard scalars; default: only when
-            the model has at most 64 parameters (per-layer ones are always written).
+        param_scalars: also write per-parameter TensorBoard scalars (``True``); by
+            default only the per-layer ones are written (a 10-layer CNN: 61 tags
+            instead of 181). ``mon.dataframe()`` always has per-parameter rows.
         flow_every: write the gradient-flow image every N logged steps (0: never).
         histogram_every: write gradient histograms every N logged steps (0: never).
         on_finding: called with each new :class:`~gradlens.Finding`, at the step

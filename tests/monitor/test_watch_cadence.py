@@ -97,27 +97,21 @@ def test_flow_image_on_cadence(tmp_path):
     assert img.width == 350  # the labelled figure, as wide as an IMAGES card, not a 28-pixel strip
 
 
-def test_param_scalars_auto_limit(tmp_path):
-    from gradlens.monitor import monitor as mm
-
+def test_param_scalars_are_opt_in(tmp_path):
+    # the tag budget: per-layer series by default, per-parameter ones when asked for
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt, logdir=tmp_path / "a"):
-        train(model, opt, 1)
-    acc = EventAccumulator(str(tmp_path / "a"))
-    acc.Reload()
-    assert any(t.startswith("param/") for t in acc.Tags()["scalars"])
-    big = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(mm.PARAM_SCALARS_AUTO_LIMIT)])
-    opt = torch.optim.SGD(big.parameters(), lr=0.1)
-    with gradlens.watch(big, opt, logdir=tmp_path / "b"):
-        opt.zero_grad()
-        big(torch.randn(3, 2)).sum().backward()
-        opt.step()
-    acc = EventAccumulator(str(tmp_path / "b"))
-    acc.Reload()
-    tags = acc.Tags()["scalars"]
-    assert not any(t.startswith("param/") for t in tags)
-    assert "grad_norm_log10/63:63" in tags
+    for name, kw in (("default", {}), ("on", dict(param_scalars=True))):
+        with gradlens.watch(model, opt, logdir=tmp_path / name, **kw):
+            train(model, opt, 1)
+    tags = {}
+    for name in ("default", "on"):
+        acc = EventAccumulator(str(tmp_path / name))
+        acc.Reload()
+        tags[name] = acc.Tags()["scalars"]
+    assert not any(t.startswith("param/") for t in tags["default"])
+    assert any(t.startswith("param/") for t in tags["on"])
+    assert set(tags["default"]) < set(tags["on"])
 
 
 def test_activations_on_their_own_cadence():

@@ -169,3 +169,15 @@ def test_closed_writer_does_not_break_training(tmp_path):
     with gradlens.watch(model, opt, writer=writer) as mon:
         train(model, opt, 3)  # must not raise
     assert len(mon.dataframe()) == 18
+
+
+def test_monitor_plot_is_the_reports_figure():
+    from gradlens.sinks.figure import flow_figure
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt) as mon:
+        train(model, opt, 5)
+        img = mon.plot()
+    ref = flow_figure(mon.records(), mon.findings)
+    assert img.size == ref.size and img.tobytes() == ref.tobytes()
