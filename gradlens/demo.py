@@ -145,5 +145,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         print(f"gradlens demo: --steps expects an integer >= 1, got {args.steps}", file=sys.stderr)
         return 2
+    if os.path.exists(args.logdir) and not os.path.isdir(args.logdir):
+        print(f"gradlens demo: --logdir {args.logdir!r} is a file; give a directory", file=sys.stderr)
+        return 2
     run_demo(args.logdir, steps=args.steps)
     return 0

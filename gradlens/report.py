@@ -103,6 +103,40 @@ def find_runs(logdir: str) -> List[str]:
     return sorted(runs)
 
 
+def check_event_file(path: str) -> Optional[str]:
+    """What is wrong with one event file, or None when it reads to its end.
+
+    The TFRecord framing is walked record by record (length, its masked CRC-32C,
+    data, its CRC), so a file cut short or damaged is named instead of being read
+    silently up to the damage by TensorBoard's reader.
+    """
+    import struct
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    records = 0
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                head = fh.read(12)
+                if not head:
+                    return None
+                if len(head) < 12:
+                    break
+                length, = struct.unpack("<Q", head[:8])
+                if struct.unpack("<I", head[8:])[0] != masked_crc32c(head[:8]):
+                    return "not a TensorBoard event file" if records == 0 else f"damaged after {records} records"
+                body = fh.read(length + 4)
+                if len(body) < length + 4:
+                    break
+                if struct.unpack("<I", body[length:])[0] != masked_crc32c(body[:length]):
+                    return f"damaged after {records} records"
+                records += 1
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return "not a TensorBoard event file" if records == 0 else f"truncated after {records} records"
+
+
 def _text_values(acc, tag: str) -> List[tuple]:
     from tensorboard.util import tensor_util
 
@@ -291,8 +325,11 @@ def _print_report(rep: RunReport, out: TextIO) -> None:
 # ---------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradlens report``."""
+    parser.epilog = ("exit codes: 0 = no problem found, 1 = problems found (warning or error findings), "
+                     "2 = bad arguments, or nothing readable under LOGDIR")
     parser.add_argument("logdir", help="directory with the TensorBoard event files gradlens wrote")
-    parser.add_argument("--csv", metavar="FILE", help="also write every statistic (long format) to FILE")
+    parser.add_argument("--csv", metavar="FILE", help="also write every statistic (long format, one row per step and layer/parameter) "
+                             "to FILE; says how many rows it wrote")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw the gradient-flow figure (layers x steps, findings marked) to FILE.png; "
@@ -329,7 +366,23 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"gradlens report: {exc}", file=err)
         return 2
+    csv = getattr(args, "csv", None)
+    if csv:
+        problem = _unwritable(csv)
+        if problem:
+            print(f"gradlens report: --csv {csv}: {problem}", file=err)
+            return 2
     runs = find_runs(logdir)
+    damaged = {}
+    for path in runs:
+        for name in sorted(os.listdir(path)):
+            if _EVENT_MARK in name:
+                what = check_event_file(os.path.join(path, name))
+                if what is not None:
+                    damaged[os.path.join(path, name)] = what
+                    print(f"gradlens report: {os.path.join(path, name)}: {what}"
+                          + ("" if what.startswith(("not a", "unreadable")) else "; reporting what could be read"),
+                          file=err)
     if not runs:
         print(f"gradlens report: no TensorBoard event files (events.out.tfevents.*) under {logdir!r}; "
               f"pass the logdir given to gradlens.watch(logdir=...)", file=err)
@@ -340,23 +393,58 @@ def run(args: argparse.Namespace) -> int:
             reports.append(load_run(path, thresholds=thresholds))
         except ValueError as exc:
             if len(runs) == 1:
-                print(f"gradlens report: {exc}", file=err)
+                unreadable = [f for f in damaged if os.path.dirname(f) == path]
+                print(f"gradlens report: {exc}" + (" (its event files could not be read)" if unreadable else ""),
+                      file=err)
                 return 2
     if not reports:
         print(f"gradlens report: no gradlens statistics in any run under {logdir!r}", file=err)
         return 2
-    if args.csv:
+    wrote = None
+    if csv:
         import pandas as pd
 
         frames = [r.frame.assign(run=os.path.relpath(r.logdir, logdir)) for r in reports]
-        pd.concat(frames, ignore_index=True).to_csv(args.csv, index=False)
+        table = pd.concat(frames, ignore_index=True)
+        try:
+            table.to_csv(csv, index=False)
+        except OSError as exc:
+            print(f"gradlens report: --csv {csv}: {exc.strerror or exc}", file=err)
+            return 2
+        wrote = f"wrote {len(table)} rows ({len(table.columns)} columns) to {csv}"
     if getattr(args, "plot", None):
         try:
             _plot(reports, logdir, args.plot)
         except (ImportError, OSError, ValueError) as exc:
             print(f"gradlens report: --plot {args.plot}: {exc}", file=err)
             return 2
+    code = 1 if any(r.problems for r in reports) else 0
+    try:
+        _print_all(args, reports, out, wrote)
+    except BrokenPipeError:  # ``gradlens report RUN | head``: the reader left; the verdict stands
+        try:
+            sys.stdout = open(os.devnull, "w")  # silence the flush at interpreter exit
+        except OSError:
+            pass
+    return code
+
+
+def _unwritable(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as a file, or None."""
+    if os.path.isdir(path):
+        return "is a directory; give a file name"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent!r} does not exist"
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "not writable"
+    return None
+
+
+def _print_all(args: argparse.Namespace, reports: List[RunReport], out: TextIO, wrote: Optional[str]) -> None:
     if args.json:
+        if wrote:
+            print(f"gradlens report: {wrote}", file=sys.stderr)  # stdout stays pure JSON
         payload = {
             "runs": [
                 {
@@ -379,7 +467,9 @@ def run(args: argparse.Namespace) -> int:
             _print_report(rep, out)
         if getattr(args, "plot", None):
             print(f"\ngradient-flow figure: {args.plot}", file=out)
-    return 1 if any(r.problems for r in reports) else 0
+        if wrote:
+            print(f"\n{wrote}", file=out)
+    out.flush()  # a closed pipe shows here, inside run()'s BrokenPipeError handler
 
 
 def _plot(reports: List[RunReport], logdir: str, path: str) -> None:
