@@ -29,16 +29,16 @@ class UserBlock(nn.Module):
 
 
 def test_unsupported_torch_layer_warns_and_stays():
-    model = nn.Sequential(UserBlock(), nn.LSTM(3, 3))
-    with pytest.warns(UnsupportedLayersWarning, match=r"1 \(LSTM\)"):
+    model = nn.Sequential(UserBlock(), nn.Bilinear(3, 3, 3))
+    with pytest.warns(UnsupportedLayersWarning, match=r"1 \(Bilinear\)"):
         twin = gradlens.mirror(model)
-    assert type(twin[1]) is nn.LSTM
-    assert twin.gradlens_unsupported == ("1 (LSTM)",)
+    assert type(twin[1]) is nn.Bilinear
+    assert twin.gradlens_unsupported == ("1 (Bilinear)",)
 
 
 def test_strict_raises_naming_the_layer():
-    with pytest.raises(MirrorError, match=r"lstm \(LSTM\)"):
-        gradlens.mirror(nn.ModuleDict({"lstm": nn.LSTM(2, 2)}), strict=True)
+    with pytest.raises(MirrorError, match=r"bilinear \(Bilinear\)"):
+        gradlens.mirror(nn.ModuleDict({"bilinear": nn.Bilinear(2, 2, 2)}), strict=True)
 
 
 def test_user_modules_and_containers_are_not_listed():
@@ -49,7 +49,7 @@ def test_user_modules_and_containers_are_not_listed():
 
 
 def test_parameters_shared_and_caller_untouched():
-    model = nn.Sequential(UserBlock(), nn.LSTM(3, 3))
+    model = nn.Sequential(UserBlock(), nn.Bilinear(3, 3, 3))
     before = {name: id(m) for name, m in model.named_modules()}
     hooks_before = len(model._forward_hooks)
     with pytest.warns(UnsupportedLayersWarning):
