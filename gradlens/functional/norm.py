@@ -324,6 +324,24 @@ def _batch_norm_backward_fast(
     return dx, dw, db
 
 
+class _EmptyBatchNormFn(torch.autograd.Function):
+    """batch_norm of an empty input: an empty output; nothing reaches ``weight`` or ``bias``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight, bias)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, dy):
+        weight, bias = ctx.saved_tensors
+        # no element, no sum: dL/dx is empty and dL/dw = dL/db = 0 (as torch)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        return (dy.clone() if need_x else None,
+                torch.zeros_like(weight) if need_w else None,
+                torch.zeros_like(bias) if need_b else None)
+
+
 def batch_norm(
     input: torch.Tensor,
     running_mean: Optional[torch.Tensor],
@@ -338,7 +356,9 @@ def batch_norm(
 
     Same signature and running-statistics update as :func:`torch.nn.functional.batch_norm`:
     in training, ``running_mean``/``running_var`` (if given) are updated in place with
-    ``momentum`` and the unbiased batch variance; in eval they normalize the input.
+    ``momentum`` and the unbiased batch variance; in eval they normalize the input. An empty
+    input (any shape, e.g. ``[0]`` or ``[0, C]``) gives an empty output and leaves the running
+    statistics alone, as torch does.
 
     Example:
         >>> import torch, gradlens.functional as GF
@@ -348,6 +368,12 @@ def batch_norm(
         tensor([0.1000, 0.2000])
     """
     check_tensor("batch_norm", "input", input, floating=True)
+    if input.numel() == 0:
+        # torch's rule for an empty batch: any input shape, any stats or affine shapes, no stats update
+        for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+            if t is not None:
+                check_tensor("batch_norm", name, t, floating=True)
+        return _EmptyBatchNormFn.apply(input, weight, bias)
     if input.dim() < 2:
         raise ValueError(f"batch_norm(input=...) expects a tensor of shape (N, C, *), got shape {list(input.shape)}")
     c = input.shape[1]
