@@ -24,6 +24,12 @@ SETTINGS = [
     ("conv2d-reflect", nn.Conv2d, (2, 3, 3), {"padding": 1, "padding_mode": "reflect"}, (2, 2, 5, 5)),
     ("conv2d-replicate-same", nn.Conv2d, (2, 3, 4), {"padding": "same", "padding_mode": "replicate"}, (1, 2, 6, 6)),
     ("conv2d-unbatched", nn.Conv2d, (2, 3, 3), {}, (2, 5, 5)),
+    ("conv3d", nn.Conv3d, (2, 3, 3), {"padding": 1, "stride": (1, 2, 2)}, (1, 2, 4, 5, 5)),
+    ("conv3d-reflect", nn.Conv3d, (2, 2, 2), {"padding": 1, "padding_mode": "reflect", "bias": False}, (1, 2, 3, 3, 3)),
+    ("convtranspose1d", nn.ConvTranspose1d, (2, 3, 3), {"stride": 2, "output_padding": 1}, (2, 2, 5)),
+    ("convtranspose2d", nn.ConvTranspose2d, (4, 2, 4), {"stride": 2, "padding": 1}, (1, 4, 5, 5)),
+    ("convtranspose2d-groups", nn.ConvTranspose2d, (4, 4, 3), {"groups": 2, "dilation": 2, "bias": False}, (4, 3, 3)),
+    ("convtranspose3d", nn.ConvTranspose3d, (2, 1, 2), {"stride": 2}, (1, 2, 2, 3, 3)),
     ("maxpool1d", nn.MaxPool1d, (3,), {"stride": 2, "padding": 1, "ceil_mode": True}, (2, 3, 8)),
     ("maxpool2d", nn.MaxPool2d, (2,), {}, (2, 3, 6, 6)),
     ("maxpool2d-dilated", nn.MaxPool2d, (2,), {"stride": 1, "dilation": 2}, (1, 2, 6, 6)),
@@ -143,3 +149,19 @@ def test_mirror_swaps_layers_with_identical_results(build, shape, device):
     grads_twin = torch.autograd.grad(y_twin.square().sum(), list(twin.parameters()))
     for g_twin, g_ref in zip(grads_twin, grads_ref):
         torch.testing.assert_close(g_twin, g_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("output_size", [[11, 11], [12, 12], [1, 2, 12, 11]], ids=["min", "plus1", "with-batch-dims"])
+def test_conv_transpose_twin_output_size(output_size):
+    ref, twin = _pair(nn.ConvTranspose2d, (2, 3, 3), {"stride": 2, "padding": 1}, "cpu")
+    x = torch.randn(1, 2, 6, 6)
+    y_ref, y_twin = ref(x, output_size=output_size), twin(x, output_size=output_size)
+    assert y_twin.shape == y_ref.shape
+    torch.testing.assert_close(y_twin, y_ref)
+
+
+def test_conv_transpose_twin_rejects_other_padding_modes():
+    twin = gnn.ConvTranspose1d(2, 2, 3)
+    twin.padding_mode = "reflect"
+    with pytest.raises(ValueError, match="zeros"):
+        twin(torch.randn(1, 2, 5))
