@@ -30,7 +30,7 @@ import torch
 
 from gradlens.functional._util import check_tensor, sum_to_shape
 
-__all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm"]
+__all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm", "instance_norm"]
 
 
 def _normalize_backward(
@@ -587,3 +587,54 @@ def rms_norm(
         # torch takes the eps of the dtype it computes in: float32 for half/bfloat16 inputs.
         eps = torch.finfo(torch.float32 if input.dtype in _LOW_PRECISION else input.dtype).eps
     return _RMSNormFn.apply(input, weight, dims, float(eps))
+
+
+# ------------------------------------------------------------------ instance_norm
+def instance_norm(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor] = None,
+    running_var: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-05,
+) -> torch.Tensor:
+    """Instance normalization: each (sample, channel) over its spatial positions.
+
+    Same signature as :func:`torch.nn.functional.instance_norm`. With input statistics
+    this *is* group normalization with one group per channel, so it runs
+    :func:`group_norm`'s hand-written backward; given running statistics are updated
+    as torch does (momentum, the batch mean of the per-instance mean and unbiased
+    variance). With ``use_input_stats=False`` the running statistics normalize the
+    input: :func:`batch_norm` in eval mode.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.instance_norm(torch.tensor([[[1.0, 3.0], [0.0, 4.0]]]))
+        tensor([[[-1.0000,  1.0000],
+                 [-1.0000,  1.0000]]])
+    """
+    check_tensor("instance_norm", "input", input, floating=True)
+    if input.dim() < 3:
+        raise ValueError(f"instance_norm(input=...) expects (N, C, *spatial) with at least one spatial dim, "
+                         f"got shape {list(input.shape)}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        _check_affine("instance_norm", name, t, (c,))
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise RuntimeError("instance_norm(): running_mean and running_var must be given when use_input_stats=False")
+        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    spatial = math.prod(input.shape[2:])
+    if spatial == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {list(input.size())}")
+    if running_mean is not None or running_var is not None:
+        with torch.no_grad():  # running stats: the batch mean of the per-instance statistics
+            dims = tuple(range(2, input.dim()))
+            var, mean = torch.var_mean(input, dims, correction=1)
+            if running_mean is not None:
+                running_mean.mul_(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
+            if running_var is not None:
+                running_var.mul_(1 - momentum).add_(var.mean(0).to(running_var.dtype), alpha=momentum)
+    return group_norm(input, c, weight, bias, eps)

@@ -102,6 +102,14 @@ CASES = [
     OpCase("rms_norm-default-eps", _shape_first(GF.rms_norm, "normalized_shape"), _shape_first(F.rms_norm, "normalized_shape"), _inputs((4, 6), (6,)), {"normalized_shape": [6]}),
     OpCase("rms_norm-noweight", _shape_first(GF.rms_norm, "normalized_shape"), _shape_first(F.rms_norm, "normalized_shape"), _inputs((2, 3, 5)), {"normalized_shape": [5], "eps": 1e-4}),
     OpCase("rms_norm-2dims-batch1", _shape_first(GF.rms_norm, "normalized_shape"), _shape_first(F.rms_norm, "normalized_shape"), _inputs((1, 3, 4), (3, 4)), {"normalized_shape": [3, 4]}),
+    OpCase("instance_norm-2d", GF.instance_norm, F.instance_norm, _inputs((2, 3, 3, 3))),
+    OpCase("instance_norm-1d-affine", _bn_no_running(GF.instance_norm), _bn_no_running(F.instance_norm),
+           _inputs((2, 3, 5), (3,), (3,))),
+    OpCase("instance_norm-running-stats", _bn(GF.instance_norm), _bn(F.instance_norm),
+           _inputs((3, 2, 4), (2,), (2,), running=True), {"momentum": 0.3}, grad_args=(0, 3, 4)),
+    OpCase("instance_norm-eval-running", _bn(GF.instance_norm), _bn(F.instance_norm),
+           _inputs((2, 2, 2, 3), (2,), (2,), running=True), {"use_input_stats": False}, grad_args=(0, 3, 4)),
+    OpCase("instance_norm-3d-eps", GF.instance_norm, F.instance_norm, _inputs((1, 2, 2, 2, 3)), {"eps": 1e-3}),
 ]
 
 
@@ -210,6 +218,12 @@ BAD_INPUTS = [
         id="bn-weight-shape",
     ),
     pytest.param(lambda: GF.group_norm(torch.randn(2, 5, 3), 2), RuntimeError, "divisible", id="gn-groups"),
+    pytest.param(lambda: GF.instance_norm(torch.randn(2, 3)), ValueError, "spatial", id="in-2d"),
+    pytest.param(lambda: GF.instance_norm(torch.randn(2, 3, 1)), ValueError, "more than 1 spatial", id="in-1-spatial"),
+    pytest.param(lambda: GF.instance_norm(torch.randn(2, 3, 4), use_input_stats=False), RuntimeError, "running_mean",
+                 id="in-eval-nostats"),
+    pytest.param(lambda: GF.instance_norm(torch.randn(2, 3, 4), weight=torch.ones(2)), RuntimeError, "weight",
+                 id="in-weight-shape"),
     pytest.param(lambda: GF.group_norm(torch.randn(2, 4, 3), 0), ValueError, "num_groups", id="gn-zero-groups"),
     pytest.param(lambda: GF.group_norm(torch.randn(4), 1), RuntimeError, "input", id="gn-1d"),
     pytest.param(lambda: GF.group_norm(torch.randn(2, 4), 2, torch.ones(3)), RuntimeError, "weight", id="gn-weight"),
