@@ -37,6 +37,13 @@ SETTINGS = [
     ("avgpool2d", nn.AvgPool2d, (3,), {"stride": 2, "padding": 1, "ceil_mode": True}, (2, 2, 7, 7)),
     ("avgpool2d-divisor", nn.AvgPool2d, (2,), {"divisor_override": 3}, (1, 2, 4, 4)),
     ("adaptiveavgpool2d", nn.AdaptiveAvgPool2d, ((3, None),), {}, (2, 2, 7, 5)),
+    ("maxpool3d", nn.MaxPool3d, (2,), {"stride": 1, "padding": 1}, (1, 2, 4, 4, 4)),
+    ("avgpool3d", nn.AvgPool3d, (2,), {"ceil_mode": True, "count_include_pad": False}, (1, 2, 5, 4, 3)),
+    ("adaptiveavgpool1d", nn.AdaptiveAvgPool1d, (3,), {}, (2, 3, 8)),
+    ("adaptiveavgpool3d", nn.AdaptiveAvgPool3d, ((2, 1, None),), {}, (1, 2, 5, 4, 3)),
+    ("adaptivemaxpool1d", nn.AdaptiveMaxPool1d, (3,), {}, (2, 3, 8)),
+    ("adaptivemaxpool2d", nn.AdaptiveMaxPool2d, ((2, 3),), {}, (2, 3, 7, 5)),
+    ("adaptivemaxpool3d", nn.AdaptiveMaxPool3d, (1,), {}, (1, 2, 3, 4, 3)),
     ("flatten", nn.Flatten, (), {}, (2, 3, 4)),
     ("flatten-dims", nn.Flatten, (0, 1), {}, (2, 3, 4)),
 ]
