@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("linear", "conv", "activation", "norm", "pooling", "sparse", "dropout", "attention", "loss", "recurrent")
+_FAMILIES = ("linear", "conv", "activation", "norm", "pooling", "sparse", "dropout", "attention", "loss", "recurrent", "resample")
 
 __all__: list = []
 for _family in _FAMILIES:
