@@ -104,6 +104,16 @@ def _record_norm(norm_row: Optional[_T], t: int, dh: _T) -> None:
             norm_row[t] = torch.linalg.vector_norm(dh.detach())
 
 
+def _arriving(dh: _T, d_out_t: _T, mask_t: Optional[_T], norm_row: Optional[_T], t: int) -> Tuple[_T, Optional[_T]]:
+    """``(dL/dh_t, skip)``: the gradient reaching step t's new state, from the output at t and
+    from step t+1; past a sequence's end the step is skipped and ``skip`` carries ``dh`` past it."""
+    dh_new, skip = dh + d_out_t, None
+    if mask_t is not None:
+        dh_new, skip = torch.where(mask_t, dh_new, 0.0), torch.where(mask_t, 0.0, dh)
+    _record_norm(norm_row, t, dh_new)
+    return dh_new, skip
+
+
 # =============================================================================== RNN
 def _rnn_sweep(x, h0, w_ih, w_hh, b_ih, b_hh, relu: bool, reverse: bool, mask):
     """Forward of one RNN layer-direction: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``."""
@@ -128,11 +138,7 @@ def _rnn_bptt(saved, d_out, d_hn, w_hh, relu: bool, reverse: bool, mask, norm_ro
     dh = d_hn  # dL/dh after the last step
     das: List[_T] = [None] * seq_len  # type: ignore[list-item]
     for k, t in reversed(list(enumerate(_steps(seq_len, reverse)))):
-        # the gradient reaching h_t: from the output at t and from step t+1
-        dh_new = dh + d_out[t]
-        if mask is not None:
-            dh_new, dh_skip = torch.where(mask[t], dh_new, 0.0), torch.where(mask[t], 0.0, dh)
-        _record_norm(norm_row, t, dh_new)
+        dh_new, dh_skip = _arriving(dh, d_out[t], None if mask is None else mask[t], norm_row, t)
         h = hs_new[k]
         # relu: da = dh 1[h > 0];   tanh: da = dh (1 - h^2)
         da = dh_new * (h > 0) if relu else dh_new * (1 - h * h)
@@ -189,12 +195,11 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
     das: List[_T] = [None] * seq_len  # type: ignore[list-item]
     dhs: List[_T] = [None] * seq_len  # type: ignore[list-item]
     for k, t in reversed(list(enumerate(_steps(seq_len, reverse)))):
-        # the gradient reaching h_t: from the output at t and from step t+1
-        dh_new, dc_new = dh + d_out[t], dc
-        if mask is not None:
-            dh_skip, dc_skip = torch.where(mask[t], 0.0, dh), torch.where(mask[t], 0.0, dc)
-            dh_new, dc_new = torch.where(mask[t], dh_new, 0.0), torch.where(mask[t], dc_new, 0.0)
-        _record_norm(norm_row, t, dh_new)
+        mt = None if mask is None else mask[t]
+        dh_new, dh_skip = _arriving(dh, d_out[t], mt, norm_row, t)
+        dc_new, dc_skip = dc, None
+        if mt is not None:  # the cell state skips padded steps too
+            dc_new, dc_skip = torch.where(mt, dc, 0.0), torch.where(mt, 0.0, dc)
         sig, g, tc = sigs[k], gs[k], tcs[k]
         i, f, o = sig[:, :hid], sig[:, hid:2 * hid], sig[:, 3 * hid:]
         # projection h = m W_hr^T:  dm = dh W_hr   (dW_hr = Σ_t dh_t^T m_t, after the loop)
@@ -260,11 +265,7 @@ def _gru_bptt(saved, d_out, d_hn, w_hh, reverse: bool, mask, norm_row):
     dgis: List[_T] = [None] * seq_len  # type: ignore[list-item]
     dghs: List[_T] = [None] * seq_len  # type: ignore[list-item]
     for k, t in reversed(list(enumerate(_steps(seq_len, reverse)))):
-        # the gradient reaching h_t: from the output at t and from step t+1
-        dh_new = dh + d_out[t]
-        if mask is not None:
-            dh_new, dh_skip = torch.where(mask[t], dh_new, 0.0), torch.where(mask[t], 0.0, dh)
-        _record_norm(norm_row, t, dh_new)
+        dh_new, dh_skip = _arriving(dh, d_out[t], None if mask is None else mask[t], norm_row, t)
         rz, n, ghn, h = rzs[k], ns[k], ghns[k], hs_prev[k]
         r, z = rz[:, :hid], rz[:, hid:]
         # h_t = (1 - z) n + z h:  dn = dh (1 - z),  dz = dh (h - n),  dh_prev gets dh z directly
