@@ -175,3 +175,37 @@ def test_track_hidden_grad_norm():
 def test_bad_module_input_raises(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def _consumers(loss, params):
+    """Names of the backward nodes that consume each parameter, walking the autograd graph."""
+    ids = {id(p): name for name, p in params}
+    found, seen, stack = {}, set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        for nxt, _ in fn.next_functions:
+            if nxt is not None and id(getattr(nxt, "variable", None)) in ids:
+                found.setdefault(ids[id(nxt.variable)], set()).add(type(fn).__name__)
+            if nxt is not None:
+                stack.append(nxt)
+    return found
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_every_recurrent_parameter_gets_its_gradient_from_gradlens(packed):
+    """Judged from the autograd graph: each weight is consumed only by the hand-written BPTT node."""
+    net = nn.ModuleDict({"lstm": nn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2),
+                         "gru": nn.GRU(4, 3, bias=False), "rnn": nn.RNN(3, 3, nonlinearity="relu")})
+    twin = gradlens.mirror(net)
+    x = torch.randn(5, 4, 3)
+    h = _packed(x) if packed else x
+    out = twin["lstm"](h)[0]
+    out = twin["gru"](out)[0]
+    out = twin["rnn"](out)[0]
+    out = pad_packed_sequence(out)[0] if packed else out
+    found = _consumers(out.sum(), list(twin.named_parameters()))
+    assert set(found) == {name for name, _ in twin.named_parameters()}
+    assert all(names == {"_RecurrentLayerFnBackward"} for names in found.values()), found
