@@ -191,6 +191,14 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
     hs_prev, cs_prev, sigs, gs, tcs, ms = saved
     hid = cs_prev.shape[-1]
     seq_len = d_out.shape[0]
+    # the local derivatives of every step at once (a few large kernels instead of many small ones):
+    # σ' = σ (1 - σ) for i, f, o and tanh' = 1 - g^2 for g;  dm -> dc through m = o tanh(c): o (1 - tanh(c)^2)
+    d_sig = sigs * (1 - sigs)
+    act_grad = torch.cat([d_sig[..., :2 * hid], 1 - gs * gs, d_sig[..., 3 * hid:]], dim=-1)
+    dc_dm = sigs[..., 3 * hid:] * (1 - tcs * tcs)
+    # c = f c_prev + i g and m = o tanh(c):  di = dc g,  df = dc c_prev,  dg = dc i,  do = dm tanh(c);
+    # so d(pre-activation gates) = [dc, dc, dc, dm] * [g, c_prev, i, tanh c] * local'
+    through = torch.cat([gs, cs_prev, sigs[..., :hid], tcs], dim=-1) * act_grad
     dh, dc = d_hn, d_cn  # dL/dh, dL/dc after the last step
     das: List[_T] = [None] * seq_len  # type: ignore[list-item]
     dhs: List[_T] = [None] * seq_len  # type: ignore[list-item]
@@ -200,21 +208,14 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
         dc_new, dc_skip = dc, None
         if mt is not None:  # the cell state skips padded steps too
             dc_new, dc_skip = torch.where(mt, dc, 0.0), torch.where(mt, 0.0, dc)
-        sig, g, tc = sigs[k], gs[k], tcs[k]
-        i, f, o = sig[:, :hid], sig[:, hid:2 * hid], sig[:, 3 * hid:]
+        f = sigs[k][:, hid:2 * hid]
         # projection h = m W_hr^T:  dm = dh W_hr   (dW_hr = Σ_t dh_t^T m_t, after the loop)
         dhs[k] = dh_new
         dm = dh_new if w_hr is None else dh_new.mm(w_hr)
-        # m = o tanh(c):  do = dm tanh(c),  dc += dm o (1 - tanh(c)^2)
-        do = dm * tc
-        dc_new = dc_new + dm * o * (1 - tc * tc)
-        # c = f c_prev + i g:  di = dc g,  dg = dc i,  df = dc c_prev,  dc_prev = dc f
-        di, dg, df = dc_new * g, dc_new * i, dc_new * cs_prev[k]
-        # through the activations: σ' = σ (1 - σ) for i, f, o,  tanh' = 1 - tanh^2 for g
-        # (taken over all four gates at once: fewer, larger kernels than gate by gate)
-        local = sig * (1 - sig)
-        local = torch.cat([local[:, :2 * hid], 1 - g * g, local[:, 3 * hid:]], dim=1)
-        da = torch.cat([di, df, dg, do], dim=1) * local
+        # m = o tanh(c):  dc += dm o (1 - tanh(c)^2)
+        dc_new = torch.addcmul(dc_new, dm, dc_dm[k])
+        # d gates = [di, df, dg, do] through the activations = [dc, dc, dc, dm] * through[k]
+        da = torch.cat([dc_new, dc_new, dc_new, dm], dim=1) * through[k]
         das[k] = da
         # gates = ... + W_hh h_{t-1}:  dh_{t-1} = da W_hh
         dh, dc = da.mm(w_hh), dc_new * f
