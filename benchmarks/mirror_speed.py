@@ -124,6 +124,32 @@ def _x(
     return make
 
 
+class _SeqOut(nn.Module):
+    """A recurrent layer's output sequence (its ``(output, state)`` tuple, first element)."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0]
+
+
+class _LastStep(nn.Module):
+    """Sequence classifier: a recurrent stack, its last step's output, a linear head."""
+
+    def __init__(self, rnn: nn.Module, width: int, classes: int) -> None:
+        super().__init__()
+        self.rnn, self.head = rnn, nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def _lstm_classifier() -> nn.Module:
+    return _WithLoss(_LastStep(nn.LSTM(64, 128, num_layers=2, batch_first=True), 128, 10), nn.CrossEntropyLoss())
+
+
 def _mlp() -> nn.Module:
     layers: List[nn.Module] = []
     for fan_in, fan_out in ((784, 512), (512, 512), (512, 512)):
@@ -170,6 +196,16 @@ SETTINGS: List[Setting] = [
         grad_inputs=(),
     ),
     Setting("MultiheadAttention(128,4)", "x 16x64x128", lambda: _SelfAttention(128, 4), _x(16, 64, 128)),
+    Setting("ConvTranspose2d(32,16,4,s=2,p=1)", "x 16x32x16x16", lambda: nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1),
+            _x(16, 32, 16, 16)),
+    Setting("Upsample(x2, bilinear)", "x 16x32x32x32", lambda: nn.Upsample(scale_factor=2, mode="bilinear"),
+            _x(16, 32, 32, 32)),
+    Setting("RNN(64,128)", "x 32x50x64 (batch_first)", lambda: _SeqOut(nn.RNN(64, 128, batch_first=True)), _x(32, 50, 64)),
+    Setting("LSTM(64,128)", "x 32x50x64 (batch_first)", lambda: _SeqOut(nn.LSTM(64, 128, batch_first=True)),
+            _x(32, 50, 64)),
+    Setting("GRU(64,128)", "x 32x50x64 (batch_first)", lambda: _SeqOut(nn.GRU(64, 128, batch_first=True)), _x(32, 50, 64)),
+    Setting("LSTM(64,128,2 layers,bidir)", "x 32x50x64 (batch_first)",
+            lambda: _SeqOut(nn.LSTM(64, 128, num_layers=2, bidirectional=True, batch_first=True)), _x(32, 50, 64)),
     Setting(
         "CrossEntropyLoss", "logits 128x1000", lambda: nn.CrossEntropyLoss(), _x(128, 1000, classes=1000), scalar_output=True
     ),
@@ -189,6 +225,8 @@ SETTINGS: List[Setting] = [
     Setting(
         "CNN 3x(conv-BN-ReLU) + CE", "x 64x3x32x32", _cnn, _x(64, 3, 32, 32, classes=10), grad_inputs=(), scalar_output=True
     ),
+    Setting("LSTM 2x128 classifier + CE", "x 32x50x64", _lstm_classifier, _x(32, 50, 64, classes=10), grad_inputs=(),
+            scalar_output=True),
     Setting(
         "Transformer block d128 h4 + MSE",
         "x 16x64x128",

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("linear", "conv", "activation", "norm", "pooling", "sparse", "dropout", "attention", "loss", "tensor_ops")
+_FAMILIES = ("linear", "conv", "activation", "norm", "pooling", "sparse", "dropout", "attention", "loss",
+             "tensor_ops", "recurrent", "resample")
 
 __all__: list = []
 for _family in _FAMILIES:

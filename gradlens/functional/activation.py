@@ -24,9 +24,12 @@ from typing import Optional
 
 import torch
 
-from gradlens.functional._util import check_tensor
+from gradlens.functional._util import check_tensor, sum_to_shape
 
-__all__ = ["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax"]
+__all__ = [
+    "relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax",
+    "hardtanh", "relu6", "hardsigmoid", "hardswish", "softplus", "mish", "logsigmoid", "prelu",
+]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -298,6 +301,226 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("sigmoid", "input", input)
     return _SigmoidFn.apply(input)
+
+
+# ------------------------------------------------------- hardtanh / relu6 / hardsigmoid
+class _ClampFn(torch.autograd.Function):
+    """``y = scale * clamp(x + shift, lo, hi)`` (hardtanh, relu6: shift 0, scale 1; hardsigmoid: relu6(x + 3) / 6)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lo: float, hi: float, shift: float, scale: float, inplace: bool) -> torch.Tensor:
+        ctx.scale = scale
+        if inplace:
+            out = x.add_(shift).clamp_(lo, hi).mul_(scale) if (shift or scale != 1) else x.clamp_(lo, hi)
+            ctx.mark_dirty(x)
+        else:
+            out = torch.clamp(x + shift, lo, hi) * scale if (shift or scale != 1) else torch.clamp(x, lo, hi)
+        ctx.lo, ctx.hi = lo * scale, hi * scale
+        ctx.save_for_backward(out)  # lo < x + shift < hi  <=>  lo < out/scale < hi
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        # dy/dx = scale inside (lo, hi), 0 on and beyond the limits (as torch)
+        inside = (out > ctx.lo) & (out < ctx.hi)
+        return g * inside * ctx.scale, None, None, None, None, None
+
+
+def hardtanh(input: torch.Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> torch.Tensor:
+    """``clamp(x, min_val, max_val)``; as :func:`torch.nn.functional.hardtanh`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.hardtanh(torch.tensor([-3.0, 0.5, 2.0]))
+        tensor([-1.0000,  0.5000,  1.0000])
+    """
+    check_tensor("hardtanh", "input", input)
+    if min_val > max_val:
+        raise ValueError(f"hardtanh(): min_val ({min_val}) cannot be greater than max_val ({max_val})")
+    return _ClampFn.apply(input, float(min_val), float(max_val), 0.0, 1.0, bool(inplace))
+
+
+def relu6(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``min(max(x, 0), 6)``; as :func:`torch.nn.functional.relu6`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.relu6(torch.tensor([-1.0, 3.0, 9.0]))
+        tensor([0., 3., 6.])
+    """
+    check_tensor("relu6", "input", input)
+    return _ClampFn.apply(input, 0.0, 6.0, 0.0, 1.0, bool(inplace))
+
+
+def hardsigmoid(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``relu6(x + 3) / 6``; as :func:`torch.nn.functional.hardsigmoid`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.hardsigmoid(torch.tensor([-4.0, 0.0, 4.0]))
+        tensor([0.0000, 0.5000, 1.0000])
+    """
+    check_tensor("hardsigmoid", "input", input)
+    return _ClampFn.apply(input, 0.0, 6.0, 3.0, 1.0 / 6.0, bool(inplace))
+
+
+# ------------------------------------------------------------------------- hardswish
+class _HardswishFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.nn.functional.hardswish(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # y = x relu6(x + 3) / 6:  dy/dx = 0 for x < -3,  (2x + 3) / 6 for -3 <= x <= 3,  1 for x > 3
+        middle = (x >= -3) & (x <= 3)
+        return g * torch.where(middle, x / 3 + 0.5, (x > 3).to(x.dtype))
+
+
+def hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``x * relu6(x + 3) / 6``; as :func:`torch.nn.functional.hardswish`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.hardswish(torch.tensor([-4.0, 0.0, 4.0]))
+        tensor([-0., 0., 4.])
+    """
+    check_tensor("hardswish", "input", input)
+    if inplace:
+        return _inplace_via_copy(_HardswishFn.apply, input)
+    return _HardswishFn.apply(input)
+
+
+# ----------------------------------------------------------- softplus / mish / logsigmoid
+class _SoftplusFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
+        ctx.beta, ctx.threshold = beta, threshold
+        ctx.save_for_backward(x)
+        return torch.nn.functional.softplus(x, beta, threshold)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        bx = x * ctx.beta
+        # y = log(1 + exp(beta x)) / beta:  dy/dx = sigmoid(beta x);  1 where beta x > threshold (linear there)
+        return g * torch.where(bx > ctx.threshold, torch.ones_like(bx), torch.sigmoid(bx)), None, None
+
+
+def softplus(input: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
+    """``log(1 + exp(beta x)) / beta``, linear beyond ``beta x > threshold``; as :func:`torch.nn.functional.softplus`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.softplus(torch.tensor([0.0, 30.0]))
+        tensor([ 0.6931, 30.0000])
+    """
+    check_tensor("softplus", "input", input)
+    return _SoftplusFn.apply(input, float(beta), float(threshold))
+
+
+class _MishFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.nn.functional.mish(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # y = x tanh(sp(x)), sp = softplus:  dy/dx = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)
+        t = torch.tanh(torch.nn.functional.softplus(x))
+        return g * (t + x * torch.sigmoid(x) * (1 - t * t))
+
+
+def mish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``x * tanh(softplus(x))``; as :func:`torch.nn.functional.mish`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.mish(torch.tensor([0.0]))
+        tensor([0.])
+    """
+    check_tensor("mish", "input", input)
+    if inplace:
+        return _inplace_via_copy(_MishFn.apply, input)
+    return _MishFn.apply(input)
+
+
+class _LogSigmoidFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.nn.functional.logsigmoid(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # y = log sigmoid(x) = -softplus(-x):  dy/dx = 1 - sigmoid(x) = sigmoid(-x)
+        return g * torch.sigmoid(-x)
+
+
+def logsigmoid(input: torch.Tensor) -> torch.Tensor:
+    """``log(sigmoid(x))``, computed stably; as :func:`torch.nn.functional.logsigmoid`.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.logsigmoid(torch.tensor([0.0]))
+        tensor([-0.6931])
+    """
+    check_tensor("logsigmoid", "input", input)
+    return _LogSigmoidFn.apply(input)
+
+
+# ---------------------------------------------------------------------------- prelu
+class _PReluFn(torch.autograd.Function):
+    """``y = x if x > 0 else w x``, one learned slope per channel (dim 1) or one for all."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, wshape) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.wshape = wshape
+        return torch.where(x > 0, x, x * weight.reshape(wshape))
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        pos = x > 0
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            # dy/dx = 1 where x > 0, else w
+            dx = g * torch.where(pos, torch.ones_like(x), weight.reshape(ctx.wshape).to(x.dtype))
+        if ctx.needs_input_grad[1]:
+            # dy/dw = x where x <= 0 (summed over everything but the channel)
+            dw = sum_to_shape(torch.where(pos, torch.zeros_like(x), g * x), ctx.wshape).reshape(weight.shape)
+        return dx, dw, None
+
+
+def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Parametric ReLU; as :func:`torch.nn.functional.prelu` (``weight``: 1 slope, or one per channel).
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.prelu(torch.tensor([[-2.0, 3.0]]), torch.tensor([0.25]))
+        tensor([[-0.5000,  3.0000]])
+    """
+    check_tensor("prelu", "input", input)
+    check_tensor("prelu", "weight", weight)
+    n = weight.numel()
+    if weight.dim() > 1:
+        raise ValueError(f"prelu(weight=...) expects a 0-D or 1-D tensor, got shape {list(weight.shape)}")
+    if n == 1:
+        wshape = (1,) * max(input.dim(), 1) if input.dim() else ()
+    else:
+        channels = input.shape[1] if input.dim() >= 2 else 1  # torch: a 0-D/1-D input has one channel
+        if n != channels:
+            raise RuntimeError(f"prelu(): mismatch of parameter numbers and input channel size: weight has {n} "
+                               f"entries, input has {channels} channels")
+        wshape = (n,) + (1,) * (input.dim() - 2) if input.dim() >= 2 else (n,)
+    return _PReluFn.apply(input, weight, wshape)
 
 
 # ------------------------------------------------------------- softmax / log_softmax

@@ -30,7 +30,7 @@ import torch
 
 from gradlens.functional._util import check_tensor, sum_to_shape
 
-__all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm"]
+__all__ = ["layer_norm", "batch_norm", "group_norm", "rms_norm", "instance_norm"]
 
 
 def _normalize_backward(
@@ -324,6 +324,24 @@ def _batch_norm_backward_fast(
     return dx, dw, db
 
 
+class _EmptyBatchNormFn(torch.autograd.Function):
+    """batch_norm of an empty input: an empty output; nothing reaches ``weight`` or ``bias``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight, bias)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, dy):
+        weight, bias = ctx.saved_tensors
+        # no element, no sum: dL/dx is empty and dL/dw = dL/db = 0 (as torch)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        return (dy.clone() if need_x else None,
+                torch.zeros_like(weight) if need_w else None,
+                torch.zeros_like(bias) if need_b else None)
+
+
 def batch_norm(
     input: torch.Tensor,
     running_mean: Optional[torch.Tensor],
@@ -338,7 +356,9 @@ def batch_norm(
 
     Same signature and running-statistics update as :func:`torch.nn.functional.batch_norm`:
     in training, ``running_mean``/``running_var`` (if given) are updated in place with
-    ``momentum`` and the unbiased batch variance; in eval they normalize the input.
+    ``momentum`` and the unbiased batch variance; in eval they normalize the input. An empty
+    input (any shape, e.g. ``[0]`` or ``[0, C]``) gives an empty output and leaves the running
+    statistics alone, as torch does.
 
     Example:
         >>> import torch, gradlens.functional as GF
@@ -348,6 +368,12 @@ def batch_norm(
         tensor([0.1000, 0.2000])
     """
     check_tensor("batch_norm", "input", input, floating=True)
+    if input.numel() == 0:
+        # torch's rule for an empty batch: any input shape, any stats or affine shapes, no stats update
+        for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+            if t is not None:
+                check_tensor("batch_norm", name, t, floating=True)
+        return _EmptyBatchNormFn.apply(input, weight, bias)
     if input.dim() < 2:
         raise ValueError(f"batch_norm(input=...) expects a tensor of shape (N, C, *), got shape {list(input.shape)}")
     c = input.shape[1]
@@ -561,3 +587,54 @@ def rms_norm(
         # torch takes the eps of the dtype it computes in: float32 for half/bfloat16 inputs.
         eps = torch.finfo(torch.float32 if input.dtype in _LOW_PRECISION else input.dtype).eps
     return _RMSNormFn.apply(input, weight, dims, float(eps))
+
+
+# ------------------------------------------------------------------ instance_norm
+def instance_norm(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor] = None,
+    running_var: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-05,
+) -> torch.Tensor:
+    """Instance normalization: each (sample, channel) over its spatial positions.
+
+    Same signature as :func:`torch.nn.functional.instance_norm`. With input statistics
+    this *is* group normalization with one group per channel, so it runs
+    :func:`group_norm`'s hand-written backward; given running statistics are updated
+    as torch does (momentum, the batch mean of the per-instance mean and unbiased
+    variance). With ``use_input_stats=False`` the running statistics normalize the
+    input: :func:`batch_norm` in eval mode.
+
+    Example:
+        >>> import torch, gradlens.functional as GF
+        >>> GF.instance_norm(torch.tensor([[[1.0, 3.0], [0.0, 4.0]]]))
+        tensor([[[-1.0000,  1.0000],
+                 [-1.0000,  1.0000]]])
+    """
+    check_tensor("instance_norm", "input", input, floating=True)
+    if input.dim() < 3:
+        raise ValueError(f"instance_norm(input=...) expects (N, C, *spatial) with at least one spatial dim, "
+                         f"got shape {list(input.shape)}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        _check_affine("instance_norm", name, t, (c,))
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise RuntimeError("instance_norm(): running_mean and running_var must be given when use_input_stats=False")
+        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    spatial = math.prod(input.shape[2:])
+    if spatial == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {list(input.size())}")
+    if running_mean is not None or running_var is not None:
+        with torch.no_grad():  # running stats: the batch mean of the per-instance statistics
+            dims = tuple(range(2, input.dim()))
+            var, mean = torch.var_mean(input, dims, correction=1)
+            if running_mean is not None:
+                running_mean.mul_(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
+            if running_var is not None:
+                running_var.mul_(1 - momentum).add_(var.mean(0).to(running_var.dtype), alpha=momentum)
+    return group_norm(input, c, weight, bias, eps)

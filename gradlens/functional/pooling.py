@@ -9,7 +9,8 @@ output sizes and speed are torch's). Backward:
 * average pooling: each output's gradient, divided by its window's divisor, is
   spread over its window (a transposed convolution with a kernel of ones);
 * adaptive average pooling: ``y = A_h x A_w^T`` with averaging matrices, so
-  ``dL/dx = A_h^T g A_w``;
+  ``dL/dx = A_h^T g A_w`` (one averaging matrix per spatial dim, 1-D to 3-D);
+* adaptive max pooling: like max pooling, through the argmax indices torch returns;
 * flatten: the gradient reshaped back.
 
 Every backward is built from differentiable ops, so double backward works. When
@@ -40,9 +41,16 @@ from gradlens.functional._util import check_tensor, records_grad, expand_tuple
 __all__ = [
     "max_pool1d",
     "max_pool2d",
+    "max_pool3d",
     "avg_pool1d",
     "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
     "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
     "flatten",
 ]
 
@@ -51,15 +59,19 @@ _IntOrTuple = Union[int, Sequence[int]]
 
 # --------------------------------------------------------------------------- max pool
 
-_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d}
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
 class _MaxPoolFn(torch.autograd.Function):
-    """``y[p] = x[argmax over window p]``; returns ``(y, indices)``."""
+    """``y[p] = x[argmax over window p]``; returns ``(y, indices)``.
+
+    ``pool(x)`` is torch's op returning ``(out, flat spatial argmax indices)``: a max pool
+    or an adaptive max pool; the backward is the same for both.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x, kernel_size, stride, padding, dilation, ceil_mode, nd: int):  # type: ignore[override]
-        out, idx = _MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
+    def forward(ctx: Any, x, pool, nd: int):  # type: ignore[override]
+        out, idx = pool(x)
         ctx.mark_non_differentiable(idx)
         ctx.save_for_backward(idx)
         ctx.x_shape = x.shape
@@ -79,7 +91,7 @@ class _MaxPoolFn(torch.autograd.Function):
             # (in place on our own zeros: still differentiable in g for double backward)
             flat = g.new_zeros(planes + (numel,))
             grad_x = flat.scatter_add_(-1, idx.flatten(-nd), g.flatten(-nd)).view(x_shape)
-        return grad_x, None, None, None, None, None, None
+        return grad_x, None, None
 
 
 def _max_pool(name, nd, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
@@ -88,7 +100,10 @@ def _max_pool(name, nd, input, kernel_size, stride, padding, dilation, ceil_mode
         # nothing to differentiate: torch's op as is
         return _MAX_POOL[nd](input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
                              return_indices=return_indices)
-    out, idx = _MaxPoolFn.apply(input, kernel_size, stride, padding, dilation, ceil_mode, nd)
+    def pool(x):
+        return _MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True)
+
+    out, idx = _MaxPoolFn.apply(input, pool, nd)
     return (out, idx) if return_indices else out
 
 
@@ -146,7 +161,29 @@ def max_pool2d(
 
 # --------------------------------------------------------------------------- avg pool
 
-_CONV_INPUT = {1: nn_grad.conv1d_input, 2: nn_grad.conv2d_input}
+_CONV_INPUT = {1: nn_grad.conv1d_input, 2: nn_grad.conv2d_input, 3: nn_grad.conv3d_input}
+
+
+def max_pool3d(
+    input: torch.Tensor,
+    kernel_size: _IntOrTuple,
+    stride: Optional[_IntOrTuple] = None,
+    padding: _IntOrTuple = 0,
+    dilation: _IntOrTuple = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+):
+    """Drop-in for :func:`torch.nn.functional.max_pool3d` with a hand-written backward.
+
+    Args: as :func:`max_pool2d`, for ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` input.
+
+    Example:
+        >>> import torch
+        >>> from gradlens.functional import max_pool3d
+        >>> max_pool3d(torch.randn(1, 2, 4, 4, 4), 2).shape
+        torch.Size([1, 2, 2, 2, 2])
+    """
+    return _max_pool("max_pool3d", 3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def _window_sizes(n: int, o: int, k: int, s: int, p: int, count_include_pad: bool, like: torch.Tensor) -> torch.Tensor:
@@ -171,7 +208,8 @@ class _AvgPoolFn(torch.autograd.Function):
         if nd == 1:
             out = F.avg_pool1d(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
         else:
-            out = F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+            pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
+            out = pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         ctx.nd = nd
         ctx.x_shape = x.shape
         ctx.k = expand_tuple(kernel_size, nd)
@@ -281,6 +319,31 @@ def avg_pool2d(
     return _AvgPoolFn.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2)
 
 
+def avg_pool3d(
+    input: torch.Tensor,
+    kernel_size: _IntOrTuple,
+    stride: Optional[_IntOrTuple] = None,
+    padding: _IntOrTuple = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: Optional[int] = None,
+) -> torch.Tensor:
+    """Drop-in for :func:`torch.nn.functional.avg_pool3d` with a hand-written backward.
+
+    Args: as :func:`avg_pool2d`, for ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` input.
+
+    Example:
+        >>> import torch
+        >>> from gradlens.functional import avg_pool3d
+        >>> avg_pool3d(torch.ones(1, 1, 4, 4, 4), 2).shape
+        torch.Size([1, 1, 2, 2, 2])
+    """
+    check_tensor("avg_pool3d", "input", input)
+    if not records_grad(input):
+        return F.avg_pool3d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return _AvgPoolFn.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 3)
+
+
 # ------------------------------------------------------------------ adaptive avg pool
 
 
@@ -297,26 +360,49 @@ def _adaptive_matrix(n: int, o: int, like: torch.Tensor) -> torch.Tensor:
     return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
-class _AdaptiveAvgPool2dFn(torch.autograd.Function):
-    """``y = A_h x A_w^T`` per plane, with averaging matrices ``A_h``, ``A_w``."""
+_ADAPTIVE_AVG = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+
+
+class _AdaptiveAvgPoolFn(torch.autograd.Function):
+    """``y = x`` times an averaging matrix ``A_d`` along each spatial dim ``d`` (2-D: ``A_h x A_w^T``)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, output_size) -> torch.Tensor:  # type: ignore[override]
-        out = F.adaptive_avg_pool2d(x, output_size)
-        ctx.x_shape = x.shape
+    def forward(ctx: Any, x: torch.Tensor, output_size, nd: int) -> torch.Tensor:  # type: ignore[override]
+        out = _ADAPTIVE_AVG[nd](x, output_size)
+        ctx.x_shape, ctx.nd = x.shape, nd
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):  # type: ignore[override]
         if not ctx.needs_input_grad[0]:
-            return None, None
-        h, w = ctx.x_shape[-2:]
-        oh, ow = g.shape[-2:]
-        a_h = _adaptive_matrix(h, oh, g)
-        a_w = _adaptive_matrix(w, ow, g)
-        # dL/dx = A_h^T g A_w
-        grad_x = a_h.t().matmul(g).matmul(a_w)
-        return grad_x, None
+            return None, None, None
+        nd = ctx.nd
+        grad_x = g
+        # dL/dx = g times A_d^T along each spatial dim (2-D: A_h^T g A_w)
+        for d in range(nd):
+            dim = g.dim() - nd + d
+            a = _adaptive_matrix(ctx.x_shape[dim], g.shape[dim], g)
+            grad_x = grad_x.movedim(dim, -1).matmul(a).movedim(-1, dim)
+        return grad_x, None, None
+
+
+def _adaptive_avg(name: str, nd: int, input: torch.Tensor, output_size) -> torch.Tensor:
+    check_tensor(name, "input", input)
+    if not records_grad(input):
+        return _ADAPTIVE_AVG[nd](input, output_size)
+    return _AdaptiveAvgPoolFn.apply(input, output_size, nd)
+
+
+def adaptive_avg_pool1d(input: torch.Tensor, output_size: Union[int, Sequence[int]]) -> torch.Tensor:
+    """Drop-in for :func:`torch.nn.functional.adaptive_avg_pool1d` with a hand-written backward.
+
+    Example:
+        >>> import torch
+        >>> from gradlens.functional import adaptive_avg_pool1d
+        >>> adaptive_avg_pool1d(torch.tensor([[[1.0, 3.0, 2.0, 0.0]]]), 2)
+        tensor([[[2., 1.]]])
+    """
+    return _adaptive_avg("adaptive_avg_pool1d", 1, input, output_size)
 
 
 def adaptive_avg_pool2d(input: torch.Tensor, output_size: Union[int, None, Sequence[Optional[int]]]) -> torch.Tensor:
@@ -332,10 +418,74 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: Union[int, None, Seque
         >>> adaptive_avg_pool2d(torch.randn(2, 3, 7, 5), (2, None)).shape
         torch.Size([2, 3, 2, 5])
     """
-    check_tensor("adaptive_avg_pool2d", "input", input)
+    return _adaptive_avg("adaptive_avg_pool2d", 2, input, output_size)
+
+
+def adaptive_avg_pool3d(input: torch.Tensor, output_size: Union[int, None, Sequence[Optional[int]]]) -> torch.Tensor:
+    """Drop-in for :func:`torch.nn.functional.adaptive_avg_pool3d` with a hand-written backward.
+
+    Example:
+        >>> import torch
+        >>> from gradlens.functional import adaptive_avg_pool3d
+        >>> adaptive_avg_pool3d(torch.randn(2, 3, 5, 7, 4), (2, None, 1)).shape
+        torch.Size([2, 3, 2, 7, 1])
+    """
+    return _adaptive_avg("adaptive_avg_pool3d", 3, input, output_size)
+
+
+# ------------------------------------------------------------------ adaptive max pool
+
+_ADAPTIVE_MAX = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
+
+
+def _adaptive_max(name: str, nd: int, input: torch.Tensor, output_size, return_indices: bool):
+    check_tensor(name, "input", input)
     if not records_grad(input):
-        return F.adaptive_avg_pool2d(input, output_size)
-    return _AdaptiveAvgPool2dFn.apply(input, output_size)
+        return _ADAPTIVE_MAX[nd](input, output_size, return_indices)
+
+    def pool(x):
+        return _ADAPTIVE_MAX[nd](x, output_size, True)
+
+    out, idx = _MaxPoolFn.apply(input, pool, nd)
+    return (out, idx) if return_indices else out
+
+
+def adaptive_max_pool1d(input: torch.Tensor, output_size: Union[int, Sequence[int]], return_indices: bool = False):
+    """Drop-in for :func:`torch.nn.functional.adaptive_max_pool1d` with a hand-written backward.
+
+    Example:
+        >>> import torch
+        >>> from gradlens.functional import adaptive_max_pool1d
+        >>> adaptive_max_pool1d(torch.tensor([[[1.0, 3.0, 2.0, 0.0]]]), 2)
+        tensor([[[3., 2.]]])
+    """
+    return _adaptive_max("adaptive_max_pool1d", 1, input, output_size, return_indices)
+
+
+def adaptive_max_pool2d(input: torch.Tensor, output_size: Union[int, None, Sequence[Optional[int]]],
+                        return_indices: bool = False):
+    """Drop-in for :func:`torch.nn.functional.adaptive_max_pool2d` with a hand-written backward.
+
+    Example:
+        >>> import torch
+        >>> from gradlens.functional import adaptive_max_pool2d
+        >>> adaptive_max_pool2d(torch.randn(2, 3, 7, 5), (2, None)).shape
+        torch.Size([2, 3, 2, 5])
+    """
+    return _adaptive_max("adaptive_max_pool2d", 2, input, output_size, return_indices)
+
+
+def adaptive_max_pool3d(input: torch.Tensor, output_size: Union[int, None, Sequence[Optional[int]]],
+                        return_indices: bool = False):
+    """Drop-in for :func:`torch.nn.functional.adaptive_max_pool3d` with a hand-written backward.
+
+    Example:
+        >>> import torch
+        >>> from gradlens.functional import adaptive_max_pool3d
+        >>> adaptive_max_pool3d(torch.randn(1, 2, 4, 4, 4), 1).shape
+        torch.Size([1, 2, 1, 1, 1])
+    """
+    return _adaptive_max("adaptive_max_pool3d", 3, input, output_size, return_indices)
 
 
 # ---------------------------------------------------------------------------- flatten

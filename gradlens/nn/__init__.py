@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Dict
 
-_FAMILIES = ("linear", "conv", "activation", "norm", "pooling", "sparse", "dropout", "attention", "loss")
+_FAMILIES = ("linear", "conv", "activation", "norm", "pooling", "sparse", "dropout", "attention", "loss", "recurrent", "resample")
 
 __all__: list = []
 #: Exact torch module class -> gradlens twin class (used by :func:`gradlens.mirror`).

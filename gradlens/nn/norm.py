@@ -21,7 +21,8 @@ from torch import nn
 
 from gradlens.functional import norm as _F
 
-__all__ = ["LayerNorm", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "RMSNorm",
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
 class LayerNorm(nn.LayerNorm):
@@ -85,11 +86,61 @@ class BatchNorm2d(nn.BatchNorm2d):
         return _batch_norm_forward(self, input)
 
 
+class BatchNorm3d(nn.BatchNorm3d):
+    """:class:`torch.nn.BatchNorm3d` computed by :func:`gradlens.functional.batch_norm`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _batch_norm_forward(self, input)
+
+
+def _instance_norm(module: nn.modules.instancenorm._InstanceNorm, input: torch.Tensor) -> torch.Tensor:
+    """torch's ``_InstanceNorm._apply_instance_norm`` with gradlens' ``instance_norm``."""
+    return _F.instance_norm(
+        input, module.running_mean, module.running_var, module.weight, module.bias,
+        module.training or not module.track_running_stats,
+        module.momentum if module.momentum is not None else 0.0, module.eps,
+    )
+
+
+class InstanceNorm1d(nn.InstanceNorm1d):
+    """:class:`torch.nn.InstanceNorm1d` computed by :func:`gradlens.functional.instance_norm`.
+
+    torch's ``forward`` (its checks, unbatched input) calls ``_apply_instance_norm``, which this replaces.
+    """
+
+    def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
+        return _instance_norm(self, input)
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """:class:`torch.nn.InstanceNorm2d` computed by :func:`gradlens.functional.instance_norm`.
+
+    Example:
+        >>> import torch, gradlens
+        >>> gradlens.nn.InstanceNorm2d(3, affine=True)(torch.randn(2, 3, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
+    """
+
+    def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
+        return _instance_norm(self, input)
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """:class:`torch.nn.InstanceNorm3d` computed by :func:`gradlens.functional.instance_norm`."""
+
+    def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
+        return _instance_norm(self, input)
+
+
 #: torch module class -> gradlens twin class, collected by gradlens.mirror.
 TWINS: dict = {
     nn.LayerNorm: LayerNorm,
     nn.BatchNorm1d: BatchNorm1d,
     nn.BatchNorm2d: BatchNorm2d,
+    nn.BatchNorm3d: BatchNorm3d,
+    nn.InstanceNorm1d: InstanceNorm1d,
+    nn.InstanceNorm2d: InstanceNorm2d,
+    nn.InstanceNorm3d: InstanceNorm3d,
     nn.GroupNorm: GroupNorm,
     nn.RMSNorm: RMSNorm,
 }

@@ -69,7 +69,7 @@ def _tensors(out: Any) -> Tuple[torch.Tensor, ...]:
 
 def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     """The same values in a non-contiguous tensor (every other element of a wider buffer)."""
-    if t.dim() == 0:
+    if t.dim() == 0 or t.numel() == 1:  # one element is contiguous in any layout
         return t.clone()
     wide = torch.zeros(*t.shape, 2, dtype=t.dtype, device=t.device)
     view = wide[..., 0]

@@ -32,6 +32,28 @@ def _randn(shape):
     return make
 
 
+def _away_from(shape, points, scale=1.0):
+    """Random input (times ``scale``) at least 0.1 away from every kink in ``points``."""
+
+    def make(dtype, device, gen):
+        x = torch.randn(*shape, generator=gen, dtype=dtype) * scale
+        for p in points:
+            near = (x - p).abs() < 0.1
+            x = torch.where(near, p + 0.1 * torch.where(x >= p, 1.0, -1.0).to(dtype), x)
+        return (x.to(device),)
+
+    return make
+
+
+def _prelu_inputs(shape, n_weight, weight_shape=None):
+    def make(dtype, device, gen):
+        (x,) = _away_from(shape, [0.0])(dtype, device, gen)
+        w = torch.rand(n_weight, generator=gen, dtype=dtype) * 0.5 + 0.1
+        return (x, w.reshape(weight_shape if weight_shape is not None else (n_weight,)).to(device))
+
+    return make
+
+
 def _clone_first(fn):
     """Run an in-place op on a non-leaf copy (in-place on a leaf that requires grad is illegal)."""
 
@@ -91,6 +113,32 @@ CASES = [
     OpCase("log_softmax-dim1", GF.log_softmax, F.log_softmax, _randn((3, 5)), {"dim": 1}),
     OpCase("log_softmax-dim-1-4d", GF.log_softmax, F.log_softmax, _randn((2, 2, 3, 3)), {"dim": -1}),
     OpCase("log_softmax-dtype64", GF.log_softmax, F.log_softmax, _randn((1, 5)), {"dim": -1, "dtype": torch.float64}),
+    OpCase("hardtanh-default", GF.hardtanh, F.hardtanh, _away_from((5, 4), [-1.0, 1.0], 2.0)),
+    OpCase("hardtanh-range", GF.hardtanh, F.hardtanh, _away_from((2, 3, 4), [-0.5, 2.0], 2.0),
+           {"min_val": -0.5, "max_val": 2.0}),
+    OpCase("hardtanh-inplace", _clone_first(GF.hardtanh), _clone_first(F.hardtanh), _away_from((4, 3), [-1.0, 1.0], 2.0),
+           {"inplace": True}),
+    OpCase("relu6", GF.relu6, F.relu6, _away_from((5, 4), [0.0, 6.0], 5.0)),
+    OpCase("relu6-inplace", _clone_first(GF.relu6), _clone_first(F.relu6), _away_from((5, 4), [0.0, 6.0], 5.0),
+           {"inplace": True}),
+    OpCase("hardsigmoid", GF.hardsigmoid, F.hardsigmoid, _away_from((5, 4), [-3.0, 3.0], 3.0)),
+    OpCase("hardsigmoid-inplace", _clone_first(GF.hardsigmoid), _clone_first(F.hardsigmoid),
+           _away_from((5, 4), [-3.0, 3.0], 3.0), {"inplace": True}),
+    OpCase("hardswish", GF.hardswish, F.hardswish, _away_from((5, 4), [-3.0, 3.0], 3.0)),
+    OpCase("hardswish-inplace", _clone_first(GF.hardswish), _clone_first(F.hardswish),
+           _away_from((5, 4), [-3.0, 3.0], 3.0), {"inplace": True}),
+    OpCase("softplus", GF.softplus, F.softplus, _randn((5, 4))),
+    OpCase("softplus-beta2-threshold1", GF.softplus, F.softplus, _away_from((5, 4), [0.5], 2.0),
+           {"beta": 2.0, "threshold": 1.0}),
+    OpCase("mish", GF.mish, F.mish, _randn((2, 3, 4))),
+    OpCase("mish-inplace", _clone_first(GF.mish), _clone_first(F.mish), _randn((5, 4)), {"inplace": True}),
+    OpCase("logsigmoid", GF.logsigmoid, F.logsigmoid, _randn((5, 4))),
+    OpCase("logsigmoid-large", GF.logsigmoid, F.logsigmoid, _away_from((5, 4), [], 30.0)),
+    OpCase("prelu-shared", GF.prelu, F.prelu, _prelu_inputs((3, 4), 1)),
+    OpCase("prelu-per-channel-4d", GF.prelu, F.prelu, _prelu_inputs((2, 3, 2, 2), 3)),
+    OpCase("prelu-per-channel-2d", GF.prelu, F.prelu, _prelu_inputs((5, 4), 4)),
+    OpCase("prelu-1d-input", GF.prelu, F.prelu, _prelu_inputs((6,), 1)),
+    OpCase("prelu-0d-weight", GF.prelu, F.prelu, _prelu_inputs((2, 3), 1, ())),
 ]
 
 
@@ -114,6 +162,12 @@ def test_signature_matches_torch(name):
     if name in ("tanh", "sigmoid"):
         assert list(ours.parameters) == ["input"]
         return
+    builtins = {"softplus": [("input", inspect.Parameter.empty), ("beta", 1.0), ("threshold", 20.0)],
+                "logsigmoid": [("input", inspect.Parameter.empty)],
+                "prelu": [("input", inspect.Parameter.empty), ("weight", inspect.Parameter.empty)]}
+    if name in builtins:  # builtins without an inspectable signature in torch: their documented one
+        assert [(p.name, p.default) for p in ours.parameters.values()] == builtins[name]
+        return
     if name == "gelu":  # a builtin without an inspectable signature in torch
         assert list(ours.parameters) == ["input", "approximate"]
         assert ours.parameters["approximate"].default == "none"
@@ -127,8 +181,9 @@ def test_signature_matches_torch(name):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "name,kwargs",
-    [("relu", {}), ("leaky_relu", {"negative_slope": 0.1}), ("elu", {}), ("silu", {})],
-    ids=["relu", "leaky_relu", "elu", "silu"],
+    [("relu", {}), ("leaky_relu", {"negative_slope": 0.1}), ("elu", {}), ("silu", {}), ("hardtanh", {}),
+     ("relu6", {}), ("hardsigmoid", {}), ("hardswish", {}), ("mish", {})],
+    ids=["relu", "leaky_relu", "elu", "silu", "hardtanh", "relu6", "hardsigmoid", "hardswish", "mish"],
 )
 def test_inplace_modifies_input_and_grads(name, kwargs, device):
     x = (torch.randn(6, 5, device=device) + 0.0).requires_grad_(True)
@@ -172,6 +227,12 @@ BAD_INPUTS = [
     pytest.param(lambda: GF.log_softmax(torch.randn(2, 3), dim=1, dtype="float64"), TypeError, "dtype", id="logsm-dtype"),
     pytest.param(lambda: GF.sigmoid(None), TypeError, "input", id="sigmoid-none"),
     pytest.param(lambda: GF.relu(torch.randn(3, requires_grad=True), inplace=True), RuntimeError, "leaf", id="relu-inplace-leaf"),
+    pytest.param(lambda: GF.hardtanh(torch.randn(3), 2.0, 1.0), ValueError, "min_val", id="hardtanh-min-gt-max"),
+    pytest.param(lambda: GF.prelu(torch.randn(2, 3), torch.rand(2)), RuntimeError, "channel", id="prelu-channels"),
+    pytest.param(lambda: GF.prelu(torch.randn(4), torch.rand(4)), RuntimeError, "channel", id="prelu-1d-many"),
+    pytest.param(lambda: GF.prelu(torch.randn(2, 3), torch.rand(3, 1)), ValueError, "weight", id="prelu-2d-weight"),
+    pytest.param(lambda: GF.prelu(torch.randn(2, 3), 0.25), TypeError, "weight", id="prelu-float-weight"),
+    pytest.param(lambda: GF.softplus("x"), TypeError, "input", id="softplus-str"),
 ]
 
 

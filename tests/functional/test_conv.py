@@ -1,4 +1,4 @@
-"""gradlens.functional.conv1d / conv2d against torch (settings + failures)."""
+"""gradlens.functional conv1d/2d/3d and conv_transpose1d/2d/3d against torch (settings + failures)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from harness import OpCase, check_against_torch, check_gradcheck
 import gradlens.functional as GF
 
 
-def _inputs(x_shape, w_shape, bias=True):
+def _inputs(x_shape, w_shape, bias=True, out_channels=None):
     def make(dtype, device, gen):
         x = torch.randn(x_shape, generator=gen, dtype=dtype).to(device)
         w = torch.randn(w_shape, generator=gen, dtype=dtype).to(device)
         if not bias:
             return (x, w)
-        return (x, w, torch.randn(w_shape[0], generator=gen, dtype=dtype).to(device))
+        c_out = w_shape[0] if out_channels is None else out_channels
+        return (x, w, torch.randn(c_out, generator=gen, dtype=dtype).to(device))
 
     return make
 
@@ -28,6 +29,16 @@ def _c1(id, x_shape, w_shape, bias=True, **kw):
 
 def _c2(id, x_shape, w_shape, bias=True, **kw):
     return OpCase(f"conv2d-{id}", GF.conv2d, F.conv2d, _inputs(x_shape, w_shape, bias), kwargs=kw)
+
+
+def _c3(id, x_shape, w_shape, bias=True, **kw):
+    return OpCase(f"conv3d-{id}", GF.conv3d, F.conv3d, _inputs(x_shape, w_shape, bias), kwargs=kw)
+
+
+def _ct(nd, id, x_shape, w_shape, bias=True, **kw):
+    name = f"conv_transpose{nd}d"
+    c_out = w_shape[1] * kw.get("groups", 1)  # a transposed conv's weight is (C_in, C_out / groups, k...)
+    return OpCase(f"{name}-{id}", getattr(GF, name), getattr(F, name), _inputs(x_shape, w_shape, bias, c_out), kwargs=kw)
 
 
 # Small shapes: float64 gradgradcheck cost grows with every element of x, W and y.
@@ -58,6 +69,22 @@ CASES = [
     _c2("valid", (1, 2, 4, 4), (2, 2, 3, 3), padding="valid"),
     _c2("unbatched-same-even", (2, 4, 4), (2, 2, 2, 2), padding="same", dilation=(1, 2)),
     _c2("1x1", (2, 3, 3, 3), (2, 3, 1, 1)),
+    _c3("plain", (1, 2, 3, 3, 3), (2, 2, 2, 2, 2)),
+    _c3("stride2-pad1-nobias", (1, 1, 4, 4, 4), (2, 1, 3, 3, 3), bias=False, stride=2, padding=1),
+    _c3("unbatched-same-groups", (2, 3, 3, 3), (2, 1, 2, 2, 2), padding="same", groups=2),
+    _c3("dilation-tuple", (1, 1, 4, 5, 5), (2, 1, 2, 2, 2), dilation=(1, 2, 2)),
+    # weights of a transposed conv are (C_in, C_out / groups, k...)
+    _ct(1, "plain", (2, 2, 4), (2, 3, 3)),
+    _ct(1, "stride2-outpad1", (1, 2, 4), (2, 2, 3), stride=2, padding=1, output_padding=1),
+    _ct(1, "unbatched-nobias", (2, 4), (2, 2, 2), bias=False),
+    _ct(1, "groups2-dilation2", (1, 4, 4), (4, 1, 3), groups=2, dilation=2),
+    _ct(2, "plain", (1, 2, 3, 3), (2, 3, 3, 3)),
+    _ct(2, "stride2-pad1-k4", (2, 2, 3, 3), (2, 2, 4, 4), stride=2, padding=1),
+    _ct(2, "stride-tuple-outpad", (1, 2, 3, 2), (2, 2, 3, 2), stride=(2, 3), output_padding=(1, 2)),
+    _ct(2, "unbatched-groups2", (4, 3, 3), (4, 1, 2, 2), groups=2),
+    _ct(2, "dilation-pad-nobias", (1, 1, 3, 3), (1, 2, 3, 3), bias=False, dilation=(2, 1), padding=1),
+    _ct(3, "plain", (1, 2, 2, 2, 2), (2, 2, 2, 2, 2)),
+    _ct(3, "stride2-outpad", (1, 1, 2, 2, 2), (1, 2, 3, 3, 3), stride=2, padding=1, output_padding=1),
 ]
 
 WEIGHT_ONLY = [
@@ -122,6 +149,13 @@ FAIL_SETTINGS = [
     ("dtype-mismatch", "conv2d", (_X2.double(), _W2), {}, RuntimeError, "type"),
     ("kernel-bigger-than-input", "conv1d", (torch.randn(1, 2, 2), torch.randn(3, 2, 5)), {}, RuntimeError, "size"),
     ("conv1d-4d-input", "conv1d", (_X2, torch.randn(3, 2, 3)), {}, RuntimeError, "input"),
+    ("conv3d-4d-weight", "conv3d", (torch.randn(1, 2, 3, 3, 3), _W2), {}, RuntimeError, "convolution dimensions"),
+    ("convT-string-padding", "conv_transpose2d", (_X2, torch.randn(2, 3, 3, 3)), {"padding": "same"}, ValueError,
+     "padding"),
+    ("convT-outpad-too-big", "conv_transpose2d", (_X2, torch.randn(2, 3, 3, 3)), {"stride": 2, "output_padding": 2},
+     RuntimeError, "output padding"),
+    ("convT-channels", "conv_transpose1d", (torch.randn(1, 2, 5), torch.randn(3, 2, 3)), {}, RuntimeError, "channels"),
+    ("convT-weight-not-tensor", "conv_transpose3d", (torch.randn(1, 2, 3, 3, 3), None), {}, TypeError, "weight"),
 ]
 
 

@@ -102,6 +102,14 @@ CASES = [
     OpCase("rms_norm-default-eps", _shape_first(GF.rms_norm, "normalized_shape"), _shape_first(F.rms_norm, "normalized_shape"), _inputs((4, 6), (6,)), {"normalized_shape": [6]}),
     OpCase("rms_norm-noweight", _shape_first(GF.rms_norm, "normalized_shape"), _shape_first(F.rms_norm, "normalized_shape"), _inputs((2, 3, 5)), {"normalized_shape": [5], "eps": 1e-4}),
     OpCase("rms_norm-2dims-batch1", _shape_first(GF.rms_norm, "normalized_shape"), _shape_first(F.rms_norm, "normalized_shape"), _inputs((1, 3, 4), (3, 4)), {"normalized_shape": [3, 4]}),
+    OpCase("instance_norm-2d", GF.instance_norm, F.instance_norm, _inputs((2, 3, 3, 3))),
+    OpCase("instance_norm-1d-affine", _bn_no_running(GF.instance_norm), _bn_no_running(F.instance_norm),
+           _inputs((2, 3, 5), (3,), (3,))),
+    OpCase("instance_norm-running-stats", _bn(GF.instance_norm), _bn(F.instance_norm),
+           _inputs((3, 2, 4), (2,), (2,), running=True), {"momentum": 0.3}, grad_args=(0, 3, 4)),
+    OpCase("instance_norm-eval-running", _bn(GF.instance_norm), _bn(F.instance_norm),
+           _inputs((2, 2, 2, 3), (2,), (2,), running=True), {"use_input_stats": False}, grad_args=(0, 3, 4)),
+    OpCase("instance_norm-3d-eps", GF.instance_norm, F.instance_norm, _inputs((1, 2, 2, 2, 3)), {"eps": 1e-3}),
 ]
 
 
@@ -164,6 +172,33 @@ def test_rms_norm_eps_none_is_finfo_eps():
     assert not torch.allclose(GF.rms_norm(x, [4]), GF.rms_norm(x, [4], eps=1e-6))
 
 
+@pytest.mark.parametrize(
+    "shape,c,training,affine",
+    [((0,), 1, True, True), ((0,), 3, False, True), ((0,), 0, True, False), ((0, 3), 3, True, True),
+     ((0, 3), 5, False, True), ((0, 4, 2), 4, True, False), ((2, 0, 3), 0, False, False)],
+    ids=["1d-0-train", "1d-0-eval-c3", "1d-0-nostats", "0x3-train", "0x3-eval-c5", "0x4x2-noaffine", "2x0x3-eval-noaffine"],
+)
+def test_batch_norm_empty_input_like_torch(shape, c, training, affine):
+    """Every empty input torch accepts: empty output, running stats untouched, zero affine gradients."""
+    results = []
+    for fn in (GF.batch_norm, F.batch_norm):
+        x = torch.randn(shape, requires_grad=True)
+        rm, rv = torch.full((c,), 2.0), torch.full((c,), 3.0)
+        stats = (None, None) if not affine and training else (rm, rv)
+        w = torch.randn(c, requires_grad=True) if affine else None
+        b = torch.randn(c, requires_grad=True) if affine else None
+        y = fn(x, *stats, w, b, training=training)
+        leaves = [x] + ([w, b] if affine else [])
+        grads = torch.autograd.grad(y.sum() + sum(t.sum() * 0 for t in leaves), leaves)
+        results.append((y, rm, rv, grads))
+    (y1, rm1, rv1, g1), (y2, rm2, rv2, g2) = results
+    assert y1.shape == y2.shape
+    torch.testing.assert_close(rm1, rm2)
+    torch.testing.assert_close(rv1, rv2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
 BAD_INPUTS = [
     pytest.param(lambda: GF.layer_norm([1.0], [1]), TypeError, "input", id="layer_norm-list"),
     pytest.param(lambda: GF.layer_norm(torch.randn(2, 3), [4]), RuntimeError, "normalized_shape", id="layer_norm-shape"),
@@ -183,6 +218,12 @@ BAD_INPUTS = [
         id="bn-weight-shape",
     ),
     pytest.param(lambda: GF.group_norm(torch.randn(2, 5, 3), 2), RuntimeError, "divisible", id="gn-groups"),
+    pytest.param(lambda: GF.instance_norm(torch.randn(2, 3)), ValueError, "spatial", id="in-2d"),
+    pytest.param(lambda: GF.instance_norm(torch.randn(2, 3, 1)), ValueError, "more than 1 spatial", id="in-1-spatial"),
+    pytest.param(lambda: GF.instance_norm(torch.randn(2, 3, 4), use_input_stats=False), RuntimeError, "running_mean",
+                 id="in-eval-nostats"),
+    pytest.param(lambda: GF.instance_norm(torch.randn(2, 3, 4), weight=torch.ones(2)), RuntimeError, "weight",
+                 id="in-weight-shape"),
     pytest.param(lambda: GF.group_norm(torch.randn(2, 4, 3), 0), ValueError, "num_groups", id="gn-zero-groups"),
     pytest.param(lambda: GF.group_norm(torch.randn(4), 1), RuntimeError, "input", id="gn-1d"),
     pytest.param(lambda: GF.group_norm(torch.randn(2, 4), 2, torch.ones(3)), RuntimeError, "weight", id="gn-weight"),

@@ -76,6 +76,25 @@ ADAPTIVE = [
     _case("adaptive_avg_pool2d", "upsample", (1, 1, 3, 2), (4, 3)),
     _case("adaptive_avg_pool2d", "none-keeps", (1, 2, 5, 4), (2, None)),
     _case("adaptive_avg_pool2d", "unbatched", (2, 5, 5), 3),
+    _case("adaptive_avg_pool1d", "overlapping", (2, 3, 7), 3),
+    _case("adaptive_avg_pool1d", "unbatched-upsample", (2, 3), 5),
+    _case("adaptive_avg_pool3d", "mixed", (1, 2, 4, 5, 3), (2, None, 2)),
+    _case("adaptive_avg_pool3d", "global-unbatched", (2, 3, 3, 2), 1),
+    _case("adaptive_max_pool1d", "overlapping", (2, 2, 7), 3, distinct=True),
+    _case("adaptive_max_pool2d", "overlapping", (1, 2, 5, 7), (3, 4), distinct=True),
+    _case("adaptive_max_pool2d", "global-indices", (2, 3, 4, 4), 1, return_indices=True, distinct=True),
+    _case("adaptive_max_pool2d", "none-unbatched", (2, 5, 4), (2, None), distinct=True),
+    _case("adaptive_max_pool3d", "mixed", (1, 2, 4, 3, 5), (2, 3, 2), distinct=True),
+]
+
+POOL3D = [
+    _case("max_pool3d", "k2", (1, 2, 4, 4, 4), 2, distinct=True),
+    _case("max_pool3d", "k3-s2-pad1-ceil", (1, 1, 5, 5, 4), 3, stride=2, padding=1, ceil_mode=True, distinct=True),
+    _case("max_pool3d", "unbatched-dilated-indices", (2, 5, 5, 5), 2, stride=1, dilation=2, return_indices=True,
+          distinct=True),
+    _case("avg_pool3d", "k2", (1, 2, 4, 4, 4), 2),
+    _case("avg_pool3d", "k3-s2-pad1-nopad", (1, 1, 5, 5, 4), 3, stride=2, padding=1, count_include_pad=False),
+    _case("avg_pool3d", "ceil-divisor-unbatched", (2, 5, 4, 5), 2, ceil_mode=True, divisor_override=3),
 ]
 
 FLATTEN = [
@@ -87,7 +106,7 @@ FLATTEN = [
     _case("flatten", "0d", ()),
 ]
 
-CASES = MAX + AVG + ADAPTIVE + FLATTEN
+CASES = MAX + AVG + ADAPTIVE + POOL3D + FLATTEN
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -168,6 +187,12 @@ FAIL_SETTINGS = [
     ("avg1d-bad-kernel-length", "avg_pool1d", (torch.randn(1, 2, 6), (2, 2)), {}, RuntimeError, "kernel_size"),
     ("adaptive-5d-input", "adaptive_avg_pool2d", (torch.randn(1, 1, 2, 4, 4), 2), {}, RuntimeError, ""),
     ("adaptive-bad-size-length", "adaptive_avg_pool2d", (_X, (1, 2, 3)), {}, RuntimeError, "output_size"),
+    ("max3d-input-not-tensor", "max_pool3d", ([1.0], 2), {}, TypeError, "input"),
+    ("max3d-3d-input", "max_pool3d", (torch.randn(2, 4, 4), 2), {}, RuntimeError, ""),
+    ("avg3d-zero-stride", "avg_pool3d", (torch.randn(1, 1, 4, 4, 4), 2), {"stride": 0}, RuntimeError, "stride"),
+    ("adaptive-max-not-tensor", "adaptive_max_pool2d", (None, 2), {}, TypeError, "input"),
+    ("adaptive-max1d-bad-size", "adaptive_max_pool1d", (torch.randn(1, 2, 6), (2, 2)), {}, RuntimeError, ""),
+    ("adaptive-avg3d-bad-size", "adaptive_avg_pool3d", (torch.randn(1, 2, 4, 4, 4), (2, 2)), {}, RuntimeError, ""),
 ]
 
 

@@ -24,6 +24,12 @@ SETTINGS = [
     ("conv2d-reflect", nn.Conv2d, (2, 3, 3), {"padding": 1, "padding_mode": "reflect"}, (2, 2, 5, 5)),
     ("conv2d-replicate-same", nn.Conv2d, (2, 3, 4), {"padding": "same", "padding_mode": "replicate"}, (1, 2, 6, 6)),
     ("conv2d-unbatched", nn.Conv2d, (2, 3, 3), {}, (2, 5, 5)),
+    ("conv3d", nn.Conv3d, (2, 3, 3), {"padding": 1, "stride": (1, 2, 2)}, (1, 2, 4, 5, 5)),
+    ("conv3d-reflect", nn.Conv3d, (2, 2, 2), {"padding": 1, "padding_mode": "reflect", "bias": False}, (1, 2, 3, 3, 3)),
+    ("convtranspose1d", nn.ConvTranspose1d, (2, 3, 3), {"stride": 2, "output_padding": 1}, (2, 2, 5)),
+    ("convtranspose2d", nn.ConvTranspose2d, (4, 2, 4), {"stride": 2, "padding": 1}, (1, 4, 5, 5)),
+    ("convtranspose2d-groups", nn.ConvTranspose2d, (4, 4, 3), {"groups": 2, "dilation": 2, "bias": False}, (4, 3, 3)),
+    ("convtranspose3d", nn.ConvTranspose3d, (2, 1, 2), {"stride": 2}, (1, 2, 2, 3, 3)),
     ("maxpool1d", nn.MaxPool1d, (3,), {"stride": 2, "padding": 1, "ceil_mode": True}, (2, 3, 8)),
     ("maxpool2d", nn.MaxPool2d, (2,), {}, (2, 3, 6, 6)),
     ("maxpool2d-dilated", nn.MaxPool2d, (2,), {"stride": 1, "dilation": 2}, (1, 2, 6, 6)),
@@ -31,6 +37,31 @@ SETTINGS = [
     ("avgpool2d", nn.AvgPool2d, (3,), {"stride": 2, "padding": 1, "ceil_mode": True}, (2, 2, 7, 7)),
     ("avgpool2d-divisor", nn.AvgPool2d, (2,), {"divisor_override": 3}, (1, 2, 4, 4)),
     ("adaptiveavgpool2d", nn.AdaptiveAvgPool2d, ((3, None),), {}, (2, 2, 7, 5)),
+    ("maxpool3d", nn.MaxPool3d, (2,), {"stride": 1, "padding": 1}, (1, 2, 4, 4, 4)),
+    ("avgpool3d", nn.AvgPool3d, (2,), {"ceil_mode": True, "count_include_pad": False}, (1, 2, 5, 4, 3)),
+    ("adaptiveavgpool1d", nn.AdaptiveAvgPool1d, (3,), {}, (2, 3, 8)),
+    ("adaptiveavgpool3d", nn.AdaptiveAvgPool3d, ((2, 1, None),), {}, (1, 2, 5, 4, 3)),
+    ("adaptivemaxpool1d", nn.AdaptiveMaxPool1d, (3,), {}, (2, 3, 8)),
+    ("adaptivemaxpool2d", nn.AdaptiveMaxPool2d, ((2, 3),), {}, (2, 3, 7, 5)),
+    ("adaptivemaxpool3d", nn.AdaptiveMaxPool3d, (1,), {}, (1, 2, 3, 4, 3)),
+    ("upsample-nearest", nn.Upsample, (), {"scale_factor": 2}, (1, 2, 3, 4)),
+    ("upsample-bilinear-size", nn.Upsample, (), {"size": (5, 7), "mode": "bilinear"}, (1, 2, 3, 4)),
+    ("upsample-trilinear-ac", nn.Upsample, (), {"scale_factor": 1.5, "mode": "trilinear", "align_corners": True},
+     (1, 1, 2, 3, 2)),
+    ("upsamplingnearest2d", nn.UpsamplingNearest2d, (), {"scale_factor": 3}, (1, 2, 2, 3)),
+    ("upsamplingbilinear2d", nn.UpsamplingBilinear2d, (), {"size": (4, 5)}, (1, 2, 2, 3)),
+    ("pixelshuffle", nn.PixelShuffle, (2,), {}, (2, 8, 3, 3)),
+    ("pixelunshuffle", nn.PixelUnshuffle, (2,), {}, (2, 2, 4, 6)),
+    ("zeropad2d", nn.ZeroPad2d, ((1, 2, 0, 1),), {}, (1, 2, 3, 3)),
+    ("constantpad1d", nn.ConstantPad1d, (2, 0.5), {}, (2, 3, 4)),
+    ("constantpad3d-crop", nn.ConstantPad3d, ((1, -1, 0, 1, 1, 0), 1.0), {}, (1, 1, 2, 3, 3)),
+    ("reflectionpad1d", nn.ReflectionPad1d, ((2, 1),), {}, (2, 3, 4)),
+    ("reflectionpad2d", nn.ReflectionPad2d, (1,), {}, (1, 2, 3, 4)),
+    ("reflectionpad3d", nn.ReflectionPad3d, (1,), {}, (1, 1, 2, 3, 3)),
+    ("replicationpad2d", nn.ReplicationPad2d, ((0, 2, 1, 1),), {}, (1, 2, 3, 3)),
+    ("replicationpad3d-unbatched", nn.ReplicationPad3d, (1,), {}, (2, 2, 2, 3)),
+    ("circularpad1d", nn.CircularPad1d, (2,), {}, (2, 3, 4)),
+    ("circularpad2d", nn.CircularPad2d, ((1, 0, 2, 1),), {}, (1, 2, 3, 3)),
     ("flatten", nn.Flatten, (), {}, (2, 3, 4)),
     ("flatten-dims", nn.Flatten, (0, 1), {}, (2, 3, 4)),
 ]
@@ -143,3 +174,19 @@ def test_mirror_swaps_layers_with_identical_results(build, shape, device):
     grads_twin = torch.autograd.grad(y_twin.square().sum(), list(twin.parameters()))
     for g_twin, g_ref in zip(grads_twin, grads_ref):
         torch.testing.assert_close(g_twin, g_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("output_size", [[11, 11], [12, 12], [1, 2, 12, 11]], ids=["min", "plus1", "with-batch-dims"])
+def test_conv_transpose_twin_output_size(output_size):
+    ref, twin = _pair(nn.ConvTranspose2d, (2, 3, 3), {"stride": 2, "padding": 1}, "cpu")
+    x = torch.randn(1, 2, 6, 6)
+    y_ref, y_twin = ref(x, output_size=output_size), twin(x, output_size=output_size)
+    assert y_twin.shape == y_ref.shape
+    torch.testing.assert_close(y_twin, y_ref)
+
+
+def test_conv_transpose_twin_rejects_other_padding_modes():
+    twin = gnn.ConvTranspose1d(2, 2, 3)
+    twin.padding_mode = "reflect"
+    with pytest.raises(ValueError, match="zeros"):
+        twin(torch.randn(1, 2, 5))
