@@ -15,9 +15,17 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Sequence, Tuple
 
+import torch
 from torch import nn
 
-__all__ = ["HookSet", "ZeroGradTap", "OptimizerTaps", "order_probe", "on_root_forward"]
+__all__ = ["HookSet", "ZeroGradTap", "OptimizerTaps", "order_probe", "on_root_forward", "compiling"]
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing the code that runs now. gradlens's module hooks
+    then do nothing (a model compiled after ``watch`` would otherwise trace them into
+    its graph, with graph breaks at their host reads); they run again in eager code."""
+    return torch.compiler.is_compiling()
 
 
 class HookSet:
@@ -211,7 +219,8 @@ def order_probe(modules: Sequence[Tuple[str, nn.Module]], root: nn.Module, saw: 
 
     def make(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
-            saw(name)
+            if not compiling():
+                saw(name)
 
         return hook
 
@@ -220,7 +229,8 @@ def order_probe(modules: Sequence[Tuple[str, nn.Module]], root: nn.Module, saw: 
             probe.add(module.register_forward_pre_hook(make(name)))
 
     def done(module: nn.Module, args: Any, output: Any) -> None:
-        probe.remove()
+        if not compiling():
+            probe.remove()
 
     probe.add(root.register_forward_hook(done))
     return probe

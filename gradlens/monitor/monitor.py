@@ -24,7 +24,7 @@ from gradlens.diagnose import engine as _engine
 from gradlens.diagnose.finding import Finding
 from gradlens.monitor import options as _options
 from gradlens.monitor import stats as _stats
-from gradlens.monitor.attach import HookSet, OptimizerTaps, on_root_forward, order_probe
+from gradlens.monitor.attach import HookSet, OptimizerTaps, compiling, on_root_forward, order_probe
 from gradlens.monitor.collect import Collector
 from gradlens.monitor.layout import LayerOrder, Layouts
 from gradlens.monitor import packet as _packet
@@ -305,7 +305,7 @@ class Monitor:
             self._publisher.publish(wait=False, keep_last=pend is not None and not self._eager)
 
     def _on_forward(self, module: nn.Module, args: Any) -> None:
-        if self._closed:
+        if self._closed or compiling():
             return
         self._loss.saw_forward(self._collector.step)
         if self._deferred:

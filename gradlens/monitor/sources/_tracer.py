@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from gradlens.monitor import stats as _stats
-from gradlens.monitor.attach import HookSet
+from gradlens.monitor.attach import HookSet, compiling
 
 __all__ = ["Tracer", "Traced", "sat_limits", "features_last", "SCRATCH_MAX_NUMEL"]
 
@@ -158,7 +158,7 @@ class Tracer:
 
     # -- hooks ----------------------------------------------------------------
     def _on(self) -> bool:
-        return self.enabled and torch.is_grad_enabled()
+        return self.enabled and torch.is_grad_enabled() and not compiling()
 
     def _pre(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradlens.monitor.attach import HookSet, on_root_forward
+from gradlens.monitor.attach import HookSet, compiling, on_root_forward
 from gradlens.monitor.layout import LayerOrder, Layouts
 from gradlens.monitor.packet import Packet, StepPacket
 from gradlens.monitor.sources._tracer import Tracer
@@ -114,7 +114,7 @@ class Activations(Source):
         self.origin_probe = probe
 
         def done(module: nn.Module, args: Any, output: Any) -> None:
-            if not probe.calls:
+            if not probe.calls or compiling():
                 return
             handle.remove()
             probe.remove()
