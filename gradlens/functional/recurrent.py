@@ -421,7 +421,7 @@ def _run(kind: str, input: _T, hx: Tuple[_T, ...], params: Sequence[_T], has_bia
         x = input.transpose(0, 1) if batch_first else input
     if x.shape[0] == 0:
         raise ValueError(f"{kind}(input=...): expected sequence length to be larger than 0")
-    seq_len, batch = x.shape[0], x.shape[1]
+    seq_len = x.shape[0]
     if hidden_grad_norm is not None:
         check_tensor(kind, "hidden_grad_norm", hidden_grad_norm, floating=True)
         if tuple(hidden_grad_norm.shape) != (num_layers * n_dirs, seq_len):

@@ -13,12 +13,38 @@ activation tracing are the activations source's own (``sources/_tracer.py``).
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["HookSet", "ZeroGradTap", "OptimizerTaps", "order_probe", "on_root_forward", "compiling"]
+__all__ = ["HookSet", "ZeroGradTap", "OptimizerTaps", "order_probe", "on_root_forward", "compiling", "claim"]
+
+#: The latest open monitor of each watched model (a second one is warned about).
+_CLAIMS: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+def claim(root: nn.Module, monitor: Any) -> Callable[[], None]:
+    """Note that ``monitor`` watches ``root``, warning when an open monitor already
+    does (the second one records on its own); returns the release function."""
+    other = _CLAIMS.get(root)
+    if other is not None and other() is not None and not other()._closed:
+        warnings.warn(
+            f"gradlens.watch: this {type(root).__name__} is already watched by {other()!r}; this "
+            "second monitor records on its own (its own hooks, history and event files). Close "
+            "the first one (mon.close(), or leave its `with` block) if that is not what you want",
+            UserWarning,
+            stacklevel=4,
+        )
+    ref = _CLAIMS[root] = weakref.ref(monitor)
+
+    def release() -> None:
+        if _CLAIMS.get(root) is ref:
+            del _CLAIMS[root]
+
+    return release
 
 
 def compiling() -> bool:

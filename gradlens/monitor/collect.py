@@ -72,6 +72,9 @@ class Collector(Cycle):
     def is_logged_step(self) -> bool:
         return self.step % self.every == 0
 
+    def is_logged(self, step: int) -> bool:
+        return step % self.every == 0
+
     @property
     def steps_seen(self) -> int:
         """Steps seen, logged or not (one being collected included)."""

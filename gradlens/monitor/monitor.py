@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import math
 import os
 import weakref
 import warnings
@@ -24,12 +23,12 @@ from gradlens.diagnose import engine as _engine
 from gradlens.diagnose.finding import Finding
 from gradlens.monitor import options as _options
 from gradlens.monitor import stats as _stats
-from gradlens.monitor.attach import HookSet, OptimizerTaps, compiling, on_root_forward, order_probe
+from gradlens.monitor.attach import HookSet, OptimizerTaps, claim, compiling, on_root_forward, order_probe
 from gradlens.monitor.collect import Collector
 from gradlens.monitor.layout import LayerOrder, Layouts
 from gradlens.monitor import packet as _packet
 from gradlens.monitor.packet import StepPacket
-from gradlens.monitor.publish import Publisher
+from gradlens.monitor.publish import Publisher, publish_at_exit
 from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY, Activations
 from gradlens.monitor.sources.gradients import Gradients
 from gradlens.monitor.sources.loss import Loss
@@ -38,8 +37,6 @@ from gradlens.sinks.dataframe import DEFAULT_MAX_HISTORY, HistorySink
 
 __all__ = ["watch", "Monitor", "ACTIVATIONS_EVERY"]
 
-#: The latest open monitor of each watched model (a second one is warned about).
-_WATCHED: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
 
 
 class Monitor:
@@ -86,15 +83,7 @@ class Monitor:
         self.every = every
         self._closed = False
         layouts = self._layouts = Layouts(model, optimizers, include, exclude, group_depth)
-        other = _WATCHED.get(layouts.root)
-        if other is not None and other() is not None and not other()._closed:
-            warnings.warn(
-                f"gradlens.watch: this {type(model).__name__} is already watched by {other()!r}; this "
-                "second monitor records on its own (its own hooks, history and event files). Close "
-                "the first one (mon.close(), or leave its `with` block) if that is not what you want",
-                UserWarning,
-                stacklevel=3,
-            )
+        self._release = claim(layouts.root, self)
         layouts.warn_if_nothing_matches()  # before any hook, in case warnings are errors
         compiled = layouts.compiled
         if activations and compiled:
@@ -124,7 +113,6 @@ class Monitor:
         self._sources = sources
         # a callback or a halt must see each finding at its step: no batching then
         eager = self._eager = on_finding is not None or bool(halt_on)
-        self._warned_late = False
         collector = self._collector = Collector(
             layouts, sources, n_optimizers=len(optimizers), every=every, sync=eager,
             closed=self._closed_step, urgent=self._publish,
@@ -133,17 +121,17 @@ class Monitor:
             collector.readers, order, history=self._history, tb=self._tb,
             diagnoser=_engine.Diagnoser(thresholds=thresholds), eager=eager,
             on_finding=on_finding, halt_on=halt_on, origin=self._activations.take_origin, finish=self._loss.finish,
-            check=functools.partial(collector.poll, wait=True), after_record=self._after_record,
+            check=functools.partial(collector.poll, wait=True),
+            after_record=functools.partial(self._activations.after_record, cycle=collector),
         )
 
         # a script that never calls close() still gets its last steps published
-        self._at_exit = functools.partial(_publish_at_exit, weakref.ref(self))
+        self._at_exit = functools.partial(publish_at_exit, weakref.ref(self))
         atexit.register(self._at_exit)
 
-        _WATCHED[layouts.root] = weakref.ref(self)
         self._optimizers = list(optimizers)
         self._taps = OptimizerTaps(
-            optimizers, collector.pre, collector.post, lambda k: self._poll(), closure_result=self._closure_loss
+            optimizers, collector.pre, collector.post, lambda k: self._poll(), closure_result=lambda k, value: self._loss.closure_value(value, collector)
         )
         self._hooks = HookSet()
         # each forward of the model notes its step (a loss observed after step()
@@ -200,26 +188,8 @@ class Monitor:
                 raise ValueError(f"observe_loss(loss=...) expects a scalar, got shape {tuple(loss.shape)}")
         elif not isinstance(loss, (int, float)) or isinstance(loss, bool):
             raise TypeError(f"observe_loss(loss=...) expects a tensor or float, got {type(loss).__name__}")
-        if self._closed:
-            return
-        collector = self._collector
-        step = self._loss.forward_step
-        if step is None or step >= collector.step:  # its forward belongs to the step being collected
-            if collector.is_logged_step():
-                self._loss.observe(loss)
-            return
-        late = self._publisher.queued(step)  # observed after the step() of its forward
-        if late is not None:
-            self._loss.observe(loss, late=late)
-        elif step % self.every == 0 and not self._warned_late:
-            self._warned_late = True
-            warnings.warn(
-                f"gradlens: the loss of step {step} was observed after that step was published "
-                "(on_finding/halt_on publish each step at once); call mon.observe_loss(loss) "
-                "before optimizer.step() to have it recorded",
-                UserWarning,
-                stacklevel=2,
-            )
+        if not self._closed:
+            self._loss.route(loss, self._collector, self._publisher.queued)
 
     def dataframe(self, level: str = "param") -> Any:
         """The recorded history as a long-format pandas DataFrame.
@@ -265,9 +235,7 @@ class Monitor:
             self._flush_pending()
         finally:
             self._closed = True
-            latest = _WATCHED.get(self._layouts.root)
-            if latest is not None and latest() is self:
-                del _WATCHED[self._layouts.root]
+            self._release()
             self._taps.remove()
             self._hooks.remove()
             for source in self._sources:
@@ -318,42 +286,12 @@ class Monitor:
         if not self._closed:
             self._collector.poll(last_chance=last_chance)
 
-    def _closure_loss(self, k: int, value: Any) -> None:
-        # what step(closure)'s closure returned is the step's loss, unless one was observed
-        if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
-            pass
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            return
-        if not self._closed and self._collector.is_logged_step() and not self._loss.observed:
-            self._loss.observe(value)
-
-    def _after_record(self, record: StepRecord) -> None:
-        broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
-            record.loss is not None and not math.isfinite(record.loss)
-        )
-        if broken:
-            # (broken steps are published at once, so the "next" step is the one to come)
-            self._activations.after_broken_record(self._activations.traced(self._collector))
-
     def _flush_pending(self) -> None:
         """Publish every step seen so far (a multi-optimizer step whose other
         optimizers did not step yet included)."""
         if self._collector.open and not self._closed:
             self._collector.finish_step()
         self._publisher.publish()
-
-
-def _publish_at_exit(ref: "weakref.ref[Monitor]") -> None:
-    """Publish and flush what a monitor that was never closed still holds."""
-    mon = ref()
-    if mon is None or mon._closed:
-        return
-    try:
-        mon._flush_pending()
-        if mon._tb is not None:
-            mon._tb.flush()
-    except Exception:  # noqa: BLE001 - nothing to report to at interpreter exit
-        pass
 
 
 def watch(

@@ -27,7 +27,7 @@ from gradlens.diagnose.finding import Finding, TrainingHalted
 from gradlens.monitor.layout import LayerOrder
 from gradlens.monitor.packet import Reader, StepPacket, unpack
 
-__all__ = ["Publisher", "PUBLISH_BATCH", "PUBLISH_SECONDS"]
+__all__ = ["Publisher", "publish_at_exit", "PUBLISH_BATCH", "PUBLISH_SECONDS"]
 
 _log = logging.getLogger("gradlens")
 _GN, _GM, _NF, _WN, _UR, _MISS = (GRAD_STATS.index(s) for s in GRAD_STATS)
@@ -269,3 +269,17 @@ class Publisher:
         for finding in new:
             if finding.kind in self._halt_on:
                 raise TrainingHalted(finding)
+
+
+def publish_at_exit(ref: Any) -> None:
+    """Publish and flush what a monitor that was never closed still holds (``ref``:
+    a weak reference to it; registered with :mod:`atexit`)."""
+    mon = ref()
+    if mon is None or mon._closed:
+        return
+    try:
+        mon._flush_pending()
+        if mon._tb is not None:
+            mon._tb.flush()
+    except Exception:  # noqa: BLE001 - nothing to report to at interpreter exit
+        pass

@@ -3,7 +3,6 @@ gradient-flow figure on their own cadence (the figure itself: tests/sinks/test_f
 
 from __future__ import annotations
 
-import math
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

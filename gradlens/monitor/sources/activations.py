@@ -11,6 +11,7 @@ traced, a one-forward probe (non-finite counts only) names the origin there.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -103,9 +104,15 @@ class Activations(Source):
         self._origin = None
         return origin
 
-    def after_broken_record(self, next_traced: bool) -> None:
-        """A record with NaN/Inf was published: probe the next forward unless it is traced."""
-        if not next_traced and self._may_probe and self.origin_probe is None:
+    def after_record(self, record: Any, cycle: Optional[Cycle] = None) -> None:
+        """A record with NaN/Inf gradients or loss was published: probe the next
+        forward unless it is traced (broken steps are published at once, so the
+        "next" step is the one to come)."""
+        broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
+            record.loss is not None and not math.isfinite(record.loss)
+        )
+        next_traced = cycle is not None and self.traced(cycle)
+        if broken and not next_traced and self._may_probe and self.origin_probe is None:
             self._arm_origin_probe()
 
     def _arm_origin_probe(self) -> None:

@@ -55,6 +55,9 @@ class Cycle:
     def is_logged_step(self) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def is_logged(self, step: int) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
 
 class Source:
     """Base of the statistic families; every method is optional."""

@@ -10,7 +10,8 @@ still waiting in the publisher's queue (:meth:`Loss.finish` reads it there).
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ class Loss(Source):
     def __init__(self) -> None:
         self._seen: List[Tensor] = []
         self.forward_step: Optional[int] = None  # the step of the model's latest forward
+        self._warned_late = False
 
     def saw_forward(self, step: int) -> None:
         """The model ran a forward during step ``step``."""
@@ -45,6 +47,37 @@ class Loss(Source):
         closed step ``late`` (still queued)."""
         t = loss.detach().reshape(()).float() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         (late.late_loss if late is not None else self._seen).append(t)
+
+    def route(self, loss: Union[Tensor, float], cycle: Cycle, queued: Callable[[int], Optional[StepPacket]]) -> None:
+        """Keep a validated ``loss`` for the step of the model's latest forward: the
+        step being collected, or (observed after its ``step()``) the closed step
+        ``queued(step)`` still waiting to be published. Warns once when that step
+        was published already."""
+        step = self.forward_step
+        if step is None or step >= cycle.step:  # its forward belongs to the step being collected
+            if cycle.is_logged_step():
+                self.observe(loss)
+            return
+        late = queued(step)
+        if late is not None:
+            self.observe(loss, late=late)
+        elif cycle.is_logged(step) and not self._warned_late:
+            self._warned_late = True
+            warnings.warn(
+                f"gradlens: the loss of step {step} was observed after that step was published "
+                "(on_finding/halt_on publish each step at once); call mon.observe_loss(loss) "
+                "before optimizer.step() to have it recorded",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def closure_value(self, value: Any, cycle: Cycle) -> None:
+        """What ``step(closure)``'s closure returned is the step's loss, unless one
+        was observed for the step (a scalar float tensor or a number)."""
+        scalar = isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point()
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (scalar or number) and cycle.is_logged_step() and not self._seen:
+            self.observe(value)
 
     def finish(self, pend: StepPacket) -> None:
         """Fold the losses observed after ``pend`` closed into its loss (at publish time)."""
