@@ -93,6 +93,7 @@ class _Call:
     inputs: List[Any] = field(default_factory=list)  # int (earlier call) or Tensor (count)
     units: int = 0  # units for the dead-unit fraction (0: not measured)
     size: int = 0  # numel of ``stats``
+    grad: bool = True  # the output is part of the autograd graph (no: a row of no chart)
 
 
 class Tracer:
@@ -208,7 +209,8 @@ class Tracer:
                     vec = _stats.nonfinite_count(d, d.sum()).reshape(1)
             idx = len(self.calls)
             self.calls.append(
-                _Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0, size=vec.numel())
+                _Call(name, out.numel(), vec, sources, units=units if out.dim() >= 2 else 0, size=vec.numel(),
+                      grad=out.requires_grad)
             )
             self._producers[id(out)] = (weakref.ref(out), idx)
             if self._full and out.requires_grad:
@@ -313,8 +315,8 @@ class Traced:
             groups.setdefault(call.name, []).append(i)
         for name in self.grad_counts:
             idxs = groups.get(name, [])
-            if not idxs:
-                continue
+            if not any(self.calls[i].grad for i in idxs):
+                continue  # no gradient flows through it (rotary tables, masks): origin only
             n_tot = sum(self.calls[i].numel for i in idxs)
             total = float(sum(vecs[i][0] for i in idxs))
             sumsq = float(sum(vecs[i][1] for i in idxs))
