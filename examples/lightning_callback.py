@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--accumulate", type=int, default=1)
     parser.add_argument("--root", default="runs/lightning_demo")
+    parser.add_argument("--devices", type=int, default=1, help="CPU processes (2 with --strategy ddp)")
+    parser.add_argument("--strategy", default="auto", help="a Lightning strategy, e.g. ddp")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -58,7 +60,8 @@ def main() -> None:
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=args.batch, shuffle=True)
     cb = GradlensCallback(every=1)
     trainer = pl.Trainer(
-        max_steps=args.steps, accelerator="cpu", devices=1, accumulate_grad_batches=args.accumulate,
+        max_steps=args.steps, accelerator="cpu", devices=args.devices, strategy=args.strategy,
+        accumulate_grad_batches=args.accumulate,
         logger=pl.loggers.TensorBoardLogger(args.root, name="run"), enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, callbacks=[cb],
     )
@@ -66,6 +69,8 @@ def main() -> None:
         warnings.filterwarnings("ignore", module="lightning")
         trainer.fit(Classifier(), data)
     df = cb.monitor.dataframe("layer")
+    if not trainer.is_global_zero:  # every rank computes the same findings; rank 0 reports
+        return
     print(f"recorded {df.step.nunique()} steps into {trainer.logger.log_dir}")
     last = df[df.step == df.step.max()][["layer", "grad_norm"]]
     print("last step, gradient norm per layer (input side first):")

@@ -49,3 +49,21 @@ def test_a_missing_framework_names_the_extra(tmp_path, module, extra):
     out = _run(["-c", code], tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"pip install 'gradlens[{extra}]'" in out.stdout
+
+
+def test_lightning_ddp_writes_one_event_file_from_rank_0(tmp_path):
+    pytest.importorskip("lightning.pytorch")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gradlens._tags import decode_tag
+
+    out = _run([os.path.join(ROOT, "examples", "lightning_callback.py"), "--steps", "3", "--batch", "8",
+                "--devices", "2", "--strategy", "ddp", "--root", str(tmp_path / "runs")], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("recorded 3 steps") == 1  # rank 0 reports
+    events = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "runs") for f in fs if "tfevents" in f]
+    assert len(events) == 1, events
+    acc = EventAccumulator(os.path.dirname(events[0]))
+    acc.Reload()
+    (tag,) = [t for t in acc.Tags()["scalars"] if decode_tag(t) and decode_tag(t)[1:3] == ("grad_norm", "net.0")]
+    assert [e.step for e in acc.Scalars(tag)] == [0, 1, 2]
