@@ -28,6 +28,22 @@ def _require(module: str, extra: str) -> Any:
         ) from exc
 
 
+def _attach(owner: str, model: Any, optimizers: Any, options: Dict[str, Any]) -> Any:
+    """``gradlens.watch(model, optimizers, **options)``, or None with a warning when it
+    cannot attach: a callback runs inside the user's training loop, which gradlens
+    must never stop."""
+    import warnings
+
+    import gradlens
+
+    try:
+        return gradlens.watch(model, optimizers, **options)
+    except (TypeError, ValueError) as exc:
+        warnings.warn(f"gradlens: {owner} could not attach ({exc}); training goes on without it",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
 def _watch_options(owner: str, options: Dict[str, Any]) -> Dict[str, Any]:
     """Check that ``options`` are keyword options of :func:`gradlens.watch`."""
     from gradlens.monitor.monitor import watch

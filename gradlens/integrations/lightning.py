@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from gradlens.integrations import _require, _watch_options
+from gradlens.integrations import _attach, _require, _watch_options
 
 _pl = _require("lightning.pytorch", "lightning")
 
@@ -46,8 +46,6 @@ class GradlensCallback(_pl.Callback):
         self.monitor: Optional[Any] = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        import gradlens
-
         options = dict(self._options)
         if not trainer.is_global_zero:
             options.pop("logdir", None)
@@ -62,7 +60,7 @@ class GradlensCallback(_pl.Callback):
                 options["writer"] = experiment
             else:
                 options["logdir"] = os.path.join(trainer.default_root_dir, "gradlens")
-        self.monitor = gradlens.watch(pl_module, list(trainer.optimizers), **options)
+        self.monitor = _attach("GradlensCallback", pl_module, list(trainer.optimizers), options)
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
         if self.monitor is None:

@@ -10,9 +10,10 @@ forwards (``outputs.loss``), before the Trainer divides it for accumulation.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, Optional
 
-from gradlens.integrations import _require, _watch_options
+from gradlens.integrations import _attach, _require, _watch_options
 
 _tc = _require("transformers.trainer_callback", "transformers")
 
@@ -53,10 +54,10 @@ class GradlensCallback(_tc.TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        optimizer: Any = None, **kwargs: Any) -> None:
-        import gradlens
-
         if model is None or optimizer is None:
-            raise TypeError("GradlensCallback needs the Trainer's model and optimizer at on_train_begin")
+            warnings.warn("gradlens: GradlensCallback got no model or optimizer at on_train_begin; "
+                          "training goes on without it", RuntimeWarning, stacklevel=2)
+            return
         options = dict(self._options)
         if not state.is_world_process_zero:
             options.pop("logdir", None)
@@ -64,8 +65,9 @@ class GradlensCallback(_tc.TrainerCallback):
         elif "logdir" not in options and "writer" not in options:
             options["logdir"] = (getattr(args, "logging_dir", None) or os.getenv("TENSORBOARD_LOGGING_DIR")
                                  or os.path.join(args.output_dir, "gradlens"))
-        self.monitor = gradlens.watch(model, optimizer, **options)
-        monitor = self.monitor
+        monitor = self.monitor = _attach("GradlensCallback", model, optimizer, options)
+        if monitor is None:
+            return
 
         def observe(module: Any, inputs: Any, output: Any) -> None:
             loss = _loss_of(output)

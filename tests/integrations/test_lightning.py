@@ -8,6 +8,7 @@ and the LightningModule's own losses.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import pytest
@@ -116,3 +117,20 @@ def test_writes_into_the_trainers_tensorboard_logger(tmp_path):
 def test_unknown_options_are_rejected():
     with pytest.raises(TypeError, match=r"unknown watch option\(s\) \['evry'\]"):
         GradlensCallback(evry=2)
+
+
+def test_a_callback_that_cannot_attach_warns_and_fit_goes_on(tmp_path):
+    module, capture = _Module(), _Capture()
+    cb = GradlensCallback(halt_on="nonfinte")
+    trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                         callbacks=[capture, cb])
+    with pytest.warns(RuntimeWarning, match="could not attach .*nonfinte"):
+        trainer.fit(module, _data())
+    assert cb.monitor is None and len(capture.norms) == STEPS
+
+
+def test_writes_into_its_own_logdir_without_a_tensorboard_logger(tmp_path):
+    module, capture, cb = _fit_with(tmp_path, {})
+    events = [f for d, _, fs in os.walk(tmp_path / "gradlens") for f in fs if "tfevents" in f]
+    assert len(events) == 1

@@ -67,6 +67,7 @@ def _train(tmp_path, build, **cb_options):
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[capture, cb])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        warnings.filterwarnings("always", message="gradlens", category=RuntimeWarning)
         trainer.train()
     return trainer, capture, cb
 
@@ -107,3 +108,11 @@ def test_writes_tensorboard_events(tmp_path):
 def test_unknown_options_are_rejected():
     with pytest.raises(TypeError, match="unknown watch option"):
         GradlensCallback(model=None)
+
+
+def test_a_callback_that_cannot_attach_warns_and_training_goes_on(tmp_path):
+    # bad watch options (a thresholds typo) are found at attach time, inside train():
+    # a warning, never an exception that stops training
+    with pytest.warns(RuntimeWarning, match="could not attach .*unknown threshold"):
+        trainer, capture, cb = _train(tmp_path, _bert, thresholds={"vanish": 1.0})
+    assert cb.monitor is None and len(capture.norms) == STEPS
