@@ -58,6 +58,12 @@ class Collector(Cycle):
         self._layouts = layouts
         self._sources = list(sources)
         self.readers = {kind: s for s in self._sources for kind in s.kinds}
+        # per hook, only the sources that do something there (hot path: no no-op calls)
+        def bound(method: str) -> List[Callable]:
+            return [getattr(s, method) for s in self._sources if getattr(type(s), method) is not getattr(Source, method)]
+
+        self._before, self._after = bound("before_update"), bound("after_update")
+        self._broken, self._done = bound("on_broken"), bound("step_done")
         self._n = max(n_optimizers, 1)
         self.every = every
         self._sync = sync
@@ -114,8 +120,8 @@ class Collector(Cycle):
             else:  # parameters on several devices or in several dtypes
                 parts.append(Part(present[members], [grads[j] for j in members], [weights[j] for j in members]))
         work = self._work[kk] = Work(k, layout, parts, missing)
-        for source in self._sources:
-            source.before_update(self, work)
+        for before_update in self._before:
+            before_update(self, work)
 
     def post(self, k: int, skipped: bool = False) -> None:
         """Optimizer ``k`` updated (``skipped``: the GradScaler skipped the update)."""
@@ -134,11 +140,11 @@ class Collector(Cycle):
             self._merge_into(pend, work)
         pend.skipped |= skipped
         packet = Packet()
-        for source in self._sources:
-            source.after_update(self, work, pend, packet, skipped)
+        for after_update in self._after:
+            after_update(self, work, pend, packet, skipped)
         host = packet.seal(sync=self._sync)
         pend.chunks.append((packet.slots, host, work.missing))
-        if pend.checked and pend.ready():  # on the host already (CPU, or sync)
+        if pend.checked and not packet.deferred:  # on the host already (CPU, or sync)
             self._check(pend, work.parts, host)
             return
         if pend.grads is not None:  # (None: let go of at a last chance)
@@ -163,8 +169,8 @@ class Collector(Cycle):
             parts = [part for chunk, _ in held for part in chunk]
         pend.broken = True
         unpack([pend], self.readers)
-        for source in self._sources:
-            source.on_broken(pend, parts)
+        for on_broken in self._broken:
+            on_broken(pend, parts)
 
     def poll(self, *, last_chance: bool = False, wait: bool = False) -> None:
         """Check the deferred host copies that arrived (``wait``: all of them).
@@ -218,8 +224,8 @@ class Collector(Cycle):
         self.step += 1
         if pend is not None:
             self.logged += 1
-        for source in self._sources:
-            source.step_done(self)
+        for step_done in self._done:
+            step_done(self)
         self._closed(step, pend)  # (None: an unlogged step, which may still make the queue due)
         if pend is not None and pend.broken:
             self._urgent()

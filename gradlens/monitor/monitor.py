@@ -275,7 +275,7 @@ class Monitor:
     def _on_forward(self, module: nn.Module, args: Any) -> None:
         if self._closed or compiling():
             return
-        self._loss.saw_forward(self._collector.step)
+        self._loss.forward_step = self._collector.step  # (Loss.saw_forward, inlined: every forward)
         if self._deferred:
             self._collector.poll(last_chance=True)
 

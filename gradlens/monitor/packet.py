@@ -91,10 +91,11 @@ def resolved(value: Any) -> Any:
 class Packet:
     """The device-side slots one optimizer's step writes, until :meth:`seal`."""
 
-    __slots__ = ("slots", "_by_device", "_sizes")
+    __slots__ = ("slots", "deferred", "_by_device", "_sizes")
 
     def __init__(self) -> None:
         self.slots: List[Slot] = []
+        self.deferred = False  # whether seal() left a copy in flight
         self._by_device: Dict[torch.device, List[Tensor]] = {}
         self._sizes: Dict[torch.device, int] = {}
 
@@ -115,6 +116,7 @@ class Packet:
             flat = lst[0] if len(lst) == 1 else torch.cat(lst)
             if not sync and defers(dev):
                 host[dev] = HostCopy(flat)
+                self.deferred = True
             else:
                 host[dev] = _host_values(flat.cpu())
         return host
