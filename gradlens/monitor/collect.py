@@ -17,7 +17,7 @@ once and gets exact non-finite counts while its gradients still hold its values.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import numpy as np
 
@@ -64,6 +64,7 @@ class Collector(Cycle):
 
         self._before, self._after = bound("before_update"), bound("after_update")
         self._broken, self._done = bound("on_broken"), bound("step_done")
+        self._recorded = bound("after_record")
         self._n = max(n_optimizers, 1)
         self.every = every
         self._sync = sync
@@ -171,6 +172,11 @@ class Collector(Cycle):
         unpack([pend], self.readers)
         for on_broken in self._broken:
             on_broken(pend, parts)
+
+    def after_record(self, record: Any) -> None:
+        """Hand a published record to the sources that act on it."""
+        for after_record in self._recorded:
+            after_record(self, record)
 
     def poll(self, *, last_chance: bool = False, wait: bool = False) -> None:
         """Check the deferred host copies that arrived (``wait``: all of them).

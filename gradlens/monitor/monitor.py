@@ -122,7 +122,7 @@ class Monitor:
             diagnoser=_engine.Diagnoser(thresholds=thresholds), eager=eager,
             on_finding=on_finding, halt_on=halt_on, origin=self._activations.take_origin, finish=self._loss.finish,
             check=functools.partial(collector.poll, wait=True),
-            after_record=functools.partial(self._activations.after_record, cycle=collector),
+            after_record=collector.after_record,
         )
 
         # a script that never calls close() still gets its last steps published

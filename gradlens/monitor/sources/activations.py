@@ -104,14 +104,14 @@ class Activations(Source):
         self._origin = None
         return origin
 
-    def after_record(self, record: Any, cycle: Optional[Cycle] = None) -> None:
+    def after_record(self, cycle: Cycle, record: Any) -> None:
         """A record with NaN/Inf gradients or loss was published: probe the next
         forward unless it is traced (broken steps are published at once, so the
         "next" step is the one to come)."""
         broken = any(v > 0 for v in record.stats.get("nonfinite", {}).values()) or (
             record.loss is not None and not math.isfinite(record.loss)
         )
-        next_traced = cycle is not None and self.traced(cycle)
+        next_traced = self.traced(cycle)
         if broken and not next_traced and self._may_probe and self.origin_probe is None:
             self._arm_origin_probe()
 

@@ -84,8 +84,9 @@ class Source:
     def step_done(self, cycle: Cycle) -> None:
         """The step closed; ``cycle`` already points at the next one."""
 
-    def after_record(self, record: Any) -> None:
-        """A record was built and written (before the diagnosis sees it)."""
+    def after_record(self, cycle: Cycle, record: Any) -> None:
+        """A record was built and written (before the diagnosis sees it); ``cycle``
+        points at the step being collected now."""
 
     def close(self) -> None:
         """Remove whatever the source attached; free its buffers."""
