@@ -22,6 +22,9 @@ from torch import nn
 
 __all__ = ["HookSet", "ZeroGradTap", "OptimizerTaps", "order_probe", "on_root_forward", "compiling", "claim"]
 
+# torch.compiler.is_compiling from torch 2.3 on; torch._dynamo's before (pyproject allows 2.2)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+
 #: The latest open monitor of each watched model (a second one is warned about).
 _CLAIMS: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
 
@@ -51,7 +54,7 @@ def compiling() -> bool:
     """Whether torch.compile is tracing the code that runs now. gradlens's module hooks
     then do nothing (a model compiled after ``watch`` would otherwise trace them into
     its graph, with graph breaks at their host reads); they run again in eager code."""
-    return torch.compiler.is_compiling()
+    return _is_compiling()
 
 
 class HookSet:

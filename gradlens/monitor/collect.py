@@ -64,7 +64,7 @@ class Collector(Cycle):
 
         self._before, self._after = bound("before_update"), bound("after_update")
         self._broken, self._done = bound("on_broken"), bound("step_done")
-        self._recorded = bound("after_record")
+        self._recorded, self._finish = bound("after_record"), bound("finish")
         self._n = max(n_optimizers, 1)
         self.every = every
         self._sync = sync
@@ -172,6 +172,11 @@ class Collector(Cycle):
         unpack([pend], self.readers)
         for on_broken in self._broken:
             on_broken(pend, parts)
+
+    def finish(self, pend: StepPacket) -> None:
+        """Let the sources complete ``pend`` before its record is built."""
+        for finish in self._finish:
+            finish(pend)
 
     def after_record(self, record: Any) -> None:
         """Hand a published record to the sources that act on it."""

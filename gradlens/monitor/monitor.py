@@ -120,7 +120,7 @@ class Monitor:
         self._publisher = Publisher(
             collector.readers, order, history=self._history, tb=self._tb,
             diagnoser=_engine.Diagnoser(thresholds=thresholds), eager=eager,
-            on_finding=on_finding, halt_on=halt_on, origin=self._activations.take_origin, finish=self._loss.finish,
+            on_finding=on_finding, halt_on=halt_on, finish=collector.finish,
             check=functools.partial(collector.poll, wait=True),
             after_record=collector.after_record,
         )
@@ -275,7 +275,7 @@ class Monitor:
     def _on_forward(self, module: nn.Module, args: Any) -> None:
         if self._closed or compiling():
             return
-        self._loss.forward_step = self._collector.step  # (Loss.saw_forward, inlined: every forward)
+        self._loss.forward_step = self._collector.step
         if self._deferred:
             self._collector.poll(last_chance=True)
 

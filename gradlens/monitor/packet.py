@@ -21,7 +21,7 @@ later all-reduce of the whole packet would reduce, once per logged step.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from gradlens._record import GRAD_STATS
 
-__all__ = ["Packet", "HostCopy", "StepPacket", "unpack", "defers", "LIST_MAX", "Reader"]
+__all__ = ["Packet", "HostCopy", "StepPacket", "unpack", "defers", "LIST_MAX"]
 
 #: Host copies of up to this many values are kept as Python lists until published
 #: (cheapest to make and check); longer ones as numpy arrays (8 bytes a value, not 32).
@@ -168,24 +168,14 @@ class StepPacket:
         return True
 
 
-class Reader(Protocol):
-    """What :func:`unpack` calls for the slots of one kind (a source's host side)."""
-
-    def read(
-        self, slots: List[Tuple[Any, np.ndarray]], rows: np.ndarray, p: np.ndarray, dw: np.ndarray,
-        pends: Sequence[StepPacket], members: List[int],
-    ) -> None:
-        """Turn ``slots`` ((ref, values shaped (values, steps)) of one kind, for the
-        steps ``members`` of ``pends`` (rows ``rows`` of ``p``/``dw``)) into columns."""
-
-
-def unpack(pends: Sequence[StepPacket], readers: Dict[str, Reader]) -> Tuple[np.ndarray, np.ndarray]:
+def unpack(pends: Sequence[StepPacket], readers: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
     """Sort the host values of ``pends`` (steps with one layout) into arrays.
 
     Returns ``(p, dW)`` shaped (steps, params, GRAD_STATS) and (steps, params);
     each step packet's ``p``/``dW`` become views of its row. Steps whose host copies
     have the same structure (usually all of them) are sorted with one numpy op per
-    statistic; each slot kind goes to its reader in ``readers``.
+    statistic; the slots of each kind go to ``readers[kind].read(slots, rows, p, dw,
+    pends, members)`` (the interface of :class:`gradlens.monitor.sources.base.Source`).
     """
     n = len(pends[0].layout.names)
     p = np.full((len(pends), n, len(GRAD_STATS)), np.nan)

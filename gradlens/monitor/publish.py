@@ -25,7 +25,7 @@ import numpy as np
 from gradlens._record import GRAD_STATS, LAYER_STATS, StepRecord
 from gradlens.diagnose.finding import Finding, TrainingHalted
 from gradlens.monitor.layout import LayerOrder
-from gradlens.monitor.packet import Reader, StepPacket, unpack
+from gradlens.monitor.packet import StepPacket, unpack
 
 __all__ = ["Publisher", "publish_at_exit", "PUBLISH_BATCH", "PUBLISH_SECONDS"]
 
@@ -72,22 +72,21 @@ class Publisher:
     """The queue of closed steps and everything downstream of it.
 
     Args:
-        readers: slot kind -> the source that reads it (see :func:`unpack`).
+        readers: slot kind -> the source that reads it (``Source.read``, see :func:`unpack`).
         order: orders each record's layers from the input side.
         history: the in-memory sink; ``tb``: the TensorBoard sink or None.
         diagnoser: the rules engine (``update(record) -> findings``).
         eager: publish every step at once (a callback or a halt needs it).
         on_finding, halt_on: called / raised for each new finding.
-        origin: ``origin(packet)`` -> the NaN origin for that step's record.
         finish: ``finish(packet)`` completes a step packet right before its record is
-            built (losses observed after the step closed).
+            built (losses observed after the step closed, the NaN origin).
         check: ``check()`` checks the deferred host copies (waits for them).
         after_record: called with each record before it is diagnosed.
     """
 
     def __init__(
         self,
-        readers: Dict[str, Reader],
+        readers: Dict[str, Any],
         order: LayerOrder,
         *,
         history: Any,
@@ -96,7 +95,6 @@ class Publisher:
         eager: bool,
         on_finding: Optional[Callable[[Finding], Any]],
         halt_on: Tuple[str, ...],
-        origin: Callable[[StepPacket], Optional[str]],
         finish: Callable[[StepPacket], None],
         check: Callable[[], None],
         after_record: Callable[[StepRecord], None],
@@ -105,7 +103,7 @@ class Publisher:
         self._history, self._tb, self._diagnoser = history, tb, diagnoser
         self._eager = eager
         self._on_finding, self._halt_on = on_finding, halt_on
-        self._origin, self._finish, self._check, self._after_record = origin, finish, check, after_record
+        self._finish, self._check, self._after_record = finish, check, after_record
         self._diagnoser_failed = False
         self._warned: set = set()
         self.queue: List[Tuple[int, StepPacket]] = []  # closed steps waiting for their records
@@ -237,7 +235,7 @@ class Publisher:
                 stats=stats,
                 param_stats=param_dicts[b],
                 loss=pend.loss,
-                nonfinite_origin=self._origin(pend),
+                nonfinite_origin=pend.origin,
             ))
         return records
 

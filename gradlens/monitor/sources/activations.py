@@ -98,11 +98,10 @@ class Activations(Source):
             # module hooks only while a traced step runs; others run no gradlens code
             self.tracer.arm(self.traced(cycle))
 
-    def take_origin(self, pend: StepPacket) -> Optional[str]:
-        """The origin for ``pend``'s record: its own, or the probe's latest."""
-        origin = pend.origin or self._origin
+    def finish(self, pend: StepPacket) -> None:
+        """The origin of ``pend``'s record: its own, or the probe's latest."""
+        pend.origin = pend.origin or self._origin
         self._origin = None
-        return origin
 
     def after_record(self, cycle: Cycle, record: Any) -> None:
         """A record with NaN/Inf gradients or loss was published: probe the next

@@ -75,7 +75,9 @@ class Source:
         self, slots: List[Tuple[Any, np.ndarray]], rows: np.ndarray, p: np.ndarray, dw: np.ndarray,
         pends: Sequence[StepPacket], members: List[int],
     ) -> None:
-        """Host values of this source's slots -> columns (see :class:`~gradlens.monitor.packet.Reader`)."""
+        """Host values of this source's slots -> columns: ``slots`` are (ref, values
+        shaped (values, steps)) of one kind, for the steps ``members`` of ``pends``
+        (rows ``rows`` of ``p``/``dw``); called by :func:`~gradlens.monitor.packet.unpack`."""
 
     def on_broken(self, pend: StepPacket, parts: Optional[List[Part]]) -> None:
         """A NaN/Inf was found in ``pend``'s host values; ``parts`` are the step's
@@ -83,6 +85,9 @@ class Source:
 
     def step_done(self, cycle: Cycle) -> None:
         """The step closed; ``cycle`` already points at the next one."""
+
+    def finish(self, pend: StepPacket) -> None:
+        """Complete ``pend`` right before its record is built (its loss, its origin)."""
 
     def after_record(self, cycle: Cycle, record: Any) -> None:
         """A record was built and written (before the diagnosis sees it); ``cycle``

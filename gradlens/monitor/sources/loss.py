@@ -3,7 +3,7 @@ given several times, as with gradient accumulation), kept on the device until th
 step's host copy. Host side: ``StepRecord.loss``.
 
 A loss belongs to the step of the forward that computed it: the monitor notes the
-step of each forward of the model (:meth:`Loss.saw_forward`), so a loss observed
+step of each forward of the model (:attr:`Loss.forward_step`), so a loss observed
 after ``optimizer.step()`` (no forward since) goes to the step that just closed,
 still waiting in the publisher's queue (:meth:`Loss.finish` reads it there).
 """
@@ -32,15 +32,6 @@ class Loss(Source):
         self._seen: List[Tensor] = []
         self.forward_step: Optional[int] = None  # the step of the model's latest forward
         self._warned_late = False
-
-    def saw_forward(self, step: int) -> None:
-        """The model ran a forward during step ``step``."""
-        self.forward_step = step
-
-    @property
-    def observed(self) -> bool:
-        """Whether a loss was observed for the step being collected."""
-        return bool(self._seen)
 
     def observe(self, loss: Union[Tensor, float], late: Optional[StepPacket] = None) -> None:
         """Keep ``loss`` (a validated scalar) for the step being collected, or for the
