@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-__all__ = ["StepRecord", "ROOT_LAYER", "LAYER_STATS", "GRAD_STATS", "ACT_STATS", "layer_of"]
+__all__ = [
+    "StepRecord", "ROOT_LAYER", "LAYER_STATS", "GRAD_STATS", "ACT_STATS", "SIGNAL_STATS", "layer_of",
+]
 
 #: Name used for parameters owned directly by the root module (qualified name "").
 ROOT_LAYER = "(root)"
@@ -44,6 +46,19 @@ ACT_STATS = (
 
 LAYER_STATS = GRAD_STATS + ACT_STATS
 
+#: Model-level signals of one step (``StepRecord.signals``), measured on the root
+#: module's output and on the gradient flowing back into it.
+SIGNAL_STATS = (
+    "output_mean",            # mean of the model output (floating tensors of the output)
+    "output_std",             # standard deviation of the model output
+    "output_min",             # smallest output element
+    "output_max",             # largest output element
+    "output_sat_frac",        # fraction of outputs at the limits of a bounded output layer; NaN when unbounded
+    "output_nonfinite",       # count of NaN/Inf output elements
+    "output_grad_norm",       # L2 norm of dL/d(output)
+    "output_grad_nonfinite",  # count of NaN/Inf elements of dL/d(output)
+)
+
 
 def layer_of(param_name: str) -> str:
     """The owning module's qualified name of a parameter name (``"a.b.weight"`` -> ``"a.b"``)."""
@@ -65,6 +80,12 @@ class StepRecord:
         loss: the loss seen for this step, if the monitor was given one.
         nonfinite_origin: the first module (in forward order) whose inputs were
             finite and whose output was not, when activations were traced.
+        signals: ``signals[name] -> float`` for :data:`SIGNAL_STATS` (absent when
+            not measured).
+        nonfinite_site: where a NaN/Inf was found and how, when it was located
+            (keys, each optional: ``op`` e.g. ``"aten.log"``, ``module``, ``source``
+            ``"file.py:42"``, ``phase`` ``"forward"``/``"backward"``, ``input_range``
+            ``(min, max)``, ``located_by`` e.g. ``"replayed step 4"``).
     """
 
     step: int
@@ -73,6 +94,8 @@ class StepRecord:
     param_stats: Dict[str, Dict[str, float]] = field(default_factory=dict)
     loss: Optional[float] = None
     nonfinite_origin: Optional[str] = None
+    signals: Dict[str, float] = field(default_factory=dict)
+    nonfinite_site: Optional[Dict[str, Any]] = None
 
     def get(self, stat: str, layer: str, default: float = math.nan) -> float:
         """``stats[stat][layer]``, or ``default`` when it was not recorded."""
