@@ -18,14 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnosis_corpus.case import (
-    Case, blobs, circles, he_uniform, mlp, regression, seed, stack, train_step,
+    Case, blobs, keras_bce, circles, he_uniform, mlp, regression, seed, stack, train_step,
 )
 
 SRC = "github.com/shiningrain/AUTOTRAINER"
 
-
-def _bce(p, y):
-    return F.binary_cross_entropy(p, y)
 
 
 def _keras_categorical_ce(p, y):
@@ -47,7 +44,7 @@ def _vanish_demo(act=nn.Sigmoid):
         model = mlp([2] + [5] * 8 + [1], act, out_act=nn.Sigmoid, init=init)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x, y = circles(512, s=101)
-        return model, opt, train_step(model, opt, x, y, _bce, batch=128)
+        return model, opt, train_step(model, opt, x, y, keras_bce, batch=128)
     return build
 
 
@@ -82,7 +79,7 @@ def _unscaled_circle_tanh(scale):
         model = mlp([2, 16, 16, 1], nn.Tanh, out_act=nn.Sigmoid)
         opt = torch.optim.Adam(model.parameters(), lr=0.03)
         x, y = circles(512, scale=scale, s=105)
-        return model, opt, train_step(model, opt, x, y, _bce, batch=64)
+        return model, opt, train_step(model, opt, x, y, keras_bce, batch=64)
     return build
 
 
@@ -104,7 +101,7 @@ def _slow_circle(lr):
         model = mlp([2, 32, 32, 1], nn.ReLU, out_act=nn.Sigmoid, init=he_uniform)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         x, y = circles(512, s=107)
-        return model, opt, train_step(model, opt, x, y, _bce, batch=64)
+        return model, opt, train_step(model, opt, x, y, keras_bce, batch=64)
     return build
 
 

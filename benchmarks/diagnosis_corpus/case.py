@@ -273,3 +273,12 @@ def linears(model: nn.Module) -> FrozenSet[str]:
 def stack(n_linear: int) -> FrozenSet[str]:
     """Culprit names of the Linear layers of an :func:`mlp` with ``n_linear`` Linear layers."""
     return frozenset(str(2 * i) for i in range(n_linear))
+
+
+def keras_bce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Keras ``binary_crossentropy`` on probabilities: clipped to [1e-7, 1 - 1e-7], NaN passes through.
+
+    (``F.binary_cross_entropy`` raises on a NaN input; Keras reports a NaN loss.)
+    """
+    p = p.clamp(1e-7, 1 - 1e-7)
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
