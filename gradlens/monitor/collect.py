@@ -75,6 +75,10 @@ class Collector(Cycle):
         self._pending: Optional[StepPacket] = None  # the step being collected
         self._work: Dict[int, Work] = {}  # optimizer index -> its work of this step
         self._unchecked: List[StepPacket] = []  # deferred host copies not checked yet
+        # torch.distributed (monitor/distributed.py): DTensor -> local shards, and the
+        # packet's cross-rank reduction right before its host copy
+        self.local: Optional[Callable[[List[Any]], List[Any]]] = None
+        self.reduce: Optional[Callable[[Packet, StepPacket, Work], None]] = None
 
     def is_logged_step(self) -> bool:
         return self.step % self.every == 0
@@ -106,6 +110,8 @@ class Collector(Cycle):
         layout = self._layouts.current()
         weights = layout.opt_params[kk]
         grads = [p.grad for p in weights]
+        if self.local is not None:  # FSDP2 / tensor parallel: the local shards
+            weights, grads = self.local(weights), self.local(grads)
         present = layout.opt_idx[kk]
         missing: List[int] = []
         if any(g is None or g.is_sparse for g in grads):  # rare: keep the dense, present ones
@@ -143,6 +149,8 @@ class Collector(Cycle):
         packet = Packet()
         for after_update in self._after:
             after_update(self, work, pend, packet, skipped)
+        if self.reduce is not None:
+            self.reduce(packet, pend, work)
         host = packet.seal(sync=self._sync)
         pend.chunks.append((packet.slots, host, work.missing))
         if pend.checked and not packet.deferred:  # on the host already (CPU, or sync)

@@ -22,6 +22,7 @@ from gradlens._record import StepRecord
 from gradlens.diagnose import engine as _engine
 from gradlens.diagnose.finding import Finding
 from gradlens.monitor import options as _options
+from gradlens.monitor import distributed as _distributed
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import HookSet, OptimizerTaps, claim, compiling, on_root_forward, order_probe
 from gradlens.monitor.collect import Collector
@@ -78,6 +79,7 @@ class Monitor:
         on_finding: Optional[Callable[[Finding], Any]],
         halt_on: Tuple[str, ...],
         thresholds: Optional[Dict[str, Any]],
+        ranks: str = "zero",
     ) -> None:
         self.model = model
         self.every = every
@@ -117,12 +119,21 @@ class Monitor:
             layouts, sources, n_optimizers=len(optimizers), every=every, sync=eager,
             closed=self._closed_step, urgent=self._publish,
         )
+        # torch.distributed: DTensor parameters are read as their local shards, and
+        # each logged packet is reduced across ranks before its host copy
+        if any(_distributed.is_sharded(p) for p in layouts.root.parameters()):
+            collector.local = _distributed.local_tensors
+        self._dist = _distributed.context(ranks)
+        if self._dist is not None:
+            collector.reduce = self._dist.reduce_packet
+            collector.readers.update(dict.fromkeys(_distributed.NumelReader.kinds, _distributed.NumelReader()))
         self._publisher = Publisher(
             collector.readers, order, history=self._history, tb=self._tb,
             diagnoser=_engine.Diagnoser(thresholds=thresholds), eager=eager,
             on_finding=on_finding, halt_on=halt_on, finish=collector.finish,
             check=functools.partial(collector.poll, wait=True),
             after_record=collector.after_record,
+            share_halt=self._dist.share_halt if self._dist is not None else None,
         )
 
         # a script that never calls close() still gets its last steps published
@@ -234,6 +245,8 @@ class Monitor:
         try:
             self._flush_pending()
         finally:
+            if self._dist is not None:  # the other ranks may still step: answer them until they close
+                self._dist.leave()
             self._closed = True
             self._release()
             self._taps.remove()
@@ -313,6 +326,7 @@ def watch(
     on_finding: Optional[Callable[[Finding], Any]] = None,
     halt_on: Iterable[str] = (),
     thresholds: Optional[Dict[str, Any]] = None,
+    ranks: str = "zero",
 ) -> Monitor:
     """Attach gradlens to ``model`` and record its gradient health at every optimizer step.
 
@@ -369,6 +383,21 @@ def watch(
         halt_on: finding kinds that raise :class:`~gradlens.TrainingHalted` from the
             ``optimizer.step()`` where they are found.
         thresholds: overrides of the diagnosis thresholds.
+        ranks: under torch.distributed (DDP, FSDP2 ``fully_shard``, tensor
+            parallel; call ``watch`` on every rank, with the same options), who
+            writes TensorBoard. ``"zero"`` (default): rank 0 writes ``logdir``, the
+            other ranks write nothing (a ``writer=`` is used on rank 0 only).
+            ``"all"``: every rank writes ``logdir/rank{r}``. Either way every rank
+            records the same global statistics and finds the same findings: each
+            logged step's packet is reduced across ranks before its host copy (one
+            all-gather of a few floats per parameter, and a 5-integer control
+            all-gather), so DTensor shards give the norms of the whole parameter,
+            under their original names, and the loss and activation statistics are
+            those of the global batch (the mean loss, pooled sums and counts);
+            ``halt_on`` stops all ranks at the same step. ``"local"``: no
+            collective, each rank records its own values into ``logdir/rank{r}``.
+            A rank that closes its monitor early waits in ``close()`` until every
+            rank closed. In one process this option changes nothing.
 
     Statistics are computed at each logged step; turning them into records, writing
     them to TensorBoard and diagnosing them is done in batches of up to
@@ -402,5 +431,6 @@ def watch(
         include=include, exclude=exclude, group_depth=group_depth, update_every=update_every,
         max_history=max_history, param_scalars=param_scalars, flow_every=flow_every,
         histogram_every=histogram_every, on_finding=on_finding, halt_on=halt_on, thresholds=thresholds,
+        ranks=ranks,
     )
     return Monitor(model, optimizers, **options)

@@ -91,6 +91,7 @@ def parse(
     on_finding: Any,
     halt_on: Union[str, Iterable[str]],
     thresholds: Any,
+    ranks: Any = "zero",
 ) -> Tuple[List[torch.optim.Optimizer], Dict[str, Any]]:
     """Validate ``watch``'s arguments; returns the optimizers and the Monitor's
     keyword arguments (a ``SummaryWriter`` is created for ``logdir``)."""
@@ -137,21 +138,30 @@ def parse(
         raise ValueError(f"watch(halt_on=...) got unknown finding kind(s) {unknown}; expected some of {kinds}")
     if thresholds is not None and not isinstance(thresholds, dict):
         raise TypeError(f"watch(thresholds=...) expects a dict, got {type(thresholds).__name__}")
+    from gradlens.monitor import distributed as _distributed
+
+    if not isinstance(ranks, str) or ranks not in _distributed.RANKS:
+        raise ValueError(f"watch(ranks=...) expects one of {list(_distributed.RANKS)}, got {ranks!r}")
     if logdir is not None and writer is not None:
         raise ValueError("watch() takes logdir=... or writer=..., not both")
     owns = False
     if logdir is not None:
         if not isinstance(logdir, (str, os.PathLike)):
             raise TypeError(f"watch(logdir=...) expects a path, got {type(logdir).__name__}")
-        from torch.utils.tensorboard import SummaryWriter
+        path = _distributed.writer_logdir(os.fspath(logdir), ranks)  # None: another rank writes
+        if path is not None:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=os.fspath(logdir))
-        owns = True
-    elif writer is not None and not callable(getattr(writer, "add_scalar", None)):
-        raise TypeError(f"watch(writer=...) expects a SummaryWriter, got {type(writer).__name__}")
+            writer = SummaryWriter(log_dir=path)
+            owns = True
+    elif writer is not None:
+        if not callable(getattr(writer, "add_scalar", None)):
+            raise TypeError(f"watch(writer=...) expects a SummaryWriter, got {type(writer).__name__}")
+        if ranks == "zero" and _distributed.rank_world()[0] != 0:
+            writer = None  # rank 0 writes
     return optimizers, dict(
         writer=writer, owns_writer=owns, every=every, activations=activations, include=inc, exclude=exc,
         group_depth=group_depth, update_every=update_every, max_history=max_history,
         param_scalars=param_scalars, flow_every=flow_every, histogram_every=histogram_every,
-        on_finding=on_finding, halt_on=halt, thresholds=thresholds,
+        on_finding=on_finding, halt_on=halt, thresholds=thresholds, ranks=ranks,
     )

@@ -13,9 +13,13 @@ copies them to the host once:
 
 A :class:`StepPacket` is one logged step on the host, from its first optimizer's
 chunk to its record; :func:`unpack` sorts the host values of many steps into the
-per-parameter arrays, handing each slot kind to the source that wrote it. The
-flat per-device layout (slots as ``(kind, ref, device, start, size)``) is what a
-later all-reduce of the whole packet would reduce, once per logged step.
+per-parameter arrays, handing each slot kind to the source that wrote it.
+
+Under torch.distributed (:mod:`.distributed`) the packet is reduced across ranks
+between its last slot and :meth:`Packet.seal`: :meth:`Packet.flat` puts every slot
+into one tensor on the collective's device and :meth:`Packet.replace` swaps in the
+reduced values, so the host copy that follows is the same as in one process. Each
+slot's reduction comes from its kind, or from ``put(..., reduce=...)``.
 """
 
 from __future__ import annotations
@@ -91,22 +95,61 @@ def resolved(value: Any) -> Any:
 class Packet:
     """The device-side slots one optimizer's step writes, until :meth:`seal`."""
 
-    __slots__ = ("slots", "deferred", "_by_device", "_sizes")
+    __slots__ = ("slots", "reduce_ops", "deferred", "_by_device", "_sizes", "_tensors")
 
     def __init__(self) -> None:
         self.slots: List[Slot] = []
+        self.reduce_ops: List[Optional[str]] = []  # per slot: its cross-rank reduction, if declared
         self.deferred = False  # whether seal() left a copy in flight
         self._by_device: Dict[torch.device, List[Tensor]] = {}
         self._sizes: Dict[torch.device, int] = {}
+        self._tensors: List[Tensor] = []  # per slot, its 1-D values
 
-    def put(self, kind: str, ref: Any, t: Tensor) -> None:
+    def put(self, kind: str, ref: Any, t: Tensor, *, reduce: Optional[str] = None, first: bool = False) -> None:
         """Add the values of ``t`` (detached, float32 or float64) as a slot of ``kind``;
-        ``ref`` is the writer's own key for them (e.g. parameter indices)."""
+        ``ref`` is the writer's own key for them (e.g. parameter indices).
+
+        ``reduce``: how the values combine across ranks under torch.distributed
+        (``"sum"``, ``"mean"``, ``"max"``, ``"min"``, ``"norm"``: sqrt of the mean of
+        squares, for replicated norms; ``"norm_mean"``: sqrt of the sum of squares
+        over the ranks, divided by the ranks); None: what :mod:`.distributed` knows of
+        ``kind`` (``"mean"`` for a kind it does not know). ``first``: put the slot
+        before the others (it is read first, see :func:`unpack`)."""
+        flat = t if t.dim() == 1 else t.reshape(-1)
+        if first and self.slots:
+            slots, ops, tensors = self.slots, self.reduce_ops, self._tensors
+            self.__init__()  # type: ignore[misc]
+            self.put(kind, ref, flat, reduce=reduce)
+            for (k, r, _, _, _), op, x in zip(slots, ops, tensors):
+                self.put(k, r, x, reduce=op)
+            return
         dev, n = t.device, t.numel()
         start = self._sizes.get(dev, 0)
-        self._by_device.setdefault(dev, []).append(t if t.dim() == 1 else t.reshape(-1))
+        self._by_device.setdefault(dev, []).append(flat)
         self._sizes[dev] = start + n
         self.slots.append((kind, ref, dev, start, n))
+        self.reduce_ops.append(reduce)
+        self._tensors.append(flat)
+
+    def flat(self, device: torch.device) -> Tensor:
+        """Every slot's values, in slot order, as one float32 tensor on ``device``
+        (the packet itself is unchanged)."""
+        ts = [t if t.device == device and t.dtype == torch.float32 else t.to(device, torch.float32)
+              for t in self._tensors]
+        if not ts:
+            return torch.zeros(0, device=device)
+        return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+    def replace(self, flat: Tensor, device: torch.device) -> None:
+        """Swap every slot's values for ``flat`` (as :meth:`flat` laid them out, e.g.
+        reduced across ranks): one device, ``device``, holds them all from now on."""
+        slots, start = [], 0
+        for kind, ref, _, _, n in self.slots:
+            slots.append((kind, ref, device, start, n))
+            start += n
+        self.slots = slots
+        self._by_device, self._sizes = {device: [flat]}, {device: flat.numel()}
+        self._tensors = [flat[s[3] : s[3] + s[4]] for s in slots]
 
     def seal(self, *, sync: bool) -> Dict[torch.device, Any]:
         """The one host copy per device: values now (CPU, or ``sync``), else a

@@ -82,6 +82,9 @@ class Publisher:
             built (losses observed after the step closed, the NaN origin).
         check: ``check()`` checks the deferred host copies (waits for them).
         after_record: called with each record before it is diagnosed.
+        share_halt: under torch.distributed, ``share_halt(code) -> code`` shares each
+            diagnosed record's halt decision with the other ranks (one small
+            collective; see :mod:`.distributed`), so every rank halts at the same step.
     """
 
     def __init__(
@@ -98,12 +101,14 @@ class Publisher:
         finish: Callable[[StepPacket], None],
         check: Callable[[], None],
         after_record: Callable[[StepRecord], None],
+        share_halt: Optional[Callable[[int], int]] = None,
     ) -> None:
         self._readers, self._order = readers, order
         self._history, self._tb, self._diagnoser = history, tb, diagnoser
         self._eager = eager
         self._on_finding, self._halt_on = on_finding, halt_on
         self._finish, self._check, self._after_record = finish, check, after_record
+        self._share_halt = share_halt if halt_on else None
         self._diagnoser_failed = False
         self._warned: set = set()
         self.queue: List[Tuple[int, StepPacket]] = []  # closed steps waiting for their records
@@ -240,17 +245,26 @@ class Publisher:
         return records
 
     def _diagnose(self, record: StepRecord) -> None:
+        halt = self._find(record)
+        if self._share_halt is not None:  # every rank calls this once per record, found or not
+            halt = _shared_halt(self._share_halt, halt, self._halt_on, record.step)
+        if halt is not None:
+            raise TrainingHalted(halt)
+
+    def _find(self, record: StepRecord) -> Optional[Finding]:
+        """Diagnose ``record``: warn and call ``on_finding`` for each new finding;
+        returns the first one whose kind halts training."""
         if self._diagnoser_failed:
-            return
+            return None
         try:
             new = list(self._diagnoser.update(record) or ())
         except Exception as exc:  # noqa: BLE001 - diagnosis must never break training
             self._diagnoser_failed = True
             msg = f"gradlens: diagnosis failed ({type(exc).__name__}: {exc}); it is off for this run"
             warnings.warn(msg, RuntimeWarning, stacklevel=user_stacklevel())
-            return
+            return None
         if not new:
-            return
+            return None
         if self._tb is not None:
             self._tb.write_findings(new, record.step)
         for finding in new:
@@ -264,9 +278,25 @@ class Publisher:
                 _log.warning("%s", finding)
             if self._on_finding is not None:
                 self._on_finding(finding)
-        for finding in new:
-            if finding.kind in self._halt_on:
-                raise TrainingHalted(finding)
+        return next((f for f in new if f.kind in self._halt_on), None)
+
+
+def _shared_halt(
+    share: Callable[[int], int], halt: Optional[Finding], halt_on: Tuple[str, ...], step: int
+) -> Optional[Finding]:
+    """This rank's halting finding, or the one another rank found at ``step`` (as a
+    finding that names it), or None when no rank halts. The kinds travel as their
+    position in the sorted ``halt_on`` (the same on every rank)."""
+    kinds = sorted(halt_on)
+    code = share(kinds.index(halt.kind) + 1 if halt is not None else 0)
+    if halt is not None or code == 0:
+        return halt
+    kind = kinds[code - 1]
+    return Finding(
+        kind, None, step, "error", float("nan"),
+        f"another rank found {kind!r} at step {step} (halt_on); this rank stops with it",
+        evidence={"found_on": "another rank"},
+    )
 
 
 def publish_at_exit(ref: Any) -> None:

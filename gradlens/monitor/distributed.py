@@ -1,0 +1,330 @@
+"""torch.distributed: one truth across ranks, one writer, halts that never hang.
+
+Under DDP, FSDP2 (``fully_shard``) or tensor parallelism every rank watches its own
+copy of the model. What a rank measures is either replicated (DDP's all-reduced
+gradients, the weights of a replicated parameter), a shard (the local part of a
+DTensor parameter or gradient: FSDP2, ``parallelize_module``) or local to the rank
+(its loss, its activations). :class:`Distributed` turns each logged step's device
+packet into the same global values on every rank, so every rank builds the same
+records and the diagnosis finds the same findings:
+
+* **one data collective per logged step** (per optimizer of the step): the packet's
+  flat tensor is all-gathered (one ``all_gather_into_tensor``, ``world x n`` floats)
+  and reduced on its device, element by element, with the operation each value
+  needs (:data:`SUM`, :data:`NORM`, :data:`MAX`, ...). An all-reduce applies one
+  operation to the whole tensor; a packet mixes sums, maxima, minima and means, so
+  one all-gather replaces the two or three all-reduces that would take. It happens on
+  the device packet before its host copy, with no host sync, so with NCCL the copy
+  stays non-blocking. Shard norms combine as ``sqrt(sum of squares)`` (no
+  ``full_tensor()``, no collective per parameter), max|g| as the max, loss as the
+  mean, activation sums and counts as sums.
+* **one small control collective before it** (a CPU all-gather of 5 integers per
+  rank, on a gloo group): whether each rank is still watching, the packet's size and
+  a checksum of its layout. Ranks whose packets disagree (a data-dependent model
+  traced different modules) keep their own values for that step, with a warning,
+  instead of reducing mismatched numbers. A rank that closes its monitor early
+  (ranks ran different numbers of steps) keeps answering the others' collectives
+  with "not watching" from :meth:`Distributed.leave` until every rank has closed, so
+  neither ``close()`` nor the others' steps hang.
+* **the halt decision** (``halt_on``): one more control collective per logged step,
+  after the diagnosis, shares whether any rank found a halting finding, so all ranks
+  raise :class:`~gradlens.TrainingHalted` at the same step even when the condition
+  was local to one rank (different thresholds, a rank-local origin probe).
+
+Without torch.distributed initialised (or with one process) nothing here runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+import weakref
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Distributed", "context", "rank_world", "local_tensors", "is_sharded", "writer_logdir",
+    "RANKS", "SUM", "NORM", "NORM_REP", "MAX", "MIN", "MEAN", "NORM_MEAN",
+]
+
+#: Accepted values of ``watch(ranks=...)``.
+RANKS = ("zero", "all", "local")
+
+# Element-wise reductions of the gathered packet (codes of the ops vector).
+SUM = 0  # counts, activation sums: the sum over ranks
+NORM = 1  # a shard's norm: sqrt(sum of squares / copies), copies given per element
+NORM_REP = 2  # a replicated tensor's norm: sqrt(mean of squares) (= the value when the ranks agree)
+MAX = 3  # max|g|, a max part
+MIN = 4  # a min part (CPU max|g| is max(max, -min))
+MEAN = 5  # the loss, and slot kinds that say nothing else
+NORM_MEAN = 6  # the output gradients' norm of the ranks' mean loss: sqrt(sum of squares) / ranks
+_N_OPS = 7
+_OP_NAMES = {"sum": SUM, "norm": NORM_REP, "max": MAX, "min": MIN, "mean": MEAN, "norm_mean": NORM_MEAN}
+
+# control rows: [watching, phase, size, checksum, halt code]
+_PACKET, _HALT = 1, 2
+
+
+def rank_world() -> Tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def writer_logdir(logdir: str, ranks: str) -> Optional[str]:
+    """Where this rank writes TensorBoard events for ``watch(logdir=..., ranks=...)``:
+    ``logdir`` itself in one process and on rank 0 with ``ranks="zero"`` (None on the
+    other ranks), ``logdir/rank{r}`` on every rank with ``"all"`` or ``"local"``."""
+    rank, world = rank_world()
+    if world == 1:
+        return logdir
+    if ranks == "zero":
+        return logdir if rank == 0 else None
+    return os.path.join(logdir, f"rank{rank}")
+
+
+def context(ranks: str) -> Optional["Distributed"]:
+    """The :class:`Distributed` of this process, or None in one process (or with
+    ``ranks="local"``: every rank records its own values, no collective)."""
+    if ranks == "local":
+        return None
+    _, world = rank_world()
+    return Distributed() if world > 1 else None
+
+
+def _dtensor_type() -> Optional[type]:
+    import sys
+
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None)
+
+
+def is_sharded(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2, tensor parallel parameters and gradients)."""
+    cls = _dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def _local(t: Tensor) -> Tensor:
+    # (under no_grad to_local() is the local tensor itself: same storage, same version counter)
+    with torch.no_grad():
+        return t.to_local()
+
+
+def local_tensors(tensors: Sequence[Any]) -> List[Any]:
+    """``tensors`` with every DTensor replaced by its local shard (None stays None)."""
+    cls = _dtensor_type()
+    if cls is None:
+        return list(tensors)
+    return [_local(t) if isinstance(t, cls) else t for t in tensors]
+
+
+def copies(t: Any, world: int) -> float:
+    """How many ranks hold each element of ``t``: ``world`` for a plain (replicated)
+    tensor, ``world / shards`` for a DTensor (product of the mesh sizes of its
+    ``Shard`` dimensions)."""
+    if not is_sharded(t):
+        return float(world)
+    shards = 1
+    for dim, placement in enumerate(t.placements):
+        if placement.is_shard():
+            shards *= t.device_mesh.size(dim)
+    return world / shards
+
+
+class Distributed:
+    """The collectives of one monitor under torch.distributed (see the module doc).
+
+    Args:
+        group: the process group (default: the world).
+
+    Attributes:
+        rank, world: this process and the number of processes.
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.group = group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        backend = str(dist.get_backend(group))
+        # the data collective runs where the backend runs (NCCL: the current GPU);
+        # the control one on the host, through gloo (no device sync to read it)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
+        self._control_group = group if backend == "gloo" else dist.new_group(backend="gloo")
+        self._plans: Dict[Tuple, Tuple[Tensor, Tensor, int]] = {}  # layout key -> (ops, 1/copies, checksum)
+        self._copies_cache: Dict[int, Tuple[Any, Any, Tuple[float, ...]]] = {}
+        self._warned = False
+        self.left = False
+        self.collectives = 0  # collectives issued so far (the benchmark counts them too)
+
+    # -- the two collectives ----------------------------------------------------------
+    def _control(self, watching: int, phase: int, size: int = 0, checksum: int = 0, code: int = 0) -> np.ndarray:
+        row = torch.tensor([watching, phase, size, checksum, code], dtype=torch.int64)
+        out = torch.empty(self.world * 5, dtype=torch.int64)
+        self._dist.all_gather_into_tensor(out, row, group=self._control_group)
+        self.collectives += 1
+        return out.view(self.world, 5).numpy()
+
+    def _gather(self, flat: Tensor) -> Tensor:
+        out = flat.new_empty(self.world * flat.numel())
+        self._dist.all_gather_into_tensor(out, flat, group=self.group)
+        self.collectives += 1
+        return out.view(self.world, flat.numel())
+
+    @staticmethod
+    def _data_round(rows: np.ndarray) -> Optional[int]:
+        """The size of the data collective that follows a control round, or None
+        when there is none (no watching rank sent a packet, or their packets differ)."""
+        live = rows[rows[:, 0] == 1]
+        if not len(live) or (live[:, 1] != _PACKET).any() or live[0, 2] == 0:
+            return None  # (a packet round of every watching rank, or none)
+        if (live[:, 2] != live[0, 2]).any() or (live[:, 3] != live[0, 3]).any():
+            return None
+        return int(live[0, 2])
+
+    # -- the packet -------------------------------------------------------------------
+    def reduce_packet(self, packet: Any, pend: Any, work: Any) -> None:
+        """Reduce ``packet`` (one optimizer's slots of a logged step) across ranks, in
+        place, before its host copy (called by the collector)."""
+        flat, ops, inv_copies, checksum = self._flatten(packet, pend, work)
+        rows = self._control(1, _PACKET, flat.numel(), checksum)
+        if self._data_round(rows) is None:
+            if flat.numel() and not self._warned:
+                self._warned = True
+                warnings.warn(
+                    "gradlens: the ranks' statistics of a logged step have different layouts "
+                    "(a model whose traced modules depend on the data?); each rank keeps its own values where "
+                    "that happens", RuntimeWarning, stacklevel=2,
+                )
+            return
+        gathered = self._gather(flat)
+        alive = np.flatnonzero(rows[:, 0] == 1)
+        if len(alive) < self.world:  # ranks that left: their rows are zeros, left out
+            gathered = gathered[torch.as_tensor(alive, device=gathered.device)]
+        packet.replace(_reduce(gathered, ops, inv_copies), self.device)
+
+    def _flatten(self, packet: Any, pend: Any, work: Any) -> Tuple[Tensor, Tensor, Tensor, int]:
+        """The packet as one float32 tensor on the collective's device, the reduction
+        of each element, ``1 / copies`` per element (shard norms) and the checksum of
+        its layout (the same on every rank for the same layout)."""
+        traced = getattr(pend, "traced", None)
+        grad_norms = sum(traced.grad_counts.values()) if traced is not None else 0
+        if traced is not None and any(kind == "act" for kind, *_ in packet.slots):
+            # the summed activation sums divide by the summed element counts (see NumelReader)
+            numels = torch.tensor([float(c.numel) for c in traced.calls], dtype=torch.float32)
+            packet.put("dist_numel", None, numels.to(self.device, non_blocking=True), reduce="sum", first=True)
+        spec: List[Tuple[int, Optional[Tuple[float, ...]], int]] = []  # runs of (op, copies, count)
+        act_left = sum(size for kind, _, _, _, size in packet.slots if kind == "act")
+        key: List[Any] = []
+        for (kind, ref, _, _, size), declared in zip(packet.slots, packet.reduce_ops):
+            per: Optional[Tuple[float, ...]] = None
+            if declared is not None:
+                spec.append((_OP_NAMES[declared], None, size))
+            elif kind in ("grad", "update"):
+                per = self._copies(work.layout, ref)
+                m = len(ref)
+                spec.append((NORM, per, m))  # ||g|| (update: ||dW||)
+                if kind == "grad":
+                    spec += [(NORM, per, m), (MAX, None, m)]  # ||w||, max|g| (or the maxes)
+                    if size == 4 * m:  # CPU per-tensor path: the maxes, then the mins (stats.grad_stats)
+                        spec.append((MIN, None, m))
+            elif kind == "act":  # the tracer's sums and counts, its output-gradient norms last
+                norms_here = max(0, min(size, grad_norms - (act_left - size)))
+                act_left -= size
+                spec += [(SUM, None, size - norms_here), (NORM_MEAN, None, norms_here)]
+            else:  # the loss; kinds that declare nothing
+                spec.append((MEAN, None, size))
+            key.append((kind, size, declared, per))
+        key_t = tuple(key)
+        plan = self._plans.get(key_t)
+        if plan is None:
+            codes: List[int] = []
+            inv: List[float] = []
+            for op, per, count in spec:
+                codes += [op] * count
+                inv += [1.0 / c for c in per] if per is not None else [1.0] * count
+            plan = (torch.tensor(codes, dtype=torch.int64, device=self.device),
+                    torch.tensor(inv, dtype=torch.float64, device=self.device), zlib.crc32(repr(key_t).encode()))
+            self._plans[key_t] = plan
+            for old in list(self._plans)[:-16]:  # a few layouts at a time
+                del self._plans[old]
+        return packet.flat(self.device), plan[0], plan[1], plan[2]
+
+    def _copies(self, layout: Any, idx: Any) -> Tuple[float, ...]:
+        """``copies`` of each parameter ``layout.params[idx]`` (cached per index array)."""
+        cached = self._copies_cache.get(id(idx))
+        if cached is None or cached[0] is not idx or cached[1] is not layout:
+            params = layout.params
+            cached = (idx, layout, tuple(copies(params[i], self.world) for i in idx.tolist()))
+            self._copies_cache[id(idx)] = cached
+            if len(self._copies_cache) > 64:
+                self._copies_cache.pop(next(iter(self._copies_cache)))
+        return cached[2]
+
+    # -- halts and leaving ------------------------------------------------------------
+    def share_halt(self, code: int) -> int:
+        """Every rank's halt decision for one diagnosed record (0: go on); returns the
+        largest, the same on every rank."""
+        rows = self._control(1, _HALT, code=code)
+        return int(rows[rows[:, 0] == 1, 4].max())
+
+    def leave(self) -> None:
+        """Stop watching: answer the other ranks' collectives as "not watching" until
+        every rank has left (called by ``close()``; returns at once when all ranks
+        close together)."""
+        if self.left or not (self._dist.is_available() and self._dist.is_initialized()):
+            self.left = True
+            return
+        self.left = True
+        while True:
+            rows = self._control(0, 0)
+            if not (rows[:, 0] == 1).any():
+                return
+            size = self._data_round(rows)
+            if size is not None:
+                self._gather(torch.zeros(size, dtype=torch.float32, device=self.device))
+
+
+def _reduce(gathered: Tensor, ops: Tensor, inv_copies: Tensor) -> Tensor:
+    """Element-wise reduction of the gathered rows (ranks x values), on their device."""
+    ranks = gathered.shape[0]
+    acc = torch.float32 if gathered.device.type == "mps" else torch.float64
+    x = gathered.to(acc)
+    s = x.sum(0)
+    q = x.square().sum(0)
+    out = torch.stack([
+        s,
+        (q * inv_copies.to(acc)).sqrt(),
+        (q / ranks).sqrt(),
+        x.amax(0),
+        x.amin(0),
+        s / ranks,
+        q.sqrt() / ranks,
+    ])
+    return out.gather(0, ops.view(1, -1)).view(-1).float()
+
+
+class NumelReader:
+    """Reads the summed element counts of the traced calls back into the step's
+    ``traced`` calls before the activations source summarises them (slot kind
+    ``dist_numel``, first in the packet, so read first)."""
+
+    kinds = ("dist_numel",)
+
+    def read(self, slots, rows, p, dw, pends, members) -> None:  # noqa: ANN001 - Source.read's interface
+        for _, vals in slots:
+            for j, b in enumerate(members):
+                traced = pends[b].traced
+                if traced is not None:
+                    for call, n in zip(traced.calls, vals[:, j].tolist()):
+                        call.numel = int(round(n))
