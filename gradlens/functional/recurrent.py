@@ -63,7 +63,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from gradlens.functional._util import check_tensor
+from gradlens.functional._util import check_tensor, plain_torch
 from gradlens.functional.dropout import dropout as _dropout
 
 __all__ = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
@@ -229,6 +229,146 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
     return d_gates, d_gates, hs_prev, dh, dc, d_w_hr
 
 
+# ===================================================== LSTM, first order: one buffer per quantity
+# The path the usual ``loss.backward()`` takes for an LSTM on padded input. Same chain rule as
+# :func:`_lstm_sweep` / :func:`_lstm_bptt`, laid out so that a step costs as few kernels as possible:
+# every step writes into preallocated (T, B, .) buffers (no per-step allocation, no stacking), the
+# activations overwrite the pre-activations in place, and the backward loop does only the
+# recurrence (4 kernels a step); the local derivatives of every step are taken before the loop and
+# the weight gradients after it, each in one large kernel.
+def _gates_ifog(w: Optional[_T], hid: int) -> Optional[_T]:
+    """Rows of a gate-stacked weight reordered ``i, f, g, o -> i, f, o, g``, the ``g`` rows doubled.
+
+    ``i, f, o`` side by side take one sigmoid; the doubled ``g`` rows give ``2 a_g``, so that
+    ``tanh(a_g) = 2 σ(2 a_g) - 1`` comes out of that same sigmoid (scaling by 2 is exact in floating
+    point). torch's CPU ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one thread).
+    """
+    if w is None:
+        return None
+    return torch.cat([w[:2 * hid], w[3 * hid:], w[2 * hid:3 * hid] * 2])
+
+
+def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
+    """Forward of one LSTM layer-direction on padded input; returns outputs and the buffers backward reads."""
+    seq_len, batch = x.shape[:2]
+    hid = c0.shape[-1]
+    b = None if b_ih is None else _gates_ifog(b_ih + b_hh, hid)
+    # A[t]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (order i, f, o, 2g), then in place σ(.)
+    A = F.linear(x, _gates_ifog(w_ih, hid), b).contiguous()
+    w_hh_t = _transposed(_gates_ifog(w_hh, hid))
+    C = x.new_empty(seq_len, batch, hid)  # c_t
+    TC = torch.empty_like(C)  # tanh(c_t)
+    O = x.new_empty(seq_len, batch, h0.shape[-1])  # h_t, the output
+    M = O if w_hr is None else torch.empty_like(C)  # o_t tanh(c_t) (= h_t without a projection)
+    w_hr_t = None if w_hr is None else _transposed(w_hr)
+    steps = (A.unbind(0), A[..., :hid].unbind(0), A[..., hid:2 * hid].unbind(0), A[..., 2 * hid:3 * hid].unbind(0),
+             A[..., 3 * hid:].unbind(0), C.unbind(0), TC.unbind(0), M.unbind(0), O.unbind(0))
+    minus_one = x.new_full((), -1.0)
+    h, c = h0, c0
+    for t in _steps(seq_len, reverse):
+        a, i, f, o, g, c_new, tc, m, h_new = (s[t] for s in steps)
+        # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  g = tanh(.) = 2 σ(2 .) - 1
+        a.addmm_(h, w_hh_t)
+        a.sigmoid_()
+        torch.add(minus_one, g, alpha=2, out=g)
+        # c_t = f c_{t-1} + i g
+        torch.mul(f, c, out=c_new).addcmul_(i, g)
+        # h_t = o tanh(c_t)   (projected: h_t = (o tanh(c_t)) W_hr^T)
+        torch.tanh(c_new, out=tc)
+        torch.mul(o, tc, out=m)
+        if w_hr_t is not None:
+            torch.mm(m, w_hr_t, out=h_new)
+        h, c = h_new, c_new
+    return (O, h.clone(), c.clone()), (A, C, TC, M, O)
+
+
+def _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, reverse: bool, norm_row, need):
+    """First-order backward of :func:`_lstm_sweep_fast`: the gradients of all its inputs (``None`` where not needed)."""
+    A, C, TC, M, O = saved
+    seq_len, batch, hid = C.shape
+    H = hid
+    S_i, S_f, S_o, G = (A[..., k * H:(k + 1) * H] for k in range(4))
+    first, last = (seq_len - 1, 0) if reverse else (0, seq_len - 1)  # the steps visited first and last
+    # c_{t-1} of every step: the neighbouring c in visiting order, c0 for the first visited step
+    prev = slice(1, None) if reverse else slice(None, -1)
+    here = slice(None, -1) if reverse else slice(1, None)
+
+    # Mu[t] = the local derivatives, order i, f, g, o, c (torch's gate order, then the cell):
+    #   d a_i = dc g σ_i(1-σ_i),  d a_f = dc c_{t-1} σ_f(1-σ_f),  d a_g = dc i (1-g^2),
+    #   d a_o = dm tanh(c) σ_o(1-σ_o),  and through m = o tanh(c):  dc += dm o (1-tanh(c)^2)
+    Mu = A.new_empty(seq_len, batch, 5 * H)
+    s3 = A[..., :3 * H]
+    sd = torch.mul(s3, s3)
+    torch.sub(s3, sd, out=sd)  # σ(1-σ) for i, f, o
+    torch.mul(G, sd[..., :H], out=Mu[..., :H])
+    torch.mul(C[prev], sd[here, :, H:2 * H], out=Mu[here, :, H:2 * H])
+    torch.mul(c0, sd[first, :, H:2 * H], out=Mu[first, :, H:2 * H])
+    torch.addcmul(S_i, S_i * G, G, value=-1, out=Mu[..., 2 * H:3 * H])
+    torch.mul(TC, sd[..., 2 * H:], out=Mu[..., 3 * H:4 * H])
+    torch.addcmul(S_o, M, TC, value=-1, out=Mu[..., 4 * H:])
+    del sd
+
+    # DH[t] = dL/dh_t: from the output at t, from step t+1 (added in the loop) and d_hn at the end
+    DH = d_out.clone(memory_format=torch.contiguous_format)
+    DH[last] += d_hn
+    DM = DH if w_hr is None else torch.empty_like(C)  # dL/dm_t = dL/dh_t W_hr with a projection
+    D = A.new_empty(seq_len, batch, 5 * H)  # [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step
+    D4 = D[..., :4 * H]
+    steps = (Mu[..., :3 * H].unflatten(-1, (3, H)).unbind(0), Mu[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
+             D[..., :3 * H].unflatten(-1, (3, H)).unbind(0), D[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
+             D[..., 4 * H:].unbind(0), D[..., 4 * H:].unsqueeze(2).unbind(0), D4.unbind(0), S_f.unbind(0),
+             DH.unbind(0), DM.unsqueeze(2).unbind(0), DM.unbind(0))
+    order = list(_steps(seq_len, reverse))
+    dc_next, f_next = d_cn, None
+    for n in range(seq_len - 1, -1, -1):
+        t = order[n]
+        mu_ifg, mu_oc, d_ifg, d_oc, dc, dc_u, d4, f, dh, dm_u, dm = (s[t] for s in steps)
+        if w_hr is not None:
+            # projection h = m W_hr^T:  dm = dh W_hr
+            torch.mm(dh, w_hr, out=dm)
+        # [d a_o, dc] = dm [tanh(c) σ_o', o (1-tanh(c)^2)];  then dc += dL/dc_{t+1} f_{t+1}
+        torch.mul(mu_oc, dm_u, out=d_oc)
+        if f_next is None:
+            dc.add_(dc_next)
+        else:
+            dc.addcmul_(dc_next, f_next)
+        # [d a_i, d a_f, d a_g] = dc [g σ_i', c_{t-1} σ_f', i (1-g^2)]
+        torch.mul(mu_ifg, dc_u, out=d_ifg)
+        if n:
+            # gates = ... + W_hh h_{t-1}:  dL/dh_{t-1} += d a_t W_hh
+            DH[order[n - 1]].addmm_(d4, w_hh)
+        dc_next, f_next = dc, f
+    if norm_row is not None:
+        with torch.no_grad():
+            norm_row.copy_(torch.linalg.vector_norm(DH, dim=(1, 2)))
+
+    flat = D4.reshape(-1, 4 * H)  # a view: the (T, B) dimensions of D merge
+    grads = [None] * 8  # x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+    if need[0]:
+        # gi_t = x_t W_ih^T + b:  dx_t = d a_t W_ih
+        grads[0] = flat.mm(w_ih).view(seq_len, batch, -1)
+    if need[1]:
+        grads[1] = D4[first].mm(w_hh)
+    if need[2]:
+        grads[2] = D[first, :, 4 * H:] * S_f[first]
+    if need[3]:
+        # dW_ih = Σ_t d a_t^T x_t
+        grads[3] = flat.t().mm(x.reshape(-1, x.shape[-1]))
+    if need[4]:
+        # dW_hh = Σ_t d a_t^T h_{t-1}  (h_{t-1} = h0 for the first visited step)
+        rest = D4[here].reshape(-1, 4 * H)
+        grads[4] = torch.addmm(D4[first].t().mm(h0), rest.t(), O[prev].reshape(-1, O.shape[-1]))
+    if need[5] or need[6]:
+        # db_ih = db_hh = Σ_t d a_t
+        db = flat.sum(0)
+        grads[5] = db if need[5] else None
+        grads[6] = (db.clone() if need[5] else db) if need[6] else None
+    if need[7]:
+        # dW_hr = Σ_t dh_t^T m_t
+        grads[7] = _sum_outer(DH, M)
+    return grads
+
+
 # =============================================================================== GRU
 def _gru_sweep(x, h0, w_ih, w_hh, b_ih, b_hh, reverse: bool, mask):
     """Forward of one GRU layer-direction (gate order r, z, n, as torch)."""
@@ -304,7 +444,12 @@ class _RecurrentLayerFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, kind: str, reverse: bool, mask, norm_row):  # type: ignore[override]
-        outputs, saved = _sweep(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, mask)
+        ctx.fast = kind == "lstm" and mask is None
+        with plain_torch():  # a few hundred small kernels: none of them goes through a torch-function mode
+            if ctx.fast:
+                outputs, saved = _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+            else:
+                outputs, saved = _sweep(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, mask)
         ctx.kind, ctx.reverse, ctx.norm_row = kind, reverse, norm_row
         ctx.n_saved = len(saved)
         # inputs (for dW_ih, dx and the double-backward replay) and the kept activations
@@ -319,6 +464,10 @@ class _RecurrentLayerFn(torch.autograd.Function):
             # building a graph of the backward: replay the sweep with autograd recording,
             # so the activations below depend on the inputs (second derivatives through every gate)
             _, saved = _sweep(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, mask)
+        elif ctx.fast:
+            grads = _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, reverse, ctx.norm_row,
+                                    ctx.needs_input_grad)
+            return (*grads, None, None, None, None)
         if kind == "lstm":
             d_gi, d_gh, hs_prev, dh0, dc0, d_w_hr = _lstm_bptt(
                 saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse, mask, ctx.norm_row, ctx.needs_input_grad[7])
