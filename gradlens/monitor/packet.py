@@ -116,20 +116,19 @@ class Packet:
         ``kind`` (``"mean"`` for a kind it does not know). ``first``: put the slot
         before the others (it is read first, see :func:`unpack`)."""
         flat = t if t.dim() == 1 else t.reshape(-1)
-        if first and self.slots:
-            slots, ops, tensors = self.slots, self.reduce_ops, self._tensors
-            self.__init__()  # type: ignore[misc]
-            self.put(kind, ref, flat, reduce=reduce)
-            for (k, r, _, _, _), op, x in zip(slots, ops, tensors):
-                self.put(k, r, x, reduce=op)
-            return
         dev, n = t.device, t.numel()
-        start = self._sizes.get(dev, 0)
-        self._by_device.setdefault(dev, []).append(flat)
-        self._sizes[dev] = start + n
-        self.slots.append((kind, ref, dev, start, n))
-        self.reduce_ops.append(reduce)
-        self._tensors.append(flat)
+        on_dev = self._by_device.setdefault(dev, [])
+        if first:  # in front: the slots of the same device move up by n
+            self.slots = [(k, r, d, s + n if d == dev else s, m) for k, r, d, s, m in self.slots]
+            at, start = 0, 0
+            on_dev.insert(0, flat)
+        else:
+            at, start = len(self.slots), self._sizes.get(dev, 0)
+            on_dev.append(flat)
+        self._sizes[dev] = self._sizes.get(dev, 0) + n
+        self.slots.insert(at, (kind, ref, dev, start, n))
+        self.reduce_ops.insert(at, reduce)
+        self._tensors.insert(at, flat)
 
     def flat(self, device: torch.device) -> Tensor:
         """Every slot's values, in slot order, as one float32 tensor on ``device``
