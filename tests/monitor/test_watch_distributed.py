@@ -12,26 +12,18 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from datetime import timedelta
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
 import gradlens
-from watch_helpers import mlp
+from watch_helpers import gloo_available, mlp, spawn_ranks
 
 
-def _gloo_available() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_gloo_available()
-
-
-pytestmark = pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with gloo is unavailable")
+pytestmark = pytest.mark.skipif(not gloo_available(), reason="torch.distributed with gloo is unavailable")
 
 WORLD = 2
 BATCH = 8  # full batch; rank r trains on rows [r * 4, r * 4 + 4)
@@ -122,19 +114,7 @@ def _run_rank(rank, init_file, out_dir):
 def ranks(tmp_path_factory):
     """Spawn the 2 ranks once; their JSON results, indexed by rank."""
     tmp = tmp_path_factory.mktemp("ddp")
-    ctx = mp.start_processes(
-        _run_rank, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not ctx.join(timeout=1):  # raises if a rank failed
-            if time.monotonic() > deadline:
-                pytest.fail(f"DDP ranks did not finish within {DEADLINE_S} s")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.kill()
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return spawn_ranks(_run_rank, tmp, world=WORLD, deadline_s=DEADLINE_S)
 
 
 @pytest.fixture(scope="module")

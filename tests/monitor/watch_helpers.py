@@ -38,3 +38,35 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, *, mon=None,
         )
         opt.step()
     return refs
+
+
+def gloo_available() -> bool:
+    """Whether torch.distributed with the gloo backend can run here."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_gloo_available()
+
+
+def spawn_ranks(run_rank, tmp, *, world: int, deadline_s: float) -> List[dict]:
+    """Run ``run_rank(rank, init_file, out_dir)`` in ``world`` spawned processes and
+    return each rank's ``out_dir/rank{r}.json``. A rank still running after
+    ``deadline_s`` (a hung collective) fails the test instead of hanging pytest;
+    a rank that raised fails it at once."""
+    import json
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(run_rank, args=(str(tmp / "init"), str(tmp)), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + deadline_s
+    try:
+        while not ctx.join(timeout=1):  # raises if a rank failed
+            if time.monotonic() > deadline:
+                pytest.fail(f"the ranks did not finish within {deadline_s} s")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.kill()
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]
