@@ -18,18 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnosis_corpus.case import (
-    Case, blobs, keras_bce, circles, he_uniform, mlp, regression, seed, stack, train_step,
+    Case, blobs, keras_bce, keras_categorical_ce, circles, he_uniform, mlp_program, regression, stack,
 )
 
 SRC = "github.com/shiningrain/AUTOTRAINER"
 
-
-
-def _keras_categorical_ce(p, y):
-    """Keras ``categorical_crossentropy`` on probabilities: p / sum(p), clipped, -sum y log p."""
-    p = p / p.sum(1, keepdim=True)
-    p = p.clamp(1e-7, 1 - 1e-7)
-    return -(F.one_hot(y, p.shape[1]) * torch.log(p)).sum(1).mean()
 
 
 # --- Gradient_Vanish_Case: 8 x Dense(5, sigmoid) + Dense(1, sigmoid), He uniform, circles
@@ -38,82 +31,49 @@ def _lecun_normal(w):
 
 
 def _vanish_demo(act=nn.Sigmoid):
-    def build():
-        seed(101)
-        init = he_uniform if act is nn.Sigmoid else _lecun_normal
-        model = mlp([2] + [5] * 8 + [1], act, out_act=nn.Sigmoid, init=init)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        x, y = circles(512, s=101)
-        return model, opt, train_step(model, opt, x, y, keras_bce, batch=128)
-    return build
+    init = he_uniform if act is nn.Sigmoid else _lecun_normal
+    return mlp_program(101, [2] + [5] * 8 + [1], act, lambda: circles(512, s=101), keras_bce, lr=1e-3,
+                       out_act=nn.Sigmoid, init=init, batch=128)
 
 
 # --- Improper_Activation_case: 4 x Dense(50, relu) + Dense(3, relu) under categorical CE
 def _improper_activation_demo(out_act):
-    def build():
-        seed(102)
-        model = mlp([2, 50, 50, 50, 50, 3], nn.ReLU, out_act=out_act, init=he_uniform)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        x, y = blobs(768, s=102)  # simplednn 'blob': X*100 then preprocess x/100
-        if out_act is nn.ReLU:
-            return model, opt, train_step(model, opt, x, y, _keras_categorical_ce, batch=256)
-        return model, opt, train_step(model, opt, x, y, F.cross_entropy, batch=256)
-    return build
+    # simplednn 'blob': X*100 then preprocess x/100
+    loss = keras_categorical_ce if out_act is nn.ReLU else F.cross_entropy
+    return mlp_program(102, [2, 50, 50, 50, 50, 3], nn.ReLU, lambda: blobs(768, s=102), loss, lr=1e-4,
+                       out_act=out_act, init=he_uniform, batch=256)
 
 
 # --- Oscillating_Loss_Case: Dense(50, relu) + Dense(3, softmax), SGD(0.01, momentum 0.9), batch 1
 def _oscillating_demo(batch):
-    def build():
-        seed(103)
-        model = mlp([2, 50, 3], nn.ReLU, init=he_uniform)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x, y = blobs(512, s=103)
-        return model, opt, train_step(model, opt, x, y, F.cross_entropy, batch=batch)
-    return build
+    return mlp_program(103, [2, 50, 3], nn.ReLU, lambda: blobs(512, s=103), F.cross_entropy, lr=0.01,
+                       opt=torch.optim.SGD, momentum=0.9, init=he_uniform, batch=batch)
 
 
 # --- simplednn 'circle' without its preprocess(): inputs x100 into a tanh net
 def _unscaled_circle_tanh(scale):
-    def build():
-        seed(105)
-        model = mlp([2, 16, 16, 1], nn.Tanh, out_act=nn.Sigmoid)
-        opt = torch.optim.Adam(model.parameters(), lr=0.03)
-        x, y = circles(512, scale=scale, s=105)
-        return model, opt, train_step(model, opt, x, y, keras_bce, batch=64)
-    return build
+    return mlp_program(105, [2, 16, 16, 1], nn.Tanh, lambda: circles(512, scale=scale, s=105), keras_bce,
+                       lr=0.03, out_act=nn.Sigmoid, batch=64)
 
 
 # --- simplednn 'reg' (make_regression, targets in the hundreds) with a sigmoid output
 def _regression_out(out_act):
-    def build():
-        seed(106)
-        model = mlp([8, 32, 32, 1], nn.ReLU, out_act=out_act)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        x, y = regression(512, s=106)
-        return model, opt, train_step(model, opt, x, y, F.mse_loss, batch=64)
-    return build
+    return mlp_program(106, [8, 32, 32, 1], nn.ReLU, lambda: regression(512, s=106), F.mse_loss, lr=1e-2,
+                       out_act=out_act, batch=64)
 
 
 # --- slow convergence: AUTOTRAINER's 'sc' problem (accuracy barely moves); lr far too small
 def _slow_circle(lr):
-    def build():
-        seed(107)
-        model = mlp([2, 32, 32, 1], nn.ReLU, out_act=nn.Sigmoid, init=he_uniform)
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        x, y = circles(512, s=107)
-        return model, opt, train_step(model, opt, x, y, keras_bce, batch=64)
-    return build
+    return mlp_program(107, [2, 32, 32, 1], nn.ReLU, lambda: circles(512, s=107), keras_bce, lr=lr,
+                       opt=torch.optim.SGD, out_act=nn.Sigmoid, init=he_uniform, batch=64)
 
 
 # --- gradient explode: simplednn 'reg' (X*100) without preprocess(), MSE, SGD at Keras' default lr
 def _explode_regression(scale):
-    def build():
-        seed(108)
-        model = mlp([8, 16, 16, 1], nn.ReLU)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    def data():
         x, y = regression(512, s=108)
-        return model, opt, train_step(model, opt, x * scale, y * scale, F.mse_loss, batch=64)
-    return build
+        return x * scale, y * scale
+    return mlp_program(108, [8, 16, 16, 1], nn.ReLU, data, F.mse_loss, lr=0.01, opt=torch.optim.SGD, batch=64)
 
 
 _HIDDEN8 = stack(8)  # '0'..'14': the sigmoid stack, output layer '16' excluded

@@ -37,7 +37,8 @@ from torch import nn
 
 __all__ = [
     "Case", "Label", "LABELS", "Program", "Step", "kinds_of",
-    "circles", "blobs", "regression", "digits", "tokens", "train_step", "mlp", "seed",
+    "circles", "blobs", "regression", "digits", "tokens", "train_step", "mlp", "mlp_program", "seed",
+    "keras_categorical_ce",
 ]
 
 Step = Callable[[int, Callable[[torch.Tensor], None]], None]
@@ -253,6 +254,34 @@ def mlp(widths: Sequence[int], act: Callable[[], nn.Module], *, out_act: Optiona
         elif out_act is not None:
             layers.append(out_act())
     return nn.Sequential(*layers)
+
+
+def mlp_program(s: int, widths: Sequence[int], act: Callable[[], nn.Module],
+                data: Callable[[], Tuple[torch.Tensor, torch.Tensor]], loss_fn, *, lr: float,
+                opt: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+                out_act: Optional[Callable[[], nn.Module]] = None,
+                init: Optional[Callable[[torch.Tensor], object]] = None, batch: int = 32,
+                **opt_kw) -> Callable[[], Program]:
+    """The ``build`` of the usual ported program: ``seed(s)``, an :func:`mlp`, its
+    optimizer ``opt(params, lr=lr, **opt_kw)``, then ``data()`` -> (x, y) trained with
+    :func:`train_step` under ``loss_fn``."""
+    def build() -> Program:
+        seed(s)
+        model = mlp(widths, act, out_act=out_act, init=init)
+        o = opt(model.parameters(), lr=lr, **opt_kw)
+        x, y = data()
+        return model, o, train_step(model, o, x, y, loss_fn, batch=batch)
+    return build
+
+
+def keras_categorical_ce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Keras ``categorical_crossentropy`` on probabilities: p / sum(p), clipped, -sum y log p
+    (``y``: class indices or one-hot rows)."""
+    p = p / p.sum(1, keepdim=True)
+    p = p.clamp(1e-7, 1 - 1e-7)
+    if y.dim() == 1:
+        y = F.one_hot(y, p.shape[1]).float()
+    return -(y * torch.log(p)).sum(1).mean()
 
 
 def he_uniform(w: torch.Tensor) -> None:

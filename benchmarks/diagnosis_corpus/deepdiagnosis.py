@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnosis_corpus.case import (
-    Case, blobs, keras_bce, circles, digits, he_uniform, keras_random_uniform, mlp, seed, stack, train_step,
+    Case, blobs, keras_bce, circles, digits, he_uniform, keras_random_uniform, mlp_program, seed, stack, train_step,
 )
 
 SRC = "github.com/DeepDiagnosis/ICSE2022"
@@ -37,24 +37,15 @@ class Exponential(nn.Module):
 
 
 def _circle_stack(act, depth, *, init=he_uniform, lr=1e-3, opt="adam", width=5, scale=1.0, s=0):
-    def build():
-        seed(200 + s)
-        model = mlp([2] + [width] * depth + [1], act, out_act=nn.Sigmoid, init=init)
-        o = (torch.optim.Adam(model.parameters(), lr=lr) if opt == "adam"
-             else torch.optim.SGD(model.parameters(), lr=lr))
-        x, y = circles(512, scale=scale, s=200 + s)
-        return model, o, train_step(model, o, x, y, keras_bce, batch=64)
-    return build
+    return mlp_program(200 + s, [2] + [width] * depth + [1], act, lambda: circles(512, scale=scale, s=200 + s),
+                       keras_bce, lr=lr, opt=torch.optim.Adam if opt == "adam" else torch.optim.SGD,
+                       out_act=nn.Sigmoid, init=init, batch=64)
 
 
 def _blob_stack(act, depth, *, init=he_uniform, lr=1e-3, width=5, scale=1.0, s=0):
-    def build():
-        seed(220 + s)
-        model = mlp([2] + [width] * depth + [3], act, init=init)  # Dense(3, softmax): CE on logits
-        o = torch.optim.Adam(model.parameters(), lr=lr)
-        x, y = blobs(512, scale=scale, s=220 + s)
-        return model, o, train_step(model, o, x, y, F.cross_entropy, batch=64)
-    return build
+    # Dense(3, softmax): CE on logits
+    return mlp_program(220 + s, [2] + [width] * depth + [3], act, lambda: blobs(512, scale=scale, s=220 + s),
+                       F.cross_entropy, lr=lr, init=init, batch=64)
 
 
 def _lenet(act, extra_dense, *, channels=1, classes=10, lr=1e-3, opt="adam", s=0):

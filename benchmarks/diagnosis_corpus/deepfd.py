@@ -18,19 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diagnosis_corpus.case import Case, digits, keras_bce, mlp, seed, train_step
+from diagnosis_corpus.case import (
+    Case, digits, keras_bce, keras_categorical_ce, mlp, mlp_program, seed, train_step,
+)
 
 SO = "stackoverflow.com/questions/"
 BENCH = "DeepFD Benchmark-with-patches.xlsx"
-
-
-def _keras_categorical_ce(p, y):
-    """Keras ``categorical_crossentropy`` on probabilities: p / sum(p), clipped, -sum y log p."""
-    p = p / p.sum(1, keepdim=True)
-    p = p.clamp(1e-7, 1 - 1e-7)
-    if y.dim() == 1:
-        y = F.one_hot(y, p.shape[1]).float()
-    return -(y * torch.log(p)).sum(1).mean()
 
 
 class Softmax1(nn.Softmax):
@@ -68,58 +61,42 @@ def _p48385830(fixed):
 
 # --- 48251943: regression to targets in [-1, 1] with Dense(1, relu) output (fix: tanh)
 def _p48251943(out_act):
-    def build():
-        seed(302)
-        model = mlp([8, 32, 32, 1], nn.ReLU, out_act=out_act)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    def data():
         x, _, w = _tabular(s=302)
-        y = torch.tanh(x @ w / 2)
-        return model, opt, train_step(model, opt, x, y, F.mse_loss)
-    return build
+        return x, torch.tanh(x @ w / 2)
+    return mlp_program(302, [8, 32, 32, 1], nn.ReLU, data, F.mse_loss, lr=1e-3, out_act=out_act)
 
 
 # --- 33969059: Dense(1, softmax) output for regression (fix: linear): softmax over one unit is 1
 def _p33969059(out_act):
-    def build():
-        seed(303)
-        model = mlp([8, 16, 16, 1], nn.ReLU, out_act=out_act)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    def data():
         x, _, w = _tabular(s=303)
-        return model, opt, train_step(model, opt, x, x @ w, F.mse_loss)
-    return build
+        return x, x @ w
+    return mlp_program(303, [8, 16, 16, 1], nn.ReLU, data, F.mse_loss, lr=1e-3, out_act=out_act)
 
 
 # --- 42800203: Dense(1, softmax) output for binary classification under BCE (fix: sigmoid)
 def _p42800203(out_act):
-    def build():
-        seed(304)
-        model = mlp([8, 16, 16, 1], nn.ReLU, out_act=out_act)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    def data():
         x, _, w = _tabular(s=304)
-        return model, opt, train_step(model, opt, x, (x @ w > 0).float(), keras_bce)
-    return build
+        return x, (x @ w > 0).float()
+    return mlp_program(304, [8, 16, 16, 1], nn.ReLU, data, keras_bce, lr=1e-3, out_act=out_act)
 
 
 # --- 58609115: categorical_crossentropy on a 1-unit sigmoid output (fix: binary_crossentropy)
 def _p58609115(loss):
-    def build():
-        seed(305)
-        model = mlp([8, 16, 16, 1], nn.ReLU, out_act=nn.Sigmoid)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    def data():
         x, _, w = _tabular(s=305)
-        return model, opt, train_step(model, opt, x, (x @ w > 0).float(), loss)
-    return build
+        return x, (x @ w > 0).float()
+    return mlp_program(305, [8, 16, 16, 1], nn.ReLU, data, loss, lr=1e-3, out_act=nn.Sigmoid)
 
 
 # --- 48221692: regression with a Dense(1, sigmoid) output (fix: linear); targets ~ N(0, 30^2)
 def _p48221692(out_act):
-    def build():
-        seed(306)
-        model = mlp([8, 32, 32, 1], nn.ReLU, out_act=out_act)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    def data():
         x, _, w = _tabular(s=306)
-        return model, opt, train_step(model, opt, x, 10 * (x @ w), F.mse_loss)
-    return build
+        return x, 10 * (x @ w)
+    return mlp_program(306, [8, 32, 32, 1], nn.ReLU, data, F.mse_loss, lr=1e-2, out_act=out_act)
 
 
 # --- 50079585: Dense(1) + sigmoid + binary_crossentropy on labels {0, 1, 2} (fix: Dense(3), softmax, CE)
@@ -144,7 +121,7 @@ def _p47352366(fixed):
                               nn.Identity() if fixed else nn.ReLU())
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x, y = digits(512, s=308)
-        loss = F.cross_entropy if fixed else _keras_categorical_ce
+        loss = F.cross_entropy if fixed else keras_categorical_ce
         return model, opt, train_step(model, opt, x, y, loss, batch=50)
     return build
 
@@ -208,15 +185,12 @@ def _facial_keypoints(lr):
 
 # --- 42514960: autoencoder with ReLU everywhere, bottleneck included (fix: tanh)
 def _p42514960(act):
-    def build():
-        seed(313)
-        model = mlp([16, 32, 32, 4, 32, 32, 16], act, out_act=act)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    def data():
         g = torch.Generator().manual_seed(313)
         z = torch.randn(512, 4, generator=g)
         x = torch.tanh(z @ torch.randn(4, 16, generator=g))  # features in [-1, 1]
-        return model, opt, train_step(model, opt, x, x, F.mse_loss)
-    return build
+        return x, x
+    return mlp_program(313, [16, 32, 32, 4, 32, 32, 16], act, data, F.mse_loss, lr=1e-3, out_act=act)
 
 
 CASES = (
@@ -247,7 +221,7 @@ CASES = (
          cause="Activation", twin="so42800203_fixed"),
     Case("so42800203_fixed", _p42800203(nn.Sigmoid), source="deepfd",
          cite=f"{SO}42800203 patched: Dense(1, sigmoid)", twin="so42800203_softmax_binary"),
-    Case("so58609115_categorical_ce_one_unit", _p58609115(_keras_categorical_ce), source="deepfd",
+    Case("so58609115_categorical_ce_one_unit", _p58609115(keras_categorical_ce), source="deepfd",
          cite=f"{SO}58609115 ({BENCH} row 29): categorical_crossentropy on a 1-unit sigmoid output "
               "(p/sum(p) = 1: loss and gradient exactly 0); patch: binary_crossentropy",
          bugs=("zero_gradient",), also=frozenset({"stalled"}), cause="Loss", twin="so58609115_fixed"),
