@@ -36,10 +36,8 @@ Without torch.distributed initialised (or with one process) nothing here runs.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-import weakref
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
