@@ -152,6 +152,8 @@ class Distributed:
         import torch.distributed as dist
 
         self._dist = dist
+        # torch 2.13 deprecates all_gather_into_tensor (a FutureWarning per call) for all_gather_single
+        self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         self.group = group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         backend = str(dist.get_backend(group))
@@ -169,13 +171,13 @@ class Distributed:
     def _control(self, watching: int, phase: int, size: int = 0, checksum: int = 0, code: int = 0) -> np.ndarray:
         row = torch.tensor([watching, phase, size, checksum, code], dtype=torch.int64)
         out = torch.empty(self.world * 5, dtype=torch.int64)
-        self._dist.all_gather_into_tensor(out, row, group=self._control_group)
+        self._all_gather(out, row, group=self._control_group)
         self.collectives += 1
         return out.view(self.world, 5).numpy()
 
     def _gather(self, flat: Tensor) -> Tensor:
         out = flat.new_empty(self.world * flat.numel())
-        self._dist.all_gather_into_tensor(out, flat, group=self.group)
+        self._all_gather(out, flat, group=self.group)
         self.collectives += 1
         return out.view(self.world, flat.numel())
 
