@@ -44,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -144,13 +144,15 @@ VARIANTS = [
 
 
 def time_pairs(step_a: Callable[[], None], step_b: Callable[[], None], steps: int, warmup: int,
-               device: torch.device) -> Tuple[List[float], List[float]]:
+               device: torch.device, clock: Optional[Callable[[], float]] = None) -> Tuple[List[float], List[float]]:
     """Times of ``steps`` plain (A) and variant (B) steps, alternating in one loop."""
     ta: List[float] = []
     tb: List[float] = []
     # CPU: this thread's CPU time (time.thread_time), so that other processes on a
-    # shared machine do not count; CUDA: wall time after a synchronisation.
-    clock = time.thread_time if device.type == "cpu" else time.perf_counter
+    # shared machine do not count; CUDA: wall time after a synchronisation. (Multi-
+    # process steps pass wall time: a rank waiting in a collective uses no CPU.)
+    if clock is None:
+        clock = time.thread_time if device.type == "cpu" else time.perf_counter
     for i in range(warmup + steps):
         # alternate the order (A B, then B A) so neither copy always runs second
         first, second = (step_a, step_b) if i % 2 == 0 else (step_b, step_a)

@@ -30,3 +30,22 @@ def test_mirror_speed_quick_run_prints_the_table():
     # A twin that raises on the benchmark's inputs shows as an "error" row: that is a bug.
     errors = [ln for ln in rows.values() if "| error " in ln]
     assert not errors, "\n".join(errors)
+
+
+def test_distributed_overhead_quick_run_counts_two_collectives_per_logged_step():
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        import pytest
+
+        pytest.skip("torch.distributed with gloo is unavailable")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "distributed_overhead.py"), "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {ln.split("|")[1].strip(): ln.split("|") for ln in proc.stdout.splitlines()
+            if ln.startswith("| ") and "every=" in ln}
+    assert set(rows) == {"ddp every=1", "ddp every=10", "fsdp2 every=1", "fsdp2 every=10"}, proc.stdout
+    # the design: one control and one data collective per logged step, whatever the engine
+    assert all(float(r[5]) == 2.0 for r in rows.values()), proc.stdout

@@ -1,0 +1,145 @@
+"""What gradlens.watch costs under torch.distributed: 2 CPU processes on gloo.
+
+Run:  python benchmarks/distributed_overhead.py [--steps 200] [--block 20] [--quick]
+
+Each of the 2 spawned ranks builds two identical copies of an MLP 256-512-512-10
+(batch 64 per rank), wrapped by DDP, or sharded by FSDP2 ``fully_shard`` (each
+Linear and the root). Copy A trains plainly, copy B under ``gradlens.watch`` with
+the variant's options; both ranks alternate an A step and a B step in one loop (the
+order swapped every pair, as ``benchmarks/overhead.py`` does), so both copies see
+the same noise. Clock: wall time (a rank waiting in a collective uses no CPU). The
+table shows rank 0's medians over blocks of ``--block`` pairs, and the collectives
+gradlens adds per logged step: the ``torch.distributed`` collective functions are
+wrapped before anything is built, and the calls made during the watched copy's
+steps minus those during the plain copy's steps (FSDP2's own all-gathers and
+reduce-scatters go through the same functions; DDP's all-reduce runs in C++) are
+divided by the logged steps.
+Tests never assert on these timings; ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from typing import Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+
+WORLD = 2
+VARIANTS = (("ddp", 1), ("ddp", 10), ("fsdp2", 1), ("fsdp2", 10))
+_COLLECTIVES = ("all_gather_single", "all_gather_into_tensor", "all_reduce", "all_gather", "broadcast",
+                "reduce_scatter_tensor", "barrier")
+
+
+def _model(engine: str):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    if engine == "ddp":
+        return nn.parallel.DistributedDataParallel(net)
+    from torch.distributed.fsdp import fully_shard
+
+    for i in (0, 2, 4):
+        fully_shard(net[i])
+    fully_shard(net)
+    return net
+
+
+def _count_collectives(counter: List[int]) -> None:
+    """Make every collective function of torch.distributed add 1 to ``counter[0]``."""
+    import torch.distributed as dist
+
+    for name in _COLLECTIVES:
+        fn = getattr(dist, name, None)
+        if fn is not None:
+            def wrapped(*a, _fn=fn, **k):
+                counter[0] += 1
+                return _fn(*a, **k)
+            setattr(dist, name, wrapped)
+
+
+def _rank(rank: int, init_file: str, out: str, steps: int, block: int, warmup: int) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn import functional as F
+
+    import gradlens
+    from overhead import block_medians, time_pairs
+
+    torch.set_num_threads(1)
+    counter = [0]
+    _count_collectives(counter)  # before the models and monitors bind them
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=120))
+    rows: Dict[str, dict] = {}
+    try:
+        gen = torch.Generator().manual_seed(1 + rank)
+        x, y = torch.randn(64, 256, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+        for engine, every in VARIANTS:
+            a, b = _model(engine), _model(engine)
+            opt_a = torch.optim.SGD(a.parameters(), lr=1e-2)
+            opt_b = torch.optim.SGD(b.parameters(), lr=1e-2)
+            mon = gradlens.watch(b, opt_b, every=every)
+            calls = {"a": 0, "b": 0}
+
+            def step(model, opt, side):
+                before = counter[0]
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                calls[side] += counter[0] - before
+
+            ta, tb = time_pairs(lambda: step(a, opt_a, "a"), lambda: step(b, opt_b, "b"), steps, warmup,
+                                torch.device("cpu"), clock=time.perf_counter)
+            logged = sum(1 for i in range(warmup + steps) if i % every == 0)
+            mon.close()
+            ma, mb, ratio = block_medians(ta, tb, block)
+            rows[f"{engine} every={every}"] = {
+                "plain_ms": ma * 1e3, "watched_ms": mb * 1e3, "ratio": ratio,
+                "collectives_per_logged_step": (calls["b"] - calls["a"]) / logged,
+            }
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(rows, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="timed step pairs per variant")
+    parser.add_argument("--block", type=int, default=20, help="pairs per block (a multiple of 10)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 pairs, blocks of 10")
+    args = parser.parse_args(argv)
+    steps, block, warmup = (20, 10, 2) if args.quick else (args.steps, args.block, 10)
+    if steps < block or block < 1:
+        parser.error("--steps must be at least --block, and --block at least 1")
+    import torch
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank0.json")
+        mp.start_processes(_rank, args=(os.path.join(tmp, "init"), out, steps, block, warmup), nprocs=WORLD,
+                           start_method="spawn", join=True)
+        with open(out) as f:
+            rows = json.load(f)
+    print(f"torch {torch.__version__} | {WORLD} processes, gloo, CPU, one thread each | "
+          f"{steps} step pairs, medians over blocks of {block} (rank 0, wall time)")
+    print("| variant | plain ms | watched ms | watched/plain | collectives added per logged step |")
+    print("|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['plain_ms']:.2f} | {r['watched_ms']:.2f} | {r['ratio']:.3f}x | "
+              f"{r['collectives_per_logged_step']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
