@@ -10,9 +10,7 @@ every rank holds the full-batch mean gradient, so that is what gradlens must rec
 
 from __future__ import annotations
 
-import json
 import math
-from datetime import timedelta
 
 import pytest
 import torch
@@ -64,50 +62,40 @@ def _hooks(model, opt):
     return counts
 
 
-def _run_rank(rank, init_file, out_dir):
-    """One DDP rank: watched steps, close, unwatched steps; results to out_dir/rank{rank}.json."""
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
-    )
-    try:
-        x, y = _data()
-        xs, ys = _shard(x, rank), _shard(y, rank)
-        out = {}
-        for scenario, options in SCENARIOS.items():
-            ddp = nn.parallel.DistributedDataParallel(mlp())
-            opt = torch.optim.SGD(ddp.parameters(), lr=LR, momentum=0.9)
-            before = _hooks(ddp, opt)
-            mon = gradlens.watch(ddp, opt, **options)
-            open_hooks = _hooks(ddp, opt)
-            for _ in range(WATCHED_STEPS):
-                opt.zero_grad()
-                F.mse_loss(ddp(xs), ys).backward()
-                opt.step()
-            df = mon.dataframe()
-            layers = mon.records()[-1].layers
-            mon.close()
-            after = _hooks(ddp, opt)
-            grads_after_close = []
-            for _ in range(STEPS_AFTER_CLOSE):
-                opt.zero_grad()
-                F.mse_loss(ddp(xs), ys).backward()
-                grads_after_close.append(_grad_norms(ddp))
-                opt.step()
-            out[scenario] = {
-                "rows": df[["step", "param", "layer", "grad_norm"]].to_dict("records"),
-                "layers": layers,
-                "rows_after_close": len(mon.dataframe()),
-                "hooks": {"before": before, "open": open_hooks, "after": after},
-                "grads_after_close": grads_after_close,
-                "weights": {n: p.detach().flatten().tolist() for n, p in ddp.named_parameters()},
-            }
-        with open(f"{out_dir}/rank{rank}.json", "w") as f:
-            json.dump(out, f)
-    finally:
-        dist.destroy_process_group()
+def _run_rank(rank, out_dir):
+    """One DDP rank: watched steps, close, unwatched steps; what it saw, per scenario."""
+    x, y = _data()
+    xs, ys = _shard(x, rank), _shard(y, rank)
+    out = {}
+    for scenario, options in SCENARIOS.items():
+        ddp = nn.parallel.DistributedDataParallel(mlp())
+        opt = torch.optim.SGD(ddp.parameters(), lr=LR, momentum=0.9)
+        before = _hooks(ddp, opt)
+        mon = gradlens.watch(ddp, opt, **options)
+        open_hooks = _hooks(ddp, opt)
+        for _ in range(WATCHED_STEPS):
+            opt.zero_grad()
+            F.mse_loss(ddp(xs), ys).backward()
+            opt.step()
+        df = mon.dataframe()
+        layers = mon.records()[-1].layers
+        mon.close()
+        after = _hooks(ddp, opt)
+        grads_after_close = []
+        for _ in range(STEPS_AFTER_CLOSE):
+            opt.zero_grad()
+            F.mse_loss(ddp(xs), ys).backward()
+            grads_after_close.append(_grad_norms(ddp))
+            opt.step()
+        out[scenario] = {
+            "rows": df[["step", "param", "layer", "grad_norm"]].to_dict("records"),
+            "layers": layers,
+            "rows_after_close": len(mon.dataframe()),
+            "hooks": {"before": before, "open": open_hooks, "after": after},
+            "grads_after_close": grads_after_close,
+            "weights": {n: p.detach().flatten().tolist() for n, p in ddp.named_parameters()},
+        }
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -47,19 +47,38 @@ def gloo_available() -> bool:
     return dist.is_available() and dist.is_gloo_available()
 
 
-def spawn_ranks(run_rank, tmp, *, world: int, deadline_s: float) -> List[dict]:
-    """Run ``run_rank(rank, init_file, out_dir)`` in ``world`` spawned processes and
-    return each rank's ``out_dir/rank{r}.json``. A rank still running after
-    ``deadline_s`` (a hung collective) fails the test instead of hanging pytest;
-    a rank that raised fails it at once."""
+def _rank_main(rank: int, run, init_file: str, out_dir: str, world: int) -> None:
+    """One spawned rank: a gloo process group, ``run(rank, out_dir) -> dict`` written to
+    ``out_dir/rank{rank}.json``, the group destroyed whatever happens."""
+    import json
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    try:
+        out = run(rank, out_dir)
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump(out, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_ranks(run, tmp, *, world: int, deadline_s: float) -> List[dict]:
+    """Run ``run(rank, out_dir) -> dict`` (a module-level function) in ``world`` spawned
+    processes joined by a gloo process group, and return each rank's dict. A rank
+    still running after ``deadline_s`` (a hung collective) fails the test instead of
+    hanging pytest; a rank that raised fails it at once."""
     import json
     import time
 
     import pytest
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(run_rank, args=(str(tmp / "init"), str(tmp)), nprocs=world, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(_rank_main, args=(run, str(tmp / "init"), str(tmp), world), nprocs=world,
+                             join=False, start_method="spawn")
     deadline = time.monotonic() + deadline_s
     try:
         while not ctx.join(timeout=1):  # raises if a rank failed
