@@ -60,3 +60,26 @@ def report(mon, rank: int, world: int, engine: str) -> None:
     print("last step's gradient norms (global: the same on every rank):")
     print(last[["param", "grad_norm", "weight_norm"]].to_string(index=False, float_format="%.9g"))
     print("findings:", "; ".join(str(f) for f in mon.findings) or "none")
+
+
+def run(argv, engine: str, wrap) -> int:
+    """The whole example: parse ``argv``, join the torchrun process group (gloo),
+    ``wrap(model)`` for ``engine``, train under ``gradlens.watch``, report on rank 0."""
+    args = parse(argv, f"Train an MLP under {engine} with gradlens.watch (run with torchrun).")
+    import torch
+    import torch.distributed as dist
+
+    import gradlens
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        net = wrap(model())
+        opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+        with gradlens.watch(net, opt, logdir=args.logdir) as mon:  # on every rank, the same options
+            train(net, opt, mon, args.steps, rank)
+        report(mon, rank, world, engine)
+    finally:
+        dist.destroy_process_group()
+    return 0

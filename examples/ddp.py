@@ -20,26 +20,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _distributed_common as common  # noqa: E402
 
 
-def main(argv=None) -> int:
-    args = common.parse(argv, "Train an MLP under DDP with gradlens.watch (run with torchrun).")
-    import torch
-    import torch.distributed as dist
+def wrap(net):
+    """DDP: every rank holds the whole model; gradients are all-reduced in backward."""
     from torch import nn
 
-    import gradlens
+    return nn.parallel.DistributedDataParallel(net)
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        ddp = nn.parallel.DistributedDataParallel(common.model())
-        opt = torch.optim.Adam(ddp.parameters(), lr=args.lr)
-        with gradlens.watch(ddp, opt, logdir=args.logdir) as mon:
-            common.train(ddp, opt, mon, args.steps, rank)
-        common.report(mon, rank, world, "DDP")
-    finally:
-        dist.destroy_process_group()
-    return 0
+
+def main(argv=None) -> int:
+    return common.run(argv, "DDP", wrap)
 
 
 if __name__ == "__main__":

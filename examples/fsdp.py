@@ -19,29 +19,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _distributed_common as common  # noqa: E402
 
 
-def main(argv=None) -> int:
-    args = common.parse(argv, "Train an MLP under FSDP2 with gradlens.watch (run with torchrun).")
-    import torch
-    import torch.distributed as dist
+def wrap(net):
+    """FSDP2: each Linear and the root sharded over the ranks (DTensor parameters)."""
     from torch.distributed.fsdp import fully_shard
 
-    import gradlens
+    for i in (0, 2, 4):
+        fully_shard(net[i])
+    return fully_shard(net)
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        net = common.model()
-        for i in (0, 2, 4):
-            fully_shard(net[i])
-        fully_shard(net)
-        opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-        with gradlens.watch(net, opt, logdir=args.logdir) as mon:
-            common.train(net, opt, mon, args.steps, rank)
-        common.report(mon, rank, world, "FSDP2")
-    finally:
-        dist.destroy_process_group()
-    return 0
+
+def main(argv=None) -> int:
+    return common.run(argv, "FSDP2", wrap)
 
 
 if __name__ == "__main__":
