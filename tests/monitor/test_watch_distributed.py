@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradlens
-from watch_helpers import gloo_available, mlp, spawn_ranks
+from watch_helpers import full_batch, gloo_available, mlp, rank_slice, spawn_ranks
 
 
 pytestmark = pytest.mark.skipif(not gloo_available(), reason="torch.distributed with gloo is unavailable")
@@ -34,13 +34,11 @@ DEADLINE_S = 90  # a hung collective fails the test instead of hanging pytest
 
 
 def _data():
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(BATCH, 6, generator=gen), torch.randn(BATCH, 3, generator=gen)
+    return full_batch(BATCH)
 
 
 def _shard(t, rank):
-    n = BATCH // WORLD
-    return t[rank * n : (rank + 1) * n]
+    return rank_slice(t, rank, WORLD)
 
 
 def _grad_norms(model):

@@ -89,3 +89,15 @@ def spawn_ranks(run, tmp, *, world: int, deadline_s: float) -> List[dict]:
             if proc.is_alive():
                 proc.kill()
     return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def full_batch(n: int):
+    """The multi-process tests' fixed batch: ``n`` rows of 6 inputs and 3 targets."""
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(n, 6, generator=gen), torch.randn(n, 3, generator=gen)
+
+
+def rank_slice(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s equal share of the rows of ``t``."""
+    n = t.shape[0] // world
+    return t[rank * n : (rank + 1) * n]
