@@ -40,7 +40,7 @@ from diagnosis_corpus.case import LABELS, Case, kinds_of
 __all__ = ["SOURCES", "cases", "run_case", "Run", "Case", "LABELS", "kinds_of"]
 
 #: source name -> module of this package, in the order the eval prints them.
-SOURCES = ("autotrainer", "deepdiagnosis", "deepfd", "own")
+SOURCES = ("autotrainer", "deepdiagnosis", "deepfd", "hf", "own")
 
 
 def cases(source: Optional[str] = None, *, quick: bool = False) -> List[Case]:

@@ -78,6 +78,8 @@ LABELS: Dict[str, Label] = {
                                 "reach the targets (DeepDiagnosis output out of range)"),
     "weight_growth": Label(("growth",), "new: weights or activations growing by orders of magnitude "
                            "(AUTOTRAINER large_weight)"),
+    "weight_scale": Label(("scale", "growth"), "new: a layer's weights orders of magnitude off their initial "
+                          "scale (an embedding scaled by 1e4), the layer to name being the mis-scaled one"),
 }
 
 
