@@ -1,7 +1,7 @@
 """How well default ``gradlens.watch`` diagnoses published training bugs, per source.
 
 Trains every case of ``benchmarks/diagnosis_corpus`` (ported buggy/fixed programs from
-AUTOTRAINER, DeepDiagnosis, DeepFD / Stack Overflow, tiny HF models, healthy programs,
+AUTOTRAINER, DeepDiagnosis, DeepFD / Stack Overflow, tiny HF models built from config,
 and the repository's own scenarios) under ``gradlens.watch(model, optimizer)`` at its
 default settings, handing each step's loss to ``observe_loss`` (``--no-loss``: not),
 and prints, per source:
@@ -23,7 +23,7 @@ and the overall line against the issue's targets (>= 90% recall with the right k
 Usage::
 
     python benchmarks/diagnosis_eval.py                   # everything (a few minutes)
-    python benchmarks/diagnosis_eval.py --source deepfd   # one source (repeatable)
+    python benchmarks/diagnosis_eval.py --source deepfd   # one source (repeatable: --source hf --source own)
     python benchmarks/diagnosis_eval.py --quick           # the quick subset
     python benchmarks/diagnosis_eval.py --quick --max-steps 12   # smoke test
 """
@@ -42,7 +42,7 @@ for _p in (HERE, ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from diagnosis_corpus import LABELS, SOURCES, cases, run_case  # noqa: E402
+from diagnosis_corpus import INDEPENDENT, LABELS, SOURCES, cases, counts, run_case  # noqa: E402
 
 #: the issue's targets
 TARGET_RECALL = 0.9
@@ -161,7 +161,8 @@ def evaluate(*, sources: Optional[Sequence[str]] = None, quick: bool = False, ma
     """Run the corpus, print the tables, return ``{source: summary, ..., "all": summary}``.
 
     Args:
-        sources: source names (default: all of :data:`SOURCES`).
+        sources: source names (default: all of :data:`SOURCES`). The summary adds an
+            ``independent`` row (every source but ``own``) when ``own`` and another are run.
         quick: only the cases marked ``quick``.
         max_steps: cap each case's steps (smoke tests).
         loss: hand each step's loss to ``observe_loss`` (the corpus' loss policy).
@@ -178,6 +179,10 @@ def evaluate(*, sources: Optional[Sequence[str]] = None, quick: bool = False, ma
           f"{'observe_loss every step' if loss else 'no observe_loss'}, "
           f"{'quick subset' if quick else 'all cases'}" + (f", at most {max_steps} steps" if max_steps else ""),
           file=out)
+    sizes = counts(sources)
+    print("corpus (every case, whichever subset runs): " + "; ".join(f"{k} {v['buggy']} buggy + {v['healthy']} fixed/healthy"
+                                 for k, v in sizes.items() if k != "independent" or len(sources) > 1)
+          + f" (issue 12's target for the independent sources: >= 40 buggy, >= 20 fixed/healthy)", file=out)
     all_rows: List[dict] = []
     result: Dict[str, Dict[str, float]] = {}
     for source in sources:
@@ -196,12 +201,16 @@ def evaluate(*, sources: Optional[Sequence[str]] = None, quick: bool = False, ma
             f"{'healthy':>7} {'alarmed':>7} {'false alarms':>12} {'median steps':>12}")
     print(head, file=out)
     print("-" * len(head), file=out)
-    for source, s in list(result.items()) + [("all", summarize(all_rows))]:
+    independent = [r for r in all_rows if r["case"].source in INDEPENDENT]
+    extra = [("independent", summarize(independent))] if 0 < len(independent) < len(all_rows) else []
+    for source, s in list(result.items()) + extra + [("all", summarize(all_rows))]:
         rec = f"{s['found']}/{s['buggy']} {s['found'] / s['buggy']:.0%}" if s["buggy"] else "-"
         lay = f"{s['culprit_ok']}/{s['layered']} {s['culprit_ok'] / s['layered']:.0%}" if s["layered"] else "-"
         print(f"{source:14} {s['buggy']:>5} {rec:>13} {s['layered']:>7} {lay:>13} {s['healthy']:>7} "
               f"{s['healthy_alarmed']:>7} {s['false_alarms']:>12} {s['median_steps']:>12g}", file=out)
     total = summarize(all_rows)
+    if extra:
+        result["independent"] = extra[0][1]
     result["all"] = total
     recall = total["found"] / total["buggy"] if total["buggy"] else float("nan")
     layer = total["culprit_ok"] / total["layered"] if total["layered"] else float("nan")
@@ -209,6 +218,12 @@ def evaluate(*, sources: Optional[Sequence[str]] = None, quick: bool = False, ma
     print(f"overall: recall with the right kind {recall:.0%} (target >= {TARGET_RECALL:.0%}), "
           f"right layer {layer:.0%} (target >= {TARGET_CULPRIT:.0%}), healthy programs with a warning "
           f"{total['healthy_alarmed']}/{total['healthy']} (target 0)", file=out)
+    if extra:
+        ind = extra[0][1]
+        print(f"independent sources (all but own): recall with the right kind "
+              f"{ind['found'] / ind['buggy'] if ind['buggy'] else float('nan'):.0%}, right layer "
+              f"{ind['culprit_ok'] / ind['layered'] if ind['layered'] else float('nan'):.0%}, healthy programs with "
+              f"a warning {ind['healthy_alarmed']}/{ind['healthy']}", file=out)
     missing = sorted({k for r in all_rows for b in r["case"].bugs for k in LABELS[b].kinds} - _implemented_kinds())
     if missing:
         no_kind = sorted({b for r in all_rows for b in r["case"].bugs if not set(LABELS[b].kinds) - set(missing)})

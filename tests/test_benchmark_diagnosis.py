@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import diagnosis_eval  # noqa: E402
-from diagnosis_corpus import LABELS, SOURCES, Case, cases  # noqa: E402
+from diagnosis_corpus import INDEPENDENT, LABELS, SOURCES, Case, cases, counts  # noqa: E402
 from diagnosis_corpus.__init__ import Run  # noqa: E402
 
 
@@ -31,6 +31,8 @@ def test_quick_evaluation_prints_a_table_per_source():
         assert len(row) == 1, (source, row)
     assert "== summary per source" in text and "\nall " in text
     assert "overall: recall with the right kind" in text
+    assert "\nindependent " in text and "corpus (every case" in text
+    assert summary["independent"]["buggy"] == sum(summary[s]["buggy"] for s in INDEPENDENT)
     total = summary["all"]
     assert total["buggy"] == sum(summary[s]["buggy"] for s in SOURCES)
     assert total["healthy"] == sum(summary[s]["healthy"] for s in SOURCES)
@@ -92,3 +94,26 @@ def test_score_uses_the_first_reported_right_kind_finding():
     # on a healthy program every warning is a false alarm, listed in the order reported
     assert diagnosis_eval.score(healthy, run)["others"] == ["exploding@0", "dead_units@2.weight",
                                                             "dead_units@4", "vanishing@0"]
+
+
+def test_the_independent_corpus_holds_40_buggy_and_20_healthy_programs():
+    # issue 12: "The corpus holds at least 40 buggy programs and 20 fixed or healthy ones"
+    c = counts()
+    assert "own" not in INDEPENDENT and "hf" in INDEPENDENT
+    assert c["independent"]["buggy"] >= 40, c
+    assert c["independent"]["healthy"] >= 20, c
+    assert c["independent"]["buggy"] == sum(not x.healthy for s in INDEPENDENT for x in cases(s))
+    assert c["all"]["buggy"] + c["all"]["healthy"] == len(cases())
+
+
+@pytest.mark.parametrize("source", INDEPENDENT)
+def test_every_culprit_is_a_module_of_the_built_model(source):
+    # a culprit that names no module (a typo, a renamed HF layer) could never be matched: the case
+    # would score 'WRONG' whatever gradlens names
+    for c in cases(source):
+        if not c.culprits:
+            continue
+        model = c.build()[0]
+        names = {n for n, _ in model.named_modules()}
+        missing = sorted(c.culprits - names)
+        assert not missing, (c.name, missing)

@@ -7,11 +7,13 @@ Each module is one source; each holds a ``CASES`` tuple of :class:`~.case.Case`:
 * ``deepdiagnosis``: the AUTOTRAINER models as published with DeepDiagnosis (Wardat et al.,
   ICSE 2022, github.com/DeepDiagnosis/ICSE2022, "AUTOTRAINER Model Code");
 * ``deepfd``: Stack Overflow programs of DeepFD's benchmark (Cao et al., ICSE 2022,
-  github.com/ArabelaTso/DeepFD, ``Benchmark/Benchmark-with-patches.xlsx``), by post id;
-* ``stackoverflow``: further Stack Overflow / PyTorch-forum buggy programs and their fixes;
-* ``hf``: tiny GPT-2, BERT and Llama built from config, healthy and with planted problems;
-* ``healthy``: more healthy programs of common shapes (the false-alarm side);
-* ``own``: the repository's scenario suite (``tests/diagnose/diag_scenarios.py``).
+  github.com/ArabelaTso/DeepFD, ``Benchmark/Benchmark-with-patches.xlsx``), by post id, with
+  their patched (fixed) twins; the programs themselves from DeepLocalize's copies of the posts
+  (Wardat et al., ICSE 2021, github.com/Wardat-ISU/DeepLocalize, ``Benchmark/StackOverflow``);
+* ``hf``: tiny GPT-2, BERT and Llama built from config (``transformers``), healthy and with
+  planted problems (lr 100, a 1e3-scaled head, a zeroed last norm, a 1e4-scaled embedding);
+* ``own``: the repository's scenario suite (``tests/diagnose/diag_scenarios.py``), written with
+  gradlens' rules in view: :data:`INDEPENDENT` leaves it out.
 
 Programs are written anew in torch, with data made in code; nothing is downloaded.
 :func:`run_case` trains one case under ``gradlens.watch(model, optimizer)`` at its
@@ -37,10 +39,12 @@ import torch
 
 from diagnosis_corpus.case import LABELS, Case, kinds_of
 
-__all__ = ["SOURCES", "cases", "run_case", "Run", "Case", "LABELS", "kinds_of"]
+__all__ = ["SOURCES", "INDEPENDENT", "cases", "counts", "run_case", "Run", "Case", "LABELS", "kinds_of"]
 
 #: source name -> module of this package, in the order the eval prints them.
 SOURCES = ("autotrainer", "deepdiagnosis", "deepfd", "hf", "own")
+#: the sources written independently of gradlens' rules (issue 12's corpus targets count these)
+INDEPENDENT = tuple(s for s in SOURCES if s != "own")
 
 
 def cases(source: Optional[str] = None, *, quick: bool = False) -> List[Case]:
@@ -59,6 +63,24 @@ def cases(source: Optional[str] = None, *, quick: bool = False) -> List[Case]:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ValueError(f"duplicate case names: {sorted(dup)}")
+    return out
+
+
+def counts(sources=None) -> Dict[str, Dict[str, int]]:
+    """``{source: {"buggy": n, "healthy": n}}`` for ``sources`` (default: all), plus ``"independent"``
+    (the sources of :data:`INDEPENDENT` among them) and ``"all"``.
+
+    >>> c = counts()
+    >>> c["all"]["buggy"] == sum(c[s]["buggy"] for s in SOURCES)
+    True
+    """
+    sources = list(sources or SOURCES)
+    out: Dict[str, Dict[str, int]] = {}
+    for s in sources:
+        cs = cases(s)
+        out[s] = {"buggy": sum(not c.healthy for c in cs), "healthy": sum(c.healthy for c in cs)}
+    for key, names in (("independent", [s for s in sources if s in INDEPENDENT]), ("all", sources)):
+        out[key] = {k: sum(out[s][k] for s in names) for k in ("buggy", "healthy")}
     return out
 
 
