@@ -11,8 +11,9 @@ and prints, per source:
   findings outside the labels;
 * recall by label: buggy cases where a warning-level finding of one of the label's
   kinds (``LABELS`` in ``diagnosis_corpus/case.py``) was reported;
-* culprit accuracy, over buggy cases whose bug has a layer: the *first* right-kind
-  finding reported names one of the case's culprit layers (or a parameter of one);
+* culprit accuracy, over buggy cases whose bug has a layer: the *first* reported finding
+  of a layered label's kind (``Label.layered``; a learning rate or a loss curve has no
+  layer) names one of the case's culprit layers (or a parameter of one);
 * false alarms: warning-level findings on healthy/fixed programs;
 * steps to detection: median training steps until the right-kind finding was
   reported (reported step + 1);
@@ -69,6 +70,10 @@ def score(case, run) -> dict:
     loud = [loud[i] for i in order]
     right = [f for f in loud if f.kind in case.kinds]
     first = right[0] if right else None
+    # the culprit is judged on the first reported finding of a *layered* label's kind (a case
+    # labelled lr_too_high + dying_relu: its dead_units finding, not a global lr finding)
+    layer_kinds = case.layer_kinds
+    judged = next((f for f in right if f.kind in layer_kinds), None)
     ok_kinds = case.kinds | case.also
     others = [f for f in loud if case.healthy or f.kind not in ok_kinds]
     at = run.reported_at.get(id(first)) if first is not None else None
@@ -76,8 +81,8 @@ def score(case, run) -> dict:
         "case": case,
         "found": first is not None,
         "kind": first.kind if first else None,
-        "named": first.layer if first else None,
-        "culprit_ok": (_names(first.layer, case.culprits) if first else False) if case.culprits else None,
+        "named": (judged.layer if judged is not None else first.layer) if first else None,
+        "culprit_ok": (judged is not None and _names(judged.layer, case.culprits)) if case.culprits else None,
         "since": first.step if first else None,
         "at": at,
         "others": [f"{f.kind}@{f.layer if f.layer is not None else '<global>'}" for f in others],

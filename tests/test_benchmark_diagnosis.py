@@ -117,3 +117,22 @@ def test_every_culprit_is_a_module_of_the_built_model(source):
         names = {n for n, _ in model.named_modules()}
         missing = sorted(c.culprits - names)
         assert not missing, (c.name, missing)
+
+
+def test_the_culprit_is_judged_on_a_layered_labels_finding():
+    # lr_too_high has no layer: its update_ratio finding (reported first) is not judged against
+    # the dead layer; the dead_units finding of the layered dying_relu label is
+    case = Case("x", cases("own")[0].build, source="own", cite="-", bugs=("lr_too_high", "dying_relu"),
+                culprits=frozenset({"0"}))
+    assert case.layer_kinds == {"dead_units"} and case.kinds == {"dead_units", "update_ratio", "divergence"}
+    lr, dead = _F("update_ratio", "4", step=0), _F("dead_units", "0", step=2)
+    run = Run(findings=[lr, dead], reported_at={id(lr): 1, id(dead): 3})
+    row = diagnosis_eval.score(case, run)
+    assert row["kind"] == "update_ratio" and row["at"] == 1  # found at the first right-kind finding
+    assert row["named"] == "0" and row["culprit_ok"] is True
+    run = Run(findings=[lr], reported_at={id(lr): 1})
+    row = diagnosis_eval.score(case, run)
+    assert row["found"] and row["culprit_ok"] is False  # no finding of the layered kind: not right
+    only_lr = Case("y", case.build, source="own", cite="-", bugs=("lr_too_high",))
+    assert only_lr.layer_kinds == only_lr.kinds  # no layered label: every kind counts
+    assert diagnosis_eval.score(only_lr, run)["culprit_ok"] is None

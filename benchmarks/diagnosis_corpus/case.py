@@ -51,6 +51,9 @@ class Label:
 
     kinds: Tuple[str, ...]
     meaning: str
+    #: whether the symptom lives in a layer; False for global ones (a learning rate, the loss
+    #: curve): a case's culprits are judged on findings of its layered labels' kinds only
+    layered: bool = True
 
 
 #: symptom label -> the finding kinds that count as reporting it (the one table).
@@ -67,11 +70,11 @@ LABELS: Dict[str, Label] = {
     "saturated_activation": Label(("saturation",), "DeepDiagnosis saturated activation: tanh/sigmoid "
                                   "units pinned at their limits"),
     "lr_too_high": Label(("update_ratio", "divergence"), "learning rate too high: update/weight ratio "
-                         "far above 1e-3, loss rising"),
-    "divergence": Label(("divergence",), "the loss rises by orders of magnitude"),
+                         "far above 1e-3, loss rising", layered=False),
+    "divergence": Label(("divergence",), "the loss rises by orders of magnitude", layered=False),
     "slow_convergence": Label(("stalled",), "new: AUTOTRAINER slow convergence, DeepDiagnosis loss not "
-                              "decreasing / accuracy not increasing"),
-    "oscillating_loss": Label(("oscillation",), "new: AUTOTRAINER oscillating loss"),
+                              "decreasing / accuracy not increasing", layered=False),
+    "oscillating_loss": Label(("oscillation",), "new: AUTOTRAINER oscillating loss", layered=False),
     "unchanged_weight": Label(("stalled", "update_ratio"), "new: DeepDiagnosis unchanged weight "
                               "(||dW||/||W|| ~ 0 with a finite gradient: lr far too low)"),
     "unreachable_output": Label(("unreachable_output",), "new: a bounded output activation that cannot "
@@ -142,6 +145,14 @@ class Case:
     def kinds(self) -> FrozenSet[str]:
         """Finding kinds that report this case's bug."""
         return kinds_of(self.bugs)
+
+    @property
+    def layer_kinds(self) -> FrozenSet[str]:
+        """Finding kinds whose layer is judged against ``culprits``: those of the layered labels
+        (a learning-rate finding of a case labelled ``lr_too_high`` and ``dying_relu`` is not
+        judged against the dead layer); all of :attr:`kinds` when no label is layered."""
+        layered = [b for b in self.bugs if LABELS[b].layered]
+        return kinds_of(layered) if layered else self.kinds
 
 
 def _toy() -> Program:
