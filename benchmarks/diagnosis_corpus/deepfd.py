@@ -286,7 +286,7 @@ CASES = (
 
 # ---------------------------------------------------------------------------
 # Session 3: the next rows of Benchmark-with-patches.xlsx, in the table's order (rows 2, 4, 6, 8,
-# 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 22, 23, 24), ported from DeepLocalize's copies of the
+# 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 22, 23, 24, 26, 27, 28), ported from DeepLocalize's copies of the
 # posts' programs (github.com/Wardat-ISU/DeepLocalize, Benchmark/StackOverflow/<post>/
 # {Buggy,Correct} Code/*.py; DeepFD's table cites DeepLocalize's results for the same posts).
 # Rows were taken in order, not chosen by what gradlens reports; the rows left out say why.
@@ -573,6 +573,78 @@ def _p51930566():
     return build
 
 
+# --- 45442843 (row 26): one unscaled feature, Dense(1, sigmoid) + Dense(1) + softmax (always 1), MAE, RMSprop
+def _p45442843(fixed):
+    def build():
+        seed(329)
+        g = torch.Generator().manual_seed(329)
+        # the post's dataset.csv is not published; the fix (preprocessing.scale) says the feature is unscaled
+        x = 50 + 20 * torch.randn(400, 1, generator=g)
+        y = (x + 5 * torch.randn(400, 1, generator=g) > 50).float()
+        model = nn.Sequential(nn.Linear(1, 1), nn.Sigmoid(), nn.Linear(1, 1), nn.Sigmoid() if fixed else Softmax1())
+        with torch.no_grad():
+            nn.init.xavier_uniform_(model[0].weight)
+            model[0].bias.zero_()
+            model[2].weight.normal_(0.0, 0.05)
+            model[2].bias.zero_()
+        opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+        if fixed:
+            x = (x - x.mean()) / x.std()
+        return model, opt, train_step(model, opt, x, y, keras_bce if fixed else F.l1_loss, batch=200)
+    return build
+
+
+# --- 48594888 (row 27): CIFAR-10 CNN (conv 64/256 he_normal, Dense(512), dropout), Adam, raw 0-255 pixels
+def _p48594888(fixed):
+    def build():
+        seed(330)
+        x, y = digits(512, s=330)
+        g = torch.Generator().manual_seed(330)
+        x = (x.repeat(1, 3, 1, 1) * (0.7 + 0.3 * torch.rand(512, 3, 1, 1, generator=g))).clamp(0, 1)
+        if not fixed:
+            x = x * 255  # the buggy program never divides the CIFAR pixels by 255
+        model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 64), nn.ReLU(), nn.Dropout(0.3),
+                              nn.Linear(64, 10), nn.Softmax(dim=1))
+        with torch.no_grad():
+            for m in model:
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight)
+                    m.bias.zero_()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        return model, opt, train_step(model, opt, x, y, keras_categorical_ce, batch=128)
+    return build
+
+
+def _titanic(n=712, s=0):
+    """Kaggle Titanic's 10 columns after the post's LabelEncoder (Name, Ticket, Cabin become integers
+    in the hundreds), unscaled; survival depends on sex and class."""
+    g = torch.Generator().manual_seed(s)
+    pclass = torch.randint(1, 4, (n,), generator=g).float()
+    sex = torch.randint(0, 2, (n,), generator=g).float()
+    cols = [pclass, torch.randperm(n, generator=g).float(), sex, (30 + 14 * torch.randn(n, generator=g)).clamp(0, 80),
+            torch.randint(0, 6, (n,), generator=g).float(), torch.randint(0, 5, (n,), generator=g).float(),
+            torch.randint(0, 680, (n,), generator=g).float(), (32 * torch.rand(n, generator=g) ** 2 * 8),
+            torch.randint(0, 148, (n,), generator=g).float(), torch.randint(0, 4, (n,), generator=g).float()]
+    x = torch.stack(cols, 1)
+    p = torch.sigmoid(2.5 * sex - 1.0 * (pclass - 2) - 1.0 + 0.5 * torch.randn(n, generator=g))
+    return x, (torch.rand(n, generator=g) < p).long()
+
+
+# --- 31627380 (row 28): Titanic label-encoded unscaled, Dense(512, relu) + dropout + Dense(2, softmax), Adam, batch 4
+def _p31627380(fixed):
+    def build():
+        seed(331)
+        x, y = _titanic(s=331)
+        model = nn.Sequential(nn.Linear(10, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 2),
+                              nn.Sigmoid() if fixed else nn.Softmax(dim=1))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if fixed:  # DeepLocalize's correct code: Dense(2, sigmoid) under binary_crossentropy
+            return model, opt, train_step(model, opt, x, F.one_hot(y, 2).float(), keras_bce, batch=4)
+        return model, opt, train_step(model, opt, x, y, keras_categorical_ce, batch=4)
+    return build
+
+
 _ROWS_SESSION_3 = (
     Case("so44164749_sgd_lr_0_01", _p44164749(0.01), source="deepfd", steps=150,
          cite=f"{SO}44164749 ({BENCH} row 2; {DL}44164749): MNIST MLP, softmax + categorical_crossentropy, SGD "
@@ -678,6 +750,35 @@ _ROWS_SESSION_3 = (
     Case("so51930566_origin", _p51930566(), source="deepfd", steps=150,
          cite=f"{SO}51930566 ({BENCH} row 24; {DL}51930566): DeepFD 'origin' (accuracy already 1): iris unscaled, "
               "Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical_crossentropy, Adam"),
+    # row 25 (47352366): ported in session 2 (above).
+    Case("so45442843_softmax_one_unit_mae", _p45442843(False), source="deepfd", steps=150,
+         cite=f"{SO}45442843 ({BENCH} row 26; {DL}45442843): one unscaled feature, Dense(1, sigmoid) + Dense(1) + "
+              "softmax (always 1: every gradient exactly 0), mean_absolute_error, RMSprop; patch: "
+              "preprocessing.scale, sigmoid, binary_crossentropy",
+         bugs=("zero_gradient",), culprits=frozenset({"2", "3"}), also=frozenset({"stalled", "saturation"}),
+         cause="Loss, Optimizer, Activation, Epoch", twin="so45442843_fixed"),
+    Case("so45442843_fixed", _p45442843(True), source="deepfd", steps=150,
+         cite=f"{SO}45442843 patched: scaled input, Dense(1, sigmoid), binary_crossentropy",
+         twin="so45442843_softmax_one_unit_mae"),
+    Case("so48594888_cifar_raw_pixels", _p48594888(False), source="deepfd",
+         cite=f"{SO}48594888 ({BENCH} row 27; {DL}48594888 untitled41.py): CIFAR-10 CNN on raw 0-255 pixels, "
+              "Adam: the softmax output starts pinned (96% of outputs at 0/1, loss 14.9 against ln 10 = 2.3, "
+              "measured); DeepFD's patch: more epochs; DeepLocalize's correct code (untitled42.py): pixels / 255",
+         bugs=("saturated_activation",), culprits=frozenset({"10", "11"}),
+         also=frozenset({"exploding", "divergence", "dead_units", "stalled"}), cause="Epoch, Batch size",
+         twin="so48594888_fixed"),
+    Case("so48594888_fixed", _p48594888(True), source="deepfd",
+         cite=f"{SO}48594888 patched ({DL}48594888 Correct Code/untitled42.py): pixels / 255",
+         twin="so48594888_cifar_raw_pixels"),
+    Case("so31627380_titanic_unscaled", _p31627380(False), source="deepfd",
+         cite=f"{SO}31627380 ({BENCH} row 28; {DL}31627380): Titanic's label-encoded columns unscaled (values in "
+              "the hundreds), Dense(512, relu) + dropout + Dense(2, softmax), CE, Adam, batch 4: the softmax is "
+              "pinned at 0/1 and every gradient is 0 from step 1 (measured); DeepFD's patch: sigmoid, "
+              "binary_crossentropy, SGD (the published fixes saturate the same way here: no fixed twin)",
+         bugs=("saturated_activation", "zero_gradient"), culprits=frozenset({"3", "4"}),
+         also=frozenset({"stalled", "exploding", "divergence"}), cause="Optimizer, Activation, Loss"),
+    # rows 29 (58609115): ported in session 2. Rows from 30 on are not ported yet (time), except
+    # those of session 2 (34, 40, 41, 49).
 )
 
 CASES = CASES + _ROWS_SESSION_3
