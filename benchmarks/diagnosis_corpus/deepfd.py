@@ -286,7 +286,7 @@ CASES = (
 
 # ---------------------------------------------------------------------------
 # Session 3: the next rows of Benchmark-with-patches.xlsx, in the table's order (rows 2, 4, 6, 8,
-# 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 22, 23, 24, 26, 27, 28), ported from DeepLocalize's copies of the
+# 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 22, 23, 24, 26, 27, 28, 30), ported from DeepLocalize's copies of the
 # posts' programs (github.com/Wardat-ISU/DeepLocalize, Benchmark/StackOverflow/<post>/
 # {Buggy,Correct} Code/*.py; DeepFD's table cites DeepLocalize's results for the same posts).
 # Rows were taken in order, not chosen by what gradlens reports; the rows left out say why.
@@ -294,15 +294,18 @@ CASES = (
 DL = "github.com/Wardat-ISU/DeepLocalize Benchmark/StackOverflow/"
 
 
-def _multilabel(n=600, d=20, k=3, s=0):
+def _multilabel(n=600, d=20, k=3, s=0, unlabeled=False):
     """sklearn ``make_multilabel_classification(n_features=20, n_classes=3)``: bag-of-words counts
-    (documents of ~50 words drawn from the labels' word distributions), multi-hot labels."""
+    (documents of 50 words drawn from the labels' word distributions), multi-hot labels;
+    ``unlabeled``: a document may have no label (its words then come from a background distribution)."""
     g = torch.Generator().manual_seed(s)
-    words = torch.rand(k, d, generator=g) ** 3
+    words = torch.rand(k + 1, d, generator=g) ** 3
     words = words / words.sum(1, keepdim=True)
     y = (torch.rand(n, k, generator=g) < 0.5).float()
-    y[y.sum(1) == 0, 0] = 1.0
-    mix = (y @ words) / y.sum(1, keepdim=True)
+    if not unlabeled:
+        y[y.sum(1) == 0, 0] = 1.0
+    none = (y.sum(1, keepdim=True) == 0).float()
+    mix = (y @ words[:k] + none * words[k]) / (y.sum(1, keepdim=True) + none)
     x = torch.stack([torch.bincount(torch.multinomial(mix[i], 50, replacement=True, generator=g), minlength=d)
                      for i in range(n)]).float()
     return x, y
@@ -645,6 +648,23 @@ def _p31627380(fixed):
     return build
 
 
+# --- 50481178 (row 30, DeepFD: 'origin', worse after its repair): make_multilabel_classification with one
+#     class, Dense 10-20-30-40-50 relu + Dense(1, sigmoid), binary_crossentropy, Adam, batch 10
+def _p50481178():
+    def build():
+        seed(332)
+        x, y = _multilabel(1000, d=4, k=1, s=332, unlabeled=True)
+        model = mlp([4, 10, 20, 30, 40, 50, 1], nn.ReLU, out_act=nn.Sigmoid)
+        with torch.no_grad():  # Keras glorot_uniform kernels, zero biases
+            for m in model:
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    m.bias.zero_()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        return model, opt, train_step(model, opt, x, y, keras_bce, batch=10)
+    return build
+
+
 _ROWS_SESSION_3 = (
     Case("so44164749_sgd_lr_0_01", _p44164749(0.01), source="deepfd", steps=150,
          cite=f"{SO}44164749 ({BENCH} row 2; {DL}44164749): MNIST MLP, softmax + categorical_crossentropy, SGD "
@@ -777,8 +797,12 @@ _ROWS_SESSION_3 = (
               "binary_crossentropy, SGD (the published fixes saturate the same way here: no fixed twin)",
          bugs=("saturated_activation", "zero_gradient"), culprits=frozenset({"3", "4"}),
          also=frozenset({"stalled", "exploding", "divergence"}), cause="Optimizer, Activation, Loss"),
-    # rows 29 (58609115): ported in session 2. Rows from 30 on are not ported yet (time), except
-    # those of session 2 (34, 40, 41, 49).
+    # row 29 (58609115): ported in session 2.
+    Case("so50481178_origin", _p50481178(), source="deepfd", steps=150,
+         cite=f"{SO}50481178 ({BENCH} row 30, DeepFD 'origin': its repair makes it worse; {DL}50481178): "
+              "make_multilabel_classification(n_classes=1), Dense 10-20-30-40-50 relu + Dense(1, sigmoid), "
+              "binary_crossentropy, Adam, batch 10"),
+    # Rows from 31 on are not ported yet (time), except those of session 2 (34, 40, 41, 49).
 )
 
 CASES = CASES + _ROWS_SESSION_3
