@@ -4,7 +4,10 @@ Source: Cao, Li, Zhang, Yang, Chen, Xu, Pei, "DeepFD: Automated Fault Diagnosis 
 Localization for Deep Learning Programs", ICSE 2022; github.com/ArabelaTso/DeepFD,
 ``Benchmark/Benchmark-with-patches.xlsx`` (post id, patch, ground-truth fault types:
 Activation, Loss, Learning rate, Missing preprocess, ...) and, where present,
-``Benchmark/Subjects/<post>/*/origin.py``. Each case names the post
+``Benchmark/Subjects/<post>/*/origin.py``; the programs of the rows ported in session 3
+(rows 2-30, in the table's order) are DeepLocalize's copies of the posts' buggy and correct
+code (Wardat, Le, Rajan, "DeepLocalize", ICSE 2021; github.com/Wardat-ISU/DeepLocalize,
+``Benchmark/StackOverflow/<post>/``). Each case names the post
 (stackoverflow.com/questions/<id>); its docstring-line says what the patch changes.
 DeepFD labels the *cause*; the cases are labelled with the *symptom* the program shows
 without gradlens (loss flat, exactly zero gradients, NaN, targets out of the output's
