@@ -185,9 +185,10 @@ def evaluate(*, sources: Optional[Sequence[str]] = None, quick: bool = False, ma
           f"{'quick subset' if quick else 'all cases'}" + (f", at most {max_steps} steps" if max_steps else ""),
           file=out)
     sizes = counts(sources)
-    print("corpus (every case, whichever subset runs): " + "; ".join(f"{k} {v['buggy']} buggy + {v['healthy']} fixed/healthy"
-                                 for k, v in sizes.items() if k != "independent" or len(sources) > 1)
-          + f" (issue 12's target for the independent sources: >= 40 buggy, >= 20 fixed/healthy)", file=out)
+    listed = "; ".join(f"{k} {v['buggy']} buggy + {v['healthy']} fixed/healthy"
+                       for k, v in sizes.items() if k != "independent" or len(sources) > 1)
+    print(f"corpus (every case, whichever subset runs): {listed} (issue 12's target for the independent "
+          "sources: >= 40 buggy, >= 20 fixed/healthy)", file=out)
     all_rows: List[dict] = []
     result: Dict[str, Dict[str, float]] = {}
     for source in sources:
