@@ -690,7 +690,8 @@ _ROWS_SESSION_3 = (
          bugs=("unreachable_output",), culprits=frozenset({"6", "7"}), also=frozenset({"stalled", "dead_units"}),
          cause="Activation, Loss, Epoch", twin="so38648195_fixed"),
     Case("so38648195_fixed", _p38648195(True), source="deepfd",
-         cite=f"{SO}38648195 patched: Dense(3, sigmoid), binary_crossentropy", twin="so38648195_softmax_multilabel_mse"),
+         cite=f"{SO}38648195 patched: Dense(3, sigmoid), binary_crossentropy",
+         twin="so38648195_softmax_multilabel_mse"),
     Case("so55328966_unscaled_sigmoid_output", _p55328966(False), source="deepfd", steps=150,
          cite=f"{SO}55328966 ({BENCH} row 8; {DL}55328966): raw 0-255 pixels into Dense(784) + Dense(50, relu) + "
               "Dense(10, sigmoid) under categorical_crossentropy, GD lr 1e-4: 92% of the sigmoid outputs pinned "
