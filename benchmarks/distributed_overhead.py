@@ -9,11 +9,12 @@ the variant's options; both ranks alternate an A step and a B step in one loop (
 order swapped every pair, as ``benchmarks/overhead.py`` does), so both copies see
 the same noise. Clock: wall time (a rank waiting in a collective uses no CPU). The
 table shows rank 0's medians over blocks of ``--block`` pairs, and the collectives
-gradlens adds per logged step: the ``torch.distributed`` collective functions are
-wrapped before anything is built, and the calls made during the watched copy's
-steps minus those during the plain copy's steps (FSDP2's own all-gathers and
-reduce-scatters go through the same functions; DDP's all-reduce runs in C++) are
-divided by the logged steps.
+gradlens adds: the ``torch.distributed`` collective functions are wrapped before
+anything is built, and each watched step's calls minus those of the plain step
+with the same index (FSDP2's own all-gathers and reduce-scatters go through the
+same functions; DDP's all-reduce runs in C++) are counted per logged step after the
+first (the steady state), at the first logged step (where the ranks agree on the
+packet's layout), per unlogged step, and in ``close()``.
 Tests never assert on these timings; ``--quick`` is a smoke run.
 """
 
@@ -32,7 +33,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 WORLD = 2
-VARIANTS = (("ddp", 1), ("ddp", 10), ("fsdp2", 1), ("fsdp2", 10))
+#: (engine, every, watch options); the name is "ENGINE every=N" and the options' keys
+VARIANTS = (("ddp", 1, {}), ("ddp", 10, {}), ("fsdp2", 1, {}), ("fsdp2", 10, {}),
+            ("ddp", 1, {"halt_on": {"nonfinite"}}))
 _COLLECTIVES = ("all_gather_single", "all_gather_into_tensor", "all_reduce", "all_gather", "broadcast",
                 "reduce_scatter_tensor", "barrier")
 
@@ -83,28 +86,33 @@ def _rank(rank: int, init_file: str, out: str, steps: int, block: int, warmup: i
     try:
         gen = torch.Generator().manual_seed(1 + rank)
         x, y = torch.randn(64, 256, generator=gen), torch.randint(0, 10, (64,), generator=gen)
-        for engine, every in VARIANTS:
+        for engine, every, options in VARIANTS:
             a, b = _model(engine), _model(engine)
             opt_a = torch.optim.SGD(a.parameters(), lr=1e-2)
             opt_b = torch.optim.SGD(b.parameters(), lr=1e-2)
-            mon = gradlens.watch(b, opt_b, every=every)
-            calls = {"a": 0, "b": 0}
+            mon = gradlens.watch(b, opt_b, every=every, **options)
+            calls: Dict[str, List[int]] = {"a": [], "b": []}  # collectives of each step, in order
 
             def step(model, opt, side):
                 before = counter[0]
                 opt.zero_grad()
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
-                calls[side] += counter[0] - before
+                calls[side].append(counter[0] - before)
 
             ta, tb = time_pairs(lambda: step(a, opt_a, "a"), lambda: step(b, opt_b, "b"), steps, warmup,
                                 torch.device("cpu"), clock=time.perf_counter)
-            logged = sum(1 for i in range(warmup + steps) if i % every == 0)
+            # what gradlens added at each logged step (the i-th watched step minus the i-th plain one)
+            added = [calls["b"][i] - calls["a"][i] for i in range(warmup + steps) if i % every == 0]
+            unlogged = [calls["b"][i] - calls["a"][i] for i in range(warmup + steps) if i % every]
+            before = counter[0]
             mon.close()
             ma, mb, ratio = block_medians(ta, tb, block)
-            rows[f"{engine} every={every}"] = {
+            name = f"{engine} every={every}" + "".join(f" {k}" for k in options)
+            rows[name] = {
                 "plain_ms": ma * 1e3, "watched_ms": mb * 1e3, "ratio": ratio,
-                "collectives_per_logged_step": (calls["b"] - calls["a"]) / logged,
+                "first": added[0], "steady": sum(added[1:]) / len(added[1:]),
+                "unlogged": sum(unlogged) / max(len(unlogged), 1), "close": counter[0] - before,
             }
         if rank == 0:
             with open(out, "w") as f:
@@ -133,11 +141,12 @@ def main(argv: List[str] | None = None) -> int:
             rows = json.load(f)
     print(f"torch {torch.__version__} | {WORLD} processes, gloo, CPU, one thread each | "
           f"{steps} step pairs, medians over blocks of {block} (rank 0, wall time)")
-    print("| variant | plain ms | watched ms | watched/plain | collectives added per logged step |")
-    print("|---|---|---|---|---|")
+    print("| variant | plain ms | watched ms | watched/plain | collectives added per logged step "
+          "| at the first logged step | per unlogged step | at close |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['plain_ms']:.2f} | {r['watched_ms']:.2f} | {r['ratio']:.3f}x | "
-              f"{r['collectives_per_logged_step']:.1f} |")
+              f"{r['steady']:.2f} | {r['first']} | {r['unlogged']:.2f} | {r['close']} |")
     return 0
 
 

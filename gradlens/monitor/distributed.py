@@ -64,8 +64,20 @@ NORM_MEAN = 6  # the output gradients' norm of the ranks' mean loss: sqrt(sum of
 _N_OPS = 7
 _OP_NAMES = {"sum": SUM, "norm": NORM_REP, "max": MAX, "min": MIN, "mean": MEAN, "norm_mean": NORM_MEAN}
 
-# control rows: [watching, phase, size, checksum, halt code]
+# a round's header: [watching, phase, size, checksum, halt code]
 _PACKET, _HALT = 1, 2
+# ... in a fused round, as exact float32 values in front of the data (size and checksum in 16-bit halves)
+_HEAD = 7
+
+
+def _encode(watching: int, phase: int, size: int, checksum: int, code: int) -> List[float]:
+    return [float(watching), float(phase), float(size >> 16), float(size & 0xFFFF),
+            float(checksum >> 16), float(checksum & 0xFFFF), float(code)]
+
+
+def _decode(head: np.ndarray) -> np.ndarray:
+    h = head.astype(np.int64)
+    return np.stack([h[:, 0], h[:, 1], (h[:, 2] << 16) | h[:, 3], (h[:, 4] << 16) | h[:, 5], h[:, 6]], axis=1)
 
 
 def rank_world() -> Tuple[int, int]:
@@ -161,13 +173,16 @@ class Distributed:
         # the control one on the host, through gloo (no device sync to read it)
         self.device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
         self._control_group = group if backend == "gloo" else dist.new_group(backend="gloo")
+        # on the host (gloo) a round's header rides in front of its data: one collective
+        self.fused = self.device.type == "cpu"
+        self._cap = 0  # a fused round's data capacity (the largest agreed packet so far)
         self._plans: Dict[Tuple, Tuple[Tensor, Tensor, int]] = {}  # layout key -> (ops, 1/copies, checksum)
         self._copies_cache: Dict[int, Tuple[Any, Any, Tuple[float, ...]]] = {}
         self._warned = False
         self.left = False
         self.collectives = 0  # collectives issued so far (the benchmark counts them too)
 
-    # -- the two collectives ----------------------------------------------------------
+    # -- the rounds -------------------------------------------------------------------
     def _control(self, watching: int, phase: int, size: int = 0, checksum: int = 0, code: int = 0) -> np.ndarray:
         row = torch.tensor([watching, phase, size, checksum, code], dtype=torch.int64)
         out = torch.empty(self.world * 5, dtype=torch.int64)
@@ -181,10 +196,52 @@ class Distributed:
         self.collectives += 1
         return out.view(self.world, flat.numel())
 
+    def _round(
+        self, watching: int, phase: int, size: int = 0, checksum: int = 0, code: int = 0,
+        flat: Optional[Tensor] = None,
+    ) -> Tuple[np.ndarray, Optional[Tensor]]:
+        """One round of the protocol, which every rank enters (a rank that left with
+        ``watching=0``): every rank's header ``[watching, phase, size, checksum, code]``
+        (``(world, 5)`` ints) and, when the watching ranks sent packets of one layout,
+        the gathered packets (``(world, size)``, rows of ranks that left are zeros;
+        else None). ``flat``: this rank's packet (``size`` values), or None.
+
+        Fused (the data lives on the host, gloo): one all-gather of ``header +
+        data padded to the capacity``; the capacity is the largest agreed packet so
+        far, the same on every rank because every rank derives it from the same
+        gathered headers. A packet that does not fit (the first one, a larger layout)
+        costs one more round at the new capacity. Not fused (NCCL): the header
+        goes first through gloo, then, when the layouts agree, the data alone."""
+        if not self.fused:
+            rows = self._control(watching, phase, size, checksum, code)
+            n = self._data_round(rows)
+            if n is None:
+                return rows, None
+            send = flat if flat is not None and flat.numel() == n else torch.zeros(n, device=self.device)
+            return rows, self._gather(send)
+        head = torch.tensor(_encode(watching, phase, size, checksum, code), dtype=torch.float32)
+        while True:
+            cap = self._cap
+            parts = [head]
+            used = 0
+            if flat is not None and 0 < flat.numel() <= cap:
+                parts.append(flat)
+                used = flat.numel()
+            if cap > used:
+                parts.append(torch.zeros(cap - used))
+            out = self._gather(torch.cat(parts) if len(parts) > 1 else head)
+            rows = _decode(out[:, :_HEAD].numpy())
+            n = self._data_round(rows)
+            if n is None:
+                return rows, None
+            if n <= cap:
+                return rows, out[:, _HEAD : _HEAD + n]
+            self._cap = n  # (every rank, from the same headers) the data follows at the new capacity
+
     @staticmethod
     def _data_round(rows: np.ndarray) -> Optional[int]:
-        """The size of the data collective that follows a control round, or None
-        when there is none (no watching rank sent a packet, or their packets differ)."""
+        """The size of the watching ranks' agreed packet in a round's headers, or
+        None when there is none (no watching rank sent a packet, or their packets differ)."""
         live = rows[rows[:, 0] == 1]
         if not len(live) or (live[:, 1] != _PACKET).any() or live[0, 2] == 0:
             return None  # (a packet round of every watching rank, or none)
@@ -197,8 +254,8 @@ class Distributed:
         """Reduce ``packet`` (one optimizer's slots of a logged step) across ranks, in
         place, before its host copy (called by the collector)."""
         flat, ops, inv_copies, checksum = self._flatten(packet, pend, work)
-        rows = self._control(1, _PACKET, flat.numel(), checksum)
-        if self._data_round(rows) is None:
+        rows, gathered = self._round(1, _PACKET, flat.numel(), checksum, flat=flat)
+        if gathered is None:
             if flat.numel() and not self._warned:
                 self._warned = True
                 warnings.warn(
@@ -207,10 +264,10 @@ class Distributed:
                     "that happens", RuntimeWarning, stacklevel=2,
                 )
             return
-        gathered = self._gather(flat)
         alive = np.flatnonzero(rows[:, 0] == 1)
-        if len(alive) < self.world:  # ranks that left: their rows are zeros, left out
+        if len(alive) < self.world:  # ranks that left: their rows are zeros, left out, and
             gathered = gathered[torch.as_tensor(alive, device=gathered.device)]
+            inv_copies = inv_copies * (self.world / len(alive))  # a replicated tensor's copies are the ranks left
         packet.replace(_reduce(gathered, ops, inv_copies), self.device)
 
     def _flatten(self, packet: Any, pend: Any, work: Any) -> Tuple[Tensor, Tensor, Tensor, int]:
@@ -275,7 +332,7 @@ class Distributed:
     def share_halt(self, code: int) -> int:
         """Every rank's halt decision for one diagnosed record (0: go on); returns the
         largest, the same on every rank."""
-        rows = self._control(1, _HALT, code=code)
+        rows, _ = self._round(1, _HALT, code=code)
         return int(rows[rows[:, 0] == 1, 4].max())
 
     def leave(self) -> None:
@@ -287,12 +344,9 @@ class Distributed:
             return
         self.left = True
         while True:
-            rows = self._control(0, 0)
+            rows, _ = self._round(0, 0)
             if not (rows[:, 0] == 1).any():
                 return
-            size = self._data_round(rows)
-            if size is not None:
-                self._gather(torch.zeros(size, dtype=torch.float32, device=self.device))
 
 
 def _reduce(gathered: Tensor, ops: Tensor, inv_copies: Tensor) -> Tensor:

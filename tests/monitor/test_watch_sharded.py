@@ -166,24 +166,93 @@ def _halt_rank_local(rank, tmp):
 
 
 def _uneven(rank, tmp):
+    # rank 1 closes after 2 steps; rank 0 then unfreezes layer 0, so its packet grows
+    # while rank 1 answers from leave(): the round at the new capacity must not hang
     import torch.distributed as dist
 
     model = mlp()
+    model[0].weight.requires_grad_(False)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     x, y = _data()
+    xs, ys = _shard(x, rank), _shard(y, rank)
     steps = 5 if rank == 0 else 2
+    own_first = []
     t0 = time.monotonic()
     with gradlens.watch(model, opt, activations=2) as mon:
-        _train(model, opt, mon, _shard(x, rank), _shard(y, rank), steps=steps)
+        for step in range(steps):
+            if step == 3:
+                model[0].weight.requires_grad_(True)
+            opt.zero_grad()
+            loss = F.mse_loss(model(xs), ys)
+            mon.observe_loss(loss)
+            loss.backward()
+            if model[0].weight.grad is not None:
+                own_first.append(model[0].weight.grad.norm().item())
+            opt.step()
     seconds = time.monotonic() - t0
     dist.barrier()  # the ranks' collectives are still in step after both closed
+    first = [r.param_stats["grad_norm"].get("0.weight") for r in mon.records()]
     return {"steps": [r.step for r in mon.records()], "losses": [r.loss for r in mon.records()],
-            "seconds": seconds}
+            "seconds": seconds, "first": first, "own_first": own_first}
+
+
+class _Branchy(nn.Module):
+    """mlp() and a Tanh after it that runs only while ``extra`` is set: a model whose
+    traced modules depend on the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.tail, self.extra = mlp(), nn.Tanh(), False
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.tail(h) if self.extra else h
+
+
+def _mismatch(rank, tmp):
+    # at step 1 only rank 1 runs the extra module: the ranks' packets differ there
+    import warnings
+
+    ddp = nn.parallel.DistributedDataParallel(_Branchy())
+    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+    x, y = _data()
+    own, per_step = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradlens.watch(ddp, opt, activations=1) as mon:
+            for step in range(3):
+                ddp.module.extra = rank == 1 and step == 1
+                before = mon._dist.collectives
+                own += _train(ddp, opt, mon, _shard(x, rank), _shard(y, rank), steps=1)
+                per_step.append(mon._dist.collectives - before)
+    return {"own": own, "losses": [r.loss for r in mon.records()], "per_step": per_step,
+            "warned": sum("different layouts" in str(w.message) for w in caught)}
+
+
+def _collectives(rank, tmp):
+    # collectives per logged step: traced (activations=2) and untraced steps, with and without halt_on
+    ddp = nn.parallel.DistributedDataParallel(mlp())
+    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+    x, y = _data()
+    out = {}
+    for name, options in {"plain": {}, "halt_on": {"halt_on": {"nonfinite"}}}.items():
+        mon = gradlens.watch(ddp, opt, activations=2, update_every=1, **options)
+        per_step = []
+        for _ in range(5):
+            before = mon._dist.collectives
+            _train(ddp, opt, mon, _shard(x, rank), _shard(y, rank), steps=1)
+            per_step.append(mon._dist.collectives - before)
+        before = mon._dist.collectives
+        mon.close()
+        out[name] = {"per_step": per_step, "close": mon._dist.collectives - before, "fused": mon._dist.fused,
+                     "traced": [bool(r.layers and "1" in r.layers) for r in mon.records()]}
+    return out
 
 
 SCENARIOS = {
     "fsdp2": _fsdp2, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
+    "mismatch": _mismatch, "collectives": _collectives,
 }
 
 
@@ -319,3 +388,30 @@ def test_ranks_with_different_step_counts_close_without_hanging(ranks):
     # after rank 1 left, rank 0's losses are its own again (rank 1's zeros are left out)
     assert all(math.isfinite(v) and v > 0 for v in long["losses"])
     assert long["seconds"] < 60 and short["seconds"] < 60
+    # layer 0 unfrozen at step 3, after rank 1 left: rank 0's own gradients, from a larger packet
+    assert long["first"][:3] == [None, None, None] and short["first"] == [None, None]
+    assert long["first"][3:] == pytest.approx(long["own_first"], rel=1e-6)
+
+
+def test_ranks_whose_layouts_differ_keep_their_own_values_for_that_step(ranks):
+    res = [r["mismatch"] for r in ranks]
+    for r in res:
+        assert r["warned"] == 1
+        assert r["losses"][1] == pytest.approx(r["own"][1], rel=1e-6)  # its own: the packets differed
+        for step in (0, 2):  # pooled before and after
+            assert r["losses"][step] == pytest.approx((res[0]["own"][step] + res[1]["own"][step]) / 2, rel=1e-6)
+    assert abs(res[0]["own"][1] - res[1]["own"][1]) > 1e-4  # (so the step-1 check can fail)
+    assert res[0]["per_step"] == res[1]["per_step"] == [2, 1, 1]  # one round, also where they differ
+
+
+def test_one_collective_per_logged_step_once_the_layout_is_agreed(ranks):
+    for result in ranks:
+        res = result["collectives"]
+        assert res["plain"]["fused"]
+        assert res["plain"]["traced"] == [True, False, True, False, True]  # (so layouts alternate)
+        # the first logged step agrees on the layout (header round, then data); then one round
+        # a step, traced steps and untraced ones alike (the smaller packet rides padded)
+        assert res["plain"]["per_step"] == [2, 1, 1, 1, 1]
+        # halt_on: one more round after each diagnosis (see gradlens.monitor.distributed)
+        assert res["halt_on"]["per_step"] == [3, 2, 2, 2, 2]
+        assert res["plain"]["close"] == res["halt_on"]["close"] == 1  # leave(): all ranks close together
