@@ -39,14 +39,15 @@ from __future__ import annotations
 import os
 import warnings
 import zlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
-    "Distributed", "context", "rank_world", "local_tensors", "is_sharded", "writer_logdir",
+    "Distributed", "context", "rank_world", "local_tensors", "local_reader", "fsdp1_shards", "is_sharded",
+    "writer_logdir",
     "RANKS", "SUM", "NORM", "NORM_REP", "MAX", "MIN", "MEAN", "NORM_MEAN",
 ]
 
@@ -101,13 +102,14 @@ def writer_logdir(logdir: str, ranks: str) -> Optional[str]:
     return os.path.join(logdir, f"rank{rank}")
 
 
-def context(ranks: str) -> Optional["Distributed"]:
-    """The :class:`Distributed` of this process, or None in one process (or with
-    ``ranks="local"``: every rank records its own values, no collective)."""
+def context(ranks: str, root: Any = None) -> Optional["Distributed"]:
+    """The :class:`Distributed` of this process for the model ``root``, or None in
+    one process (or with ``ranks="local"``: every rank records its own values, no
+    collective)."""
     if ranks == "local":
         return None
     _, world = rank_world()
-    return Distributed() if world > 1 else None
+    return Distributed(root=root) if world > 1 else None
 
 
 def _dtensor_type() -> Optional[type]:
@@ -137,12 +139,58 @@ def local_tensors(tensors: Sequence[Any]) -> List[Any]:
     return [_local(t) if isinstance(t, cls) else t for t in tensors]
 
 
-def copies(t: Any, world: int) -> float:
+def fsdp1_shards(root: Any) -> Dict[int, int]:
+    """``id(parameter) -> ranks it is sharded over`` for the original parameters of
+    every ``FullyShardedDataParallel(use_orig_params=True)`` unit in ``root`` with a
+    sharded strategy (FSDP1: outside forward and backward each one is a 1-D view of
+    its part of the rank's flat shard, maybe empty, and its gradient likewise, None
+    where the part is empty). Empty without FSDP1."""
+    import sys
+
+    cls = getattr(sys.modules.get("torch.distributed.fsdp"), "FullyShardedDataParallel", None)
+    if cls is None:
+        return {}
+    import torch.distributed as dist
+
+    out: Dict[int, int] = {}
+    for module in root.modules():
+        handle = getattr(module, "_handle", None) if isinstance(module, cls) else None
+        flat = getattr(handle, "flat_param", None)
+        params = list(getattr(flat, "_params", None) or ()) + list(getattr(flat, "_shared_params", None) or ())
+        if params and handle.uses_sharded_strategy:
+            shards = dist.get_world_size(handle.process_group)
+            out.update((id(p), shards) for p in params)
+    return out
+
+
+def local_reader(root: Any) -> Optional[Callable[[List[Any], List[Any]], Tuple[List[Any], List[Any]]]]:
+    """What the collector reads for ``(weights, grads)`` of a model with sharded
+    parameters, or None when it has none: the local shards of DTensors (FSDP2,
+    tensor parallel), and for FSDP1's original parameters an empty gradient where
+    this rank's part is empty (its gradient is None there), so that every rank's
+    packet has every parameter in it."""
+    fsdp1 = fsdp1_shards(root)
+    dtensors = any(is_sharded(p) for p in root.parameters())
+    if not fsdp1 and not dtensors:
+        return None
+
+    def read(weights: List[Any], grads: List[Any]) -> Tuple[List[Any], List[Any]]:
+        if dtensors:
+            weights, grads = local_tensors(weights), local_tensors(grads)
+        if fsdp1:
+            # (the empty view itself stands for the empty gradient: never written, 0 for every statistic)
+            grads = [w if g is None and w.numel() == 0 and id(w) in fsdp1 else g for w, g in zip(weights, grads)]
+        return weights, grads
+
+    return read
+
+
+def copies(t: Any, world: int, fsdp1: Optional[Dict[int, int]] = None) -> float:
     """How many ranks hold each element of ``t``: ``world`` for a plain (replicated)
     tensor, ``world / shards`` for a DTensor (product of the mesh sizes of its
-    ``Shard`` dimensions)."""
+    ``Shard`` dimensions) or an FSDP1 parameter (``fsdp1``: :func:`fsdp1_shards`)."""
     if not is_sharded(t):
-        return float(world)
+        return world / fsdp1.get(id(t), 1) if fsdp1 else float(world)
     shards = 1
     for dim, placement in enumerate(t.placements):
         if placement.is_shard():
@@ -155,12 +203,13 @@ class Distributed:
 
     Args:
         group: the process group (default: the world).
+        root: the watched model (its FSDP1 units shard their parameters).
 
     Attributes:
         rank, world: this process and the number of processes.
     """
 
-    def __init__(self, group: Any = None) -> None:
+    def __init__(self, group: Any = None, root: Any = None) -> None:
         import torch.distributed as dist
 
         self._dist = dist
@@ -178,6 +227,7 @@ class Distributed:
         self._cap = 0  # a fused round's data capacity (the largest agreed packet so far)
         self._plans: Dict[Tuple, Tuple[Tensor, Tensor, int]] = {}  # layout key -> (ops, 1/copies, checksum)
         self._copies_cache: Dict[int, Tuple[Any, Any, Tuple[float, ...]]] = {}
+        self._fsdp1 = fsdp1_shards(root) if root is not None else {}
         self._warned = False
         self.left = False
         self.collectives = 0  # collectives issued so far (the benchmark counts them too)
@@ -322,7 +372,7 @@ class Distributed:
         cached = self._copies_cache.get(id(idx))
         if cached is None or cached[0] is not idx or cached[1] is not layout:
             params = layout.params
-            cached = (idx, layout, tuple(copies(params[i], self.world) for i in idx.tolist()))
+            cached = (idx, layout, tuple(copies(params[i], self.world, self._fsdp1) for i in idx.tolist()))
             self._copies_cache[id(idx)] = cached
             if len(self._copies_cache) > 64:
                 self._copies_cache.pop(next(iter(self._copies_cache)))

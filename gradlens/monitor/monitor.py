@@ -119,11 +119,10 @@ class Monitor:
             layouts, sources, n_optimizers=len(optimizers), every=every, sync=eager,
             closed=self._closed_step, urgent=self._publish,
         )
-        # torch.distributed: DTensor parameters are read as their local shards, and
+        # torch.distributed: sharded parameters (FSDP1, DTensors) are read as their local shards, and
         # each logged packet is reduced across ranks before its host copy
-        if any(_distributed.is_sharded(p) for p in layouts.root.parameters()):
-            collector.local = _distributed.local_tensors
-        self._dist = _distributed.context(ranks)
+        collector.local = _distributed.local_reader(layouts.root)
+        self._dist = _distributed.context(ranks, layouts.root)
         if self._dist is not None:
             collector.reduce = self._dist.reduce_packet
             collector.readers.update(dict.fromkeys(_distributed.NumelReader.kinds, _distributed.NumelReader()))

@@ -85,6 +85,26 @@ def _fsdp2(rank, tmp):
     return {"rows": _rows(mon), "losses": [r.loss for r in mon.records()], "local_shapes": local}
 
 
+def _fsdp1(rank, tmp, nested=False):
+    # FullyShardedDataParallel (FSDP1) with use_orig_params=True: the original parameters
+    # are 1-D views into each rank's flat shard, empty on a rank that holds none of one
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    policy = ModuleWrapPolicy({nn.Linear}) if nested else None
+    model = FSDP(mlp(), use_orig_params=True, device_id=torch.device("cpu"), auto_wrap_policy=policy)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    x, y = _data()
+    with gradlens.watch(model, opt, update_every=1) as mon:
+        _train(model, opt, mon, _shard(x, rank), _shard(y, rank))
+    local = {n: list(p.shape) for n, p in model.named_parameters()}
+    return {"rows": _rows(mon), "losses": [r.loss for r in mon.records()], "local_shapes": local}
+
+
+def _fsdp1_nested(rank, tmp):
+    return _fsdp1(rank, tmp, nested=True)
+
+
 def _tensor_parallel(rank, tmp):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -250,7 +270,7 @@ def _collectives(rank, tmp):
 
 
 SCENARIOS = {
-    "fsdp2": _fsdp2, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
+    "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
     "mismatch": _mismatch, "collectives": _collectives,
 }
@@ -312,20 +332,27 @@ def test_the_torch_engines_shard_as_the_tests_expect(ranks):
     shapes = [r["fsdp2"]["local_shapes"] for r in ranks]
     assert shapes[0]["0.weight"] == [4, 6] and shapes[1]["0.weight"] == [4, 6]
     assert shapes[0]["4.bias"] == [2] and shapes[1]["4.bias"] == [1]
+    # FSDP1: flat 1-D views, some of them empty on one rank, names wrapped
+    shapes = [r["fsdp1"]["local_shapes"] for r in ranks]
+    assert shapes[0]["_fsdp_wrapped_module.0.weight"] == [48] and shapes[1]["_fsdp_wrapped_module.0.weight"] == [0]
+    assert shapes[0]["_fsdp_wrapped_module.2.weight"] == [22] and shapes[1]["_fsdp_wrapped_module.2.weight"] == [42]
+    assert all(len(v) == 1 for r in shapes for v in r.values())
+    nested = ranks[0]["fsdp1_nested"]["local_shapes"]
+    assert "_fsdp_wrapped_module.0._fsdp_wrapped_module.weight" in nested, nested
     placements = ranks[0]["tensor_parallel"]["placements"]
     assert "Shard(dim=0)" in placements["0.weight"] and "Shard(dim=1)" in placements["2.weight"]
     assert "Replicate" in placements["2.bias"] and placements["4.weight"] == "plain"
 
 
-@pytest.mark.parametrize("engine", ["fsdp2", "tensor_parallel"])
+@pytest.mark.parametrize("engine", ["fsdp2", "fsdp1", "fsdp1_nested", "tensor_parallel"])
 def test_sharded_parameters_get_the_full_batch_norms_under_their_own_names(ranks, engine):
     ref_rows, _, ref_losses = _reference()
     for rank, result in enumerate(ranks):
         _assert_rows_equal(result[engine]["rows"], ref_rows, STATS)
     assert ranks[0][engine]["rows"] == ranks[1][engine]["rows"]  # every rank, the same numbers
-    if engine == "fsdp2":
+    if engine != "tensor_parallel":
         for result in ranks:
-            assert result["fsdp2"]["losses"] == pytest.approx(ref_losses, rel=1e-5)  # the mean of the halves
+            assert result[engine]["losses"] == pytest.approx(ref_losses, rel=1e-5)  # the mean of the halves
 
 
 def test_ddp_activation_statistics_are_those_of_the_full_batch(ranks):
