@@ -80,6 +80,7 @@ class Collector(Cycle):
         # before its host copy
         self.local: Optional[Callable[[List[Any], List[Any]], Any]] = None
         self.reduce: Optional[Callable[[Packet, StepPacket, Work], None]] = None
+        self.reduce_broken: Optional[Callable[[StepPacket, List[Part], np.ndarray], None]] = None
 
     def is_logged_step(self) -> bool:
         return self.step % self.every == 0
@@ -179,8 +180,13 @@ class Collector(Cycle):
             parts = [part for chunk, _ in held for part in chunk]
         pend.broken = True
         unpack([pend], self.readers)
+        # (torch.distributed, at the step itself as on every rank: what on_broken takes
+        # again from this rank's shards becomes global)
+        reduced = pend.p.copy() if self.reduce_broken is not None and host is not None and parts else None
         for on_broken in self._broken:
             on_broken(pend, parts)
+        if reduced is not None:
+            self.reduce_broken(pend, parts, reduced)
 
     def finish(self, pend: StepPacket) -> None:
         """Let the sources complete ``pend`` before its record is built."""

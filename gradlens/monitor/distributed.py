@@ -66,7 +66,7 @@ _N_OPS = 7
 _OP_NAMES = {"sum": SUM, "norm": NORM_REP, "max": MAX, "min": MIN, "mean": MEAN, "norm_mean": NORM_MEAN}
 
 # a round's header: [watching, phase, size, checksum, halt code]
-_PACKET, _HALT = 1, 2
+_PACKET, _HALT, _COUNTS = 1, 2, 3
 # ... in a fused round, as exact float32 values in front of the data (size and checksum in 16-bit halves)
 _HEAD = 7
 
@@ -228,6 +228,7 @@ class Distributed:
         self._plans: Dict[Tuple, Tuple[Tensor, Tensor, int]] = {}  # layout key -> (ops, 1/copies, checksum)
         self._copies_cache: Dict[int, Tuple[Any, Any, Tuple[float, ...]]] = {}
         self._fsdp1 = fsdp1_shards(root) if root is not None else {}
+        self._local_steps: Dict[int, Any] = {}  # the last step packets some chunk of which was not reduced
         self._warned = False
         self.left = False
         self.collectives = 0  # collectives issued so far (the benchmark counts them too)
@@ -293,8 +294,10 @@ class Distributed:
         """The size of the watching ranks' agreed packet in a round's headers, or
         None when there is none (no watching rank sent a packet, or their packets differ)."""
         live = rows[rows[:, 0] == 1]
-        if not len(live) or (live[:, 1] != _PACKET).any() or live[0, 2] == 0:
-            return None  # (a packet round of every watching rank, or none)
+        if not len(live) or live[0, 1] not in (_PACKET, _COUNTS) or (live[:, 1] != live[0, 1]).any():
+            return None  # (a round with data of every watching rank, or none)
+        if live[0, 2] == 0:
+            return None
         if (live[:, 2] != live[0, 2]).any() or (live[:, 3] != live[0, 3]).any():
             return None
         return int(live[0, 2])
@@ -306,6 +309,9 @@ class Distributed:
         flat, ops, inv_copies, checksum = self._flatten(packet, pend, work)
         rows, gathered = self._round(1, _PACKET, flat.numel(), checksum, flat=flat)
         if gathered is None:
+            self._local_steps[id(pend)] = pend  # (its values are this rank's: no counts round either)
+            for old in list(self._local_steps)[:-4]:
+                del self._local_steps[old]
             if flat.numel() and not self._warned:
                 self._warned = True
                 warnings.warn(
@@ -377,6 +383,42 @@ class Distributed:
             if len(self._copies_cache) > 64:
                 self._copies_cache.pop(next(iter(self._copies_cache)))
         return cached[2]
+
+    def reduce_broken(self, pend: Any, parts: Sequence[Any], reduced: np.ndarray) -> None:
+        """Make what a broken step (a NaN/Inf in its reduced values) took again from
+        the tensors of ``parts`` global (``reduced``: ``pend.p`` before that).
+
+        Each rank counted the NaN/Inf elements of its own shards of the gradients,
+        and took again in float64 a norm that overflowed where its shard has none;
+        one more round sums the counts over the ranks (divided by each parameter's
+        copies: a replicated gradient counts once) and combines the retaken norms as
+        shard norms where every rank could retake its part (else the reduced value
+        stays). Called by the collector right after the step's check, which every rank
+        makes at the same step (the reduced values are the same on every rank); a step
+        whose packet was not reduced keeps its own values, with no round."""
+        if id(pend) in self._local_steps or pend.p is None:
+            return
+        from gradlens._record import GRAD_STATS
+
+        nf, gn, wn = (GRAD_STATS.index(c) for c in ("nonfinite", "grad_norm", "weight_norm"))
+        idx = [part.idx for part in parts]
+        at = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
+        n = len(at)
+        mine = torch.tensor(pend.p[at][:, [nf, gn, wn]].T.reshape(-1), dtype=torch.float32, device=self.device)
+        checksum = zlib.crc32(repr(("broken", n)).encode())
+        rows, gathered = self._round(1, _COUNTS, mine.numel(), checksum, flat=mine)
+        if gathered is None or not n:
+            return
+        alive = np.flatnonzero(rows[:, 0] == 1)
+        g = gathered.cpu().double().numpy()[alive].reshape(len(alive), 3, n)
+        per = np.array([c for i in idx for c in self._copies(pend.layout, i)], dtype=np.float64)
+        scale = self.world / (per * len(alive))  # 1 / copies among the ranks left (see reduce_packet)
+        pend.p[at, nf] = np.round(g[:, 0].sum(0) * scale)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for k, col in ((1, gn), (2, wn)):
+                before = reduced[at, col]
+                retaken = np.isfinite(g[:, k]).all(0) & ~np.isfinite(before)
+                pend.p[at, col] = np.where(retaken, np.sqrt(np.square(g[:, k]).sum(0) * scale), before)
 
     # -- halts and leaving ------------------------------------------------------------
     def share_halt(self, code: int) -> int:

@@ -125,6 +125,7 @@ class Monitor:
         self._dist = _distributed.context(ranks, layouts.root)
         if self._dist is not None:
             collector.reduce = self._dist.reduce_packet
+            collector.reduce_broken = self._dist.reduce_broken
             collector.readers.update(dict.fromkeys(_distributed.NumelReader.kinds, _distributed.NumelReader()))
         self._publisher = Publisher(
             collector.readers, order, history=self._history, tb=self._tb,

@@ -216,6 +216,41 @@ def _uneven(rank, tmp):
             "seconds": seconds, "first": first, "own_first": own_first}
 
 
+def _nonfinite(rank, tmp):
+    # a NaN/Inf in the gradient of 2.weight at step 1: rank 0 poisons 2 elements of what it
+    # holds, rank 1 poisons 3 (sharded: 5 in all); DDP: the same 3 on both ranks (3 in all)
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import fully_shard
+
+    out = {}
+    for engine in ("fsdp2", "fsdp1", "ddp"):
+        if engine == "fsdp2":
+            model = mlp()
+            for i in (0, 2, 4):
+                fully_shard(model[i])
+            fully_shard(model)
+        elif engine == "fsdp1":
+            model = FSDP(mlp(), use_orig_params=True, device_id=torch.device("cpu"))
+        else:
+            model = nn.parallel.DistributedDataParallel(mlp())
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        x, y = _data()
+        with gradlens.watch(model, opt) as mon:
+            for step in range(2):
+                opt.zero_grad()
+                F.mse_loss(model(_shard(x, rank)), _shard(y, rank)).backward()
+                if step == 1:
+                    grad = dict(model.named_parameters())[
+                        {"fsdp2": "2.weight", "fsdp1": "_fsdp_wrapped_module.2.weight", "ddp": "module.2.weight"}[engine]
+                    ].grad
+                    flat = (grad.to_local() if hasattr(grad, "to_local") else grad).view(-1)
+                    flat[: 3 if engine == "ddp" else 2 + rank] = float("nan")
+                    flat[-1] = float("inf") if engine != "ddp" else flat[-1]
+                opt.step()
+        out[engine] = _rows(mon, ("nonfinite", "grad_norm"))
+    return out
+
+
 class _Branchy(nn.Module):
     """mlp() and a Tanh after it that runs only while ``extra`` is set: a model whose
     traced modules depend on the data."""
@@ -272,7 +307,7 @@ def _collectives(rank, tmp):
 SCENARIOS = {
     "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
-    "mismatch": _mismatch, "collectives": _collectives,
+    "mismatch": _mismatch, "collectives": _collectives, "nonfinite": _nonfinite,
 }
 
 
@@ -418,6 +453,20 @@ def test_ranks_with_different_step_counts_close_without_hanging(ranks):
     # layer 0 unfrozen at step 3, after rank 1 left: rank 0's own gradients, from a larger packet
     assert long["first"][:3] == [None, None, None] and short["first"] == [None, None]
     assert long["first"][3:] == pytest.approx(long["own_first"], rel=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "fsdp1", "ddp"])
+def test_non_finite_counts_of_a_broken_step_are_global(ranks, engine):
+    # sharded: the elements every rank poisoned in its own part, summed (2 + 3 NaN and one
+    # Inf a rank); replicated (DDP): the 3 elements, counted once. The other parameters: 0.
+    expected = 3 if engine == "ddp" else 2 + 3 + 2
+    for result in ranks:
+        rows = {(r["step"], r["param"]): r for r in result["nonfinite"][engine]}
+        assert rows[(1, "2.weight")]["nonfinite"] == expected
+        assert rows[(1, "2.weight")]["grad_norm"] is None  # (NaN: no norm retaken)
+        assert rows[(0, "2.weight")]["nonfinite"] == 0
+        assert all(r["nonfinite"] == 0 for (step, name), r in rows.items() if name != "2.weight"), rows
+    assert ranks[0]["nonfinite"][engine] == ranks[1]["nonfinite"][engine]
 
 
 def test_ranks_whose_layouts_differ_keep_their_own_values_for_that_step(ranks):
