@@ -1,35 +1,68 @@
 """torch.distributed: one truth across ranks, one writer, halts that never hang.
 
-Under DDP, FSDP2 (``fully_shard``) or tensor parallelism every rank watches its own
-copy of the model. What a rank measures is either replicated (DDP's all-reduced
-gradients, the weights of a replicated parameter), a shard (the local part of a
-DTensor parameter or gradient: FSDP2, ``parallelize_module``) or local to the rank
-(its loss, its activations). :class:`Distributed` turns each logged step's device
-packet into the same global values on every rank, so every rank builds the same
-records and the diagnosis finds the same findings:
+Under DDP, FSDP1 (``FullyShardedDataParallel(use_orig_params=True)``), FSDP2
+(``fully_shard``) or tensor parallelism every rank watches its own copy of the
+model. What a rank measures is either replicated (DDP's all-reduced gradients, the
+weights of a replicated parameter), a shard (the local part of a DTensor parameter
+or gradient: FSDP2, ``parallelize_module``; FSDP1's original parameters, which
+outside forward and backward are 1-D views of their part of the rank's flat shard,
+empty on a rank that holds none of it) or local to the rank (its loss, its
+activations). :class:`Distributed` turns each logged step's device packet into the
+same global values on every rank, so every rank builds the same records and the
+diagnosis finds the same findings.
 
-* **one data collective per logged step** (per optimizer of the step): the packet's
-  flat tensor is all-gathered (one ``all_gather_into_tensor``, ``world x n`` floats)
-  and reduced on its device, element by element, with the operation each value
-  needs (:data:`SUM`, :data:`NORM`, :data:`MAX`, ...). An all-reduce applies one
-  operation to the whole tensor; a packet mixes sums, maxima, minima and means, so
-  one all-gather replaces the two or three all-reduces that would take. It happens on
-  the device packet before its host copy, with no host sync, so with NCCL the copy
-  stays non-blocking. Shard norms combine as ``sqrt(sum of squares)`` (no
-  ``full_tensor()``, no collective per parameter), max|g| as the max, loss as the
-  mean, activation sums and counts as sums.
-* **one small control collective before it** (a CPU all-gather of 5 integers per
-  rank, on a gloo group): whether each rank is still watching, the packet's size and
-  a checksum of its layout. Ranks whose packets disagree (a data-dependent model
-  traced different modules) keep their own values for that step, with a warning,
-  instead of reducing mismatched numbers. A rank that closes its monitor early
-  (ranks ran different numbers of steps) keeps answering the others' collectives
-  with "not watching" from :meth:`Distributed.leave` until every rank has closed, so
-  neither ``close()`` nor the others' steps hang.
-* **the halt decision** (``halt_on``): one more control collective per logged step,
-  after the diagnosis, shares whether any rank found a halting finding, so all ranks
-  raise :class:`~gradlens.TrainingHalted` at the same step even when the condition
-  was local to one rank (different thresholds, a rank-local origin probe).
+**The reduction.** The packet's flat tensor is all-gathered and reduced on its
+device, element by element, with the operation each value needs (:data:`SUM`,
+:data:`NORM`, :data:`MAX`, ...). An all-reduce applies one operation to the whole
+tensor; a packet mixes sums, maxima, minima and means, so one all-gather replaces
+the two or three all-reduces that would take. Shard norms combine as ``sqrt(sum of
+squares / copies)`` (no ``full_tensor()``, no collective per parameter), max|g| as
+the max, loss as the mean, activation sums and counts as sums.
+
+**One collective per logged step** (per optimizer of the step), on gloo. Every
+collective gradlens makes is a *round* that every rank enters, with a header per
+rank: whether it still watches, the round's phase, the size and checksum of its
+packet's layout, a halt code. The header rides in front of the data, as exact
+float32 values, in one ``all_gather_into_tensor`` of ``header + data padded to the
+capacity``. The capacity is the largest packet the ranks agreed on so far; every
+rank derives it from the same gathered headers, so every rank always sends the same
+size, and nothing ever enters a gather with a size the others do not expect:
+
+* the first logged step (capacity 0) gathers the headers alone, then the data at
+  the agreed size (2 collectives); so does a packet larger than any before (an
+  unfrozen parameter, the first activation-tracing step when it is not step 0);
+* every other logged step: 1 collective, smaller packets (the steps between
+  activation-tracing ones) padded to the capacity, which never shrinks;
+* ranks whose packets disagree (a data-dependent model traced different modules)
+  see it in the headers and keep their own values for that step, with a warning,
+  in the same single round, instead of reducing mismatched numbers.
+
+With NCCL the data lives on the GPU, and reading a header there would make the host
+wait for the device at every logged step. There the header goes first through a
+small gloo all-gather on the host, and the data (NCCL) follows only when the
+layouts agree: 2 collectives per logged step, no host sync, so the packet's host
+copy stays non-blocking.
+
+**Leaving.** A rank that closes its monitor early (ranks ran different numbers of
+steps) keeps entering rounds as "not watching" from :meth:`Distributed.leave`, with
+zeros for data and the same capacity rule, until every rank has closed, so neither
+``close()`` nor the others' steps hang; the ranks still watching leave its rows out
+(a replicated value's copies are then the ranks left).
+
+**Halts** (``halt_on``): one more round per diagnosed record, after the diagnosis,
+shares whether any rank found a halting finding, so all ranks raise
+:class:`~gradlens.TrainingHalted` in the same ``optimizer.step()``. It cannot ride in
+the next step's header: a rank that halts at step S while another goes on would
+leave the other waiting in step S+1's all-reduce, and halting everyone one logged
+step late would let training run on with the problem. It cannot be skipped either:
+the diagnosis has rank-local inputs (per-rank thresholds, the NaN-origin probe runs
+on each rank's own forward). So with ``halt_on`` a logged step costs 2 collectives.
+
+**Broken steps.** On a step with a NaN/Inf, the exact non-finite counts (and norms
+taken again in float64) come from each rank's own shards; one more round, at that
+step (only when the values were reduced, so every rank knows it is one), sums them
+over the ranks. With a deferred GPU copy the check happens later, at a time each
+rank picks alone, so there the counts stay the rank's own.
 
 Without torch.distributed initialised (or with one process) nothing here runs.
 """

@@ -185,7 +185,7 @@ def _halt_rank_local(rank, tmp):
     return _halting(rank, poison, halt_on={"exploding"}, thresholds=thresholds)
 
 
-def _uneven(rank, tmp):
+def _uneven(rank, tmp, fused=True):
     # rank 1 closes after 2 steps; rank 0 then unfreezes layer 0, so its packet grows
     # while rank 1 answers from leave(): the round at the new capacity must not hang
     import torch.distributed as dist
@@ -199,6 +199,7 @@ def _uneven(rank, tmp):
     own_first = []
     t0 = time.monotonic()
     with gradlens.watch(model, opt, activations=2) as mon:
+        mon._dist.fused = fused  # (False: NCCL's protocol, on gloo here)
         for step in range(steps):
             if step == 3:
                 model[0].weight.requires_grad_(True)
@@ -251,6 +252,10 @@ def _nonfinite(rank, tmp):
     return out
 
 
+def _uneven_unfused(rank, tmp):
+    return _uneven(rank, tmp, fused=False)
+
+
 class _Branchy(nn.Module):
     """mlp() and a Tanh after it that runs only while ``extra`` is set: a model whose
     traced modules depend on the data."""
@@ -285,13 +290,16 @@ def _mismatch(rank, tmp):
 
 
 def _collectives(rank, tmp):
-    # collectives per logged step: traced (activations=2) and untraced steps, with and without halt_on
-    ddp = nn.parallel.DistributedDataParallel(mlp())
-    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+    # collectives per logged step: traced (activations=2) and untraced steps, with and
+    # without halt_on, and "unfused": the header first, then the data (what NCCL does)
     x, y = _data()
     out = {}
-    for name, options in {"plain": {}, "halt_on": {"halt_on": {"nonfinite"}}}.items():
+    for name, options in {"plain": {}, "halt_on": {"halt_on": {"nonfinite"}}, "unfused": {}}.items():
+        ddp = nn.parallel.DistributedDataParallel(mlp())
+        opt = torch.optim.SGD(ddp.parameters(), lr=LR)
         mon = gradlens.watch(ddp, opt, activations=2, update_every=1, **options)
+        if name == "unfused":
+            mon._dist.fused = False
         per_step = []
         for _ in range(5):
             before = mon._dist.collectives
@@ -300,13 +308,15 @@ def _collectives(rank, tmp):
         before = mon._dist.collectives
         mon.close()
         out[name] = {"per_step": per_step, "close": mon._dist.collectives - before, "fused": mon._dist.fused,
-                     "traced": [bool(r.layers and "1" in r.layers) for r in mon.records()]}
+                     "traced": [bool(r.layers and "1" in r.layers) for r in mon.records()],
+                     "rows": _rows(mon), "layers": _layer_rows(mon)}
     return out
 
 
 SCENARIOS = {
     "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
+    "uneven_unfused": _uneven_unfused,
     "mismatch": _mismatch, "collectives": _collectives, "nonfinite": _nonfinite,
 }
 
@@ -443,8 +453,9 @@ def test_a_problem_on_one_rank_halts_both_at_the_same_step(ranks, scenario):
     assert {h["kind"] for h in halts} == {"nonfinite" if scenario == "halt_nan" else "exploding"}
 
 
-def test_ranks_with_different_step_counts_close_without_hanging(ranks):
-    long, short = ranks[0]["uneven"], ranks[1]["uneven"]
+@pytest.mark.parametrize("scenario", ["uneven", "uneven_unfused"])
+def test_ranks_with_different_step_counts_close_without_hanging(ranks, scenario):
+    long, short = ranks[0][scenario], ranks[1][scenario]
     assert long["steps"] == [0, 1, 2, 3, 4] and short["steps"] == [0, 1]
     assert long["losses"][:2] == pytest.approx(short["losses"], rel=1e-6)  # pooled while both watched
     # after rank 1 left, rank 0's losses are its own again (rank 1's zeros are left out)
@@ -491,3 +502,10 @@ def test_one_collective_per_logged_step_once_the_layout_is_agreed(ranks):
         # halt_on: one more round after each diagnosis (see gradlens.monitor.distributed)
         assert res["halt_on"]["per_step"] == [3, 2, 2, 2, 2]
         assert res["plain"]["close"] == res["halt_on"]["close"] == 1  # leave(): all ranks close together
+        # unfused (NCCL's protocol, here on gloo): a header round, then the data; the same values
+        assert not res["unfused"]["fused"]
+        assert res["unfused"]["per_step"] == [2, 2, 2, 2, 2] and res["unfused"]["close"] == 1
+        for variant in ("halt_on", "unfused"):
+            assert res[variant]["rows"] == res["plain"]["rows"]
+            assert res[variant]["layers"] == res["plain"]["layers"]
+    assert ranks[0]["collectives"]["plain"]["rows"] == ranks[1]["collectives"]["plain"]["rows"]
