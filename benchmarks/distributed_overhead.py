@@ -3,8 +3,9 @@
 Run:  python benchmarks/distributed_overhead.py [--steps 200] [--block 20] [--quick]
 
 Each of the 2 spawned ranks builds two identical copies of an MLP 256-512-512-10
-(batch 64 per rank), wrapped by DDP, or sharded by FSDP2 ``fully_shard`` (each
-Linear and the root). Copy A trains plainly, copy B under ``gradlens.watch`` with
+(batch 64 per rank), wrapped by DDP, sharded by FSDP2 ``fully_shard`` (each
+Linear and the root), or by FSDP1 ``FullyShardedDataParallel(use_orig_params=True)``
+(one unit per Linear). Copy A trains plainly, copy B under ``gradlens.watch`` with
 the variant's options; both ranks alternate an A step and a B step in one loop (the
 order swapped every pair, as ``benchmarks/overhead.py`` does), so both copies see
 the same noise. Clock: wall time (a rank waiting in a collective uses no CPU). The
@@ -12,7 +13,7 @@ table shows rank 0's medians over blocks of ``--block`` pairs, and the collectiv
 gradlens adds: the ``torch.distributed`` collective functions are wrapped before
 anything is built, and each watched step's calls minus those of the plain step
 with the same index (FSDP2's own all-gathers and reduce-scatters go through the
-same functions; DDP's all-reduce runs in C++) are counted per logged step after the
+same functions; DDP's all-reduce runs in C++, FSDP1's calls are subtracted too) are counted per logged step after the
 first (the steady state), at the first logged step (where the ranks agree on the
 packet's layout), per unlogged step, and in ``close()``.
 Tests never assert on these timings; ``--quick`` is a smoke run.
@@ -35,7 +36,11 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 WORLD = 2
 #: (engine, every, watch options); the name is "ENGINE every=N" and the options' keys
 VARIANTS = (("ddp", 1, {}), ("ddp", 10, {}), ("fsdp2", 1, {}), ("fsdp2", 10, {}),
-            ("ddp", 1, {"halt_on": {"nonfinite"}}))
+            ("fsdp1", 1, {}), ("fsdp1", 10, {}), ("ddp", 1, {"halt_on": {"nonfinite"}}),
+            ("ddp", 1, {"unfused": True}))
+#: not a watch option: the protocol gradlens uses with NCCL (a header round, then the
+#: data), forced here on gloo, to measure what the fused round saves
+_UNFUSED = "unfused"
 _COLLECTIVES = ("all_gather_single", "all_gather_into_tensor", "all_reduce", "all_gather", "broadcast",
                 "reduce_scatter_tensor", "barrier")
 
@@ -48,6 +53,12 @@ def _model(engine: str):
     net = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
     if engine == "ddp":
         return nn.parallel.DistributedDataParallel(net)
+    if engine == "fsdp1":  # one FSDP unit per Linear, the original parameters kept (CPU: device_id)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        return FullyShardedDataParallel(net, use_orig_params=True, device_id=torch.device("cpu"),
+                                        auto_wrap_policy=ModuleWrapPolicy({nn.Linear}))
     from torch.distributed.fsdp import fully_shard
 
     for i in (0, 2, 4):
@@ -90,7 +101,9 @@ def _rank(rank: int, init_file: str, out: str, steps: int, block: int, warmup: i
             a, b = _model(engine), _model(engine)
             opt_a = torch.optim.SGD(a.parameters(), lr=1e-2)
             opt_b = torch.optim.SGD(b.parameters(), lr=1e-2)
-            mon = gradlens.watch(b, opt_b, every=every, **options)
+            mon = gradlens.watch(b, opt_b, every=every, **{k: v for k, v in options.items() if k != _UNFUSED})
+            if options.get(_UNFUSED):
+                mon._dist.fused = False
             calls: Dict[str, List[int]] = {"a": [], "b": []}  # collectives of each step, in order
 
             def step(model, opt, side):
