@@ -95,10 +95,11 @@ def _fsdp1(rank, tmp, nested=False):
     model = FSDP(mlp(), use_orig_params=True, device_id=torch.device("cpu"), auto_wrap_policy=policy)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     x, y = _data()
-    with gradlens.watch(model, opt, update_every=1) as mon:
+    with gradlens.watch(model, opt, update_every=1, activations=1) as mon:
         _train(model, opt, mon, _shard(x, rank), _shard(y, rank))
     local = {n: list(p.shape) for n, p in model.named_parameters()}
-    return {"rows": _rows(mon), "losses": [r.loss for r in mon.records()], "local_shapes": local}
+    return {"rows": _rows(mon), "losses": [r.loss for r in mon.records()], "local_shapes": local,
+            "layers": _layer_rows(mon)}
 
 
 def _fsdp1_nested(rank, tmp):
@@ -398,6 +399,13 @@ def test_sharded_parameters_get_the_full_batch_norms_under_their_own_names(ranks
     if engine != "tensor_parallel":
         for result in ranks:
             assert result[engine]["losses"] == pytest.approx(ref_losses, rel=1e-5)  # the mean of the halves
+
+
+@pytest.mark.parametrize("engine", ["fsdp1", "fsdp1_nested"])
+def test_fsdp1_activation_statistics_are_those_of_the_full_batch(ranks, engine):
+    _, ref_layers, _ = _reference(activations=True)
+    for result in ranks:
+        _assert_rows_equal(result[engine]["layers"], ref_layers, ACT, key="layer", rel=1e-4)
 
 
 def test_ddp_activation_statistics_are_those_of_the_full_batch(ranks):
