@@ -172,12 +172,13 @@ def local_tensors(tensors: Sequence[Any]) -> List[Any]:
     return [_local(t) if isinstance(t, cls) else t for t in tensors]
 
 
-def fsdp1_shards(root: Any) -> Dict[int, int]:
+def fsdp1_shards(root: Any, *, warn: bool = False) -> Dict[int, int]:
     """``id(parameter) -> ranks it is sharded over`` for the original parameters of
     every ``FullyShardedDataParallel(use_orig_params=True)`` unit in ``root`` with a
     sharded strategy (FSDP1: outside forward and backward each one is a 1-D view of
     its part of the rank's flat shard, maybe empty, and its gradient likewise, None
-    where the part is empty). Empty without FSDP1."""
+    where the part is empty). Without ``use_orig_params`` each unit's flat parameter
+    is the one parameter there is (``warn``: say so once). Empty without FSDP1."""
     import sys
 
     cls = getattr(sys.modules.get("torch.distributed.fsdp"), "FullyShardedDataParallel", None)
@@ -186,13 +187,25 @@ def fsdp1_shards(root: Any) -> Dict[int, int]:
     import torch.distributed as dist
 
     out: Dict[int, int] = {}
+    flat_only = False
     for module in root.modules():
         handle = getattr(module, "_handle", None) if isinstance(module, cls) else None
         flat = getattr(handle, "flat_param", None)
+        if flat is None or not handle.uses_sharded_strategy:
+            continue
         params = list(getattr(flat, "_params", None) or ()) + list(getattr(flat, "_shared_params", None) or ())
-        if params and handle.uses_sharded_strategy:
-            shards = dist.get_world_size(handle.process_group)
-            out.update((id(p), shards) for p in params)
+        shards = dist.get_world_size(handle.process_group)
+        if not params:  # use_orig_params=False: the unit's one flat parameter is what there is
+            flat_only = True
+            params = [flat]
+        out.update((id(p), shards) for p in params)
+    if flat_only and warn:
+        warnings.warn(
+            "gradlens: FullyShardedDataParallel without use_orig_params=True shows gradlens one flat "
+            "parameter per FSDP unit ('..._flat_param'), so its statistics are those of the unit's parameters "
+            "together; pass use_orig_params=True for per-parameter statistics under their own names",
+            UserWarning, stacklevel=4,
+        )
     return out
 
 
@@ -202,7 +215,7 @@ def local_reader(root: Any) -> Optional[Callable[[List[Any], List[Any]], Tuple[L
     tensor parallel), and for FSDP1's original parameters an empty gradient where
     this rank's part is empty (its gradient is None there), so that every rank's
     packet has every parameter in it."""
-    fsdp1 = fsdp1_shards(root)
+    fsdp1 = fsdp1_shards(root, warn=True)
     dtensors = any(is_sharded(p) for p in root.parameters())
     if not fsdp1 and not dtensors:
         return None

@@ -102,6 +102,23 @@ def _fsdp1(rank, tmp, nested=False):
             "layers": _layer_rows(mon)}
 
 
+def _fsdp1_flat(rank, tmp):
+    # FSDP1 without use_orig_params: one flat parameter, sharded; a warning says so
+    import warnings
+
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = FSDP(mlp(), device_id=torch.device("cpu"))
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    x, y = _data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradlens.watch(model, opt) as mon:
+            _train(model, opt, mon, _shard(x, rank), _shard(y, rank))
+    return {"rows": _rows(mon, ("grad_norm", "weight_norm")),
+            "warned": sum("use_orig_params=True" in str(w.message) for w in caught)}
+
+
 def _fsdp1_nested(rank, tmp):
     return _fsdp1(rank, tmp, nested=True)
 
@@ -315,7 +332,7 @@ def _collectives(rank, tmp):
 
 
 SCENARIOS = {
-    "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
+    "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "fsdp1_flat": _fsdp1_flat, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
     "uneven_unfused": _uneven_unfused,
     "mismatch": _mismatch, "collectives": _collectives, "nonfinite": _nonfinite,
@@ -399,6 +416,20 @@ def test_sharded_parameters_get_the_full_batch_norms_under_their_own_names(ranks
     if engine != "tensor_parallel":
         for result in ranks:
             assert result[engine]["losses"] == pytest.approx(ref_losses, rel=1e-5)  # the mean of the halves
+
+
+def test_fsdp1_without_orig_params_gives_the_flat_parameters_global_norms_and_warns(ranks):
+    # the unit's flat parameter holds every parameter: its norms are those of all of them together
+    ref_rows, _, _ = _reference()
+    for result in ranks:
+        res = result["fsdp1_flat"]
+        assert res["warned"] == 1
+        assert {r["param"] for r in res["rows"]} == {"_flat_param"}
+        for step in range(STEPS):
+            got = next(r for r in res["rows"] if r["step"] == step)
+            for stat in ("grad_norm", "weight_norm"):
+                expected = math.sqrt(sum(r[stat] ** 2 for r in ref_rows if r["step"] == step))
+                assert got[stat] == pytest.approx(expected, rel=1e-5), (step, stat)
 
 
 @pytest.mark.parametrize("engine", ["fsdp1", "fsdp1_nested"])
