@@ -274,6 +274,27 @@ def _uneven_unfused(rank, tmp):
     return _uneven(rank, tmp, fused=False)
 
 
+def _overflow(rank, tmp):
+    # FSDP2, a 100x100 weight (past the batched path: float32 norms) whose gradient is 1e20
+    # everywhere at step 1: its norm (1e22) overflows float32 and is taken again in float64
+    # from each rank's half, then combined
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100))
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    gen = torch.Generator().manual_seed(rank)
+    with gradlens.watch(model, opt) as mon:
+        for step in range(2):
+            opt.zero_grad()
+            model(torch.randn(4, 100, generator=gen)).pow(2).mean().backward()
+            if step == 1:
+                model[0].weight.grad.to_local().fill_(1e20)
+            opt.step()
+    return {"rows": _rows(mon, ("grad_norm", "nonfinite"))}
+
+
 class _Branchy(nn.Module):
     """mlp() and a Tanh after it that runs only while ``extra`` is set: a model whose
     traced modules depend on the data."""
@@ -335,7 +356,7 @@ SCENARIOS = {
     "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "fsdp1_flat": _fsdp1_flat, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
     "uneven_unfused": _uneven_unfused,
-    "mismatch": _mismatch, "collectives": _collectives, "nonfinite": _nonfinite,
+    "mismatch": _mismatch, "collectives": _collectives, "nonfinite": _nonfinite, "overflow": _overflow,
 }
 
 
@@ -517,6 +538,14 @@ def test_non_finite_counts_of_a_broken_step_are_global(ranks, engine):
         assert rows[(0, "2.weight")]["nonfinite"] == 0
         assert all(r["nonfinite"] == 0 for (step, name), r in rows.items() if name != "2.weight"), rows
     assert ranks[0]["nonfinite"][engine] == ranks[1]["nonfinite"][engine]
+
+
+def test_an_overflowed_shard_norm_is_taken_again_globally(ranks):
+    for result in ranks:
+        row = next(r for r in result["overflow"]["rows"] if r["step"] == 1 and r["param"] == "0.weight")
+        assert row["grad_norm"] == pytest.approx(1e22, rel=1e-5)  # not one half's 7.07e21
+        assert row["nonfinite"] == 0  # finite elements: an overflowed norm, not a NaN/Inf
+    assert ranks[0]["overflow"]["rows"] == ranks[1]["overflow"]["rows"]
 
 
 def test_ranks_whose_layouts_differ_keep_their_own_values_for_that_step(ranks):
