@@ -385,15 +385,14 @@ def watch(
         thresholds: overrides of the diagnosis thresholds.
         ranks: under torch.distributed (DDP, FSDP1 ``use_orig_params=True``, FSDP2
             ``fully_shard``, tensor parallel; call ``watch`` on every rank, with the
-            same options), who
-            writes TensorBoard. ``"zero"`` (default): rank 0 writes ``logdir``, the
+            same options), who writes TensorBoard. ``"zero"`` (default): rank 0 writes ``logdir``, the
             other ranks write nothing (a ``writer=`` is used on rank 0 only).
             ``"all"``: every rank writes ``logdir/rank{r}``. Either way every rank
             records the same global statistics and finds the same findings: each
             logged step's packet is reduced across ranks before its host copy (one
-            all-gather of a few floats per parameter; see
-            :mod:`gradlens.monitor.distributed`), so shards give the norms of the whole parameter,
-            under their original names, and the loss and activation statistics are
+            all-gather of a few floats per parameter, see
+            :mod:`gradlens.monitor.distributed`), so shards give the norms of the
+            whole parameter, under their original names, and the loss and activation statistics are
             those of the global batch (the mean loss, pooled sums and counts);
             ``halt_on`` stops all ranks at the same step. ``"local"``: no
             collective, each rank records its own values into ``logdir/rank{r}``.
