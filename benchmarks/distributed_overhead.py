@@ -80,6 +80,42 @@ def _count_collectives(counter: List[int]) -> None:
             setattr(dist, name, wrapped)
 
 
+#: packet sizes (floats) of the rounds timed alone: this MLP's packet (6 parameters, their
+#: statistics and the loss) and one of a model with ~1000 parameters
+ROUND_SIZES = (20, 4096)
+
+
+def _time_rounds(steps: int) -> Dict[str, Dict[str, float]]:
+    """Microseconds per logged step of gradlens' rounds alone (a packet of each of
+    ``ROUND_SIZES`` floats, the layout agreed): fused (header and data in one
+    all-gather, gloo's protocol) against unfused (a header all-gather, then the data:
+    NCCL's protocol, here on gloo), alternating in blocks of 20; medians of the blocks."""
+    import statistics
+    import zlib
+
+    import torch
+
+    from gradlens.monitor import distributed
+
+    d = distributed.Distributed()
+    out: Dict[str, Dict[str, float]] = {}
+    for n in ROUND_SIZES:
+        flat = torch.randn(n)
+        crc = zlib.crc32(b"bench")
+        times: Dict[bool, List[float]] = {True: [], False: []}
+        for block in range(max(steps // 20, 2) * 2 + 2):
+            fused = block % 2 == 0
+            d.fused = fused
+            t0 = time.perf_counter()
+            for _ in range(20):
+                d._round(1, distributed._PACKET, n, crc, flat=flat)
+            if block >= 2:  # (the first pair warms up, and agrees on the capacity)
+                times[fused].append((time.perf_counter() - t0) / 20 * 1e6)
+        out[str(n)] = {"fused_us": statistics.median(times[True]), "unfused_us": statistics.median(times[False])}
+    d.leave()
+    return out
+
+
 def _rank(rank: int, init_file: str, out: str, steps: int, block: int, warmup: int) -> None:
     import torch
     import torch.distributed as dist
@@ -127,9 +163,10 @@ def _rank(rank: int, init_file: str, out: str, steps: int, block: int, warmup: i
                 "first": added[0], "steady": sum(added[1:]) / len(added[1:]),
                 "unlogged": sum(unlogged) / max(len(unlogged), 1), "close": counter[0] - before,
             }
+        rounds = _time_rounds(steps)
         if rank == 0:
             with open(out, "w") as f:
-                json.dump(rows, f)
+                json.dump({"variants": rows, "rounds": rounds}, f)
     finally:
         dist.destroy_process_group()
 
@@ -151,7 +188,8 @@ def main(argv: List[str] | None = None) -> int:
         mp.start_processes(_rank, args=(os.path.join(tmp, "init"), out, steps, block, warmup), nprocs=WORLD,
                            start_method="spawn", join=True)
         with open(out) as f:
-            rows = json.load(f)
+            got = json.load(f)
+            rows, rounds = got["variants"], got["rounds"]
     print(f"torch {torch.__version__} | {WORLD} processes, gloo, CPU, one thread each | "
           f"{steps} step pairs, medians over blocks of {block} (rank 0, wall time)")
     print("| variant | plain ms | watched ms | watched/plain | collectives added per logged step "
@@ -160,6 +198,12 @@ def main(argv: List[str] | None = None) -> int:
     for name, r in rows.items():
         print(f"| {name} | {r['plain_ms']:.2f} | {r['watched_ms']:.2f} | {r['ratio']:.3f}x | "
               f"{r['steady']:.2f} | {r['first']} | {r['unlogged']:.2f} | {r['close']} |")
+    print()
+    print("gradlens' rounds alone, per logged step (packet agreed; medians of blocks of 20, rank 0, wall time)")
+    print("| packet floats | fused: 1 all-gather, us | unfused: header, then data, us | saved, us |")
+    print("|---|---|---|---|")
+    for n, r in rounds.items():
+        print(f"| {n} | {r['fused_us']:.0f} | {r['unfused_us']:.0f} | {r['unfused_us'] - r['fused_us']:.0f} |")
     return 0
 
 

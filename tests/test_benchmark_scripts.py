@@ -55,3 +55,6 @@ def test_distributed_overhead_quick_run_counts_one_collective_per_logged_step():
         halt = int(name.endswith("halt_on"))
         expected = [2.0, 2, 0.0, 1] if name.endswith("unfused") else [1.0 + halt, 2 + halt, 0.0, 1]
         assert [float(r[5]), int(r[6]), float(r[7]), int(r[8])] == expected, proc.stdout
+    rounds = [ln.split("|")[1].strip() for ln in proc.stdout.splitlines()
+              if ln.startswith("| ") and ln.split("|")[1].strip().isdigit()]
+    assert rounds == ["20", "4096"], proc.stdout  # the rounds timed alone
