@@ -168,7 +168,10 @@ def _rank(rank: int, init_file: str, out: str, steps: int, block: int, warmup: i
             with open(out, "w") as f:
                 json.dump({"variants": rows, "rounds": rounds}, f)
     finally:
-        dist.destroy_process_group()
+        try:
+            dist.barrier()  # (no rank tears its connections down while the other still reads)
+        finally:
+            dist.destroy_process_group()
 
 
 def main(argv: List[str] | None = None) -> int:

@@ -404,6 +404,8 @@ class Distributed:
             else:  # the loss; kinds that declare nothing
                 spec.append((MEAN, None, size))
             key.append((kind, size, declared, per))
+        if traced is not None:  # which modules were traced, in order: the same sizes may come from other modules
+            key.append((tuple(c.name for c in traced.calls), tuple(traced.grad_counts.items())))
         key_t = tuple(key)
         plan = self._plans.get(key_t)
         if plan is None:

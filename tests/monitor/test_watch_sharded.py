@@ -296,20 +296,20 @@ def _overflow(rank, tmp):
 
 
 class _Branchy(nn.Module):
-    """mlp() and a Tanh after it that runs only while ``extra`` is set: a model whose
-    traced modules depend on the data."""
+    """mlp(), then a Tanh (``branch="a"``), a Sigmoid (``"b"``: outputs of the same size
+    from another module) or neither (None): a model whose traced modules depend on the data."""
 
     def __init__(self):
         super().__init__()
-        self.body, self.tail, self.extra = mlp(), nn.Tanh(), False
+        self.body, self.tail_a, self.tail_b, self.branch = mlp(), nn.Tanh(), nn.Sigmoid(), None
 
     def forward(self, x):
         h = self.body(x)
-        return self.tail(h) if self.extra else h
+        return {"a": self.tail_a, "b": self.tail_b}[self.branch](h) if self.branch else h
 
 
-def _mismatch(rank, tmp):
-    # at step 1 only rank 1 runs the extra module: the ranks' packets differ there
+def _mismatch(rank, tmp, usual=None, odd="a"):
+    # at step 1 only rank 1 takes the ``odd`` branch: the ranks' packets differ there
     import warnings
 
     ddp = nn.parallel.DistributedDataParallel(_Branchy())
@@ -320,12 +320,16 @@ def _mismatch(rank, tmp):
         warnings.simplefilter("always")
         with gradlens.watch(ddp, opt, activations=1) as mon:
             for step in range(3):
-                ddp.module.extra = rank == 1 and step == 1
+                ddp.module.branch = odd if rank == 1 and step == 1 else usual
                 before = mon._dist.collectives
                 own += _train(ddp, opt, mon, _shard(x, rank), _shard(y, rank), steps=1)
                 per_step.append(mon._dist.collectives - before)
     return {"own": own, "losses": [r.loss for r in mon.records()], "per_step": per_step,
             "warned": sum("different layouts" in str(w.message) for w in caught)}
+
+
+def _mismatch_same_size(rank, tmp):
+    return _mismatch(rank, tmp, usual="a", odd="b")
 
 
 def _collectives(rank, tmp):
@@ -356,7 +360,7 @@ SCENARIOS = {
     "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "fsdp1_flat": _fsdp1_flat, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
     "uneven_unfused": _uneven_unfused,
-    "mismatch": _mismatch, "collectives": _collectives, "nonfinite": _nonfinite, "overflow": _overflow,
+    "mismatch": _mismatch, "mismatch_same_size": _mismatch_same_size, "collectives": _collectives, "nonfinite": _nonfinite, "overflow": _overflow,
 }
 
 
@@ -548,8 +552,10 @@ def test_an_overflowed_shard_norm_is_taken_again_globally(ranks):
     assert ranks[0]["overflow"]["rows"] == ranks[1]["overflow"]["rows"]
 
 
-def test_ranks_whose_layouts_differ_keep_their_own_values_for_that_step(ranks):
-    res = [r["mismatch"] for r in ranks]
+@pytest.mark.parametrize("scenario", ["mismatch", "mismatch_same_size"])
+def test_ranks_whose_layouts_differ_keep_their_own_values_for_that_step(ranks, scenario):
+    # mismatch: one more module traced on rank 1; same size: another module, outputs of the same size
+    res = [r[scenario] for r in ranks]
     for r in res:
         assert r["warned"] == 1
         assert r["losses"][1] == pytest.approx(r["own"][1], rel=1e-6)  # its own: the packets differed
