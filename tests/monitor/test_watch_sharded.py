@@ -583,3 +583,15 @@ def test_one_collective_per_logged_step_once_the_layout_is_agreed(ranks):
             assert res[variant]["rows"] == res["plain"]["rows"]
             assert res[variant]["layers"] == res["plain"]["layers"]
     assert ranks[0]["collectives"]["plain"]["rows"] == ranks[1]["collectives"]["plain"]["rows"]
+
+
+def test_a_round_header_survives_its_float32_encoding_exactly():
+    # the fused round carries its header as float32 values in front of the data: sizes and
+    # checksums up to 32 bits come back exactly (a float32 holds integers up to 2**24 only)
+    import numpy as np
+
+    from gradlens.monitor import distributed
+
+    rows = [(1, 1, 2**31 - 1, 0xFFFFFFFF, 7), (0, 2, 0, 0, 0), (1, 3, 65536, 65535, 1), (1, 1, 2**24 + 1, 2**24 + 3, 0)]
+    head = np.array([distributed._encode(*r) for r in rows], dtype=np.float32)
+    assert distributed._decode(head).tolist() == [list(r) for r in rows]
