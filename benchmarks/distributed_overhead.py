@@ -12,10 +12,12 @@ the same noise. Clock: wall time (a rank waiting in a collective uses no CPU). T
 table shows rank 0's medians over blocks of ``--block`` pairs, and the collectives
 gradlens adds: the ``torch.distributed`` collective functions are wrapped before
 anything is built, and each watched step's calls minus those of the plain step
-with the same index (FSDP2's own all-gathers and reduce-scatters go through the
-same functions; DDP's all-reduce runs in C++, FSDP1's calls are subtracted too) are counted per logged step after the
-first (the steady state), at the first logged step (where the ranks agree on the
-packet's layout), per unlogged step, and in ``close()``.
+with the same index (FSDP1's and FSDP2's own all-gathers and reduce-scatters go
+through the same functions and cancel out; DDP's all-reduce runs in C++) are
+counted per logged step after the first (the steady state), at the first logged
+step (where the ranks agree on the packet's layout), per unlogged step, and in
+``close()``. A second table times gradlens' rounds alone (:func:`_time_rounds`):
+the fused round gloo uses against the header-then-data rounds NCCL uses.
 Tests never assert on these timings; ``--quick`` is a smoke run.
 """
 
