@@ -148,6 +148,29 @@ def _ddp_activations(rank, tmp):
             "findings": sorted((f.kind, f.layer, f.step) for f in mon.findings)}
 
 
+def _findings_data():
+    """The full batch with rank 1's half scaled by 100 and rank 0's by 10: the Tanh ("3")
+    saturates on 31% of rank 0's outputs, 94% of rank 1's, 62% of the full batch's (the
+    threshold is 50%), so only pooled activations give every rank the full batch's findings."""
+    x, y = _data()
+    x = x.clone()
+    x[: BATCH // 2] *= 10
+    x[BATCH // 2:] *= 100
+    return x, y
+
+
+def _ddp_findings(rank, tmp):
+    x, y = _findings_data()
+    out = {}
+    for ranks in ("zero", "local"):
+        ddp = nn.parallel.DistributedDataParallel(mlp())
+        opt = torch.optim.SGD(ddp.parameters(), lr=LR, momentum=0.9)
+        with gradlens.watch(ddp, opt, activations=1, update_every=1, ranks=ranks) as mon:
+            _train(ddp, opt, mon, _shard(x, rank), _shard(y, rank))
+        out[ranks] = sorted([f.kind, f.layer, f.step] for f in mon.findings)
+    return out
+
+
 def _ranks_all(rank, tmp):
     ddp = nn.parallel.DistributedDataParallel(mlp())
     opt = torch.optim.SGD(ddp.parameters(), lr=LR)
@@ -358,7 +381,7 @@ def _collectives(rank, tmp):
 
 SCENARIOS = {
     "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "fsdp1_flat": _fsdp1_flat, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
-    "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
+    "ddp_findings": _ddp_findings, "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
     "uneven_unfused": _uneven_unfused,
     "mismatch": _mismatch, "mismatch_same_size": _mismatch_same_size, "collectives": _collectives, "nonfinite": _nonfinite, "overflow": _overflow,
 }
@@ -473,6 +496,22 @@ def test_ddp_activation_statistics_are_those_of_the_full_batch(ranks):
         _assert_rows_equal(res["layers"], ref_layers, ACT, key="layer", rel=1e-4)
         assert res["losses"] == pytest.approx(ref_losses, rel=1e-5)
     assert ranks[0]["ddp_activations"]["findings"] == ranks[1]["ddp_activations"]["findings"]
+
+
+def test_every_rank_finds_the_full_batch_findings_from_rank_local_activations(ranks):
+    # reference: one process on the full batch (the two halves together)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    x, y = _findings_data()
+    with gradlens.watch(model, opt, activations=1, update_every=1) as mon:
+        _train(model, opt, mon, x, y)
+    expected = sorted([f.kind, f.layer, f.step] for f in mon.findings)
+    assert ["saturation", "3", 0] in expected
+    for result in ranks:
+        assert result["ddp_findings"]["zero"] == expected
+    # guard: each rank's own activations disagree (rank 0 alone sees no saturation)
+    local = [r["ddp_findings"]["local"] for r in ranks]
+    assert not any(f[0] == "saturation" for f in local[0]) and ["saturation", "3", 0] in local[1], local
 
 
 def test_the_loss_is_the_mean_of_the_ranks_losses_and_ranks_local_keeps_its_own(ranks):
