@@ -79,10 +79,29 @@ def _fsdp2(rank, tmp):
     fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     x, y = _data()
-    with gradlens.watch(model, opt, update_every=1) as mon:
-        _train(model, opt, mon, _shard(x, rank), _shard(y, rank))
+    # gradlens must not gather a parameter: count DTensor.full_tensor/redistribute calls while it watches
+    from torch.distributed.tensor import DTensor
+
+    gathers = {"full_tensor": 0, "redistribute": 0}
+    saved = {name: getattr(DTensor, name) for name in gathers}
+
+    def counting(name):
+        def call(self, *args, **kwargs):
+            gathers[name] += 1
+            return saved[name](self, *args, **kwargs)
+        return call
+
+    for name in gathers:
+        setattr(DTensor, name, counting(name))
+    try:
+        with gradlens.watch(model, opt, update_every=1) as mon:
+            _train(model, opt, mon, _shard(x, rank), _shard(y, rank))
+    finally:
+        for name, fn in saved.items():
+            setattr(DTensor, name, fn)
     local = {n: list(p.to_local().shape) for n, p in model.named_parameters()}
-    return {"rows": _rows(mon), "losses": [r.loss for r in mon.records()], "local_shapes": local}
+    return {"rows": _rows(mon), "losses": [r.loss for r in mon.records()], "local_shapes": local,
+            "gathers": gathers}
 
 
 def _fsdp1(rank, tmp, nested=False):
@@ -464,6 +483,8 @@ def test_sharded_parameters_get_the_full_batch_norms_under_their_own_names(ranks
     if engine != "tensor_parallel":
         for result in ranks:
             assert result[engine]["losses"] == pytest.approx(ref_losses, rel=1e-5)  # the mean of the halves
+    if engine == "fsdp2":  # from the local shards: no parameter gathered
+        assert [r["fsdp2"]["gathers"] for r in ranks] == [{"full_tensor": 0, "redistribute": 0}] * WORLD
 
 
 def test_fsdp1_without_orig_params_gives_the_flat_parameters_global_norms_and_warns(ranks):
