@@ -80,7 +80,7 @@ from torch import Tensor
 
 __all__ = [
     "Distributed", "context", "rank_world", "local_tensors", "local_reader", "fsdp1_shards", "is_sharded",
-    "writer_logdir",
+    "copies", "writer_logdir", "NumelReader",
     "RANKS", "SUM", "NORM", "NORM_REP", "MAX", "MIN", "MEAN", "NORM_MEAN",
 ]
 
@@ -253,6 +253,11 @@ class Distributed:
 
     Attributes:
         rank, world: this process and the number of processes.
+        fused: whether a round's header rides in front of its data (gloo: the
+            data on the host) or goes first through gloo on its own (NCCL).
+        left: whether :meth:`leave` ran (this rank no longer watches).
+        collectives: the collectives issued so far (what the tests and
+            ``benchmarks/distributed_overhead.py`` count).
     """
 
     def __init__(self, group: Any = None, root: Any = None) -> None:
@@ -516,6 +521,7 @@ class NumelReader:
     kinds = ("dist_numel",)
 
     def read(self, slots, rows, p, dw, pends, members) -> None:  # noqa: ANN001 - Source.read's interface
+        """Set each traced call's ``numel`` of the steps ``members`` to the summed count."""
         for _, vals in slots:
             for j, b in enumerate(members):
                 traced = pends[b].traced
