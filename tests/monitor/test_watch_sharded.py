@@ -399,10 +399,12 @@ def _collectives(rank, tmp):
 
 
 SCENARIOS = {
-    "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "fsdp1_flat": _fsdp1_flat, "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations,
-    "ddp_findings": _ddp_findings, "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local, "uneven": _uneven,
-    "uneven_unfused": _uneven_unfused,
-    "mismatch": _mismatch, "mismatch_same_size": _mismatch_same_size, "collectives": _collectives, "nonfinite": _nonfinite, "overflow": _overflow,
+    "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "fsdp1_flat": _fsdp1_flat,
+    "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations, "ddp_findings": _ddp_findings,
+    "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local,
+    "uneven": _uneven, "uneven_unfused": _uneven_unfused, "mismatch": _mismatch,
+    "mismatch_same_size": _mismatch_same_size, "collectives": _collectives, "nonfinite": _nonfinite,
+    "overflow": _overflow,
 }
 
 
