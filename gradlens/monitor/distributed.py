@@ -244,6 +244,18 @@ def copies(t: Any, world: int, fsdp1: Optional[Dict[int, int]] = None) -> float:
     return world / shards
 
 
+def _collective_device(backend: str, root: Any) -> torch.device:
+    """Where the packet's collective runs: the host with gloo; with NCCL the GPU of the
+    model's parameters (a rank that never called ``torch.cuda.set_device`` still
+    gathers on its own GPU, not on every rank's ``cuda:0``), else the current one."""
+    if "nccl" not in backend:
+        return torch.device("cpu")
+    for p in root.parameters() if root is not None else ():
+        if p.device.type == "cuda":
+            return torch.device("cuda", p.device.index if p.device.index is not None else torch.cuda.current_device())
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 class Distributed:
     """The collectives of one monitor under torch.distributed (see the module doc).
 
@@ -271,7 +283,7 @@ class Distributed:
         backend = str(dist.get_backend(group))
         # the data collective runs where the backend runs (NCCL: the current GPU);
         # the control one on the host, through gloo (no device sync to read it)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
+        self.device = _collective_device(backend, root)
         self._control_group = group if backend == "gloo" else dist.new_group(backend="gloo")
         # on the host (gloo) a round's header rides in front of its data: one collective
         self.fused = self.device.type == "cpu"

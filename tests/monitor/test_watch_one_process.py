@@ -3,7 +3,8 @@
 Without a process group (and in a group of one process) every ``ranks=`` option
 records what plain autograd computes, writes ``logdir`` itself (no ``rank{r}``
 subdirectory) and makes no collective: the ``torch.distributed`` collectives are
-replaced by functions that fail the test if anything calls them.
+replaced by functions that fail the test if anything calls them. Also here, as
+it needs no process group: the device gradlens' collective picks for a backend.
 """
 
 from __future__ import annotations
@@ -90,3 +91,26 @@ def test_watch_rejects_a_bad_ranks_option(bad, error):
     model = mlp()
     with pytest.raises(error, match=r"watch\(ranks=\.\.\.\)"):
         gradlens.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), ranks=bad)
+
+
+class _FakeParam:
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+
+class _FakeRoot:
+    def __init__(self, *devices):
+        self._params = [_FakeParam(d) for d in devices]
+
+    def parameters(self):
+        return iter(self._params)
+
+
+@pytest.mark.parametrize("backend, devices, expected", [
+    ("gloo", ("cuda:1",), "cpu"),
+    ("nccl", ("cpu", "cuda:1"), "cuda:1"),  # the model's GPU, not every rank's cuda:0
+    ("cpu:gloo,cuda:nccl", ("cuda:3",), "cuda:3"),
+], ids=["gloo", "nccl-model-gpu", "mixed-backend"])
+def test_the_collective_runs_on_the_models_gpu_with_nccl(backend, devices, expected):
+    # (no GPU needed: only the device is chosen, torch.cuda is never asked)
+    assert _distributed._collective_device(backend, _FakeRoot(*devices)) == torch.device(expected)
