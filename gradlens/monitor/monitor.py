@@ -378,6 +378,8 @@ def watch(
             instead of 181). ``mon.dataframe()`` always has per-parameter rows.
         flow_every: write the gradient-flow image every N logged steps (0: never).
         histogram_every: write gradient histograms every N logged steps (0: never).
+            Under torch.distributed they are the writing rank's own tensors (under
+            FSDP or tensor parallel: its local shards), not reduced across ranks.
         on_finding: called with each new :class:`~gradlens.Finding`, at the step
             where it is found.
         halt_on: finding kinds that raise :class:`~gradlens.TrainingHalted` from the
