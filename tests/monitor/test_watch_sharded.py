@@ -245,6 +245,35 @@ def _halt_rank_local(rank, tmp):
     return _halting(rank, poison, halt_on={"exploding"}, thresholds=thresholds)
 
 
+def _callback_raises(rank, tmp):
+    # with halt_on, rank 1's on_finding raises at its first finding, inside the diagnosis: before the
+    # halt round rank 0 waits in. Rank 1 leaves through `with` (close() during the
+    # exception); rank 0 gets its answer from leave() and trains on alone.
+    import torch.distributed as dist
+
+    class Boom(Exception):
+        pass
+
+    def on_finding(finding):
+        raise Boom(finding.kind)
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x, y = _data()
+    thresholds = {"exploding_relative": 1e-9} if rank == 1 else None  # findings on rank 1 only
+    raised, t0 = None, time.monotonic()
+    try:
+        with gradlens.watch(model, opt, halt_on={"nonfinite"}, thresholds=thresholds,
+                            on_finding=on_finding if rank == 1 else None) as mon:
+            for _ in range(5):
+                _train(model, opt, mon, _shard(x, rank), _shard(y, rank), steps=1)
+    except Boom as exc:
+        raised = str(exc)
+    seconds = time.monotonic() - t0
+    dist.barrier()  # still in step after both closed
+    return {"raised": raised, "steps": [r.step for r in mon.records()], "seconds": seconds}
+
+
 def _uneven(rank, tmp, fused=True):
     # rank 1 closes after 2 steps; rank 0 then unfreezes layer 0, so its packet grows
     # while rank 1 answers from leave(): the round at the new capacity must not hang
@@ -402,7 +431,7 @@ SCENARIOS = {
     "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "fsdp1_flat": _fsdp1_flat,
     "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations, "ddp_findings": _ddp_findings,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local,
-    "uneven": _uneven, "uneven_unfused": _uneven_unfused, "mismatch": _mismatch,
+    "callback_raises": _callback_raises, "uneven": _uneven, "uneven_unfused": _uneven_unfused, "mismatch": _mismatch,
     "mismatch_same_size": _mismatch_same_size, "collectives": _collectives, "nonfinite": _nonfinite,
     "overflow": _overflow,
 }
@@ -590,6 +619,14 @@ def test_ranks_with_different_step_counts_close_without_hanging(ranks, scenario)
     # layer 0 unfrozen at step 3, after rank 1 left: rank 0's own gradients, from a larger packet
     assert long["first"][:3] == [None, None, None] and short["first"] == [None, None]
     assert long["first"][3:] == pytest.approx(long["own_first"], rel=1e-6)
+
+
+def test_an_exception_in_one_ranks_diagnosis_does_not_hang_the_other(ranks):
+    stays, raises = ranks[0]["callback_raises"], ranks[1]["callback_raises"]
+    assert raises["raised"] == "exploding"
+    assert 0 < len(raises["steps"]) < 5 and raises["steps"] == list(range(len(raises["steps"])))  # stopped early
+    assert stays["raised"] is None and stays["steps"] == [0, 1, 2, 3, 4]
+    assert stays["seconds"] < 30 and raises["seconds"] < 30
 
 
 @pytest.mark.parametrize("engine", ["fsdp2", "fsdp1", "ddp"])
