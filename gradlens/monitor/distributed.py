@@ -17,7 +17,10 @@ device, element by element, with the operation each value needs (:data:`SUM`,
 tensor; a packet mixes sums, maxima, minima and means, so one all-gather replaces
 the two or three all-reduces that would take. Shard norms combine as ``sqrt(sum of
 squares / copies)`` (no ``full_tensor()``, no collective per parameter), max|g| as
-the max, loss as the mean, activation sums and counts as sums.
+the max, loss as the mean, activation sums and counts as sums. The one exception:
+a gradient with a ``Partial`` placement (``SequenceParallel``'s LayerNorm weights)
+holds parts of a sum on each rank, so it is all-reduced to ``Replicate`` when read
+(one collective per such gradient per logged step; see :func:`local_tensors`).
 
 **One collective per logged step** (per optimizer of the step), on gloo. Every
 collective gradlens makes is a *round* that every rank enters, with a header per
@@ -165,11 +168,27 @@ def _local(t: Tensor) -> Tensor:
 
 
 def local_tensors(tensors: Sequence[Any]) -> List[Any]:
-    """``tensors`` with every DTensor replaced by its local shard (None stays None)."""
+    """``tensors`` with every DTensor replaced by its local shard (None stays None).
+
+    A DTensor with a ``Partial`` placement (the gradient of a replicated parameter
+    under ``SequenceParallel``, such as a LayerNorm weight's) holds on each rank a
+    part of a sum, whose norm no combination of the parts' norms gives: it is
+    all-reduced to ``Replicate`` first (one collective per such tensor, which every
+    rank makes at the same logged step, as the optimizer's update would anyway)."""
     cls = _dtensor_type()
     if cls is None:
         return list(tensors)
-    return [_local(t) if isinstance(t, cls) else t for t in tensors]
+    return [_local(_summed(t)) if isinstance(t, cls) else t for t in tensors]
+
+
+def _summed(t: Any) -> Any:
+    """``t`` with its ``Partial`` placements reduced to ``Replicate`` (else ``t`` itself)."""
+    if not any(p.is_partial() for p in t.placements):
+        return t
+    from torch.distributed.tensor import Replicate
+
+    with torch.no_grad():
+        return t.redistribute(t.device_mesh, [Replicate() if p.is_partial() else p for p in t.placements])
 
 
 def fsdp1_shards(root: Any, *, warn: bool = False) -> Dict[int, int]:

@@ -157,6 +157,39 @@ def _tensor_parallel(rank, tmp):
     return {"rows": _rows(mon), "placements": placements}
 
 
+def _sp_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 6))
+
+
+def _sp_input():
+    # (batch, sequence, hidden): SequenceParallel shards the sequence; every rank gets all of it
+    return torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(3))
+
+
+def _sequence_parallel(rank, tmp):
+    # SequenceParallel's LayerNorm: replicated weights whose gradients are Partial(sum)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module,
+    )
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    model = _sp_model()
+    parallelize_module(model, mesh, {"0": SequenceParallel(), "1": ColwiseParallel(input_layouts=Shard(1)),
+                                     "3": RowwiseParallel(output_layouts=Shard(1))})
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x = _sp_input()
+    with gradlens.watch(model, opt) as mon:
+        for _ in range(STEPS):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            grad_placements = {n: str(p.grad.placements) for n, p in model.named_parameters()}
+            opt.step()
+    return {"rows": _rows(mon, ("grad_norm", "grad_max", "weight_norm")), "grad_placements": grad_placements}
+
+
 def _ddp_activations(rank, tmp):
     ddp = nn.parallel.DistributedDataParallel(mlp())
     opt = torch.optim.SGD(ddp.parameters(), lr=LR, momentum=0.9)
@@ -429,7 +462,7 @@ def _collectives(rank, tmp):
 
 SCENARIOS = {
     "fsdp2": _fsdp2, "fsdp1": _fsdp1, "fsdp1_nested": _fsdp1_nested, "fsdp1_flat": _fsdp1_flat,
-    "tensor_parallel": _tensor_parallel, "ddp_activations": _ddp_activations, "ddp_findings": _ddp_findings,
+    "tensor_parallel": _tensor_parallel, "sequence_parallel": _sequence_parallel, "ddp_activations": _ddp_activations, "ddp_findings": _ddp_findings,
     "ranks_all": _ranks_all, "halt_nan": _halt_nan, "halt_rank_local": _halt_rank_local,
     "callback_raises": _callback_raises, "uneven": _uneven, "uneven_unfused": _uneven_unfused, "mismatch": _mismatch,
     "mismatch_same_size": _mismatch_same_size, "collectives": _collectives, "nonfinite": _nonfinite,
@@ -516,6 +549,31 @@ def test_sharded_parameters_get_the_full_batch_norms_under_their_own_names(ranks
             assert result[engine]["losses"] == pytest.approx(ref_losses, rel=1e-5)  # the mean of the halves
     if engine == "fsdp2":  # from the local shards: no parameter gathered
         assert [r["fsdp2"]["gathers"] for r in ranks] == [{"full_tensor": 0, "redistribute": 0}] * WORLD
+
+
+def test_partial_gradients_of_sequence_parallel_are_summed_before_their_norms(ranks):
+    # reference: plain autograd, one process, the same input (tensor parallel: every rank has
+    # all of it). Each rank's loss is the mean over its half of the sequence (the output is
+    # Shard(1), handed back as the local tensor), and backward runs on each: the gradient is
+    # that of the halves' means summed, WORLD times the full mean's.
+    model = _sp_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x = _sp_input()
+    expected = {}
+    for step in range(STEPS):
+        opt.zero_grad()
+        (WORLD * model(x).pow(2).mean()).backward()
+        for n, p in model.named_parameters():
+            expected[(step, n)] = (p.grad.norm().item(), p.grad.abs().max().item(), p.detach().norm().item())
+        opt.step()
+    for result in ranks:
+        res = result["sequence_parallel"]
+        assert "Partial" in res["grad_placements"]["0.weight"]  # (what makes this test bite)
+        got = {(r["step"], r["param"]): (r["grad_norm"], r["grad_max"], r["weight_norm"]) for r in res["rows"]}
+        assert set(got) == set(expected)
+        for key, want in expected.items():
+            assert got[key] == pytest.approx(want, rel=1e-5), key
+    assert ranks[0]["sequence_parallel"]["rows"] == ranks[1]["sequence_parallel"]["rows"]
 
 
 def test_fsdp1_without_orig_params_gives_the_flat_parameters_global_norms_and_warns(ranks):
