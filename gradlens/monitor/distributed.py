@@ -20,7 +20,8 @@ squares / copies)`` (no ``full_tensor()``, no collective per parameter), max|g| 
 the max, loss as the mean, activation sums and counts as sums. The one exception:
 a gradient with a ``Partial`` placement (``SequenceParallel``'s LayerNorm weights)
 holds parts of a sum on each rank, so it is all-reduced to ``Replicate`` when read
-(one collective per such gradient per logged step; see :func:`local_tensors`).
+(one collective per such gradient per logged step; see :func:`local_tensors`; with
+``ranks="local"`` it stays the rank's part, and no collective is made).
 
 **One collective per logged step** (per optimizer of the step), on gloo. Every
 collective gradlens makes is a *round* that every rank enters, with a header per
@@ -167,18 +168,19 @@ def _local(t: Tensor) -> Tensor:
         return t.to_local()
 
 
-def local_tensors(tensors: Sequence[Any]) -> List[Any]:
+def local_tensors(tensors: Sequence[Any], *, sum_partial: bool = False) -> List[Any]:
     """``tensors`` with every DTensor replaced by its local shard (None stays None).
 
     A DTensor with a ``Partial`` placement (the gradient of a replicated parameter
     under ``SequenceParallel``, such as a LayerNorm weight's) holds on each rank a
-    part of a sum, whose norm no combination of the parts' norms gives: it is
-    all-reduced to ``Replicate`` first (one collective per such tensor, which every
-    rank makes at the same logged step, as the optimizer's update would anyway)."""
+    part of a sum, whose norm no combination of the parts' norms gives. With
+    ``sum_partial`` it is all-reduced to ``Replicate`` first (one collective per
+    such tensor, which every rank makes at the same logged step, as the optimizer's
+    update would anyway); without, the rank's part is what it gives."""
     cls = _dtensor_type()
     if cls is None:
         return list(tensors)
-    return [_local(_summed(t)) if isinstance(t, cls) else t for t in tensors]
+    return [_local(_summed(t) if sum_partial else t) if isinstance(t, cls) else t for t in tensors]
 
 
 def _summed(t: Any) -> Any:
@@ -228,12 +230,15 @@ def fsdp1_shards(root: Any, *, warn: bool = False) -> Dict[int, int]:
     return out
 
 
-def local_reader(root: Any) -> Optional[Callable[[List[Any], List[Any]], Tuple[List[Any], List[Any]]]]:
+def local_reader(
+    root: Any, *, sum_partial: bool = False,
+) -> Optional[Callable[[List[Any], List[Any]], Tuple[List[Any], List[Any]]]]:
     """What the collector reads for ``(weights, grads)`` of a model with sharded
     parameters, or None when it has none: the local shards of DTensors (FSDP2,
-    tensor parallel), and for FSDP1's original parameters an empty gradient where
-    this rank's part is empty (its gradient is None there), so that every rank's
-    packet has every parameter in it."""
+    tensor parallel; ``sum_partial``: gradients with a ``Partial`` placement summed
+    first, see :func:`local_tensors`), and for FSDP1's original parameters an empty
+    gradient where this rank's part is empty (its gradient is None there), so that
+    every rank's packet has every parameter in it."""
     fsdp1 = fsdp1_shards(root, warn=True)
     dtensors = any(is_sharded(p) for p in root.parameters())
     if not fsdp1 and not dtensors:
@@ -241,7 +246,7 @@ def local_reader(root: Any) -> Optional[Callable[[List[Any], List[Any]], Tuple[L
 
     def read(weights: List[Any], grads: List[Any]) -> Tuple[List[Any], List[Any]]:
         if dtensors:
-            weights, grads = local_tensors(weights), local_tensors(grads)
+            weights, grads = local_tensors(weights), local_tensors(grads, sum_partial=sum_partial)
         if fsdp1:
             # (the empty view itself stands for the empty gradient: never written, 0 for every statistic)
             grads = [w if g is None and w.numel() == 0 and id(w) in fsdp1 else g for w, g in zip(weights, grads)]

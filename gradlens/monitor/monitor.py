@@ -121,8 +121,8 @@ class Monitor:
         )
         # torch.distributed: sharded parameters (FSDP1, DTensors) are read as their local shards, and
         # each logged packet is reduced across ranks before its host copy
-        collector.local = _distributed.local_reader(layouts.root)
         self._dist = _distributed.context(ranks, layouts.root)
+        collector.local = _distributed.local_reader(layouts.root, sum_partial=self._dist is not None)
         if self._dist is not None:
             collector.reduce = self._dist.reduce_packet
             collector.reduce_broken = self._dist.reduce_broken

@@ -181,13 +181,29 @@ def _sequence_parallel(rank, tmp):
                                      "3": RowwiseParallel(output_layouts=Shard(1))})
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     x = _sp_input()
-    with gradlens.watch(model, opt) as mon:
-        for _ in range(STEPS):
-            opt.zero_grad()
-            model(x).pow(2).mean().backward()
-            grad_placements = {n: str(p.grad.placements) for n, p in model.named_parameters()}
-            opt.step()
-    return {"rows": _rows(mon, ("grad_norm", "grad_max", "weight_norm")), "grad_placements": grad_placements}
+    from gradlens.monitor import distributed
+
+    summed, plain_summed = {}, distributed._summed
+
+    def counting(t):
+        out = plain_summed(t)
+        summed[mode] = summed.get(mode, 0) + (out is not t)
+        return out
+
+    distributed._summed = counting
+    try:
+        for mode in ("zero", "local"):  # ranks="local": each rank's own part, and no collective
+            with gradlens.watch(model, opt, ranks=mode) as mon:
+                for _ in range(STEPS if mode == "zero" else 1):
+                    opt.zero_grad()
+                    model(x).pow(2).mean().backward()
+                    grad_placements = {n: str(p.grad.placements) for n, p in model.named_parameters()}
+                    opt.step()
+            if mode == "zero":
+                rows = _rows(mon, ("grad_norm", "grad_max", "weight_norm"))
+    finally:
+        distributed._summed = plain_summed
+    return {"rows": rows, "grad_placements": grad_placements, "summed": summed}
 
 
 def _ddp_activations(rank, tmp):
@@ -569,6 +585,7 @@ def test_partial_gradients_of_sequence_parallel_are_summed_before_their_norms(ra
     for result in ranks:
         res = result["sequence_parallel"]
         assert "Partial" in res["grad_placements"]["0.weight"]  # (what makes this test bite)
+        assert res["summed"] == {"zero": 2 * STEPS}  # LayerNorm's weight and bias; none with ranks="local"
         got = {(r["step"], r["param"]): (r["grad_norm"], r["grad_max"], r["weight_norm"]) for r in res["rows"]}
         assert set(got) == set(expected)
         for key, want in expected.items():
