@@ -80,6 +80,7 @@ def run(argv, engine: str, wrap) -> int:
         with gradlens.watch(net, opt, logdir=args.logdir) as mon:  # on every rank, the same options
             train(net, opt, mon, args.steps, rank)
         report(mon, rank, world, engine)
+        dist.barrier()  # no rank tears the group down while another still reports
     finally:
         dist.destroy_process_group()
     return 0

@@ -75,10 +75,12 @@ class Collector(Cycle):
         self._pending: Optional[StepPacket] = None  # the step being collected
         self._work: Dict[int, Work] = {}  # optimizer index -> its work of this step
         self._unchecked: List[StepPacket] = []  # deferred host copies not checked yet
-        # torch.distributed (monitor/distributed.py): DTensor -> local shards, and the
-        # packet's cross-rank reduction right before its host copy
-        self.local: Optional[Callable[[List[Any]], List[Any]]] = None
+        # torch.distributed (monitor/distributed.py): (weights, grads) -> what this rank
+        # holds of them (local shards), and the packet's cross-rank reduction right
+        # before its host copy
+        self.local: Optional[Callable[[List[Any], List[Any]], Any]] = None
         self.reduce: Optional[Callable[[Packet, StepPacket, Work], None]] = None
+        self.reduce_broken: Optional[Callable[[StepPacket, List[Part], np.ndarray], None]] = None
 
     def is_logged_step(self) -> bool:
         return self.step % self.every == 0
@@ -110,8 +112,8 @@ class Collector(Cycle):
         layout = self._layouts.current()
         weights = layout.opt_params[kk]
         grads = [p.grad for p in weights]
-        if self.local is not None:  # FSDP2 / tensor parallel: the local shards
-            weights, grads = self.local(weights), self.local(grads)
+        if self.local is not None:  # FSDP1, FSDP2, tensor parallel: the local shards
+            weights, grads = self.local(weights, grads)
         present = layout.opt_idx[kk]
         missing: List[int] = []
         if any(g is None or g.is_sparse for g in grads):  # rare: keep the dense, present ones
@@ -178,8 +180,13 @@ class Collector(Cycle):
             parts = [part for chunk, _ in held for part in chunk]
         pend.broken = True
         unpack([pend], self.readers)
+        # (torch.distributed, at the step itself as on every rank: what on_broken takes
+        # again from this rank's shards becomes global)
+        reduced = pend.p.copy() if self.reduce_broken is not None and host is not None and parts else None
         for on_broken in self._broken:
             on_broken(pend, parts)
+        if reduced is not None:
+            self.reduce_broken(pend, parts, reduced)
 
     def finish(self, pend: StepPacket) -> None:
         """Let the sources complete ``pend`` before its record is built."""

@@ -119,13 +119,13 @@ class Monitor:
             layouts, sources, n_optimizers=len(optimizers), every=every, sync=eager,
             closed=self._closed_step, urgent=self._publish,
         )
-        # torch.distributed: DTensor parameters are read as their local shards, and
+        # torch.distributed: sharded parameters (FSDP1, DTensors) are read as their local shards, and
         # each logged packet is reduced across ranks before its host copy
-        if any(_distributed.is_sharded(p) for p in layouts.root.parameters()):
-            collector.local = _distributed.local_tensors
-        self._dist = _distributed.context(ranks)
+        self._dist = _distributed.context(ranks, layouts.root)
+        collector.local = _distributed.local_reader(layouts.root, sum_partial=self._dist is not None)
         if self._dist is not None:
             collector.reduce = self._dist.reduce_packet
+            collector.reduce_broken = self._dist.reduce_broken
             collector.readers.update(dict.fromkeys(_distributed.NumelReader.kinds, _distributed.NumelReader()))
         self._publisher = Publisher(
             collector.readers, order, history=self._history, tb=self._tb,
@@ -378,21 +378,23 @@ def watch(
             instead of 181). ``mon.dataframe()`` always has per-parameter rows.
         flow_every: write the gradient-flow image every N logged steps (0: never).
         histogram_every: write gradient histograms every N logged steps (0: never).
+            Under torch.distributed they are the writing rank's own tensors (under
+            FSDP or tensor parallel: its local shards), not reduced across ranks.
         on_finding: called with each new :class:`~gradlens.Finding`, at the step
             where it is found.
         halt_on: finding kinds that raise :class:`~gradlens.TrainingHalted` from the
             ``optimizer.step()`` where they are found.
         thresholds: overrides of the diagnosis thresholds.
-        ranks: under torch.distributed (DDP, FSDP2 ``fully_shard``, tensor
-            parallel; call ``watch`` on every rank, with the same options), who
-            writes TensorBoard. ``"zero"`` (default): rank 0 writes ``logdir``, the
+        ranks: under torch.distributed (DDP, FSDP1 ``use_orig_params=True``, FSDP2
+            ``fully_shard``, tensor parallel; call ``watch`` on every rank, with the
+            same options), who writes TensorBoard. ``"zero"`` (default): rank 0 writes ``logdir``, the
             other ranks write nothing (a ``writer=`` is used on rank 0 only).
             ``"all"``: every rank writes ``logdir/rank{r}``. Either way every rank
             records the same global statistics and finds the same findings: each
             logged step's packet is reduced across ranks before its host copy (one
-            all-gather of a few floats per parameter, and a 5-integer control
-            all-gather), so DTensor shards give the norms of the whole parameter,
-            under their original names, and the loss and activation statistics are
+            all-gather of a few floats per parameter, see
+            :mod:`gradlens.monitor.distributed`), so shards give the norms of the
+            whole parameter, under their original names, and the loss and activation statistics are
             those of the global batch (the mean loss, pooled sums and counts);
             ``halt_on`` stops all ranks at the same step. ``"local"``: no
             collective, each rank records its own values into ``logdir/rank{r}``.

@@ -140,7 +140,9 @@ def parse(
         raise TypeError(f"watch(thresholds=...) expects a dict, got {type(thresholds).__name__}")
     from gradlens.monitor import distributed as _distributed
 
-    if not isinstance(ranks, str) or ranks not in _distributed.RANKS:
+    if not isinstance(ranks, str):
+        raise TypeError(f"watch(ranks=...) expects one of {list(_distributed.RANKS)}, got {type(ranks).__name__}")
+    if ranks not in _distributed.RANKS:
         raise ValueError(f"watch(ranks=...) expects one of {list(_distributed.RANKS)}, got {ranks!r}")
     if logdir is not None and writer is not None:
         raise ValueError("watch() takes logdir=... or writer=..., not both")

@@ -62,6 +62,7 @@ def _rank_main(rank: int, run, init_file: str, out_dir: str, world: int) -> None
         out = run(rank, out_dir)
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(out, f)
+        dist.barrier()  # (after a run that went well) no rank tears down while another still reads
     finally:
         dist.destroy_process_group()
 
