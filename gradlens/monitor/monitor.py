@@ -33,6 +33,7 @@ from gradlens.monitor.publish import Publisher, publish_at_exit
 from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY, Activations
 from gradlens.monitor.sources.gradients import Gradients
 from gradlens.monitor.sources.loss import Loss
+from gradlens.monitor.sources.output import OutputSignals
 from gradlens.monitor.sources.updates import Updates
 from gradlens.sinks.dataframe import DEFAULT_MAX_HISTORY, HistorySink
 
@@ -80,6 +81,7 @@ class Monitor:
         halt_on: Tuple[str, ...],
         thresholds: Optional[Dict[str, Any]],
         ranks: str = "zero",
+        output_stats: bool = True,
     ) -> None:
         self.model = model
         self.every = every
@@ -112,6 +114,11 @@ class Monitor:
         self._activations = Activations(layouts, order, activations, probe=not compiled)
         hist = self._tb.write_histograms if self._tb is not None else None
         sources = [Gradients(histogram_every, hist), Updates(update_every), self._activations, self._loss]
+        output = None
+        if output_stats:  # the root's output and dL/d(output), on by default
+            *_, last = layouts.root.modules()
+            output = OutputSignals(model, last)
+            sources.append(output)
         self._sources = sources
         # a callback or a halt must see each finding at its step: no batching then
         eager = self._eager = on_finding is not None or bool(halt_on)
@@ -119,6 +126,8 @@ class Monitor:
             layouts, sources, n_optimizers=len(optimizers), every=every, sync=eager,
             closed=self._closed_step, urgent=self._publish,
         )
+        if output is not None:
+            output.start(collector)
         # torch.distributed: DTensor parameters are read as their local shards, and
         # each logged packet is reduced across ranks before its host copy
         if any(_distributed.is_sharded(p) for p in layouts.root.parameters()):
@@ -210,11 +219,14 @@ class Monitor:
                 ``step, layer, param, grad_norm, grad_max, nonfinite, weight_norm,
                 update_ratio, missing_grad, loss``. ``"layer"``: one row per
                 (step, layer) with every per-layer statistic (activations included).
+                ``"signals"``: one row per step with the model-output signals
+                (``output_mean`` ... ``output_grad_nonfinite``, NaN where not
+                measured) and ``loss``.
 
         Memory is bounded (``max_history``); older steps are thinned.
         """
-        if level not in ("param", "layer"):
-            raise ValueError(f"dataframe(level=...) expects 'param' or 'layer', got {level!r}")
+        if level not in ("param", "layer", "signals"):
+            raise ValueError(f"dataframe(level=...) expects 'param', 'layer' or 'signals', got {level!r}")
         self._flush_pending()
         return self._history.dataframe(level)
 
@@ -327,6 +339,7 @@ def watch(
     halt_on: Iterable[str] = (),
     thresholds: Optional[Dict[str, Any]] = None,
     ranks: str = "zero",
+    output_stats: bool = True,
 ) -> Monitor:
     """Attach gradlens to ``model`` and record its gradient health at every optimizer step.
 
@@ -398,6 +411,14 @@ def watch(
             collective, each rank records its own values into ``logdir/rank{r}``.
             A rank that closes its monitor early waits in ``close()`` until every
             rank closed. In one process this option changes nothing.
+        output_stats: record the model-output signals (``StepRecord.signals``,
+            ``mon.dataframe("signals")``, TensorBoard ``gradlens/signals/...``) on
+            every logged step: mean, std, min, max, saturated fraction and
+            NaN/Inf count of the root module's output, and the norm and NaN/Inf
+            count of dL/d(output). One forward hook on the model and one tensor
+            hook per recorded output (CPU MLP: see ``benchmarks/README.md``);
+            which tensor and which forwards are recorded is documented in
+            :mod:`gradlens.monitor.sources.output`. ``False`` turns them off.
 
     Statistics are computed at each logged step; turning them into records, writing
     them to TensorBoard and diagnosing them is done in batches of up to
@@ -431,6 +452,6 @@ def watch(
         include=include, exclude=exclude, group_depth=group_depth, update_every=update_every,
         max_history=max_history, param_scalars=param_scalars, flow_every=flow_every,
         histogram_every=histogram_every, on_finding=on_finding, halt_on=halt_on, thresholds=thresholds,
-        ranks=ranks,
+        ranks=ranks, output_stats=output_stats,
     )
     return Monitor(model, optimizers, **options)

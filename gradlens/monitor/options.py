@@ -92,6 +92,7 @@ def parse(
     halt_on: Union[str, Iterable[str]],
     thresholds: Any,
     ranks: Any = "zero",
+    output_stats: Any = True,
 ) -> Tuple[List[torch.optim.Optimizer], Dict[str, Any]]:
     """Validate ``watch``'s arguments; returns the optimizers and the Monitor's
     keyword arguments (a ``SummaryWriter`` is created for ``logdir``)."""
@@ -115,6 +116,8 @@ def parse(
         raise TypeError(
             f"watch(activations=...) expects a bool or an int >= 0, got {type(activations).__name__}"
         )
+    if not isinstance(output_stats, bool):
+        raise TypeError(f"watch(output_stats=...) expects a bool, got {type(output_stats).__name__}")
     if param_scalars is not None and not isinstance(param_scalars, bool):
         raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
     inc = _patterns(include, "include")
@@ -163,5 +166,5 @@ def parse(
         writer=writer, owns_writer=owns, every=every, activations=activations, include=inc, exclude=exc,
         group_depth=group_depth, update_every=update_every, max_history=max_history,
         param_scalars=param_scalars, flow_every=flow_every, histogram_every=histogram_every,
-        on_finding=on_finding, halt_on=halt, thresholds=thresholds, ranks=ranks,
+        on_finding=on_finding, halt_on=halt, thresholds=thresholds, ranks=ranks, output_stats=output_stats,
     )

@@ -1,0 +1,318 @@
+"""Model-output signals: statistics of the root module's output and of dL/d(output).
+
+On by default (``watch(output_stats=False)`` turns it off). Device side: one forward
+hook on the model as called and, on each recorded forward whose output requires
+grad, one tensor hook on that output. Only logged steps pay; every other forward
+runs two attribute reads. Host side: ``StepRecord.signals`` (:data:`SIGNAL_STATS`).
+
+What is recorded:
+
+* **which tensor**: a tensor output itself; a dict (an HF ``ModelOutput``
+  included) its ``"logits"`` value, else its first floating tensor value that is
+  not ``"loss"``; a tuple/list its first floating tensor (depth first). Only that
+  tensor is measured.
+* **which forwards**: every forward of the root that runs with grad mode on,
+  between the previous step and the gradients being final (this step's optimizer
+  pre-hook), pooled as one output: gradient accumulation's micro-batches all
+  count (weighted by their element counts). Forwards after the pre-hook (the
+  further closure evaluations of LBFGS inside ``step()``) are not recorded: the
+  signals belong to the forward whose gradients the step's statistics show (for
+  ``step(closure)``: the closure's first evaluation). Forwards under
+  ``torch.no_grad()``/``inference_mode`` (evaluation) are never recorded. A forward
+  whose output does not require grad (a frozen model) has its output statistics
+  and no ``output_grad_*``. Under ``torch.compile`` tracing the hook does nothing
+  (``compiling()``); a compiled model watched as such is hooked outside its graph.
+* **saturation** (``output_sat_frac``): the fraction of output elements within
+  ``SAT_BAND`` (1%) of the range from a limit of a bounded output layer, decided
+  from the output's autograd node, looking through views and slices:
+  ``SigmoidBackward0``/``HardsigmoidBackward0`` (0, 1), ``TanhBackward0`` (-1, 1),
+  ``HardtanhBackward0`` (its min/max, ReLU6 included), ``SoftmaxBackward0`` (0, 1)
+  with the band divided by the number of classes K (a healthy K-way softmax sits
+  near 1/K, which the plain band would call saturated once K > 100). Without an
+  autograd node (an output that does not require grad), or with the node of a
+  ``torch.compile``'d graph, the model's last registered module decides (``nn.Sigmoid``, ``nn.Tanh``, ...). Any other output: NaN.
+* **non-finite counts** count NaN and Inf elements together (like ``nonfinite``).
+  ``output_grad_norm`` is accumulated in float64, so a norm of finite elements
+  past float32's range shows as Inf with ``output_grad_nonfinite`` 0.
+* **mean and std** come from ``torch.var_mean`` per forward (no cancellation), std
+  with Bessel's correction over the pooled element count.
+
+Under torch.distributed the values are reduced across ranks with the reduction
+each one needs: counts (``output_nonfinite``, ``output_grad_nonfinite``, the
+element count) as sums, min/max as min/max (exact); mean, variance, squared mean
+and saturated fraction as the mean over ranks, which is the global value only when
+every rank has the same batch size; ``output_grad_norm`` as ``sqrt(sum of
+squares) / ranks``, the norm of the gradient of the ranks' mean loss (DDP's
+convention), exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradlens.monitor import stats as _stats
+from gradlens.monitor.attach import HookSet, compiling, on_root_forward
+from gradlens.monitor.packet import Packet, StepPacket
+from gradlens.monitor.sources._tracer import sat_limits
+from gradlens.monitor.sources.base import Cycle, Source, Work
+
+__all__ = ["OutputSignals", "output_tensor", "output_limits"]
+
+# Autograd nodes of bounded outputs -> their limits (Softmax: "softmax").
+_BOUNDED_NODES: Dict[str, Any] = {
+    "SigmoidBackward0": (0.0, 1.0),
+    "HardsigmoidBackward0": (0.0, 1.0),
+    "TanhBackward0": (-1.0, 1.0),
+    "SoftmaxBackward0": "softmax",
+    "HardtanhBackward0": "hardtanh",
+}
+# Nodes that only move, view or select elements: looked through (a few at most).
+_VIEW_NODES = frozenset((
+    "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1",
+    "SqueezeBackward2", "UnsqueezeBackward0", "SliceBackward0", "SelectBackward0", "TransposeBackward0",
+    "PermuteBackward0", "CloneBackward0", "ExpandBackward0", "TBackward0",
+))
+_MAX_HOPS = 4
+
+# Slot refs (stable objects: the packet's structure key uses their identity).
+# Per forward, the device vector is (mean, var, mean^2, [sat_frac,] nonfinite, min, max).
+_MEANS, _MEANS_SAT, _NF, _MIN, _MAX, _COUNT, _GNORM, _GNF = (
+    "means", "means_sat", "nonfinite", "min", "max", "count", "grad_norm", "grad_nonfinite")
+
+# float32 resolution: a between-forward (or between-rank) variance term
+# E[m^2] - E[m]^2 smaller than this many units of E[m^2]'s last place is rounding.
+_ULPS = 4 * 2.0 ** -23
+
+
+def output_tensor(output: Any) -> Optional[Tensor]:
+    """The tensor of a model's output that the signals measure (see the module doc)."""
+    if isinstance(output, Tensor):
+        return output if output.is_floating_point() else None
+    if isinstance(output, dict):
+        logits = output.get("logits")
+        if isinstance(logits, Tensor) and logits.is_floating_point():
+            return logits
+        for key, value in output.items():
+            if key != "loss":
+                t = output_tensor(value)
+                if t is not None:
+                    return t
+        return None
+    if isinstance(output, (list, tuple)):
+        for value in output:
+            t = output_tensor(value)
+            if t is not None:
+                return t
+    return None
+
+
+def _signed(dim: int) -> int:
+    # autograd exposes a saved int64 dim as unsigned (-1 reads as 2**64 - 1)
+    return dim - 2**64 if dim >= 2**63 else dim
+
+
+def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -> Optional[Tuple[float, float, float]]:
+    """``(lo, hi, band)`` of a bounded output (``band``: the saturation band in
+    output units), from its autograd node; ``fallback`` limits (the last module's)
+    for an output without one; None for an unbounded output."""
+    node = out.grad_fn
+    if node is None:
+        if fallback is None:
+            return None
+        lo, hi = fallback
+        return lo, hi, _stats.SAT_BAND * (hi - lo)
+    for _ in range(_MAX_HOPS):
+        name = type(node).__name__
+        if name not in _VIEW_NODES:
+            break
+        nxt = node.next_functions
+        if not nxt or nxt[0][0] is None:
+            return None
+        node = nxt[0][0]
+    kind = _BOUNDED_NODES.get(type(node).__name__)
+    if kind is None:
+        if "CompiledFunction" in type(node).__name__ and fallback is not None:  # a torch.compile'd graph
+            lo, hi = fallback
+            return lo, hi, _stats.SAT_BAND * (hi - lo)
+        return None
+    if kind == "softmax":
+        result = node._saved_result
+        k = result.shape[_signed(node._saved_dim)] if result.dim() else 1
+        return 0.0, 1.0, _stats.SAT_BAND / max(k, 1)
+    if kind == "hardtanh":
+        lo, hi = float(node._saved_min_val), float(node._saved_max_val)
+        return lo, hi, _stats.SAT_BAND * (hi - lo)
+    lo, hi = kind
+    return lo, hi, _stats.SAT_BAND * (hi - lo)
+
+
+def _forward_stats(x: Tensor, limits: Optional[Tuple[float, float, float]]) -> Tensor:
+    """(mean, var, mean^2, [sat_frac,] nonfinite, min, max) of ``x``, float32, on its device."""
+    var, mean = torch.var_mean(x, correction=0)
+    lo_x, hi_x = torch.aminmax(x)
+    nf = _stats.nonfinite_count(x, mean)
+    parts = [mean, var, mean * mean]
+    if limits is not None:
+        lo, hi, band = limits
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        # saturated: within `band` of either limit, i.e. |x - mid| > half - band
+        parts.append(torch.gt(torch.sub(x, mid).abs_(), half - band).mean(dtype=torch.float32))
+    if x.dtype != torch.float32:
+        parts = [t.float() for t in parts]
+        lo_x, hi_x = lo_x.float(), hi_x.float()
+    return torch.stack(parts + [nf, lo_x, hi_x])
+
+
+class OutputSignals(Source):
+    """The root's output and dL/d(output) on logged steps (``StepRecord.signals``).
+
+    Args:
+        model: the module as called (hooked outside any compiled region).
+        last_module: the model's last registered module; its limits decide the
+            saturation of an output without an autograd node.
+
+    The forward hook goes on at :meth:`start`, given the step cycle.
+    """
+
+    kinds = ("signal",)
+
+    def __init__(self, model: nn.Module, last_module: Optional[nn.Module] = None) -> None:
+        self._model = model
+        self._cycle: Any = None
+        self._fallback = sat_limits(last_module) if last_module is not None else None
+        self._hooks = HookSet()
+        self._fwd: List[Tensor] = []  # per recorded forward of the step, its device vector
+        self._n: List[int] = []  # ... and its element count
+        self._bounded: Optional[bool] = None  # the step's forwards' boundedness (the first one's)
+        self._grads: List[Tensor] = []  # per backward into a recorded output: (||g||, nonfinite)
+        self._open = True  # forwards still belong to the step (until its pre-hook)
+        self._counts: Dict[Tuple[int, torch.device], Tensor] = {}  # element counts as device scalars
+
+    def start(self, cycle: Cycle) -> None:
+        """Hook the model's forward; ``cycle`` says which step is collected (its
+        ``step`` and ``every``)."""
+        self._cycle = cycle
+        self._hooks.add(on_root_forward(self._model, self._on_output))
+
+    # -- device side ------------------------------------------------------------
+    def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._open or not torch.is_grad_enabled() or compiling():
+            return
+        cycle = self._cycle
+        if cycle.step % cycle.every:  # (is_logged_step, inlined: every forward runs this)
+            return
+        out = output_tensor(output)
+        if out is None or out.numel() == 0:
+            return
+        limits = output_limits(out, self._fallback)
+        if self._bounded is None:
+            self._bounded = limits is not None
+        elif self._bounded != (limits is not None):
+            # the step's forwards disagree (rare): the first one's layout holds; an
+            # unbounded forward of a bounded step adds no saturated element
+            limits = (0.0, 0.0, -math.inf) if self._bounded else None
+        with torch.no_grad():
+            self._fwd.append(_forward_stats(out.detach(), limits))
+        self._n.append(out.numel())
+        if out.requires_grad:
+            grads = self._grads
+            out.register_hook(lambda g: self._on_grad(g, grads))
+
+    def _on_grad(self, grad: Tensor, grads: List[Tensor]) -> None:
+        if grads is not self._grads or compiling():
+            return  # a backward after its step closed (or the source was closed)
+        with torch.no_grad():
+            g = grad.detach()
+            norm = torch.linalg.vector_norm(g, dtype=torch.float64).float()
+            grads.append(torch.stack([norm, _stats.nonfinite_count(g, norm)]))
+
+    def _count(self, n: int, device: torch.device) -> Tensor:
+        t = self._counts.get((n, device))
+        if t is None:
+            if len(self._counts) > 32:  # varying batch sizes: keep a few
+                self._counts.clear()
+            t = self._counts[(n, device)] = torch.full((1,), float(n), device=device)
+        return t
+
+    def before_update(self, cycle: Cycle, work: Work) -> None:
+        self._open = False  # the gradients are final: later forwards are not this step's
+
+    def after_update(self, cycle: Cycle, work: Work, pend: StepPacket, packet: Packet, skipped: bool) -> None:
+        if not self._fwd and not self._grads:
+            return  # (or a later optimizer's chunk of the step: written once, by the first)
+        fwd, ns, grads = self._fwd, self._n, self._grads
+        self._fwd, self._n, self._grads = [], [], []
+        if fwd:
+            bounded = bool(self._bounded)
+            if len(fwd) == 1:
+                v = fwd[0]
+            else:  # several forwards: means weighted by element counts, counts summed, min/max
+                stacked = torch.stack(fwd)
+                w = torch.tensor([n / sum(ns) for n in ns], device=stacked.device).unsqueeze(1)
+                k = 4 if bounded else 3
+                v = torch.cat([(stacked[:, :k] * w).sum(0), stacked[:, k : k + 1].sum(0),
+                               stacked[:, k + 1].amin().reshape(1), stacked[:, k + 2].amax().reshape(1)])
+            k = 4 if bounded else 3
+            packet.put("signal", _MEANS_SAT if bounded else _MEANS, v[:k], reduce="mean")
+            packet.put("signal", _NF, v[k : k + 1], reduce="sum")
+            packet.put("signal", _MIN, v[k + 1 : k + 2], reduce="min")
+            packet.put("signal", _MAX, v[k + 2 : k + 3], reduce="max")
+            packet.put("signal", _COUNT, self._count(sum(ns), v.device), reduce="sum")
+        if grads:
+            g = grads[0] if len(grads) == 1 else torch.stack(grads)
+            if g.dim() == 2:  # several backwards: one norm over all, counts summed
+                g = torch.stack([g[:, 0].square().sum().sqrt(), g[:, 1].sum()])
+            packet.put("signal", _GNORM, g[:1], reduce="norm_mean")
+            packet.put("signal", _GNF, g[1:], reduce="sum")
+
+    def step_done(self, cycle: Cycle) -> None:
+        self._fwd, self._n, self._grads = [], [], []
+        self._bounded = None
+        self._open = True
+
+    # -- host side --------------------------------------------------------------
+    def read(
+        self, slots: List[Tuple[Any, np.ndarray]], rows: np.ndarray, p: np.ndarray, dw: np.ndarray,
+        pends: Sequence[StepPacket], members: List[int],
+    ) -> None:
+        by_ref = {ref: vals for ref, vals in slots}
+        for j, b in enumerate(members):
+            pends[b].signals = _signals({ref: vals[:, j].tolist() for ref, vals in by_ref.items()})
+
+    def close(self) -> None:
+        self._hooks.remove()
+        self._grads = []  # tensor hooks still on live graphs see a list that is not theirs
+        self._fwd, self._n, self._counts = [], [], {}
+
+
+def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
+    """``StepRecord.signals`` from one step's host values, by slot ref."""
+    out: Dict[str, float] = {}
+    means = v.get(_MEANS_SAT) or v.get(_MEANS)
+    if means is not None:
+        mean, var, msq = means[0], means[1], means[2]
+        # pooled variance: E[var] + (E[m^2] - E[m]^2); the second term is exactly 0
+        # for one forward in one process (float32 m*m is m^2 correctly rounded) and
+        # below float32 resolution it is rounding of the reductions, not variance
+        between = msq - float(np.float32(mean * mean))
+        if abs(between) <= _ULPS * abs(msq):
+            between = 0.0
+        n = v[_COUNT][0]
+        pop = var + between
+        if math.isfinite(pop):
+            std = math.sqrt(max(pop, 0.0) * n / (n - 1)) if n > 1 else math.nan
+        else:
+            std = math.inf if pop > 0 else math.nan
+        out["output_mean"], out["output_std"] = mean, std
+        out["output_min"], out["output_max"] = v[_MIN][0], v[_MAX][0]
+        out["output_sat_frac"] = means[3] if len(means) > 3 else math.nan
+        out["output_nonfinite"] = v[_NF][0]
+    if _GNORM in v:
+        out["output_grad_norm"] = v[_GNORM][0]
+        out["output_grad_nonfinite"] = v[_GNF][0]
+    return out
