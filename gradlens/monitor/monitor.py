@@ -126,8 +126,6 @@ class Monitor:
             layouts, sources, n_optimizers=len(optimizers), every=every, sync=eager,
             closed=self._closed_step, urgent=self._publish,
         )
-        if output is not None:
-            output.start(collector)
         # torch.distributed: DTensor parameters are read as their local shards, and
         # each logged packet is reduced across ranks before its host copy
         if any(_distributed.is_sharded(p) for p in layouts.root.parameters()):
@@ -160,6 +158,8 @@ class Monitor:
         # after it). On the model as called, outside any torch.compile'd region.
         self._deferred = not eager and any(_packet.defers(p.device) for p in layouts.root.parameters())
         self._hooks.add(on_root_forward(model, self._on_forward, pre=True))
+        if output is not None:  # (hooks go on last: a bad option raised before any)
+            output.start(collector)
         if not activations and not compiled:
             # forward order of modules from one probed forward (input side first)
             named = [(layouts.name(n), m) for n, m in layouts.root.named_modules()]

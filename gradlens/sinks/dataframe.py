@@ -12,6 +12,7 @@ model-output signals.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -135,7 +136,9 @@ class HistorySink(Sink):
                     param_stats={k: v for k, v in pstats.items() if v},
                     loss=loss,
                     nonfinite_origin=origin,
-                    signals={} if sig is None else {k: float(v) for k, v, m in zip(SIGNAL_STATS, *sig) if m},
+                    # (NaN as math.nan itself: records of the same run compare equal)
+                    signals={} if sig is None else {
+                        k: float(v) if v == v else math.nan for k, v, m in zip(SIGNAL_STATS, *sig) if m},
                 )
             )
         return out
