@@ -308,7 +308,9 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
             std = math.sqrt(max(pop, 0.0) * n / (n - 1)) if n > 1 else math.nan
         else:
             std = math.inf if pop > 0 else math.nan
-        out["output_mean"], out["output_std"] = mean, std
+        # (std rounded to float32 like every other value: TensorBoard stores float32,
+        # so ``gradlens report`` rebuilds the very same signals)
+        out["output_mean"], out["output_std"] = mean, float(np.float32(std))
         out["output_min"], out["output_max"] = v[_MIN][0], v[_MAX][0]
         out["output_sat_frac"] = means[3] if len(means) > 3 else math.nan
         out["output_nonfinite"] = v[_NF][0]
