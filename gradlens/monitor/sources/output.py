@@ -34,14 +34,17 @@ What is recorded:
 * **non-finite counts** count NaN and Inf elements together (like ``nonfinite``).
   ``output_grad_norm`` is accumulated in float64, so a norm of finite elements
   past float32's range shows as Inf with ``output_grad_nonfinite`` 0.
-* **mean and std** come from ``torch.var_mean`` per forward (no cancellation), std
-  with Bessel's correction over the pooled element count.
+* **mean and std**: per forward the mean and the sum of squared deviations from
+  it (two passes, no cancellation); std with Bessel's correction over the pooled
+  element count.
 
 Under torch.distributed the values are reduced across ranks with the reduction
 each one needs: counts (``output_nonfinite``, ``output_grad_nonfinite``, the
-element count) as sums, min/max as min/max (exact); mean, variance, squared mean
-and saturated fraction as the mean over ranks, which is the global value only when
-every rank has the same batch size; ``output_grad_norm`` as ``sqrt(sum of
+element count) and the sums of squared deviations as sums, min/max as min/max
+(exact); mean, squared mean and saturated fraction as the mean over ranks, which
+is the global value only when every rank has the same batch size (so are the std,
+which adds the spread of the ranks' means, and the saturated fraction);
+``output_grad_norm`` as ``sqrt(sum of
 squares) / ranks``, the norm of the gradient of the ranks' mean loss (DDP's
 convention), exact.
 """
@@ -58,7 +61,7 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import HookSet, compiling, on_root_forward
 from gradlens.monitor.packet import Packet, StepPacket
-from gradlens.monitor.sources._tracer import sat_limits
+from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, sat_limits
 from gradlens.monitor.sources.base import Cycle, Source, Work
 
 __all__ = ["OutputSignals", "output_tensor", "output_limits"]
@@ -80,9 +83,9 @@ _VIEW_NODES = frozenset((
 _MAX_HOPS = 4
 
 # Slot refs (stable objects: the packet's structure key uses their identity).
-# Per forward, the device vector is (mean, var, mean^2, [sat_frac,] nonfinite, min, max).
-_MEANS, _MEANS_SAT, _NF, _MIN, _MAX, _COUNT, _GNORM, _GNF = (
-    "means", "means_sat", "nonfinite", "min", "max", "count", "grad_norm", "grad_nonfinite")
+# Per forward, the device vector is (mean, mean^2, [sat_frac,] M2, nonfinite, min, max).
+_MEANS, _MEANS_SAT, _SUMS, _MIN, _MAX, _COUNT, _GNORM, _GNF = (
+    "means", "means_sat", "sums", "min", "max", "count", "grad_norm", "grad_nonfinite")
 
 # float32 resolution: a between-forward (or between-rank) variance term
 # E[m^2] - E[m]^2 smaller than this many units of E[m^2]'s last place is rounding.
@@ -151,21 +154,31 @@ def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -
     return lo, hi, _stats.SAT_BAND * (hi - lo)
 
 
-def _forward_stats(x: Tensor, limits: Optional[Tuple[float, float, float]]) -> Tensor:
-    """(mean, var, mean^2, [sat_frac,] nonfinite, min, max) of ``x``, float32, on its device."""
-    var, mean = torch.var_mean(x, correction=0)
-    lo_x, hi_x = torch.aminmax(x)
-    nf = _stats.nonfinite_count(x, mean)
-    parts = [mean, var, mean * mean]
+def _forward_stats(x: Tensor, limits: Optional[Tuple[float, float, float]], buf: Optional[Tensor] = None) -> Tensor:
+    """(mean, mean^2, [sat_frac,] M2, nonfinite, min, max) of ``x``, float32, on its
+    device; ``M2`` is the sum of squared deviations from the mean (two passes: no
+    cancellation). ``buf``: an optional float32 scratch buffer shaped like ``x``.
+
+    Measured (CPU, one thread, torch 2.13): ``mean`` + ``dot`` of the deviations
+    costs 5 us on 128x10 and 1.1 ms on 1M elements, ``torch.var_mean`` 8 us and
+    8.6 ms (and it gives NaN, not -inf, for the mean of an output holding -inf).
+    """
+    xf = x if x.dtype == torch.float32 else x.float()
+    if buf is None:
+        buf = torch.empty_like(xf)
+    mean = xf.mean()
+    flat = torch.sub(xf, mean, out=buf).view(-1)
+    m2 = torch.dot(flat, flat)
+    lo_x, hi_x = torch.aminmax(xf)
+    nf = _stats.nonfinite_count(xf, mean)
+    parts = [mean, mean * mean]
     if limits is not None:
         lo, hi, band = limits
         mid, half = (lo + hi) / 2, (hi - lo) / 2
         # saturated: within `band` of either limit, i.e. |x - mid| > half - band
-        parts.append(torch.gt(torch.sub(x, mid).abs_(), half - band).mean(dtype=torch.float32))
-    if x.dtype != torch.float32:
-        parts = [t.float() for t in parts]
-        lo_x, hi_x = lo_x.float(), hi_x.float()
-    return torch.stack(parts + [nf, lo_x, hi_x])
+        torch.sub(xf, mid, out=buf).abs_()
+        parts.append(torch.gt(buf, half - band, out=buf).mean())
+    return torch.stack(parts + [m2, nf, lo_x, hi_x])
 
 
 class OutputSignals(Source):
@@ -192,6 +205,7 @@ class OutputSignals(Source):
         self._grads: List[Tensor] = []  # per backward into a recorded output: (||g||, nonfinite)
         self._open = True  # forwards still belong to the step (until its pre-hook)
         self._counts: Dict[Tuple[int, torch.device], Tensor] = {}  # element counts as device scalars
+        self._buffers: Dict[torch.device, Tensor] = {}  # scratch for the statistics' temporaries
 
     def start(self, cycle: Cycle) -> None:
         """Hook the model's forward; ``cycle`` says which step is collected (its
@@ -201,7 +215,9 @@ class OutputSignals(Source):
 
     # -- device side ------------------------------------------------------------
     def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._open or not torch.is_grad_enabled() or compiling():
+        # (compiling() first: under torch.compile tracing nothing else may be read,
+        # or the graph would guard on this source's state and recompile)
+        if compiling() or not self._open or not torch.is_grad_enabled():
             return
         cycle = self._cycle
         if cycle.step % cycle.every:  # (is_logged_step, inlined: every forward runs this)
@@ -217,19 +233,30 @@ class OutputSignals(Source):
             # unbounded forward of a bounded step adds no saturated element
             limits = (0.0, 0.0, -math.inf) if self._bounded else None
         with torch.no_grad():
-            self._fwd.append(_forward_stats(out.detach(), limits))
+            self._fwd.append(_forward_stats(out.detach(), limits, self._scratch(out)))
         self._n.append(out.numel())
         if out.requires_grad:
             grads = self._grads
             out.register_hook(lambda g: self._on_grad(g, grads))
 
     def _on_grad(self, grad: Tensor, grads: List[Tensor]) -> None:
-        if grads is not self._grads or compiling():
+        if compiling() or grads is not self._grads:
             return  # a backward after its step closed (or the source was closed)
         with torch.no_grad():
             g = grad.detach()
             norm = torch.linalg.vector_norm(g, dtype=torch.float64).float()
             grads.append(torch.stack([norm, _stats.nonfinite_count(g, norm)]))
+
+    def _scratch(self, x: Tensor) -> Optional[Tensor]:
+        # one reusable float32 buffer per device for the temporaries (a fresh
+        # output-sized allocation costs page faults on CPU), up to SCRATCH_MAX_NUMEL
+        n = x.numel()
+        if n > SCRATCH_MAX_NUMEL:
+            return None
+        buf = self._buffers.get(x.device)
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[x.device] = torch.empty(n, dtype=torch.float32, device=x.device)
+        return buf[:n].view(x.shape)
 
     def _count(self, n: int, device: torch.device) -> Tensor:
         t = self._counts.get((n, device))
@@ -254,14 +281,14 @@ class OutputSignals(Source):
             else:  # several forwards: means weighted by element counts, counts summed, min/max
                 stacked = torch.stack(fwd)
                 w = torch.tensor([n / sum(ns) for n in ns], device=stacked.device).unsqueeze(1)
-                k = 4 if bounded else 3
-                v = torch.cat([(stacked[:, :k] * w).sum(0), stacked[:, k : k + 1].sum(0),
-                               stacked[:, k + 1].amin().reshape(1), stacked[:, k + 2].amax().reshape(1)])
-            k = 4 if bounded else 3
+                k = 3 if bounded else 2
+                v = torch.cat([(stacked[:, :k] * w).sum(0), stacked[:, k : k + 2].sum(0),
+                               stacked[:, k + 2].amin().reshape(1), stacked[:, k + 3].amax().reshape(1)])
+            k = 3 if bounded else 2
             packet.put("signal", _MEANS_SAT if bounded else _MEANS, v[:k], reduce="mean")
-            packet.put("signal", _NF, v[k : k + 1], reduce="sum")
-            packet.put("signal", _MIN, v[k + 1 : k + 2], reduce="min")
-            packet.put("signal", _MAX, v[k + 2 : k + 3], reduce="max")
+            packet.put("signal", _SUMS, v[k : k + 2], reduce="sum")  # M2, the non-finite count
+            packet.put("signal", _MIN, v[k + 2 : k + 3], reduce="min")
+            packet.put("signal", _MAX, v[k + 3 : k + 4], reduce="max")
             packet.put("signal", _COUNT, self._count(sum(ns), v.device), reduce="sum")
         if grads:
             g = grads[0] if len(grads) == 1 else torch.stack(grads)
@@ -287,7 +314,7 @@ class OutputSignals(Source):
     def close(self) -> None:
         self._hooks.remove()
         self._grads = []  # tensor hooks still on live graphs see a list that is not theirs
-        self._fwd, self._n, self._counts = [], [], {}
+        self._fwd, self._n, self._counts, self._buffers = [], [], {}, {}
 
 
 def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
@@ -295,15 +322,16 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     means = v.get(_MEANS_SAT) or v.get(_MEANS)
     if means is not None:
-        mean, var, msq = means[0], means[1], means[2]
-        # pooled variance: E[var] + (E[m^2] - E[m]^2); the second term is exactly 0
-        # for one forward in one process (float32 m*m is m^2 correctly rounded) and
-        # below float32 resolution it is rounding of the reductions, not variance
+        mean, msq = means[0], means[1]
+        m2, nonfinite = v[_SUMS]
+        n = v[_COUNT][0]
+        # pooled variance: M2 / n + (E[m^2] - E[m]^2), the spread of the forwards' (or
+        # ranks') means; that term is exactly 0 for one forward in one process (float32
+        # m*m is m^2 correctly rounded) and below float32 resolution it is rounding
         between = msq - float(np.float32(mean * mean))
         if abs(between) <= _ULPS * abs(msq):
             between = 0.0
-        n = v[_COUNT][0]
-        pop = var + between
+        pop = m2 / n + between
         if math.isfinite(pop):
             std = math.sqrt(max(pop, 0.0) * n / (n - 1)) if n > 1 else math.nan
         else:
@@ -312,8 +340,8 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
         # so ``gradlens report`` rebuilds the very same signals)
         out["output_mean"], out["output_std"] = mean, float(np.float32(std))
         out["output_min"], out["output_max"] = v[_MIN][0], v[_MAX][0]
-        out["output_sat_frac"] = means[3] if len(means) > 3 else math.nan
-        out["output_nonfinite"] = v[_NF][0]
+        out["output_sat_frac"] = means[2] if len(means) > 2 else math.nan
+        out["output_nonfinite"] = nonfinite
     if _GNORM in v:
         out["output_grad_norm"] = v[_GNORM][0]
         out["output_grad_nonfinite"] = v[_GNF][0]
