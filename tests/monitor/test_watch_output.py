@@ -230,6 +230,16 @@ def test_inf_counts_as_non_finite_in_the_output_and_in_its_gradient():
     assert record.signals["output_nonfinite"] == 12 and record.signals["output_min"] == -math.inf
 
 
+def test_grad_norm_whose_sum_of_squares_overflows_float32_is_exact():
+    # elements ~2e20: ||g|| ~7e20 is a float32 number, its sum of squares (~5e41) is not
+    mon, refs, _, _ = _twin_run(_linear_out, _batches(1, 4, 6), lambda o, _: (o * 1e10).sum() * 2e10)
+    (record,) = mon.records()
+    _, g = refs[0]
+    assert (g.float().pow(2).sum() == math.inf) and torch.isfinite(g).all()
+    assert record.signals["output_grad_norm"] == pytest.approx(g.double().norm().item(), rel=1e-6)
+    assert record.signals["output_grad_nonfinite"] == 0
+
+
 def test_grad_norm_of_finite_elements_past_float32_range_is_inf_not_non_finite():
     mon, refs, _, _ = _twin_run(_linear_out, _batches(1, 4, 6), lambda o, _: (o * 1e30).sum() * 2e8)
     (record,) = mon.records()
@@ -251,6 +261,8 @@ class _HFLike(nn.Module):
 
     def forward(self, x):
         logits = self.body(x)
+        if self.wrap is dict:  # a plain dict: logits are not the first floating value after the loss
+            return {"loss": logits.pow(2).mean(), "hidden_states": torch.tanh(logits), "logits": logits}
         return self.wrap(loss=logits.pow(2).mean(), logits=logits, hidden_states=torch.tanh(logits))
 
 
