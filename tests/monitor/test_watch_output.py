@@ -391,6 +391,43 @@ def test_only_logged_steps_pay(monkeypatch):
         _assert_signals(record.signals, _expected(out, g))
 
 
+@pytest.mark.parametrize("when", ["compiled-then-watched", "watched-then-compiled"])
+def test_torch_compile(when):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _tanh_out()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if when == "compiled-then-watched":
+            cm = torch.compile(model, backend="eager")
+            mon = gradlens.watch(cm, opt)
+        else:
+            mon = gradlens.watch(model, opt)
+            cm = torch.compile(model, backend="eager")
+        counters.clear()
+        for _ in range(3):
+            opt.zero_grad()
+            cm(x).pow(2).mean().backward()
+            opt.step()
+        mon.close()
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1  # no recompilation as the step state changes
+    signals = mon.records()[0].signals
+    if when == "watched-then-compiled":  # the hook is inside the compiled region: it does nothing
+        assert signals == {}
+        return
+    out = twin(x)
+    (g,) = torch.autograd.grad(out.pow(2).mean(), out)
+    # (the eager backend keeps torch's nodes; a compiled graph's CompiledFunctionBackward
+    # would leave it to the last module, nn.Tanh here: the same limits)
+    _assert_signals(signals, _expected(out, g, (-1.0, 1.0, 0.02)), exact_extremes=False)
+
+
 # ----------------------------------------------------------------------------- distributed
 def test_each_value_declares_its_cross_rank_reduction():
     torch.manual_seed(0)

@@ -293,7 +293,7 @@ class OutputSignals(Source):
         if grads:
             g = grads[0] if len(grads) == 1 else torch.stack(grads)
             if g.dim() == 2:  # several backwards: one norm over all, counts summed
-                g = torch.stack([g[:, 0].square().sum().sqrt(), g[:, 1].sum()])
+                g = torch.stack([g[:, 0].double().square().sum().sqrt().float(), g[:, 1].sum()])
             packet.put("signal", _GNORM, g[:1], reduce="norm_mean")
             packet.put("signal", _GNF, g[1:], reduce="sum")
 
