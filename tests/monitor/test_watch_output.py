@@ -445,9 +445,10 @@ def test_each_value_declares_its_cross_rank_reduction():
         model(torch.randn(4, 6)).sum().backward()
         opt.step()
     assert declared == {
-        "means_sat": "mean",  # mean, var, mean^2, saturated fraction: exact for equal batch sizes
-        "sums": "sum",  # sum of squared deviations, non-finite count
-        "count": "sum", "grad_nonfinite": "sum",
+        "means_sat": "mean",  # mean, saturated fraction: exact for equal batch sizes
+        "msq": "mean",  # mean^2, for the spread of the ranks' means
+        "sums": "sum",  # sum of squared deviations, non-finite count, element count
+        "grad_nonfinite": "sum",
         "min": "min", "max": "max",
         "grad_norm": "norm_mean",  # ||d(mean of the ranks' losses)/d(outputs)||
     }

@@ -82,10 +82,18 @@ _VIEW_NODES = frozenset((
 ))
 _MAX_HOPS = 4
 
-# Slot refs (stable objects: the packet's structure key uses their identity).
-# Per forward, the device vector is (mean, mean^2, [sat_frac,] M2, nonfinite, min, max).
-_MEANS, _MEANS_SAT, _SUMS, _MIN, _MAX, _COUNT, _GNORM, _GNF = (
-    "means", "means_sat", "sums", "min", "max", "count", "grad_norm", "grad_nonfinite")
+# Slot refs (stable objects: the packet's structure key uses their identity). Per
+# forward the device vector is (mean, [sat_frac,] M2, nonfinite, count, min, max), M2
+# the sum of squared deviations from the mean; per backward (||g||, nonfinite). In one
+# process each is one slot (_FWD/_FWD_SAT, _GRAD; with several forwards _MSQ, the
+# weighted mean of the forwards' squared means, too); under torch.distributed they are
+# split into slots by their cross-rank reduction.
+_FWD, _FWD_SAT, _GRAD = "forward", "forward_sat", "grad"
+_MEANS, _MEANS_SAT, _MSQ, _SUMS, _MIN, _MAX, _GNORM, _GNF = (
+    "means", "means_sat", "msq", "sums", "min", "max", "grad_norm", "grad_nonfinite")
+#: outputs up to this many elements get fresh temporaries (cheaper than the scratch
+#: buffer's view); larger ones reuse the scratch buffer (page faults otherwise)
+_SCRATCH_MIN_NUMEL = 1 << 16
 
 # float32 resolution: a between-forward (or between-rank) variance term
 # E[m^2] - E[m]^2 smaller than this many units of E[m^2]'s last place is rounding.
@@ -154,10 +162,14 @@ def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -
     return lo, hi, _stats.SAT_BAND * (hi - lo)
 
 
-def _forward_stats(x: Tensor, limits: Optional[Tuple[float, float, float]], buf: Optional[Tensor] = None) -> Tensor:
-    """(mean, mean^2, [sat_frac,] M2, nonfinite, min, max) of ``x``, float32, on its
+def _forward_stats(
+    x: Tensor, limits: Optional[Tuple[float, float, float]], count: Tensor, zero: Tensor,
+    buf: Optional[Tensor] = None,
+) -> Tensor:
+    """(mean, [sat_frac,] M2, nonfinite, count, min, max) of ``x``, float32, on its
     device; ``M2`` is the sum of squared deviations from the mean (two passes: no
-    cancellation). ``buf``: an optional float32 scratch buffer shaped like ``x``.
+    cancellation). ``count`` and ``zero``: cached 0-d float32 tensors on ``x``'s device
+    (its element count, 0). ``buf``: an optional float32 scratch buffer shaped like ``x``.
 
     Measured (CPU, one thread, torch 2.13): ``mean`` + ``dot`` of the deviations
     costs 5 us on 128x10 and 1.1 ms on 1M elements, ``torch.var_mean`` 8 us and
@@ -170,15 +182,20 @@ def _forward_stats(x: Tensor, limits: Optional[Tuple[float, float, float]], buf:
     flat = torch.sub(xf, mean, out=buf).view(-1)
     m2 = torch.dot(flat, flat)
     lo_x, hi_x = torch.aminmax(xf)
-    nf = _stats.nonfinite_count(xf, mean)
-    parts = [mean, mean * mean]
-    if limits is not None:
-        lo, hi, band = limits
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        # saturated: within `band` of either limit, i.e. |x - mid| > half - band
-        torch.sub(xf, mid, out=buf).abs_()
-        parts.append(torch.gt(buf, half - band, out=buf).mean())
-    return torch.stack(parts + [m2, nf, lo_x, hi_x])
+    # NaN/Inf elements make the mean non-finite; on CPU that is a host value (no
+    # sync), so the exact count runs only then (elsewhere always: no branch on the device)
+    if x.device.type == "cpu" and math.isfinite(float(mean)):
+        nf = zero
+    else:
+        nf = _stats.nonfinite_count(xf, mean)
+    if limits is None:
+        return torch.stack([mean, m2, nf, count, lo_x, hi_x])
+    lo, hi, band = limits
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    # saturated: within `band` of either limit, i.e. |x - mid| > half - band
+    torch.sub(xf, mid, out=buf).abs_()
+    sat = torch.gt(buf, half - band, out=buf).mean()
+    return torch.stack([mean, sat, m2, nf, count, lo_x, hi_x])
 
 
 class OutputSignals(Source):
@@ -204,7 +221,7 @@ class OutputSignals(Source):
         self._bounded: Optional[bool] = None  # the step's forwards' boundedness (the first one's)
         self._grads: List[Tensor] = []  # per backward into a recorded output: (||g||, nonfinite)
         self._open = True  # forwards still belong to the step (until its pre-hook)
-        self._counts: Dict[Tuple[int, torch.device], Tensor] = {}  # element counts as device scalars
+        self._consts: Dict[Tuple[int, torch.device], Tuple[Tensor, Tensor]] = {}  # (count, 0) on a device
         self._buffers: Dict[torch.device, Tensor] = {}  # scratch for the statistics' temporaries
 
     def start(self, cycle: Cycle) -> None:
@@ -232,9 +249,13 @@ class OutputSignals(Source):
             # the step's forwards disagree (rare): the first one's layout holds; an
             # unbounded forward of a bounded step adds no saturated element
             limits = (0.0, 0.0, -math.inf) if self._bounded else None
+        n, dev = out.numel(), out.device
+        consts = self._consts.get((n, dev))
+        if consts is None:
+            consts = self._constants(n, dev)
         with torch.no_grad():
-            self._fwd.append(_forward_stats(out.detach(), limits, self._scratch(out)))
-        self._n.append(out.numel())
+            self._fwd.append(_forward_stats(out.detach(), limits, consts[0], consts[1], self._scratch(out)))
+        self._n.append(n)
         if out.requires_grad:
             grads = self._grads
             out.register_hook(lambda g: self._on_grad(g, grads))
@@ -245,26 +266,32 @@ class OutputSignals(Source):
         with torch.no_grad():
             g = grad.detach()
             norm = torch.linalg.vector_norm(g, dtype=torch.float64).float()
-            grads.append(torch.stack([norm, _stats.nonfinite_count(g, norm)]))
+            if g.device.type == "cpu" and math.isfinite(float(norm)):
+                nf = self._constants(1, g.device)[1]
+            else:  # (an overflowed norm over finite elements counts 0 here)
+                nf = _stats.nonfinite_count(g, norm)
+            grads.append(torch.stack([norm, nf]))
 
     def _scratch(self, x: Tensor) -> Optional[Tensor]:
-        # one reusable float32 buffer per device for the temporaries (a fresh
-        # output-sized allocation costs page faults on CPU), up to SCRATCH_MAX_NUMEL
+        # one reusable float32 buffer per device for the temporaries of large outputs
+        # (a fresh output-sized allocation costs page faults on CPU), up to SCRATCH_MAX_NUMEL
         n = x.numel()
-        if n > SCRATCH_MAX_NUMEL:
+        if n < _SCRATCH_MIN_NUMEL or n > SCRATCH_MAX_NUMEL:
             return None
         buf = self._buffers.get(x.device)
         if buf is None or buf.numel() < n:
             buf = self._buffers[x.device] = torch.empty(n, dtype=torch.float32, device=x.device)
         return buf[:n].view(x.shape)
 
-    def _count(self, n: int, device: torch.device) -> Tensor:
-        t = self._counts.get((n, device))
-        if t is None:
-            if len(self._counts) > 32:  # varying batch sizes: keep a few
-                self._counts.clear()
-            t = self._counts[(n, device)] = torch.full((1,), float(n), device=device)
-        return t
+    def _constants(self, n: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """(n, 0) as cached 0-d float32 tensors on ``device``."""
+        consts = self._consts.get((n, device))
+        if consts is None:
+            if len(self._consts) > 32:  # varying batch sizes: keep a few
+                self._consts.clear()
+            consts = self._consts[(n, device)] = (
+                torch.full((), float(n), device=device), torch.zeros((), device=device))
+        return consts
 
     def before_update(self, cycle: Cycle, work: Work) -> None:
         self._open = False  # the gradients are final: later forwards are not this step's
@@ -274,28 +301,41 @@ class OutputSignals(Source):
             return  # (or a later optimizer's chunk of the step: written once, by the first)
         fwd, ns, grads = self._fwd, self._n, self._grads
         self._fwd, self._n, self._grads = [], [], []
+        split = getattr(cycle, "reduce", None) is not None  # torch.distributed: per-value reductions
         if fwd:
             bounded = bool(self._bounded)
+            k = 2 if bounded else 1  # the means: mean[, sat]
+            msq: Optional[Tensor] = None
             if len(fwd) == 1:
                 v = fwd[0]
-            else:  # several forwards: means weighted by element counts, counts summed, min/max
+                if split:
+                    msq = v[:1] * v[:1]
+            else:  # several forwards: means weighted by element counts, sums summed, min/max
                 stacked = torch.stack(fwd)
                 w = torch.tensor([n / sum(ns) for n in ns], device=stacked.device).unsqueeze(1)
-                k = 3 if bounded else 2
-                v = torch.cat([(stacked[:, :k] * w).sum(0), stacked[:, k : k + 2].sum(0),
-                               stacked[:, k + 2].amin().reshape(1), stacked[:, k + 3].amax().reshape(1)])
-            k = 3 if bounded else 2
-            packet.put("signal", _MEANS_SAT if bounded else _MEANS, v[:k], reduce="mean")
-            packet.put("signal", _SUMS, v[k : k + 2], reduce="sum")  # M2, the non-finite count
-            packet.put("signal", _MIN, v[k + 2 : k + 3], reduce="min")
-            packet.put("signal", _MAX, v[k + 3 : k + 4], reduce="max")
-            packet.put("signal", _COUNT, self._count(sum(ns), v.device), reduce="sum")
+                means = stacked[:, :k]
+                v = torch.cat([(means * w).sum(0), stacked[:, k : k + 3].sum(0),
+                               stacked[:, k + 3].amin().reshape(1), stacked[:, k + 4].amax().reshape(1)])
+                msq = (means[:, :1].square() * w).sum(0)
+            if not split:  # one process: nothing is reduced, one slot
+                packet.put("signal", _FWD_SAT if bounded else _FWD, v)
+                if msq is not None:
+                    packet.put("signal", _MSQ, msq)
+            else:
+                packet.put("signal", _MEANS_SAT if bounded else _MEANS, v[:k], reduce="mean")
+                packet.put("signal", _MSQ, msq, reduce="mean")
+                packet.put("signal", _SUMS, v[k : k + 3], reduce="sum")  # M2, non-finite count, count
+                packet.put("signal", _MIN, v[k + 3 : k + 4], reduce="min")
+                packet.put("signal", _MAX, v[k + 4 : k + 5], reduce="max")
         if grads:
             g = grads[0] if len(grads) == 1 else torch.stack(grads)
             if g.dim() == 2:  # several backwards: one norm over all, counts summed
                 g = torch.stack([g[:, 0].double().square().sum().sqrt().float(), g[:, 1].sum()])
-            packet.put("signal", _GNORM, g[:1], reduce="norm_mean")
-            packet.put("signal", _GNF, g[1:], reduce="sum")
+            if not split:
+                packet.put("signal", _GRAD, g)
+            else:
+                packet.put("signal", _GNORM, g[:1], reduce="norm_mean")
+                packet.put("signal", _GNF, g[1:], reduce="sum")
 
     def step_done(self, cycle: Cycle) -> None:
         self._fwd, self._n, self._grads = [], [], []
@@ -314,23 +354,30 @@ class OutputSignals(Source):
     def close(self) -> None:
         self._hooks.remove()
         self._grads = []  # tensor hooks still on live graphs see a list that is not theirs
-        self._fwd, self._n, self._counts, self._buffers = [], [], {}, {}
+        self._fwd, self._n, self._consts, self._buffers = [], [], {}, {}
 
 
 def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
     """``StepRecord.signals`` from one step's host values, by slot ref."""
     out: Dict[str, float] = {}
-    means = v.get(_MEANS_SAT) or v.get(_MEANS)
-    if means is not None:
-        mean, msq = means[0], means[1]
-        m2, nonfinite = v[_SUMS]
-        n = v[_COUNT][0]
+    fwd = v.get(_FWD_SAT) or v.get(_FWD)
+    if fwd is not None:
+        bounded = _FWD_SAT in v
+        means, (m2, nonfinite, n, lo, hi) = fwd[: 1 + bounded], fwd[1 + bounded :]
+    elif _SUMS in v:
+        means = v.get(_MEANS_SAT) or v[_MEANS]
+        (m2, nonfinite, n), lo, hi = v[_SUMS], v[_MIN][0], v[_MAX][0]
+    if fwd is not None or _SUMS in v:
+        mean = means[0]
         # pooled variance: M2 / n + (E[m^2] - E[m]^2), the spread of the forwards' (or
-        # ranks') means; that term is exactly 0 for one forward in one process (float32
-        # m*m is m^2 correctly rounded) and below float32 resolution it is rounding
-        between = msq - float(np.float32(mean * mean))
-        if abs(between) <= _ULPS * abs(msq):
-            between = 0.0
+        # ranks') means (0 for one forward in one process); below float32 resolution
+        # that term is rounding of the reductions, not variance
+        between = 0.0
+        if _MSQ in v:
+            msq = v[_MSQ][0]
+            between = msq - float(np.float32(mean * mean))
+            if abs(between) <= _ULPS * abs(msq):
+                between = 0.0
         pop = m2 / n + between
         if math.isfinite(pop):
             std = math.sqrt(max(pop, 0.0) * n / (n - 1)) if n > 1 else math.nan
@@ -339,10 +386,12 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
         # (std rounded to float32 like every other value: TensorBoard stores float32,
         # so ``gradlens report`` rebuilds the very same signals)
         out["output_mean"], out["output_std"] = mean, float(np.float32(std))
-        out["output_min"], out["output_max"] = v[_MIN][0], v[_MAX][0]
-        out["output_sat_frac"] = means[2] if len(means) > 2 else math.nan
+        out["output_min"], out["output_max"] = lo, hi
+        out["output_sat_frac"] = means[1] if len(means) > 1 else math.nan
         out["output_nonfinite"] = nonfinite
-    if _GNORM in v:
-        out["output_grad_norm"] = v[_GNORM][0]
-        out["output_grad_nonfinite"] = v[_GNF][0]
+    grad = v.get(_GRAD)
+    if grad is None and _GNORM in v:
+        grad = [v[_GNORM][0], v[_GNF][0]]
+    if grad is not None:
+        out["output_grad_norm"], out["output_grad_nonfinite"] = grad[0], grad[1]
     return out
