@@ -151,6 +151,18 @@ def test_signals_equal_a_reference_by_hand(make, loss_fn, limits):
         assert set(record.signals) == set(SIGNAL_STATS)
 
 
+@pytest.mark.parametrize("make,limits", [
+    (lambda: nn.Sequential(nn.Linear(6, 512)), None),
+    (lambda: nn.Sequential(nn.Linear(6, 512), nn.Tanh()), (-1.0, 1.0, 2 * SAT_BAND)),
+], ids=["unbounded", "tanh"])
+def test_large_outputs_take_the_two_pass_path(make, limits):
+    # 160 x 512 = 81920 elements: past the small-output (var_mean) path, scratch buffer reused
+    assert 160 * 512 >= _output._SCRATCH_MIN_NUMEL
+    mon, refs, _, _ = _twin_run(make, _batches(3, 160, 6, scale=3.0), _mse_to(0.5))
+    for record, (out, g) in zip(mon.records(), refs):
+        _assert_signals(record.signals, _expected(out, g, limits))
+
+
 def test_sigmoid_saturated_against_regression_targets_reads_near_one():
     mon, refs, _, _ = _twin_run(_sigmoid_saturated, _batches(3, 32, 6), _mse_to(50.0), lr=1e-4)
     sat = [r.signals["output_sat_frac"] for r in mon.records()]
@@ -445,9 +457,9 @@ def test_each_value_declares_its_cross_rank_reduction():
         model(torch.randn(4, 6)).sum().backward()
         opt.step()
     assert declared == {
-        "means_sat": "mean",  # mean, saturated fraction: exact for equal batch sizes
+        "means_sat": "mean",  # mean, saturated fraction, variance: exact for equal batch sizes
         "msq": "mean",  # mean^2, for the spread of the ranks' means
-        "sums": "sum",  # sum of squared deviations, non-finite count, element count
+        "sums": "sum",  # non-finite count, element count
         "grad_nonfinite": "sum",
         "min": "min", "max": "max",
         "grad_norm": "norm_mean",  # ||d(mean of the ranks' losses)/d(outputs)||

@@ -30,23 +30,28 @@ What is recorded:
   with the band divided by the number of classes K (a healthy K-way softmax sits
   near 1/K, which the plain band would call saturated once K > 100). Without an
   autograd node (an output that does not require grad), or with the node of a
-  ``torch.compile``'d graph, the model's last registered module decides (``nn.Sigmoid``, ``nn.Tanh``, ...). Any other output: NaN.
+  ``torch.compile``'d graph, the model's last registered module decides
+  (``nn.Sigmoid``, ``nn.Tanh``, ...). Any other output: NaN.
 * **non-finite counts** count NaN and Inf elements together (like ``nonfinite``).
   ``output_grad_norm`` is accumulated in float64, so a norm of finite elements
   past float32's range shows as Inf with ``output_grad_nonfinite`` 0.
-* **mean and std**: per forward the mean and the sum of squared deviations from
-  it (two passes, no cancellation); std with Bessel's correction over the pooled
-  element count.
+* **mean and std**: per forward the mean and the variance (``torch.var_mean`` for
+  small CPU outputs, else two passes: no cancellation either way); pooled over
+  forwards as the weighted mean of the variances plus the spread of the means; std
+  with Bessel's correction over the pooled element count.
 
 Under torch.distributed the values are reduced across ranks with the reduction
 each one needs: counts (``output_nonfinite``, ``output_grad_nonfinite``, the
-element count) and the sums of squared deviations as sums, min/max as min/max
-(exact); mean, squared mean and saturated fraction as the mean over ranks, which
+element count) as sums, min/max as min/max (exact); mean, variance, squared mean
+and saturated fraction as the mean over ranks, which
 is the global value only when every rank has the same batch size (so are the std,
 which adds the spread of the ranks' means, and the saturated fraction);
-``output_grad_norm`` as ``sqrt(sum of
-squares) / ranks``, the norm of the gradient of the ranks' mean loss (DDP's
-convention), exact.
+``output_grad_norm`` as ``sqrt(sum of squares) / ranks``, the norm of the gradient
+of the ranks' mean loss (DDP's convention), exact. In one process, where nothing is
+reduced, each direction is one packet slot (fewer ops on the hot path).
+
+Cost (CPU, one thread): ~95 us of host work per logged step on a ``Linear(4, 4)``
+step; see ``benchmarks/README.md`` for the MLP/CNN figures.
 """
 
 from __future__ import annotations
@@ -83,8 +88,8 @@ _VIEW_NODES = frozenset((
 _MAX_HOPS = 4
 
 # Slot refs (stable objects: the packet's structure key uses their identity). Per
-# forward the device vector is (mean, [sat_frac,] M2, nonfinite, count, min, max), M2
-# the sum of squared deviations from the mean; per backward (||g||, nonfinite). In one
+# forward the device vector is (mean, [sat_frac,] var, nonfinite, count, min, max), var
+# the population variance; per backward (||g||, nonfinite). In one
 # process each is one slot (_FWD/_FWD_SAT, _GRAD; with several forwards _MSQ, the
 # weighted mean of the forwards' squared means, too); under torch.distributed they are
 # split into slots by their cross-rank reduction.
@@ -166,36 +171,48 @@ def _forward_stats(
     x: Tensor, limits: Optional[Tuple[float, float, float]], count: Tensor, zero: Tensor,
     buf: Optional[Tensor] = None,
 ) -> Tensor:
-    """(mean, [sat_frac,] M2, nonfinite, count, min, max) of ``x``, float32, on its
-    device; ``M2`` is the sum of squared deviations from the mean (two passes: no
-    cancellation). ``count`` and ``zero``: cached 0-d float32 tensors on ``x``'s device
-    (its element count, 0). ``buf``: an optional float32 scratch buffer shaped like ``x``.
+    """(mean, [sat_frac,] var, nonfinite, count, min, max) of ``x``, float32, on its
+    device (``var``: the population variance). ``count`` and ``zero``: cached 0-d
+    float32 tensors on ``x``'s device (its element count, 0). ``buf``: an optional
+    float32 scratch buffer shaped like ``x``.
 
-    Measured (CPU, one thread, torch 2.13): ``mean`` + ``dot`` of the deviations
-    costs 5 us on 128x10 and 1.1 ms on 1M elements, ``torch.var_mean`` 8 us and
-    8.6 ms (and it gives NaN, not -inf, for the mean of an output holding -inf).
+    Small CPU outputs (below ``_SCRATCH_MIN_NUMEL`` elements) take ``torch.var_mean``,
+    one op: in a training step every small op costs ~15 us (cold caches; measured in
+    the MLP of ``benchmarks/overhead.py``), so the op count is the cost there. Larger
+    outputs and other devices take the mean and the mean of squared deviations (two
+    passes, no cancellation): ``torch.var_mean`` is 8x slower on 1M CPU elements
+    (8.6 vs 1.1 ms, torch 2.13) and its mean of an output holding +-inf is NaN, which
+    the small path corrects on its (rare, host-checked) non-finite branch.
     """
     xf = x if x.dtype == torch.float32 else x.float()
-    if buf is None:
-        buf = torch.empty_like(xf)
-    mean = xf.mean()
-    flat = torch.sub(xf, mean, out=buf).view(-1)
-    m2 = torch.dot(flat, flat)
+    n = xf.numel()
+    cpu = x.device.type == "cpu"
+    if cpu and n < _SCRATCH_MIN_NUMEL:
+        var, mean = torch.var_mean(xf, correction=0)
+    else:
+        if buf is None:
+            buf = torch.empty_like(xf)
+        mean = xf.mean()
+        flat = torch.sub(xf, mean, out=buf).view(-1)
+        var = torch.dot(flat, flat).div_(n)
     lo_x, hi_x = torch.aminmax(xf)
     # NaN/Inf elements make the mean non-finite; on CPU that is a host value (no
     # sync), so the exact count runs only then (elsewhere always: no branch on the device)
-    if x.device.type == "cpu" and math.isfinite(float(mean)):
+    if cpu and math.isfinite(float(mean)):
         nf = zero
     else:
         nf = _stats.nonfinite_count(xf, mean)
+        if cpu:
+            mean = xf.mean()  # (var_mean's mean of +-inf is NaN; the plain mean is +-inf)
     if limits is None:
-        return torch.stack([mean, m2, nf, count, lo_x, hi_x])
+        return torch.stack([mean, var, nf, count, lo_x, hi_x])
     lo, hi, band = limits
     mid, half = (lo + hi) / 2, (hi - lo) / 2
     # saturated: within `band` of either limit, i.e. |x - mid| > half - band
-    torch.sub(xf, mid, out=buf).abs_()
-    sat = torch.gt(buf, half - band, out=buf).mean()
-    return torch.stack([mean, sat, m2, nf, count, lo_x, hi_x])
+    sat_buf = buf if buf is not None else torch.empty_like(xf)
+    torch.sub(xf, mid, out=sat_buf).abs_()
+    sat = torch.gt(sat_buf, half - band, out=sat_buf).mean()
+    return torch.stack([mean, sat, var, nf, count, lo_x, hi_x])
 
 
 class OutputSignals(Source):
@@ -304,18 +321,18 @@ class OutputSignals(Source):
         split = getattr(cycle, "reduce", None) is not None  # torch.distributed: per-value reductions
         if fwd:
             bounded = bool(self._bounded)
-            k = 2 if bounded else 1  # the means: mean[, sat]
+            k = 3 if bounded else 2  # the means: mean[, sat], var
             msq: Optional[Tensor] = None
             if len(fwd) == 1:
                 v = fwd[0]
                 if split:
                     msq = v[:1] * v[:1]
-            else:  # several forwards: means weighted by element counts, sums summed, min/max
+            else:  # several forwards: means weighted by element counts, counts summed, min/max
                 stacked = torch.stack(fwd)
                 w = torch.tensor([n / sum(ns) for n in ns], device=stacked.device).unsqueeze(1)
                 means = stacked[:, :k]
-                v = torch.cat([(means * w).sum(0), stacked[:, k : k + 3].sum(0),
-                               stacked[:, k + 3].amin().reshape(1), stacked[:, k + 4].amax().reshape(1)])
+                v = torch.cat([(means * w).sum(0), stacked[:, k : k + 2].sum(0),
+                               stacked[:, k + 2].amin().reshape(1), stacked[:, k + 3].amax().reshape(1)])
                 msq = (means[:, :1].square() * w).sum(0)
             if not split:  # one process: nothing is reduced, one slot
                 packet.put("signal", _FWD_SAT if bounded else _FWD, v)
@@ -324,9 +341,9 @@ class OutputSignals(Source):
             else:
                 packet.put("signal", _MEANS_SAT if bounded else _MEANS, v[:k], reduce="mean")
                 packet.put("signal", _MSQ, msq, reduce="mean")
-                packet.put("signal", _SUMS, v[k : k + 3], reduce="sum")  # M2, non-finite count, count
-                packet.put("signal", _MIN, v[k + 3 : k + 4], reduce="min")
-                packet.put("signal", _MAX, v[k + 4 : k + 5], reduce="max")
+                packet.put("signal", _SUMS, v[k : k + 2], reduce="sum")  # non-finite count, element count
+                packet.put("signal", _MIN, v[k + 2 : k + 3], reduce="min")
+                packet.put("signal", _MAX, v[k + 3 : k + 4], reduce="max")
         if grads:
             g = grads[0] if len(grads) == 1 else torch.stack(grads)
             if g.dim() == 2:  # several backwards: one norm over all, counts summed
@@ -362,14 +379,14 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     fwd = v.get(_FWD_SAT) or v.get(_FWD)
     if fwd is not None:
-        bounded = _FWD_SAT in v
-        means, (m2, nonfinite, n, lo, hi) = fwd[: 1 + bounded], fwd[1 + bounded :]
+        k = 3 if _FWD_SAT in v else 2
+        means, (nonfinite, n, lo, hi) = fwd[:k], fwd[k:]
     elif _SUMS in v:
         means = v.get(_MEANS_SAT) or v[_MEANS]
-        (m2, nonfinite, n), lo, hi = v[_SUMS], v[_MIN][0], v[_MAX][0]
+        (nonfinite, n), lo, hi = v[_SUMS], v[_MIN][0], v[_MAX][0]
     if fwd is not None or _SUMS in v:
-        mean = means[0]
-        # pooled variance: M2 / n + (E[m^2] - E[m]^2), the spread of the forwards' (or
+        mean, var = means[0], means[-1]
+        # pooled variance: E[var] + (E[m^2] - E[m]^2), the spread of the forwards' (or
         # ranks') means (0 for one forward in one process); below float32 resolution
         # that term is rounding of the reductions, not variance
         between = 0.0
@@ -378,7 +395,7 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
             between = msq - float(np.float32(mean * mean))
             if abs(between) <= _ULPS * abs(msq):
                 between = 0.0
-        pop = m2 / n + between
+        pop = var + between
         if math.isfinite(pop):
             std = math.sqrt(max(pop, 0.0) * n / (n - 1)) if n > 1 else math.nan
         else:
@@ -387,7 +404,7 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
         # so ``gradlens report`` rebuilds the very same signals)
         out["output_mean"], out["output_std"] = mean, float(np.float32(std))
         out["output_min"], out["output_max"] = lo, hi
-        out["output_sat_frac"] = means[1] if len(means) > 1 else math.nan
+        out["output_sat_frac"] = means[1] if len(means) > 2 else math.nan
         out["output_nonfinite"] = nonfinite
     grad = v.get(_GRAD)
     if grad is None and _GNORM in v:
