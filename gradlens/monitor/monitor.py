@@ -81,7 +81,7 @@ class Monitor:
         halt_on: Tuple[str, ...],
         thresholds: Optional[Dict[str, Any]],
         ranks: str = "zero",
-        output_stats: bool = True,
+        output_stats: int = 0,
     ) -> None:
         self.model = model
         self.every = every
@@ -117,7 +117,7 @@ class Monitor:
         output = None
         if output_stats:  # the root's output and dL/d(output), on by default
             *_, last = layouts.root.modules()
-            output = OutputSignals(model, last)
+            output = OutputSignals(model, last, every=output_stats)
             sources.append(output)
         self._sources = sources
         # a callback or a halt must see each finding at its step: no batching then
@@ -339,7 +339,7 @@ def watch(
     halt_on: Iterable[str] = (),
     thresholds: Optional[Dict[str, Any]] = None,
     ranks: str = "zero",
-    output_stats: bool = True,
+    output_stats: Union[bool, int] = True,
 ) -> Monitor:
     """Attach gradlens to ``model`` and record its gradient health at every optimizer step.
 
@@ -412,13 +412,15 @@ def watch(
             A rank that closes its monitor early waits in ``close()`` until every
             rank closed. In one process this option changes nothing.
         output_stats: record the model-output signals (``StepRecord.signals``,
-            ``mon.dataframe("signals")``, TensorBoard ``gradlens/signals/...``) on
-            every logged step: mean, std, min, max, saturated fraction and
-            NaN/Inf count of the root module's output, and the norm and NaN/Inf
-            count of dL/d(output). One forward hook on the model and one tensor
-            hook per recorded output (CPU MLP: see ``benchmarks/README.md``);
-            which tensor and which forwards are recorded is documented in
-            :mod:`gradlens.monitor.sources.output`. ``False`` turns them off.
+            ``mon.dataframe("signals")``, TensorBoard ``gradlens/signals/...``):
+            mean, std, min, max, saturated fraction and NaN/Inf count of the root
+            module's output, and the norm and NaN/Inf count of dL/d(output), from
+            one forward hook on the model and one tensor hook per recorded output.
+            ``True`` (default): on every ``OUTPUT_EVERY``-th (5th) logged step, the
+            first one included; an int N: every N-th logged step (``1``: all of
+            them, ~3 points on the CPU MLP step of ``benchmarks/overhead.py``);
+            ``False``/0: off. Which tensor and which forwards are recorded is
+            documented in :mod:`gradlens.monitor.sources.output`.
 
     Statistics are computed at each logged step; turning them into records, writing
     them to TensorBoard and diagnosing them is done in batches of up to

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY
+from gradlens.monitor.sources.output import OUTPUT_EVERY
 
 __all__ = ["parse"]
 
@@ -116,8 +117,14 @@ def parse(
         raise TypeError(
             f"watch(activations=...) expects a bool or an int >= 0, got {type(activations).__name__}"
         )
-    if not isinstance(output_stats, bool):
-        raise TypeError(f"watch(output_stats=...) expects a bool, got {type(output_stats).__name__}")
+    if isinstance(output_stats, bool):
+        output_stats = OUTPUT_EVERY if output_stats else 0
+    elif isinstance(output_stats, int):
+        output_stats = _check_int(output_stats, "output_stats", 0)
+    else:
+        raise TypeError(
+            f"watch(output_stats=...) expects a bool or an int >= 0, got {type(output_stats).__name__}"
+        )
     if param_scalars is not None and not isinstance(param_scalars, bool):
         raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
     inc = _patterns(include, "include")

@@ -61,7 +61,9 @@ def _assert_signals(got, want, rel=1e-5, exact_extremes=True):
 
 def _twin_run(make, batches, loss_fn, *, lr=0.05, opt_cls=torch.optim.SGD, **watch_kw):
     """Train ``make()`` under watch and an identical twin without it on ``batches``;
-    returns the monitor, per step the twin's (output, dL/d(output)), and both models."""
+    returns the monitor, per step the twin's (output, dL/d(output)), and both models.
+    Signals on every logged step (``output_stats=1``) unless told otherwise."""
+    watch_kw.setdefault("output_stats", 1)
     torch.manual_seed(0)
     model = make()
     twin = copy.deepcopy(model)
@@ -344,7 +346,7 @@ def test_no_grad_forwards_are_not_recorded_and_a_frozen_output_has_no_gradient_s
     twin = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(5, 6)
-    with gradlens.watch(model, opt) as mon:
+    with gradlens.watch(model, opt, output_stats=1) as mon:
         with torch.no_grad():
             model(x * 100)  # an evaluation before the step: not this step's output
         opt.zero_grad()
@@ -516,10 +518,32 @@ def test_output_stats_false_turns_it_off_and_bad_values_name_the_argument():
         assert _hook_count(model) == before + 1  # the monitor's own pre-hook only
     assert mon.records()[0].signals == {}
     assert mon.dataframe("signals")[list(SIGNAL_STATS)].isna().all().all()
-    for bad in (1, "yes", None):
-        with pytest.raises(TypeError, match=r"watch\(output_stats=\.\.\.\) expects a bool"):
+    for bad in (1.5, "yes", None):
+        with pytest.raises(TypeError, match=r"watch\(output_stats=\.\.\.\) expects a bool or an int >= 0"):
             gradlens.watch(model, opt, output_stats=bad)
+    with pytest.raises(ValueError, match=r"watch\(output_stats=\.\.\.\) expects an int >= 0, got -1"):
+        gradlens.watch(model, opt, output_stats=-1)
     assert _hook_count(model) == before
+
+
+@pytest.mark.parametrize("option,recorded", [(True, [0, 5, 10]), (3, [0, 3, 6, 9]), (0, [])],
+                         ids=["default-every-5th", "every-3rd", "off"])
+def test_cadence_among_logged_steps(option, recorded, monkeypatch):
+    seen = []
+    real = _output._forward_stats
+    monkeypatch.setattr(_output, "_forward_stats", lambda *a: seen.append(1) or real(*a))
+    assert _output.OUTPUT_EVERY == 5
+    mon, refs, _, _ = _twin_run(_linear_out, _batches(12, 4, 6), _mse_to(0.0), output_stats=option)
+    assert [r.step for r in mon.records() if r.signals] == recorded and len(seen) == len(recorded)
+    for step in recorded:
+        _assert_signals(mon.records()[step].signals, _expected(*refs[step]))
+
+
+def test_cadence_counts_logged_steps_only():
+    # every=2 logs steps 0, 2, 4, ...; output_stats=2 records every 2nd of those
+    mon, refs, _, _ = _twin_run(_linear_out, _batches(9, 4, 6), _mse_to(0.0), every=2, output_stats=2)
+    assert [r.step for r in mon.records()] == [0, 2, 4, 6, 8]
+    assert [r.step for r in mon.records() if r.signals] == [0, 4, 8]
 
 
 def test_dataframe_signals_level():
@@ -568,7 +592,7 @@ def _ddp_rank(rank, out_dir):
     xs, ys = rank_slice(x, rank, 2), rank_slice(y, rank, 2)
     ddp = nn.parallel.DistributedDataParallel(mlp())
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-    with gradlens.watch(ddp, opt) as mon:
+    with gradlens.watch(ddp, opt, output_stats=1) as mon:
         for _ in range(_DDP_STEPS):
             opt.zero_grad()
             F.mse_loss(ddp(xs), ys).backward()

@@ -1,9 +1,10 @@
 """Model-output signals: statistics of the root module's output and of dL/d(output).
 
-On by default (``watch(output_stats=False)`` turns it off). Device side: one forward
-hook on the model as called and, on each recorded forward whose output requires
-grad, one tensor hook on that output. Only logged steps pay; every other forward
-runs two attribute reads. Host side: ``StepRecord.signals`` (:data:`SIGNAL_STATS`).
+On by default, on every :data:`OUTPUT_EVERY`-th (5th) logged step, the first one
+included (``watch(output_stats=N)``: every N-th logged step, ``1``: all of them;
+``False``: off). Device side: one forward hook on the model as called and, on each
+recorded forward whose output requires grad, one tensor hook on that output. Only
+recorded steps pay; every other forward runs a few attribute reads. Host side: ``StepRecord.signals`` (:data:`SIGNAL_STATS`).
 
 What is recorded:
 
@@ -69,7 +70,14 @@ from gradlens.monitor.packet import Packet, StepPacket
 from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, sat_limits
 from gradlens.monitor.sources.base import Cycle, Source, Work
 
-__all__ = ["OutputSignals", "output_tensor", "output_limits"]
+__all__ = ["OutputSignals", "output_tensor", "output_limits", "OUTPUT_EVERY"]
+
+#: ``watch(output_stats=True)`` records the signals on every this many logged steps
+#: (the first included; an int picks another cadence, 1: every logged step). Measured
+#: on every logged step they add ~3 points to the CPU MLP step of
+#: ``benchmarks/overhead.py`` (~15 us per small op inside a training step; see
+#: ``benchmarks/README.md``); every 5th keeps the default within 1 point.
+OUTPUT_EVERY = 5
 
 # Autograd nodes of bounded outputs -> their limits (Softmax: "softmax").
 _BOUNDED_NODES: Dict[str, Any] = {
@@ -222,14 +230,16 @@ class OutputSignals(Source):
         model: the module as called (hooked outside any compiled region).
         last_module: the model's last registered module; its limits decide the
             saturation of an output without an autograd node.
+        every: record on every this many logged steps (the first one included).
 
     The forward hook goes on at :meth:`start`, given the step cycle.
     """
 
     kinds = ("signal",)
 
-    def __init__(self, model: nn.Module, last_module: Optional[nn.Module] = None) -> None:
+    def __init__(self, model: nn.Module, last_module: Optional[nn.Module] = None, every: int = OUTPUT_EVERY) -> None:
         self._model = model
+        self._every = every
         self._cycle: Any = None
         self._fallback = sat_limits(last_module) if last_module is not None else None
         self._hooks = HookSet()
@@ -254,7 +264,9 @@ class OutputSignals(Source):
         if compiling() or not self._open or not torch.is_grad_enabled():
             return
         cycle = self._cycle
-        if cycle.step % cycle.every:  # (is_logged_step, inlined: every forward runs this)
+        # a logged step (is_logged_step, inlined: every forward runs this), on the
+        # signals' cadence among logged steps (cycle.logged: the upcoming record's index)
+        if cycle.step % cycle.every or cycle.logged % self._every:
             return
         out = output_tensor(output)
         if out is None or out.numel() == 0:
