@@ -51,8 +51,9 @@ which adds the spread of the ranks' means, and the saturated fraction);
 of the ranks' mean loss (DDP's convention), exact. In one process, where nothing is
 reduced, each direction is one packet slot (fewer ops on the hot path).
 
-Cost (CPU, one thread): ~95 us of host work per logged step on a ``Linear(4, 4)``
-step; see ``benchmarks/README.md`` for the MLP/CNN figures.
+Cost (CPU, one thread): a recorded step adds ~15 us per small op inside a training
+step (cold caches), ~3 points of the MLP step of ``benchmarks/overhead.py``; hence
+the default cadence. Figures in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
