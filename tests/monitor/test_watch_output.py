@@ -424,13 +424,16 @@ def test_torch_compile(when):
             mon = gradlens.watch(model, opt)
             cm = torch.compile(model, backend="eager")
         counters.clear()
-        for _ in range(3):
+        for _ in range(12):
             opt.zero_grad()
             cm(x).pow(2).mean().backward()
             opt.step()
         mon.close()
     assert dict(counters["graph_break"]) == {}
-    assert counters["stats"]["unique_graphs"] == 1  # no recompilation as the step state changes
+    # no recompilation as the step state changes; compiled after watch, the graph sees
+    # the hooks come and go: step 0 (the order probe's and the output hook), the output
+    # hook alone (steps 5, 10), none: three graphs, each compiled once and reused
+    assert counters["stats"]["unique_graphs"] == (1 if when == "compiled-then-watched" else 3)
     signals = mon.records()[0].signals
     if when == "watched-then-compiled":  # the hook is inside the compiled region: it does nothing
         assert signals == {}
@@ -484,7 +487,7 @@ def test_close_leaves_no_hook_and_a_late_backward_is_ignored():
     model = _linear_out()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = _hook_count(model)
-    mon = gradlens.watch(model, opt)
+    mon = gradlens.watch(model, opt, output_stats=1)
     _one_step(model, opt)  # (the one-forward order probe's hooks are gone after it)
     assert _hook_count(model) == before + 2  # the monitor's pre-hook and the output hook
     assert len(model._forward_hooks) == 1
@@ -537,6 +540,19 @@ def test_cadence_among_logged_steps(option, recorded, monkeypatch):
     assert [r.step for r in mon.records() if r.signals] == recorded and len(seen) == len(recorded)
     for step in recorded:
         _assert_signals(mon.records()[step].signals, _expected(*refs[step]))
+
+
+def test_the_forward_hook_is_on_only_while_a_recorded_step_runs():
+    torch.manual_seed(0)
+    model = _linear_out()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt) as mon:  # every 5th logged step
+        armed = []
+        for _ in range(11):
+            armed.append(len(model._forward_hooks))
+            _one_step(model, opt)
+    assert armed == [2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]  # (step 0: the order probe's hook too)
+    assert len(model._forward_hooks) == 0
 
 
 def test_cadence_counts_logged_steps_only():

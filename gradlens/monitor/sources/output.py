@@ -3,8 +3,9 @@
 On by default, on every :data:`OUTPUT_EVERY`-th (5th) logged step, the first one
 included (``watch(output_stats=N)``: every N-th logged step, ``1``: all of them;
 ``False``: off). Device side: one forward hook on the model as called and, on each
-recorded forward whose output requires grad, one tensor hook on that output. Only
-recorded steps pay; every other forward runs a few attribute reads. Host side: ``StepRecord.signals`` (:data:`SIGNAL_STATS`).
+recorded forward whose output requires grad, one tensor hook on that output. The
+forward hook is on only while a recorded step runs (armed at the end of the step
+before it), so other steps run no gradlens code at all. Host side: ``StepRecord.signals`` (:data:`SIGNAL_STATS`).
 
 What is recorded:
 
@@ -66,7 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from gradlens.monitor import stats as _stats
-from gradlens.monitor.attach import HookSet, compiling, on_root_forward
+from gradlens.monitor.attach import compiling
 from gradlens.monitor.packet import Packet, StepPacket
 from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, sat_limits
 from gradlens.monitor.sources.base import Cycle, Source, Work
@@ -243,7 +244,7 @@ class OutputSignals(Source):
         self._every = every
         self._cycle: Any = None
         self._fallback = sat_limits(last_module) if last_module is not None else None
-        self._hooks = HookSet()
+        self._handle: Any = None  # the forward hook, while armed
         self._fwd: List[Tensor] = []  # per recorded forward of the step, its device vector
         self._n: List[int] = []  # ... and its element count
         self._bounded: Optional[bool] = None  # the step's forwards' boundedness (the first one's)
@@ -254,9 +255,25 @@ class OutputSignals(Source):
 
     def start(self, cycle: Cycle) -> None:
         """Hook the model's forward; ``cycle`` says which step is collected (its
-        ``step`` and ``every``)."""
+        ``step``, ``every`` and ``logged``)."""
         self._cycle = cycle
-        self._hooks.add(on_root_forward(self._model, self._on_output))
+        self._arm(self._due(cycle))
+
+    def _due(self, cycle: Any) -> bool:
+        # a logged step, on the signals' cadence among logged steps (cycle.logged:
+        # the upcoming record's index among logged ones)
+        return cycle.step % cycle.every == 0 and cycle.logged % self._every == 0
+
+    def _arm(self, on: bool) -> None:
+        """The forward hook is on only while a recorded step runs (other forwards run
+        no gradlens code at all). First among the model's forward hooks, every time:
+        it sees the output the model's own forward returned, and re-arming does not
+        move it behind hooks the user added meanwhile."""
+        if on and self._handle is None:
+            self._handle = self._model.register_forward_hook(self._on_output, prepend=True)
+        elif not on and self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
     # -- device side ------------------------------------------------------------
     def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -264,10 +281,7 @@ class OutputSignals(Source):
         # or the graph would guard on this source's state and recompile)
         if compiling() or not self._open or not torch.is_grad_enabled():
             return
-        cycle = self._cycle
-        # a logged step (is_logged_step, inlined: every forward runs this), on the
-        # signals' cadence among logged steps (cycle.logged: the upcoming record's index)
-        if cycle.step % cycle.every or cycle.logged % self._every:
+        if not self._due(self._cycle):  # (armed for a recorded step: normally true)
             return
         out = output_tensor(output)
         if out is None or out.numel() == 0:
@@ -371,6 +385,8 @@ class OutputSignals(Source):
         self._fwd, self._n, self._grads = [], [], []
         self._bounded = None
         self._open = True
+        if self._cycle is not None:
+            self._arm(self._due(cycle))
 
     # -- host side --------------------------------------------------------------
     def read(
@@ -382,7 +398,8 @@ class OutputSignals(Source):
             pends[b].signals = _signals({ref: vals[:, j].tolist() for ref, vals in by_ref.items()})
 
     def close(self) -> None:
-        self._hooks.remove()
+        self._cycle = None
+        self._arm(False)
         self._grads = []  # tensor hooks still on live graphs see a list that is not theirs
         self._fwd, self._n, self._consts, self._buffers = [], [], {}, {}
 
