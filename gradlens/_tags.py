@@ -9,6 +9,9 @@ Stable and documented in the README ("TensorBoard tags"):
                                      fractions, means), e.g. ``nonfinite/00:conv1``
 ``param/{stat}[_log10]/{param}``     per-parameter statistic (opt-in), same rule
 ``gradlens/loss``                    the loss, when the monitor is given it
+``gradlens/signals/{stat}``          a model-output signal (:data:`SIGNAL_STATS`),
+                                     linear, every logged step it was measured,
+                                     e.g. ``gradlens/signals/output_grad_norm``
 ``gradlens/layers``                  text: JSON list of layer names, input side first
 ``gradlens/findings``                text: one line per finding
 ``gradlens/overview``                text: markdown run overview (the report table)
@@ -33,10 +36,13 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Optional, Tuple
 
-from gradlens._record import LAYER_STATS
+from gradlens._record import LAYER_STATS, SIGNAL_STATS
 
 __all__ = [
     "LOSS_TAG",
+    "SIGNAL_PREFIX",
+    "signal_tag",
+    "decode_signal_tag",
     "LAYERS_TAG",
     "FINDINGS_TAG",
     "OVERVIEW_TAG",
@@ -55,6 +61,7 @@ LAYERS_TAG = "gradlens/layers"
 FINDINGS_TAG = "gradlens/findings"
 OVERVIEW_TAG = "gradlens/overview"
 FLOW_TAG = "gradlens/gradient_flow"
+SIGNAL_PREFIX = "gradlens/signals/"
 _PARAM_PREFIX = "param/"
 _LOG10_SUFFIX = "_log10"
 
@@ -105,6 +112,29 @@ def param_tag(stat: str, param: str, *, log10: bool = False) -> str:
     """
     suffix = _LOG10_SUFFIX if log10 else ""
     return f"{_PARAM_PREFIX}{stat}{suffix}/{param}"
+
+
+def signal_tag(stat: str) -> str:
+    """Tag of a model-output signal.
+
+    >>> signal_tag("output_grad_norm")
+    'gradlens/signals/output_grad_norm'
+    """
+    return SIGNAL_PREFIX + stat
+
+
+def decode_signal_tag(tag: str) -> Optional[str]:
+    """The signal a :func:`signal_tag` names, or ``None`` for any other tag.
+
+    >>> decode_signal_tag("gradlens/signals/output_sat_frac")
+    'output_sat_frac'
+    >>> decode_signal_tag("gradlens/loss") is None
+    True
+    """
+    if not tag.startswith(SIGNAL_PREFIX):
+        return None
+    stat = tag[len(SIGNAL_PREFIX):]
+    return stat if stat in SIGNAL_STATS else None
 
 
 def decode_tag(tag: str) -> Optional[Tag]:

@@ -29,8 +29,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, TextIO
 
-from gradlens._record import ACT_STATS, StepRecord
-from gradlens._tags import CHANGE_ONLY_STATS, LAYERS_TAG, LOSS_TAG, decode_tag
+from gradlens._record import ACT_STATS, SIGNAL_STATS, StepRecord
+from gradlens._tags import CHANGE_ONLY_STATS, LAYERS_TAG, LOSS_TAG, decode_signal_tag, decode_tag
 from gradlens.diagnose import Finding, diagnose
 from gradlens.diagnose.finding import one_line
 from gradlens.diagnose.rules.base import fmt
@@ -46,7 +46,9 @@ class RunReport:
 
     Attributes:
         logdir: the directory holding the event files.
-        frame: long-format DataFrame ``step, wall_time, tag, level, stat, name, value``.
+        frame: long-format DataFrame ``step, wall_time, tag, level, stat, name, value``
+            (``level``: ``"layer"``, ``"param"``, ``"signal"`` (a model-output
+            signal, ``name`` empty) or ``"run"`` (the loss)).
         layers: layer names, input side first.
         records: the rebuilt StepRecords, one per logged step.
         findings: the findings re-derived from ``records``.
@@ -179,9 +181,13 @@ def load_run(logdir: str, *, thresholds=None) -> RunReport:
     parts = []
     for tag in acc.Tags().get("scalars", []):
         decoded = decode_tag(tag)
-        if decoded is None and tag != LOSS_TAG:
+        signal = decode_signal_tag(tag) if decoded is None else None
+        if decoded is None and signal is None and tag != LOSS_TAG:
             continue
-        level, stat, name, log10 = decoded if decoded else ("run", "loss", "", False)
+        if signal is not None:  # a model-output signal: StepRecord.signals
+            level, stat, name, log10 = "signal", signal, "", False
+        else:
+            level, stat, name, log10 = decoded if decoded else ("run", "loss", "", False)
         events = acc.Scalars(tag)
         values = np.array([ev.value for ev in events], dtype=np.float64)
         if log10:
@@ -223,8 +229,10 @@ def load_run(logdir: str, *, thresholds=None) -> RunReport:
     return report
 
 
-#: statistics not expected at every logged step: on their own cadence, or written on change
-_NOT_EVERY_STEP = frozenset(("update_ratio", "out_grad_norm") + CHANGE_ONLY_STATS) | frozenset(ACT_STATS)
+#: statistics not expected at every logged step: on their own cadence, or written on change;
+#: signals exist only for steps with a recorded forward (dL/d(output) with a backward into it)
+_NOT_EVERY_STEP = (frozenset(("update_ratio", "out_grad_norm") + CHANGE_ONLY_STATS) | frozenset(ACT_STATS)
+                   | frozenset(SIGNAL_STATS))
 
 
 def _incomplete_last_step(frame) -> Optional[int]:
@@ -273,15 +281,18 @@ def _records(frame, layers: List[str]) -> List[StepRecord]:
     for step, g in frame.groupby("step", sort=True):
         stats: Dict[str, Dict[str, float]] = {}
         params: Dict[str, Dict[str, float]] = {}
+        signals: Dict[str, float] = {}
         loss = None
         for level, stat, name, value in zip(g["level"], g["stat"], g["name"], g["value"]):
             if level == "layer":
                 stats.setdefault(stat, {})[name] = value
             elif level == "param":
                 params.setdefault(stat, {})[name] = value
+            elif level == "signal":
+                signals[stat] = float(value) if value == value else math.nan
             else:
                 loss = value
-        records.append(StepRecord(int(step), list(layers), stats, params, loss=loss))
+        records.append(StepRecord(int(step), list(layers), stats, params, loss=loss, signals=signals))
     return records
 
 

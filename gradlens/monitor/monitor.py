@@ -33,6 +33,7 @@ from gradlens.monitor.publish import Publisher, publish_at_exit
 from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY, Activations
 from gradlens.monitor.sources.gradients import Gradients
 from gradlens.monitor.sources.loss import Loss
+from gradlens.monitor.sources.output import OutputSignals
 from gradlens.monitor.sources.updates import Updates
 from gradlens.sinks.dataframe import DEFAULT_MAX_HISTORY, HistorySink
 
@@ -80,6 +81,7 @@ class Monitor:
         halt_on: Tuple[str, ...],
         thresholds: Optional[Dict[str, Any]],
         ranks: str = "zero",
+        output_stats: int = 0,
     ) -> None:
         self.model = model
         self.every = every
@@ -112,6 +114,11 @@ class Monitor:
         self._activations = Activations(layouts, order, activations, probe=not compiled)
         hist = self._tb.write_histograms if self._tb is not None else None
         sources = [Gradients(histogram_every, hist), Updates(update_every), self._activations, self._loss]
+        output = None
+        if output_stats:  # the root's output and dL/d(output), on by default
+            *_, last = layouts.root.modules()
+            output = OutputSignals(model, last, every=output_stats)
+            sources.append(output)
         self._sources = sources
         # a callback or a halt must see each finding at its step: no batching then
         eager = self._eager = on_finding is not None or bool(halt_on)
@@ -151,6 +158,8 @@ class Monitor:
         # after it). On the model as called, outside any torch.compile'd region.
         self._deferred = not eager and any(_packet.defers(p.device) for p in layouts.root.parameters())
         self._hooks.add(on_root_forward(model, self._on_forward, pre=True))
+        if output is not None:  # (hooks go on last: a bad option raised before any)
+            output.start(collector)
         if not activations and not compiled:
             # forward order of modules from one probed forward (input side first)
             named = [(layouts.name(n), m) for n, m in layouts.root.named_modules()]
@@ -210,11 +219,14 @@ class Monitor:
                 ``step, layer, param, grad_norm, grad_max, nonfinite, weight_norm,
                 update_ratio, missing_grad, loss``. ``"layer"``: one row per
                 (step, layer) with every per-layer statistic (activations included).
+                ``"signals"``: one row per step with the model-output signals
+                (``output_mean`` ... ``output_grad_nonfinite``, NaN where not
+                measured) and ``loss``.
 
         Memory is bounded (``max_history``); older steps are thinned.
         """
-        if level not in ("param", "layer"):
-            raise ValueError(f"dataframe(level=...) expects 'param' or 'layer', got {level!r}")
+        if level not in ("param", "layer", "signals"):
+            raise ValueError(f"dataframe(level=...) expects 'param', 'layer' or 'signals', got {level!r}")
         self._flush_pending()
         return self._history.dataframe(level)
 
@@ -327,6 +339,7 @@ def watch(
     halt_on: Iterable[str] = (),
     thresholds: Optional[Dict[str, Any]] = None,
     ranks: str = "zero",
+    output_stats: Union[bool, int] = True,
 ) -> Monitor:
     """Attach gradlens to ``model`` and record its gradient health at every optimizer step.
 
@@ -400,6 +413,16 @@ def watch(
             collective, each rank records its own values into ``logdir/rank{r}``.
             A rank that closes its monitor early waits in ``close()`` until every
             rank closed. In one process this option changes nothing.
+        output_stats: record the model-output signals (``StepRecord.signals``,
+            ``mon.dataframe("signals")``, TensorBoard ``gradlens/signals/...``):
+            mean, std, min, max, saturated fraction and NaN/Inf count of the root
+            module's output, and the norm and NaN/Inf count of dL/d(output), from
+            one forward hook on the model and one tensor hook per recorded output.
+            ``True`` (default): on every ``OUTPUT_EVERY``-th (5th) logged step, the
+            first one included; an int N: every N-th logged step (``1``: all of
+            them, ~3 points on the CPU MLP step of ``benchmarks/overhead.py``);
+            ``False``/0: off. Which tensor and which forwards are recorded is
+            documented in :mod:`gradlens.monitor.sources.output`.
 
     Statistics are computed at each logged step; turning them into records, writing
     them to TensorBoard and diagnosing them is done in batches of up to
@@ -433,6 +456,6 @@ def watch(
         include=include, exclude=exclude, group_depth=group_depth, update_every=update_every,
         max_history=max_history, param_scalars=param_scalars, flow_every=flow_every,
         histogram_every=histogram_every, on_finding=on_finding, halt_on=halt_on, thresholds=thresholds,
-        ranks=ranks,
+        ranks=ranks, output_stats=output_stats,
     )
     return Monitor(model, optimizers, **options)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY
+from gradlens.monitor.sources.output import OUTPUT_EVERY
 
 __all__ = ["parse"]
 
@@ -92,6 +93,7 @@ def parse(
     halt_on: Union[str, Iterable[str]],
     thresholds: Any,
     ranks: Any = "zero",
+    output_stats: Any = True,
 ) -> Tuple[List[torch.optim.Optimizer], Dict[str, Any]]:
     """Validate ``watch``'s arguments; returns the optimizers and the Monitor's
     keyword arguments (a ``SummaryWriter`` is created for ``logdir``)."""
@@ -114,6 +116,14 @@ def parse(
     else:
         raise TypeError(
             f"watch(activations=...) expects a bool or an int >= 0, got {type(activations).__name__}"
+        )
+    if isinstance(output_stats, bool):
+        output_stats = OUTPUT_EVERY if output_stats else 0
+    elif isinstance(output_stats, int):
+        output_stats = _check_int(output_stats, "output_stats", 0)
+    else:
+        raise TypeError(
+            f"watch(output_stats=...) expects a bool or an int >= 0, got {type(output_stats).__name__}"
         )
     if param_scalars is not None and not isinstance(param_scalars, bool):
         raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
@@ -165,5 +175,5 @@ def parse(
         writer=writer, owns_writer=owns, every=every, activations=activations, include=inc, exclude=exc,
         group_depth=group_depth, update_every=update_every, max_history=max_history,
         param_scalars=param_scalars, flow_every=flow_every, histogram_every=histogram_every,
-        on_finding=on_finding, halt_on=halt, thresholds=thresholds, ranks=ranks,
+        on_finding=on_finding, halt_on=halt, thresholds=thresholds, ranks=ranks, output_stats=output_stats,
     )

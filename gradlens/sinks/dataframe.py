@@ -6,16 +6,18 @@ older half is dropped, so recent steps stay at full resolution and older ones ar
 thinned geometrically (a million-step run keeps ~``max_history`` rows per
 parameter, spread over the whole run). Each kept step costs
 ``5 * (6 * n_params + 13 * n_layers)`` bytes (float32 values and a recorded-mask),
-not Python floats.
+not Python floats, plus ``SIGNAL_STATS`` float64 values when the step has
+model-output signals.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from gradlens._record import GRAD_STATS, LAYER_STATS, StepRecord
+from gradlens._record import GRAD_STATS, LAYER_STATS, SIGNAL_STATS, StepRecord
 from gradlens.sinks import Sink
 
 __all__ = ["HistorySink", "DEFAULT_MAX_HISTORY"]
@@ -38,9 +40,10 @@ class HistorySink(Sink):
     def __init__(self, max_history: int = DEFAULT_MAX_HISTORY) -> None:
         super().__init__()
         self.max_history = max_history
-        # (step, layout id, (param values, mask), (layer values, mask), loss, origin);
+        # (step, layout id, (param values, mask), (layer values, mask), loss, origin,
+        # signals: SIGNAL_STATS values, NaN where absent, or None);
         # the mask says which entries were recorded, so a measured NaN survives.
-        self._rows: List[Tuple[int, int, np.ndarray, np.ndarray, float, Optional[str]]] = []
+        self._rows: List[Tuple[int, int, Any, Any, Optional[float], Optional[str], Any]] = []
         self._layouts: List[_Layout] = []
         self._layout_ids: Dict[_Layout, int] = {}
 
@@ -70,18 +73,29 @@ class HistorySink(Sink):
         # copies: the caller's arrays may be views of a larger (batch) array
         p = (params[0].astype(np.float32), params[1].copy())
         loss = None if record.loss is None else float(record.loss)
-        self._rows.append((record.step, lid, p, layers, loss, record.nonfinite_origin))
+        signals = None
+        if record.signals:  # (absent signals stay absent: a mask of what was measured)
+            signals = (np.array([record.signals.get(k, np.nan) for k in SIGNAL_STATS]),
+                       np.array([k in record.signals for k in SIGNAL_STATS]))
+        self._rows.append((record.step, lid, p, layers, loss, record.nonfinite_origin, signals))
         if len(self._rows) >= self.max_history:
             half = len(self._rows) // 2
             old = self._rows[:half]
             self._rows = old[::2] + self._rows[half:]
 
     def dataframe(self, level: str = "param") -> Any:
-        """Long-format DataFrame: one row per (step, parameter) or (step, layer)."""
+        """Long-format DataFrame: one row per (step, parameter) or (step, layer);
+        ``level="signals"``: one row per step with the model-output signals."""
         import pandas as pd
 
+        if level == "signals":
+            cols = ["step", *SIGNAL_STATS, "loss"]
+            rows = [[step, *(sig[0] if sig is not None else [np.nan] * len(SIGNAL_STATS)),
+                     np.nan if loss is None else loss]
+                    for step, _, _, _, loss, _, sig in self._rows]
+            return pd.DataFrame(rows, columns=cols).astype({k: "float64" for k in cols[1:]})
         frames = []
-        for step, lid, p, lay, loss, _ in self._rows:
+        for step, lid, p, lay, loss, _, _ in self._rows:
             params, players, layers = self._layouts[lid]
             p, lay = p[0], lay[0]
             if level == "param":
@@ -110,7 +124,7 @@ class HistorySink(Sink):
     def records(self) -> List[StepRecord]:
         """The kept history rebuilt as :class:`StepRecord` objects (oldest first)."""
         out = []
-        for step, lid, p, lay, loss, origin in self._rows:
+        for step, lid, p, lay, loss, origin, sig in self._rows:
             params, _, layers = self._layouts[lid]
             stats = _unpack(lay, LAYER_STATS, layers)
             pstats = _unpack(p, GRAD_STATS, params)
@@ -122,6 +136,9 @@ class HistorySink(Sink):
                     param_stats={k: v for k, v in pstats.items() if v},
                     loss=loss,
                     nonfinite_origin=origin,
+                    # (NaN as math.nan itself: records of the same run compare equal)
+                    signals={} if sig is None else {
+                        k: float(v) if v == v else math.nan for k, v, m in zip(SIGNAL_STATS, *sig) if m},
                 )
             )
         return out

@@ -10,6 +10,8 @@ Tags follow :mod:`gradlens._tags` exactly (``gradlens report`` reads them back):
 * counts (``nonfinite``, ``missing_grad``, ``act_nonfinite``): written at a layer's
   first step and again whenever they change, not at every step;
 * ``param/...`` per-parameter series only with ``param_scalars=True`` (opt-in);
+* ``gradlens/signals/{stat}``: the model-output signals (``StepRecord.signals``),
+  linear values, at every step that has them;
 * ``gradlens/loss``, ``gradlens/layers`` (JSON list, input side first, written at
   the first record and whenever the layer set changes), ``gradlens/findings``;
 * ``gradlens/gradient_flow``: the figure of :mod:`gradlens.sinks.figure` and
@@ -202,6 +204,8 @@ class TensorBoardSink(Sink):
         items = []
         if record.loss is not None:
             items.append((_tags.LOSS_TAG, record.loss))
+        for stat, value in record.signals.items():
+            items.append((_tags.signal_tag(stat), value))
         for stat, values in record.stats.items():
             items.extend(self._items(stat, values, self._tag, self._new_layer_tag))
         if self.param_scalars:
