@@ -92,6 +92,7 @@ def parse(
     halt_on: Union[str, Iterable[str]],
     thresholds: Any,
     ranks: Any = "zero",
+    replay_nonfinite: Any = True,
 ) -> Tuple[List[torch.optim.Optimizer], Dict[str, Any]]:
     """Validate ``watch``'s arguments; returns the optimizers and the Monitor's
     keyword arguments (a ``SummaryWriter`` is created for ``logdir``)."""
@@ -136,6 +137,12 @@ def parse(
     unknown = [h for h in halt if h not in kinds]
     if unknown:
         raise ValueError(f"watch(halt_on=...) got unknown finding kind(s) {unknown}; expected some of {kinds}")
+    if not isinstance(replay_nonfinite, (bool, str)):
+        raise TypeError(
+            f"watch(replay_nonfinite=...) expects True, False or 'sync', got {type(replay_nonfinite).__name__}"
+        )
+    if isinstance(replay_nonfinite, str) and replay_nonfinite != "sync":
+        raise ValueError(f"watch(replay_nonfinite=...) expects True, False or 'sync', got {replay_nonfinite!r}")
     if thresholds is not None and not isinstance(thresholds, dict):
         raise TypeError(f"watch(thresholds=...) expects a dict, got {type(thresholds).__name__}")
     from gradlens.monitor import distributed as _distributed
@@ -164,4 +171,5 @@ def parse(
         group_depth=group_depth, update_every=update_every, max_history=max_history,
         param_scalars=param_scalars, flow_every=flow_every, histogram_every=histogram_every,
         on_finding=on_finding, halt_on=halt, thresholds=thresholds, ranks=ranks,
+        replay_nonfinite=replay_nonfinite,
     )

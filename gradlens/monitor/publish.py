@@ -241,6 +241,7 @@ class Publisher:
                 param_stats=param_dicts[b],
                 loss=pend.loss,
                 nonfinite_origin=pend.origin,
+                nonfinite_site=pend.site,
             ))
         return records
 
