@@ -1,0 +1,361 @@
+"""The replay of a broken step: a NaN/Inf named where it is born, at default settings.
+
+The references are independent of the monitor: the line of this file where each
+NaN is planted (found by its ``# birth:`` marker), the planted op, the inputs of
+that op computed here with plain torch, and a second run of the same training
+without gradlens (parameters, buffers, RNG and optimizer state compared bit for bit).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gradlens
+
+_FILE = os.path.basename(__file__)
+
+
+def _line(marker: str) -> str:
+    """``test_watch_replay.py:N`` of the line holding ``# birth: marker``."""
+    with open(__file__) as f:
+        for n, text in enumerate(f, 1):
+            if text.rstrip().endswith(f"# birth: {marker}"):
+                return f"{_FILE}:{n}"
+    raise AssertionError(marker)
+
+
+def _train(model, opt, batches, *, mon=None, **forward_kwargs):
+    """One step per batch; returns the losses."""
+    losses = []
+    for x in batches:
+        opt.zero_grad()
+        loss = model(x, **forward_kwargs).pow(2).mean()
+        if mon is not None:
+            mon.observe_loss(loss)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _nonfinite(mon):
+    found = [f for f in mon.findings if f.kind == "nonfinite"]
+    assert len(found) == 1, [str(f) for f in mon.findings]
+    return found[0]
+
+
+def _watched_run(model, batches, **kw):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt, **kw) as mon:
+            _train(model, opt, batches, mon=mon)
+    return mon, _nonfinite(mon)
+
+
+# --------------------------------------------------------------------------- models
+class Functional(nn.Module):
+    """torch.log of a Linear output, in the root's own forward (between two modules)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        h = torch.log(h)  # birth: functional
+        return self.fc2(h)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 8)
+
+    def forward(self, x):
+        return torch.log(self.lin(x))  # birth: block
+
+
+class Nested(nn.Module):
+    """The same log, in functional code of a child module (its forward calls it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block, self.head = Block(), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+class Log(nn.Module):
+    def forward(self, x):
+        return torch.log(x)  # birth: module
+
+
+class SqrtRelu(nn.Module):
+    def forward(self, x):
+        # finite forward (sqrt(0) = 0); backward of sqrt at 0 is inf, then inf * 0 = NaN
+        return torch.sqrt(x * (x > 0))  # birth: sqrt
+
+
+class InfThenNaN(nn.Module):
+    """log(0) = -inf is born first, then -inf - -inf = NaN: the first birth is named."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.log(self.fc1(x) * 0)  # birth: inf-first
+        h = h - h
+        return self.fc2(h)
+
+
+class MaskedThenLog(nn.Module):
+    """A -inf attention-style mask (from a scalar: not a birth), then a real log of negatives."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        mask = torch.zeros(8, dtype=torch.bool)
+        mask[5:] = True
+        p = torch.softmax(self.fc1(x).masked_fill(mask, float("-inf")), dim=-1)
+        return self.fc2(torch.log(p - 0.1))  # birth: after-mask
+
+
+def _x(n=16, seed=3):
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- births
+def test_functional_code_between_modules_is_named_at_its_op_and_line():
+    torch.manual_seed(0)
+    model = Functional()
+    x = _x()
+    with torch.no_grad():
+        h = model.fc1(x)  # the reference: the log's own input, computed here
+    assert h.min() < 0  # the planted NaN: a log of negative values
+    mon, f = _watched_run(model, [x])
+    site = f.evidence["site"]
+    assert site["op"] == "aten.log" and site["phase"] == "forward"
+    assert site["module"] == "(root)" and f.layer == "(root)"
+    assert site["source"] == _line("functional")
+    assert site["input_range"] == pytest.approx([h.min().item(), h.max().item()])
+    assert f.step == 0 and site["located_by"] == "replayed step 0"
+    assert f"born at '(root)' in aten.log ({_line('functional')})" in f.message
+    assert "replayed step 0" in f.message and "fallback" not in f.message
+
+
+def test_functional_code_in_a_child_module_is_named_at_that_module():
+    torch.manual_seed(0)
+    _, f = _watched_run(Nested(), [_x()])
+    site = f.evidence["site"]
+    assert (site["op"], site["module"], site["source"]) == ("aten.log", "block", _line("block"))
+    assert f.layer == "block"
+
+
+def test_a_log_module_in_a_sequential_is_named_not_the_first_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), Log(), nn.Linear(8, 2))
+    mon, f = _watched_run(model, [_x()])
+    site = f.evidence["site"]
+    assert f.layer == "1" and site["op"] == "aten.log"
+    assert site["source"] == _line("module")
+    assert "born at '1' in aten.log" in f.message
+
+
+def test_nan_in_the_data_at_step_k_is_said_to_come_with_the_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    batches = [_x(seed=s) for s in range(5)]
+    batches[3] = batches[3].clone()
+    batches[3][2, 1] = float("nan")
+    batches[3][0, 0] = float("inf")
+    mon, f = _watched_run(model, batches)
+    site = f.evidence["site"]
+    assert f.step == 3 and site["located_by"] == "replayed step 3"
+    assert site["phase"] == "input" and site["op"] is None and site["module"] == "(root)"
+    assert site["input"] == "args[0]" and site["nonfinite_elements"] == 2
+    assert "came with the data" in f.message and "replayed step 3" in f.message
+    assert mon._replay.replays == 1  # the finite steps before were not replayed
+
+
+def test_a_nan_born_in_the_backward_only_is_named_at_its_backward_op():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), SqrtRelu(), nn.Linear(8, 2))
+    x = _x()
+    # the reference: plain autograd says the forward is finite and the gradient is not
+    ref = _clone(model)
+    out = ref(x)
+    out.pow(2).mean().backward()
+    assert torch.isfinite(out).all() and not torch.isfinite(ref[0].weight.grad).all()
+    with torch.no_grad():
+        z = ref[1](ref[0](x))
+        z = z * (z > 0)  # the sqrt's input
+    mon, f = _watched_run(model, [x])
+    site = f.evidence["site"]
+    assert site["phase"] == "backward" and site["op"] == "aten.sqrt" and site["grad_fn"] == "SqrtBackward0"
+    assert f.layer == "2" and site["source"] == _line("sqrt")
+    assert site["input_range"] == pytest.approx([0.0, z.max().item()])
+    assert "born at '2' in the backward of aten.sqrt (SqrtBackward0)" in f.message
+
+
+def test_the_first_of_two_births_is_named():
+    torch.manual_seed(0)
+    _, f = _watched_run(InfThenNaN(), [_x()])
+    assert (f.evidence["site"]["op"], f.evidence["site"]["source"]) == ("aten.log", _line("inf-first"))
+
+
+def test_an_inf_mask_from_a_scalar_is_not_a_birth():
+    torch.manual_seed(0)
+    _, f = _watched_run(MaskedThenLog(), [_x()])
+    assert (f.evidence["site"]["op"], f.evidence["site"]["source"]) == ("aten.log", _line("after-mask"))
+
+
+def test_a_closure_step_is_replayed_before_its_update():
+    torch.manual_seed(0)
+    model = Functional()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = _x()
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt) as mon:
+            opt.step(closure)
+    f = _nonfinite(mon)
+    assert f.evidence["site"]["source"] == _line("functional")
+
+
+def test_replay_off_gives_a_fallback_that_never_says_born():
+    torch.manual_seed(0)
+    mon, f = _watched_run(Functional(), [_x(), _x(seed=4)], replay_nonfinite=False)
+    assert mon._replay is None
+    assert f.evidence["located_by"].startswith("fallback")
+    assert "born" not in f.message and "replayed" not in f.message
+    assert "first seen at" in f.message and "site" not in f.evidence
+
+
+def test_a_failing_replay_is_a_warning_and_a_fallback():
+    class NeedsGrad(Functional):
+        def forward(self, x):
+            if not torch.is_grad_enabled():
+                raise RuntimeError("this forward needs grad")
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model = NeedsGrad()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(RuntimeWarning, match="replay of step 0 failed"):
+        with gradlens.watch(model, opt) as mon:
+            _train(model, opt, [_x()])  # the step completes: the update is applied
+    assert not torch.isfinite(model.fc1.weight).all()
+    f = _nonfinite(mon)
+    assert f.evidence["located_by"].startswith("fallback: the replay of step 0 failed (RuntimeError)")
+    assert "born" not in f.message
+
+
+@pytest.mark.parametrize("value,error", [(1, TypeError), (None, TypeError), ("yes", ValueError)])
+def test_replay_option_is_validated(value, error):
+    model = nn.Linear(2, 1)
+    with pytest.raises(error, match=r"watch\(replay_nonfinite=\.\.\.\) expects True, False or 'sync'"):
+        gradlens.watch(model, replay_nonfinite=value)
+    assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+# --------------------------------------------------------------------------- state
+class Stateful(nn.Module):
+    """Linear -> BatchNorm -> ReLU -> Dropout -> Linear; ``mode`` plants a NaN:
+    ``"log"`` in the forward, ``"sqrt"`` in the backward of the first output only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn, self.drop, self.head = nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Linear(8, 3)
+
+    def forward(self, x, mode="ok"):
+        out = self.head(self.drop(self.bn(self.fc(x)).relu()))
+        if mode == "log":
+            return torch.log(-out.abs())
+        if mode == "sqrt":
+            return torch.cat([torch.sqrt(out[:, :1].pow(2) * 0), out[:, 1:]], dim=1)
+        return out
+
+
+def _clone(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _bits(t):
+    if t.is_floating_point():
+        return t.detach().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+    return t
+
+
+def _same(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(_bits(a), _bits(b))
+
+
+def _stateful_run(model, mode, *, watched):
+    torch.manual_seed(123)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    grads = []
+
+    def keep_grads(opt, args, kwargs):  # right before the update, after gradlens's pre-hook
+        grads.append([p.grad.clone() for p in model.parameters()])
+
+    mon = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if watched:
+            mon = gradlens.watch(model, opt)
+        handle = opt.register_step_pre_hook(keep_grads)
+        gen = torch.Generator().manual_seed(7)
+        for step in range(4):
+            x = torch.randn(16, 4, generator=gen)
+            opt.zero_grad()
+            model(x, mode=mode if step == 2 else "ok").pow(2).mean().backward()
+            opt.step()
+        handle.remove()
+        if mon is not None:
+            mon.close()
+    return opt, grads, torch.get_rng_state(), mon
+
+
+@pytest.mark.parametrize("mode", ["log", "sqrt"], ids=["forward-birth", "backward-birth"])
+def test_a_replay_leaves_model_buffers_rng_and_optimizer_bit_identical(mode):
+    torch.manual_seed(0)
+    plain, watched = Stateful(), None
+    watched = _clone(plain)
+    opt_a, grads_a, rng_a, _ = _stateful_run(plain, mode, watched=False)
+    opt_b, grads_b, rng_b, mon = _stateful_run(watched, mode, watched=True)
+    f = _nonfinite(mon)
+    assert f.step == 2 and f.evidence["site"]["located_by"] == "replayed step 2"  # the replay ran
+    assert f.evidence["site"]["phase"] == ("forward" if mode == "log" else "backward")
+    assert _same(rng_a, rng_b)
+    for (na, a), (nb, b) in zip(plain.named_parameters(), watched.named_parameters()):
+        assert na == nb and _same(a, b), na
+    for (na, a), (nb, b) in zip(plain.named_buffers(), watched.named_buffers()):
+        assert na == nb and _same(a, b), na
+    for ga, gb in zip(grads_a, grads_b):  # no replayed gradient leaked into .grad
+        assert all(_same(a, b) for a, b in zip(ga, gb))
+    if mode == "sqrt":  # (some gradients stay finite there, so a leak would show)
+        assert torch.isfinite(grads_a[2][-2][1:]).all()
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert all(_same(sa[k][n], sb[k][n]) for n in sa[k]), k
