@@ -151,6 +151,7 @@ class Monitor:
         )
         if self._replay is not None:
             self._replay.stepping = self._taps.updating  # not the steps a GradScaler skipped
+            self._replay.logged = collector.is_logged_step
             self._replay.attach()
         self._hooks = HookSet()
         # each forward of the model notes its step (a loss observed after step()

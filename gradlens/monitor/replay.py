@@ -40,6 +40,7 @@ broken steps only, at most :data:`MAX_REPLAYS` times per monitor.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -53,6 +54,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradlens._record import ROOT_LAYER
+from gradlens.monitor import packet as _packet
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import HookSet, compiling, standing_aside
 from gradlens.monitor.publish import user_stacklevel
@@ -391,6 +393,14 @@ def _backward(
     return {**site, "grad_fn": node.name(), "phase": "backward", "located_by": how}
 
 
+def _keep(grads: List[Optional[Tensor]], i: int, grad: Tensor) -> None:
+    grads[i] = grad
+
+
+def _keep_nth(grads: List[Optional[Tensor]], i: int, nr: int, grad_outputs: Any) -> None:
+    grads[i] = grad_outputs[nr]
+
+
 class Replay(Source):
     """The replay of broken steps (see the module docstring).
 
@@ -412,39 +422,47 @@ class Replay(Source):
         self._root, self._named = root, list(named)
         self._read_device, self._backward = read_device, backward
         self.stepping = stepping
+        #: whether the step being collected is logged (only those are checked)
+        self.logged: Callable[[], bool] = lambda: True
         self._args: Any = None
         self._kwargs: Any = None
         self._grads: Optional[List[Optional[Tensor]]] = None
         self.replays = 0
         self._site: Optional[Tuple[int, Dict[str, Any]]] = None
+        self.enabled = False  # (set by attach)
         self._model = model
         self._hooks = HookSet()
 
     def attach(self) -> None:
         """Put the root forward hook on (once the monitor is built: a bad option must
-        leave no hook behind). The inputs come from the monitor's own root
-        pre-hook, which calls :meth:`capture`."""
-        self._hooks.add(self._model.register_forward_hook(self._on_post))
+        leave no hook behind), unless the statistics cannot be read at the step (a
+        CUDA model without ``read_device``: then nothing is kept at all). The inputs
+        come from the monitor's own root pre-hook, which calls :meth:`capture`."""
+        self.enabled = self._read_device or not any(_packet.defers(p.device) for p in self._root.parameters())
+        if self.enabled:
+            self._hooks.add(self._model.register_forward_hook(self._on_post))
 
     # -- capture (every forward: references only) ------------------------------
     def capture(self, args: Any, kwargs: Any) -> None:
         """Keep references to a root forward's inputs (called by the root pre-hook)."""
-        if compiling() or not torch.is_grad_enabled():
-            return  # a forward without grad made no gradient
+        if compiling() or not self.enabled or not torch.is_grad_enabled() or not self.logged():
+            return  # a forward without grad made no gradient; unlogged steps are not checked
         self._args, self._kwargs, self._grads = args, kwargs, None
 
     def _on_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if compiling() or not torch.is_grad_enabled():
+        if compiling() or not torch.is_grad_enabled() or not self.logged():
             return
-        outs = [t for _, t in _tensors(output)][:_MAX_OUTPUTS]
+        outs = [output] if isinstance(output, Tensor) else [t for _, t in _tensors(output)][:_MAX_OUTPUTS]
         grads: List[Optional[Tensor]] = [None] * len(outs)
         self._grads = grads
         for i, t in enumerate(outs):
-            if _floating(t) and t.requires_grad:
-                def keep(grad: Tensor, i: int = i) -> None:
-                    grads[i] = grad
-
-                t.register_hook(keep)
+            if not t.requires_grad or not _floating(t):
+                continue
+            node = t.grad_fn
+            if node is None:  # (a leaf returned as it is)
+                t.register_hook(functools.partial(_keep, grads, i))
+            else:  # a prehook of its node: half the cost of Tensor.register_hook
+                node.register_prehook(functools.partial(_keep_nth, grads, i, t.output_nr))
 
     # -- the step ----------------------------------------------------------------
     def before_update(self, cycle: Cycle, work: Work) -> None:
@@ -476,11 +494,13 @@ class Replay(Source):
             vec = part.data.get("grad")
             if vec is None:
                 return None
-            if vec.device.type != "cpu":
+            if vec.device.type != "cpu" or _packet.defers(vec.device):  # CUDA: reading it is a host sync
                 if not self._read_device:
                     return None
                 vec = vec.cpu()
             arr = vec.numpy()
+            if math.isfinite(arr.sum()):  # (NaN/Inf propagate; a sum that overflows is checked below)
+                continue
             if np.isfinite(arr).all():
                 continue
             _, gm, wn = _stats.split_grad_stats(arr, len(part.grads))

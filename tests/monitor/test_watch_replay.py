@@ -359,3 +359,24 @@ def test_a_replay_leaves_model_buffers_rng_and_optimizer_bit_identical(mode):
     assert sa.keys() == sb.keys()
     for k in sa:
         assert all(_same(sa[k][n], sb[k][n]) for n in sa[k]), k
+
+
+# --------------------------------------------------------------------------- cost
+@pytest.mark.parametrize("kw,replayed", [
+    pytest.param({}, False, id="default-no-sync"),
+    pytest.param({"on_finding": lambda f: None}, True, id="on_finding-reads-anyway"),
+    pytest.param({"replay_nonfinite": "sync"}, True, id="sync"),
+])
+def test_on_a_device_whose_copies_are_deferred_the_check_never_adds_a_sync(monkeypatch, kw, replayed):
+    # CPU pretending to be CUDA (its copies deferred, as test_watch_deferred does):
+    # the statistics are read at the step only where the monitor reads them anyway
+    import gradlens.monitor.packet as packet_mod
+
+    monkeypatch.setattr(packet_mod, "defers", lambda device: True)
+    torch.manual_seed(0)
+    mon, f = _watched_run(Functional(), [_x()], **kw)
+    assert mon._replay.replays == int(replayed)
+    if replayed:
+        assert f.evidence["site"]["source"] == _line("functional")
+    else:
+        assert f.evidence["located_by"].startswith("fallback") and "born" not in f.message
