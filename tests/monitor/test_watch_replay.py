@@ -380,3 +380,16 @@ def test_on_a_device_whose_copies_are_deferred_the_check_never_adds_a_sync(monke
         assert f.evidence["site"]["source"] == _line("functional")
     else:
         assert f.evidence["located_by"].startswith("fallback") and "born" not in f.message
+
+
+def test_a_compiled_model_is_replayed_eagerly():
+    import logging
+
+    torch._dynamo.reset()
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    model = Functional()
+    cm = torch.compile(model, backend="eager")
+    _, f = _watched_run(cm, [_x()])
+    site = f.evidence["site"]
+    assert (site["op"], site["module"], site["source"]) == ("aten.log", "(root)", _line("functional"))
