@@ -393,3 +393,63 @@ def test_a_compiled_model_is_replayed_eagerly():
     _, f = _watched_run(cm, [_x()])
     site = f.evidence["site"]
     assert (site["op"], site["module"], site["source"]) == ("aten.log", "(root)", _line("functional"))
+
+
+def test_a_step_the_grad_scaler_skips_is_not_replayed():
+    # an overflow under a GradScaler is expected: the scaler skips the update, so
+    # the weights stay finite, and nothing is replayed
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt) as mon:
+            for i in range(3):
+                opt.zero_grad()
+                x = _x(seed=i)
+                if i == 1:
+                    x[0, 0] = float("inf")
+                scaler.scale(model(x).pow(2).mean()).backward()
+                scaler.step(opt)
+                scaler.update()
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the step was skipped
+    assert mon._replay.replays == 0
+
+
+# --------------------------------------------------------------------------- the rule
+def _record(step, site=None, origin=None, weight_norm=None):
+    from gradlens._record import StepRecord
+
+    stats = {"grad_norm": {"fc1": math.nan, "fc2": math.nan}, "nonfinite": {"fc1": 3.0, "fc2": 2.0},
+             "weight_norm": weight_norm or {"fc1": 1.0, "fc2": 1.0}}
+    return StepRecord(step, ["fc1", "fc2"], stats, nonfinite_origin=origin, nonfinite_site=site)
+
+
+def test_the_rule_names_the_replayed_site_and_keeps_it_on_later_steps():
+    from gradlens.diagnose.engine import Diagnoser
+
+    site = {"op": "aten.log", "module": "fc1", "source": "train.py:42", "input_range": (-3.1, 2.0),
+            "phase": "forward", "located_by": "replayed step 4"}
+    diag = Diagnoser()
+    (f,) = diag.update(_record(4, site=site))
+    assert f.layer == "fc1" and f.step == 4
+    assert "born at 'fc1' in aten.log (train.py:42), inputs in [-3.1, 2], replayed step 4" in f.message
+    # the next step: the weights are NaN, the probe names the first module (the same
+    # layer here, so the finding takes this step's message)
+    diag.update(_record(5, origin="fc1", weight_norm={"fc1": math.nan, "fc2": math.nan}))
+    assert f.last_step == 5 and "replayed step 4" in f.message and f.evidence["site"]["op"] == "aten.log"
+
+
+def test_the_rule_never_says_born_for_a_fallback():
+    from gradlens.diagnose.engine import Diagnoser
+
+    fallback = {"located_by": "fallback: replayed step 0: forward and backward replayed finite"}
+    (f,) = Diagnoser().update(_record(0, site=fallback))
+    assert "born" not in f.message and "first seen at 'fc1'" in f.message
+    assert f.evidence["located_by"].startswith("fallback: replayed step 0")
+    # an origin whose own weights are NaN already is not where the NaN was born
+    (g,) = Diagnoser().update(_record(1, origin="fc1", weight_norm={"fc1": math.nan, "fc2": math.nan}))
+    assert "born" not in g.message and g.evidence["located_by"].startswith("fallback")
+    (h,) = Diagnoser().update(_record(1, origin="fc2"))  # a traced origin with finite weights
+    assert "born at 'fc2'" in h.message and h.evidence["located_by"] == "origin"
