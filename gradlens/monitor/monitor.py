@@ -329,8 +329,12 @@ def _replay_source(model: nn.Module, layouts: Layouts, option: Union[bool, str],
     if type(inner).__name__ == "FullyShardedDataParallel":
         return None
     named = [(layouts.name(n), m) for n, m in layouts.root.named_modules()]
-    # under torch.distributed the backward is not replayed (its hooks may communicate)
+    # under torch.distributed the backward is not replayed (its hooks may communicate),
+    # nor a forward that communicates (SyncBatchNorm: a rank whose batch holds the NaN
+    # does not run it)
     single = _distributed.rank_world()[1] <= 1
+    if not single and any(isinstance(m, nn.SyncBatchNorm) for _, m in named):
+        return None
     return Replay(model, inner, [(n, m) for n, m in named if n], read_device=eager or option == "sync",
                   backward=single)
 

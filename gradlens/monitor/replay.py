@@ -29,8 +29,9 @@ ops draw new numbers, so a NaN that depends on one dropout mask may not be
 reproduced (then the site says so and the rule falls back). Any exception in a
 replay becomes a warning and a fallback site.
 
-Cost: nothing on a healthy step but the references and one ``register_hook`` per
-forward; the check reads the step's gradient statistics, which on CPU are already
+Cost: nothing on a healthy step but the references (kept from the forward to the end
+of its step: dL/d(output) then outlives the backward by the rest of the step) and one
+node prehook per forward; the check reads the step's gradient statistics, which on CPU are already
 on the host. On CUDA that read is a host sync, so it is made only when the monitor
 reads every step at once anyway (``on_finding``/``halt_on``), or with
 ``replay_nonfinite="sync"`` (one sync per logged step). The replay itself runs on
@@ -512,6 +513,11 @@ class Replay(Source):
     def after_update(self, cycle: Cycle, work: Work, pend: Any, packet: Any, skipped: bool) -> None:
         if self._site is not None and self._site[0] == cycle.step and pend.site is None:
             pend.site = self._site[1]
+
+    def step_done(self, cycle: Cycle) -> None:
+        # the references live from the forward to the end of its step, not longer
+        # (dL/d(output) of a language model's logits is large)
+        self._args = self._kwargs = self._grads = None
 
     def close(self) -> None:
         self._hooks.remove()

@@ -453,3 +453,12 @@ def test_the_rule_never_says_born_for_a_fallback():
     assert "born" not in g.message and g.evidence["located_by"].startswith("fallback")
     (h,) = Diagnoser().update(_record(1, origin="fc2"))  # a traced origin with finite weights
     assert "born at 'fc2'" in h.message and h.evidence["located_by"] == "origin"
+
+
+def test_after_a_replay_the_origin_probe_does_not_contradict_it(caplog):
+    # the probe of the next forward sees every weight NaN and would name the first layer
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="gradlens"):
+        _, f = _watched_run(nn.Sequential(nn.Linear(4, 8), Log(), nn.Linear(8, 2)), [_x(), _x(seed=4), _x(seed=5)])
+    assert f.layer == "1"
+    assert not [r for r in caplog.records if "first appear in the output of" in r.getMessage()]
