@@ -462,3 +462,44 @@ def test_after_a_replay_the_origin_probe_does_not_contradict_it(caplog):
         _, f = _watched_run(nn.Sequential(nn.Linear(4, 8), Log(), nn.Linear(8, 2)), [_x(), _x(seed=4), _x(seed=5)])
     assert f.layer == "1"
     assert not [r for r in caplog.records if "first appear in the output of" in r.getMessage()]
+
+
+def test_a_nan_born_in_the_loss_of_a_hf_model_output_is_said_to_come_from_the_loss():
+    # a ModelOutput, keyword inputs, and a loss written outside the model: the forward
+    # replays finite and dL/d(logits) is not, so the loss made it
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=16)
+    model = transformers.GPT2LMHeadModel(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt, group_depth="auto") as mon:
+            for step in range(3):
+                opt.zero_grad()
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                loss = torch.sqrt(logits).mean() if step == 2 else logits.pow(2).mean()  # birth: hf-loss
+                loss.backward()
+                opt.step()
+    f = _nonfinite(mon)
+    site = f.evidence["site"]
+    assert f.step == 2 and site["phase"] == "loss" and site["located_by"] == "replayed step 2"
+    assert "born in the loss" in f.message
+
+
+@pytest.mark.parametrize("born,replayed", [(2, True), (1, False)], ids=["logged-step", "unlogged-step"])
+def test_with_every_2_only_a_nan_born_on_a_logged_step_is_replayed(born, replayed):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), Log(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(10.0)  # positive inputs to the log: finite ...
+    batches = [_x(seed=s).abs() * 0.01 for s in range(5)]
+    batches[born] = -100 * batches[born].abs() - 100  # ... until this batch
+    mon, f = _watched_run(model, batches, every=2)
+    assert f.step == (born if replayed else born + 1)
+    assert mon._replay.replays == int(replayed)
+    if replayed:
+        assert f.layer == "1" and f.evidence["site"]["located_by"] == f"replayed step {born}"
+    else:
+        assert "born" not in f.message and f.evidence["located_by"].startswith("fallback")
