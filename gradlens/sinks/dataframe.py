@@ -40,7 +40,7 @@ class HistorySink(Sink):
         self.max_history = max_history
         # (step, layout id, (param values, mask), (layer values, mask), loss, origin);
         # the mask says which entries were recorded, so a measured NaN survives.
-        self._rows: List[Tuple[int, int, np.ndarray, np.ndarray, float, Optional[str]]] = []
+        self._rows: List[Tuple[int, int, np.ndarray, np.ndarray, float, Tuple[Optional[str], Any]]] = []  # (origin, site)
         self._layouts: List[_Layout] = []
         self._layout_ids: Dict[_Layout, int] = {}
 
@@ -70,7 +70,7 @@ class HistorySink(Sink):
         # copies: the caller's arrays may be views of a larger (batch) array
         p = (params[0].astype(np.float32), params[1].copy())
         loss = None if record.loss is None else float(record.loss)
-        self._rows.append((record.step, lid, p, layers, loss, record.nonfinite_origin))
+        self._rows.append((record.step, lid, p, layers, loss, (record.nonfinite_origin, record.nonfinite_site)))
         if len(self._rows) >= self.max_history:
             half = len(self._rows) // 2
             old = self._rows[:half]
@@ -110,7 +110,7 @@ class HistorySink(Sink):
     def records(self) -> List[StepRecord]:
         """The kept history rebuilt as :class:`StepRecord` objects (oldest first)."""
         out = []
-        for step, lid, p, lay, loss, origin in self._rows:
+        for step, lid, p, lay, loss, (origin, site) in self._rows:
             params, _, layers = self._layouts[lid]
             stats = _unpack(lay, LAYER_STATS, layers)
             pstats = _unpack(p, GRAD_STATS, params)
@@ -122,6 +122,7 @@ class HistorySink(Sink):
                     param_stats={k: v for k, v in pstats.items() if v},
                     loss=loss,
                     nonfinite_origin=origin,
+                    nonfinite_site=site,
                 )
             )
         return out

@@ -152,6 +152,7 @@ def test_functional_code_between_modules_is_named_at_its_op_and_line():
     assert f.step == 0 and site["located_by"] == "replayed step 0"
     assert f"born at '(root)' in aten.log ({_line('functional')})" in f.message
     assert "replayed step 0" in f.message and "fallback" not in f.message
+    assert mon.records()[0].nonfinite_site["source"] == _line("functional")  # the record keeps it
 
 
 def test_functional_code_in_a_child_module_is_named_at_that_module():
