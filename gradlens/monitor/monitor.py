@@ -445,9 +445,10 @@ def watch(
             touched). Parameters, buffers, the RNG state and the optimizer state are
             left bit-identical; but your forward runs once more, so side effects
             outside buffers (counters, in-place changes of the inputs, your own
-            hooks) are repeated, and random ops draw new numbers (a NaN that depends
-            on one dropout mask may not be reproduced; the finding then says
-            "fallback"). At most 4 replays per monitor, never on a step a GradScaler
+            hooks) are repeated. CPU dropout draws the masks of the original
+            forward (the CPU generator's state is kept at each forward); random ops
+            on CUDA draw new numbers (a NaN that depends on one mask may not be
+            reproduced there; the finding then says "fallback"). At most 4 replays per monitor, never on a step a GradScaler
             skipped; a failing replay is a warning, never an error. ``True``
             (default): where the check is free: CPU, or CUDA when ``on_finding`` or
             ``halt_on`` already read every step at once; ``"sync"``: on CUDA too, at

@@ -23,10 +23,12 @@ more:
 Each replay runs with the RNG forked (CPU, the CUDA devices involved, Python's and
 numpy's), every buffer replaced by a clone for its duration (BatchNorm running
 statistics and ``num_batches_tracked`` stay as they were), and gradlens's own hooks
-standing aside. The user's code runs once more: side effects outside buffers
-(counters, in-place changes of the inputs, the user's own hooks) are repeated; random
-ops draw new numbers, so a NaN that depends on one dropout mask may not be
-reproduced (then the site says so and the rule falls back). Any exception in a
+standing aside. The CPU generator is set to its state at the original forward (kept
+at each forward: a 5 KB copy), so CPU dropout draws the same masks; a CUDA generator
+is not kept, so random ops on CUDA draw new numbers (a NaN that depends on one mask
+may then not be reproduced: the site says so and the rule falls back). The user's
+code runs once more: side effects outside buffers (counters, in-place changes of the
+inputs, the user's own hooks) are repeated. Any exception in a
 replay becomes a warning and a fallback site.
 
 Cost: nothing on a healthy step but the references (kept from the forward to the end
@@ -253,8 +255,9 @@ class _Tagger(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def _isolated(root: nn.Module, devices: Sequence[int]) -> Iterator[None]:
-    """RNG forked, buffers replaced by clones, gradlens's hooks standing aside."""
+def _isolated(root: nn.Module, devices: Sequence[int], rng: Optional[Tensor] = None) -> Iterator[None]:
+    """RNG forked (and set to ``rng``, the CPU generator's state at the original
+    forward, when given), buffers replaced by clones, gradlens's hooks standing aside."""
     swapped: List[Tuple[Dict[str, Any], str, Tensor]] = []
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
@@ -265,6 +268,8 @@ def _isolated(root: nn.Module, devices: Sequence[int]) -> Iterator[None]:
                         swapped.append((module._buffers, name, buf))
                         module._buffers[name] = buf.clone()
         with torch.random.fork_rng(devices=list(devices)), standing_aside():
+            if rng is not None:
+                torch.default_generator.set_state(rng)
             yield
     finally:
         for table, name, buf in reversed(swapped):
@@ -299,6 +304,7 @@ def locate(
     step: int,
     *,
     backward: bool = True,
+    rng: Optional[Tensor] = None,
 ) -> Dict[str, Any]:
     """Replay one forward of ``root`` (and its backward) and say where a NaN/Inf is born.
 
@@ -310,6 +316,8 @@ def locate(
             order (None where no gradient arrived), or None when none was captured.
         step: the step being replayed (``located_by``).
         backward: whether the backward may be replayed.
+        rng: the CPU generator's state at the original forward (its dropout masks
+            are then drawn again), or None (new random numbers).
 
     Returns:
         A ``StepRecord.nonfinite_site`` dict; ``located_by`` is ``"replayed step K"``
@@ -322,7 +330,7 @@ def locate(
     devices = _cuda_devices(root, [t for _, t in _tensors(args) + _tensors(kwargs)])
     stack = _Stack(named)
     try:
-        with _isolated(root, devices), torch.no_grad():
+        with _isolated(root, devices, rng), torch.no_grad():
             mode = _FirstNonFinite(stack)
             stack.names = []
             with mode:
@@ -338,19 +346,19 @@ def locate(
             return {"op": None, "module": None, "phase": "loss", "located_by": how}
         if not backward:
             return {"located_by": f"fallback: {how}: the forward is finite (backward not replayed here)"}
-        return _backward(root, stack, args, kwargs, out_grads, devices, how)
+        return _backward(root, stack, args, kwargs, out_grads, devices, how, rng)
     finally:
         stack.hooks.remove()
 
 
 def _backward(
     root: nn.Module, stack: _Stack, args: Any, kwargs: Any, out_grads: List[Optional[Tensor]],
-    devices: Sequence[int], how: str,
+    devices: Sequence[int], how: str, rng: Optional[Tensor],
 ) -> Dict[str, Any]:
     found: List[Any] = []
     hooks = HookSet()
     try:
-        with _isolated(root, devices), torch.enable_grad():
+        with _isolated(root, devices, rng), torch.enable_grad():
             tagger = _Tagger(stack)
             stack.names = []
             with tagger:
@@ -432,6 +440,7 @@ class Replay(Source):
         self._args: Any = None
         self._kwargs: Any = None
         self._grads: Optional[List[Optional[Tensor]]] = None
+        self._rng: Optional[Tensor] = None
         self.replays = 0
         self._site: Optional[Tuple[int, Dict[str, Any]]] = None
         self.enabled = False  # (set by attach)
@@ -453,6 +462,9 @@ class Replay(Source):
         if compiling() or not self.enabled or not torch.is_grad_enabled() or not self.logged():
             return  # a forward without grad made no gradient; unlogged steps are not checked
         self._args, self._kwargs, self._grads = args, kwargs, None
+        # the CPU generator's state (a 5 KB copy, ~1.5 us): the replay draws the same
+        # dropout masks as this forward (CUDA generators are not kept)
+        self._rng = torch.default_generator.get_state()
 
     def _on_post(self, module: nn.Module, args: Any, output: Any) -> None:
         if compiling() or not torch.is_grad_enabled() or not self.logged():
@@ -481,7 +493,7 @@ class Replay(Source):
         self.replays += 1
         try:
             site = locate(self._root, self._named, self._args, self._kwargs or {}, self._grads, cycle.step,
-                          backward=self._backward)
+                          backward=self._backward, rng=self._rng)
         except Exception as exc:  # noqa: BLE001 - the replay must never stop training
             warnings.warn(
                 f"gradlens: the replay of step {cycle.step} failed ({type(exc).__name__}: {exc}); "
@@ -524,9 +536,9 @@ class Replay(Source):
     def step_done(self, cycle: Cycle) -> None:
         # the references live from the forward to the end of its step, not longer
         # (dL/d(output) of a language model's logits is large)
-        self._args = self._kwargs = self._grads = None
+        self._args = self._kwargs = self._grads = self._rng = None
 
     def close(self) -> None:
         self._hooks.remove()
-        self._args = self._kwargs = self._grads = None
+        self._args = self._kwargs = self._grads = self._rng = None
         self._model = None
