@@ -322,6 +322,10 @@ def locate(
     Returns:
         A ``StepRecord.nonfinite_site`` dict; ``located_by`` is ``"replayed step K"``
         when the birth was found, else starts with ``"fallback:"`` and says why.
+        ``phase`` is ``"input"`` (with ``input``, the argument's path such as
+        ``"args[0]"``, and ``nonfinite_elements``), ``"forward"``, ``"loss"`` or
+        ``"backward"`` (with ``grad_fn``, the backward node's name); ``op``,
+        ``module``, ``source`` and ``input_range`` as in the record's contract.
     """
     how = f"replayed step {step}"
     site = _bad_input(args, kwargs)
