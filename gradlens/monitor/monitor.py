@@ -434,27 +434,28 @@ def watch(
         replay_nonfinite: name where a NaN/Inf is born at the step it is born, before
             the optimizer spreads it into every weight. A reference to the last
             forward's inputs is kept (and one to dL/d(output)); on a logged step whose
-            gradients hold a NaN/Inf while the weights are still finite, that forward
-            is run once more, right before the update, under ``no_grad`` with the RNG
+            gradients hold a NaN/Inf while the weights are still finite, that forward is
+            run once more, right before the update, under ``no_grad`` with the RNG
             forked and every buffer replaced by a clone (BatchNorm statistics stay as
             they were), and each op's output is checked: the finding names the op
             (``aten.log``), its module, your source line and the op's input range
             ("replayed step 4"), or says that the NaN came with the data or from the
-            loss. A NaN born in the backward only (``sqrt`` at 0) is found by
-            replaying forward and backward (``torch.autograd.grad``: no ``.grad`` is
-            touched). Parameters, buffers, the RNG state and the optimizer state are
-            left bit-identical; but your forward runs once more, so side effects
-            outside buffers (counters, in-place changes of the inputs, your own
-            hooks) are repeated. CPU dropout draws the masks of the original
-            forward (the CPU generator's state is kept at each forward); random ops
-            on CUDA draw new numbers (a NaN that depends on one mask may not be
-            reproduced there; the finding then says "fallback"). At most 4 replays per monitor, never on a step a GradScaler
-            skipped; a failing replay is a warning, never an error. ``True``
-            (default): where the check is free: CPU, or CUDA when ``on_finding`` or
-            ``halt_on`` already read every step at once; ``"sync"``: on CUDA too, at
-            one host sync per logged step; ``False``: off (the finding then names
-            where the NaN is first seen, as a fallback). Not for sharded (FSDP,
-            DTensor) models; under torch.distributed only the forward is replayed.
+            loss. A NaN born in the backward only (``sqrt`` at 0) is found by replaying
+            forward and backward (``torch.autograd.grad``: no ``.grad`` is touched).
+            Parameters, buffers, the RNG state and the optimizer state are left
+            bit-identical; but your forward runs once more, so side effects outside
+            buffers (counters, in-place changes of the inputs, your own hooks) are
+            repeated. CPU dropout draws the masks of the original forward (the CPU
+            generator's state is kept at each forward); random ops on CUDA draw new
+            numbers (a NaN that depends on one mask may not be reproduced there; the
+            finding then says "fallback"). At most 4 replays per monitor, never on a
+            step a GradScaler skipped; a failing replay is a warning, never an error.
+            ``True`` (default): where the check is free: CPU, or CUDA when
+            ``on_finding`` or ``halt_on`` already read every step at once; ``"sync"``:
+            on CUDA too, at one host sync per logged step; ``False``: off (the finding
+            then names where the NaN is first seen, as a fallback). Not for sharded
+            (FSDP, DTensor) models; under torch.distributed only the forward is
+            replayed.
 
     Statistics are computed at each logged step; turning them into records, writing
     them to TensorBoard and diagnosing them is done in batches of up to

@@ -21,15 +21,16 @@ more:
    finite and whose outgoing ones are not (``phase`` ``"backward"``).
 
 Each replay runs with the RNG forked (CPU, the CUDA devices involved, Python's and
-numpy's), every buffer replaced by a clone for its duration (BatchNorm running
-statistics and ``num_batches_tracked`` stay as they were), and gradlens's own hooks
-standing aside. The CPU generator is set to its state at the original forward (kept
-at each forward: a 5 KB copy), so CPU dropout draws the same masks; a CUDA generator
-is not kept, so random ops on CUDA draw new numbers (a NaN that depends on one mask
-may then not be reproduced: the site says so and the rule falls back). The user's
-code runs once more: side effects outside buffers (counters, in-place changes of the
-inputs, the user's own hooks) are repeated. Any exception in a
-replay becomes a warning and a fallback site.
+numpy's), in the autocast regions the original forward ran in, every buffer replaced
+by a clone for its duration (BatchNorm running statistics and
+``num_batches_tracked`` stay as they were), and gradlens's own hooks standing aside.
+The CPU generator is set to its state at the original forward (kept at each forward:
+a 5 KB copy), so CPU dropout draws the same masks; a CUDA generator is not kept, so
+random ops on CUDA draw new numbers (a NaN that depends on one mask may then not be
+reproduced: the site says so and the rule falls back). The user's code runs once
+more: side effects outside buffers (counters, in-place changes of the inputs, the
+user's own hooks) are repeated. Any exception in a replay becomes a warning and a
+fallback site.
 
 Cost: nothing on a healthy step but the references (kept from the forward to the end
 of its step: dL/d(output) then outlives the backward by the rest of the step) and one
@@ -255,9 +256,12 @@ class _Tagger(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def _isolated(root: nn.Module, devices: Sequence[int], rng: Optional[Tensor] = None) -> Iterator[None]:
+def _isolated(
+    root: nn.Module, devices: Sequence[int], rng: Optional[Tensor] = None, autocast: Sequence[Tuple[str, Any]] = (),
+) -> Iterator[None]:
     """RNG forked (and set to ``rng``, the CPU generator's state at the original
-    forward, when given), buffers replaced by clones, gradlens's hooks standing aside."""
+    forward, when given), buffers replaced by clones, the original forward's autocast
+    regions entered again, gradlens's hooks standing aside."""
     swapped: List[Tuple[Dict[str, Any], str, Tensor]] = []
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
@@ -267,15 +271,29 @@ def _isolated(root: nn.Module, devices: Sequence[int], rng: Optional[Tensor] = N
                     if buf is not None:
                         swapped.append((module._buffers, name, buf))
                         module._buffers[name] = buf.clone()
-        with torch.random.fork_rng(devices=list(devices)), standing_aside():
+        with torch.random.fork_rng(devices=list(devices)), standing_aside(), contextlib.ExitStack() as regions:
             if rng is not None:
                 torch.default_generator.set_state(rng)
+            for dev, dtype in autocast:
+                regions.enter_context(torch.autocast(dev, dtype=dtype))
             yield
     finally:
         for table, name, buf in reversed(swapped):
             table[name] = buf
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+def _autocast_state() -> List[Tuple[str, Any]]:
+    """(device type, dtype) of every autocast region the code runs in now."""
+    on = []
+    for dev in ("cpu", "cuda"):
+        try:
+            if torch.is_autocast_enabled(dev):
+                on.append((dev, torch.get_autocast_dtype(dev)))
+        except (TypeError, AttributeError, RuntimeError):  # torch < 2.4: no device argument
+            pass
+    return on
 
 
 def _cuda_devices(root: nn.Module, tensors: Sequence[Tensor]) -> List[int]:
@@ -305,6 +323,7 @@ def locate(
     *,
     backward: bool = True,
     rng: Optional[Tensor] = None,
+    autocast: Sequence[Tuple[str, Any]] = (),
 ) -> Dict[str, Any]:
     """Replay one forward of ``root`` (and its backward) and say where a NaN/Inf is born.
 
@@ -318,6 +337,8 @@ def locate(
         backward: whether the backward may be replayed.
         rng: the CPU generator's state at the original forward (its dropout masks
             are then drawn again), or None (new random numbers).
+        autocast: the autocast regions ``(device type, dtype)`` the original forward
+            ran in (entered again for the replay).
 
     Returns:
         A ``StepRecord.nonfinite_site`` dict; ``located_by`` is ``"replayed step K"``
@@ -334,7 +355,7 @@ def locate(
     devices = _cuda_devices(root, [t for _, t in _tensors(args) + _tensors(kwargs)])
     stack = _Stack(named)
     try:
-        with _isolated(root, devices, rng), torch.no_grad():
+        with _isolated(root, devices, rng, autocast), torch.no_grad():
             mode = _FirstNonFinite(stack)
             stack.names = []
             with mode:
@@ -350,19 +371,19 @@ def locate(
             return {"op": None, "module": None, "phase": "loss", "located_by": how}
         if not backward:
             return {"located_by": f"fallback: {how}: the forward is finite (backward not replayed here)"}
-        return _backward(root, stack, args, kwargs, out_grads, devices, how, rng)
+        return _backward(root, stack, args, kwargs, out_grads, devices, how, rng, autocast)
     finally:
         stack.hooks.remove()
 
 
 def _backward(
     root: nn.Module, stack: _Stack, args: Any, kwargs: Any, out_grads: List[Optional[Tensor]],
-    devices: Sequence[int], how: str, rng: Optional[Tensor],
+    devices: Sequence[int], how: str, rng: Optional[Tensor], autocast: Sequence[Tuple[str, Any]],
 ) -> Dict[str, Any]:
     found: List[Any] = []
     hooks = HookSet()
     try:
-        with _isolated(root, devices, rng), torch.enable_grad():
+        with _isolated(root, devices, rng, autocast), torch.enable_grad():
             tagger = _Tagger(stack)
             stack.names = []
             with tagger:
@@ -445,6 +466,7 @@ class Replay(Source):
         self._kwargs: Any = None
         self._grads: Optional[List[Optional[Tensor]]] = None
         self._rng: Optional[Tensor] = None
+        self._autocast: List[Tuple[str, Any]] = []
         self.replays = 0
         self._site: Optional[Tuple[int, Dict[str, Any]]] = None
         self.enabled = False  # (set by attach)
@@ -469,6 +491,7 @@ class Replay(Source):
         # the CPU generator's state (a 5 KB copy, ~1.5 us): the replay draws the same
         # dropout masks as this forward (CUDA generators are not kept)
         self._rng = torch.default_generator.get_state()
+        self._autocast = _autocast_state()  # (the step usually runs outside it)
 
     def _on_post(self, module: nn.Module, args: Any, output: Any) -> None:
         if compiling() or not torch.is_grad_enabled() or not self.logged():
@@ -497,7 +520,7 @@ class Replay(Source):
         self.replays += 1
         try:
             site = locate(self._root, self._named, self._args, self._kwargs or {}, self._grads, cycle.step,
-                          backward=self._backward, rng=self._rng)
+                          backward=self._backward, rng=self._rng, autocast=self._autocast)
         except Exception as exc:  # noqa: BLE001 - the replay must never stop training
             warnings.warn(
                 f"gradlens: the replay of step {cycle.step} failed ({type(exc).__name__}: {exc}); "

@@ -536,3 +536,34 @@ def test_a_nan_that_needs_its_dropout_mask_is_reproduced():
                     break
     f = _nonfinite(mon)
     assert f.evidence["site"]["source"] == _line("dropout") and f.evidence["site"]["op"] == "aten.log"
+
+
+class BF16Log(nn.Module):
+    """log(h - 1) with h = 1.001: finite in float32, log(0) = -inf once bfloat16 rounds h to 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.fill_(1.001)
+
+    def forward(self, x):
+        return torch.log(self.fc(x) - 1.0)  # birth: bf16
+
+
+def test_a_nan_born_under_autocast_is_replayed_under_it():
+    torch.manual_seed(0)
+    model = BF16Log()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert torch.isfinite(model(_x())).all()  # the reference: finite in float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt) as mon:
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(_x())
+            out.float().pow(2).mean().backward()
+            opt.step()  # outside the autocast region, as usual
+    f = _nonfinite(mon)
+    assert (f.evidence["site"]["op"], f.evidence["site"]["source"]) == ("aten.log", _line("bf16"))
