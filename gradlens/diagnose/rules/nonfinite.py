@@ -97,6 +97,7 @@ class NonFinite(Rule):
 
     def reset(self) -> None:
         """Forget the remembered birth site."""
+        super().reset()
         self._born = None  # the first replayed site (later steps of the same NaN name it)
 
     def check(self, record: StepRecord) -> List[Condition]:
