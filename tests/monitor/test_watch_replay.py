@@ -567,3 +567,32 @@ def test_a_nan_born_under_autocast_is_replayed_under_it():
             opt.step()  # outside the autocast region, as usual
     f = _nonfinite(mon)
     assert (f.evidence["site"]["op"], f.evidence["site"]["source"]) == ("aten.log", _line("bf16"))
+
+
+# --------------------------------------------------------------------------- distributed
+def _ddp_rank(rank, out_dir):
+    """One DDP rank: a log module makes NaN at step 0; the forward is replayed on the
+    model inside DDP (no collective), the backward not (its hooks communicate)."""
+    torch.manual_seed(0)
+    ddp = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), Log(), nn.Linear(8, 2)))
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(ddp, opt) as mon:
+            for step in range(2):
+                opt.zero_grad()
+                ddp(_x(seed=rank)).pow(2).mean().backward()
+                opt.step()
+    f = _nonfinite(mon)
+    return {"layer": f.layer, "site": f.evidence.get("site"), "message": f.message, "backward": mon._replay._backward}
+
+
+def test_under_ddp_each_rank_replays_the_forward_of_the_model_inside(tmp_path):
+    from watch_helpers import gloo_available, spawn_ranks
+
+    if not gloo_available():
+        pytest.skip("torch.distributed with gloo is unavailable")
+    for out in spawn_ranks(_ddp_rank, tmp_path, world=2, deadline_s=120):
+        assert out["layer"] == "1" and out["backward"] is False
+        assert (out["site"]["op"], out["site"]["source"]) == ("aten.log", _line("module"))
+        assert "replayed step 0" in out["message"]
