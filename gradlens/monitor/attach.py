@@ -13,14 +13,18 @@ activation tracing are the activations source's own (``sources/_tracer.py``).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["HookSet", "ZeroGradTap", "OptimizerTaps", "order_probe", "on_root_forward", "compiling", "claim"]
+__all__ = [
+    "HookSet", "ZeroGradTap", "OptimizerTaps", "order_probe", "on_root_forward", "compiling", "claim",
+    "standing_aside",
+]
 
 # torch.compiler.is_compiling from torch 2.3 on; torch._dynamo's before (pyproject allows 2.2)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
@@ -50,11 +54,27 @@ def claim(root: nn.Module, monitor: Any) -> Callable[[], None]:
     return release
 
 
+#: Depth of :func:`standing_aside` (a replay of a broken step runs inside it).
+_ASIDE = [0]
+
+
 def compiling() -> bool:
-    """Whether torch.compile is tracing the code that runs now. gradlens's module hooks
-    then do nothing (a model compiled after ``watch`` would otherwise trace them into
-    its graph, with graph breaks at their host reads); they run again in eager code."""
-    return _is_compiling()
+    """Whether torch.compile is tracing the code that runs now, or gradlens replays a
+    forward (:func:`standing_aside`). gradlens's module hooks then do nothing (a model
+    compiled after ``watch`` would otherwise trace them into its graph, with graph
+    breaks at their host reads); they run again in eager code."""
+    return _ASIDE[0] > 0 or _is_compiling()
+
+
+@contextlib.contextmanager
+def standing_aside() -> Iterator[None]:
+    """gradlens's own module hooks do nothing inside (the replay of a broken step,
+    ``monitor/replay.py``, must not be traced or counted as a forward of the run)."""
+    _ASIDE[0] += 1
+    try:
+        yield
+    finally:
+        _ASIDE[0] -= 1
 
 
 class HookSet:
@@ -185,6 +205,12 @@ class OptimizerTaps:
         self.active = False
         self.hooks.remove()
 
+    def updating(self, k: int) -> bool:
+        """Whether optimizer ``k`` is inside its ``step()``, about to update (False at
+        the ``zero_grad`` of a step the GradScaler skipped; True for ``k = -1``,
+        ``Monitor.step()``)."""
+        return k < 0 or self._in_step[k]
+
     def _make_pre(self, k: int) -> Callable[..., Any]:
         def hook(opt: Any, args: Any, kwargs: Any) -> Any:
             if not self.active:
@@ -265,8 +291,9 @@ def order_probe(modules: Sequence[Tuple[str, nn.Module]], root: nn.Module, saw: 
     return probe
 
 
-def on_root_forward(root: nn.Module, fn: Callable[..., None], *, pre: bool = False) -> Any:
-    """Register ``fn`` as a forward hook (``pre=True``: pre-hook) of ``root``; returns the handle."""
+def on_root_forward(root: nn.Module, fn: Callable[..., None], *, pre: bool = False, with_kwargs: bool = False) -> Any:
+    """Register ``fn`` as a forward hook (``pre=True``: pre-hook) of ``root``; returns the
+    handle. ``with_kwargs``: ``fn`` also gets the forward's keyword arguments."""
     if pre:
-        return root.register_forward_pre_hook(fn)
-    return root.register_forward_hook(fn)
+        return root.register_forward_pre_hook(fn, with_kwargs=with_kwargs)
+    return root.register_forward_hook(fn, with_kwargs=with_kwargs)

@@ -30,6 +30,7 @@ from gradlens.monitor.layout import LayerOrder, Layouts
 from gradlens.monitor import packet as _packet
 from gradlens.monitor.packet import StepPacket
 from gradlens.monitor.publish import Publisher, publish_at_exit
+from gradlens.monitor.replay import Replay
 from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY, Activations
 from gradlens.monitor.sources.gradients import Gradients
 from gradlens.monitor.sources.loss import Loss
@@ -82,6 +83,7 @@ class Monitor:
         thresholds: Optional[Dict[str, Any]],
         ranks: str = "zero",
         output_stats: int = 0,
+        replay_nonfinite: Union[bool, str] = True,
     ) -> None:
         self.model = model
         self.every = every
@@ -119,9 +121,12 @@ class Monitor:
             *_, last = layouts.root.modules()
             output = OutputSignals(model, last, every=output_stats)
             sources.append(output)
-        self._sources = sources
         # a callback or a halt must see each finding at its step: no batching then
         eager = self._eager = on_finding is not None or bool(halt_on)
+        self._replay = _replay_source(model, layouts, replay_nonfinite, eager)
+        if self._replay is not None:
+            sources.append(self._replay)  # after Gradients: it reads their statistics
+        self._sources = sources
         collector = self._collector = Collector(
             layouts, sources, n_optimizers=len(optimizers), every=every, sync=eager,
             closed=self._closed_step, urgent=self._publish,
@@ -151,13 +156,17 @@ class Monitor:
         self._taps = OptimizerTaps(
             optimizers, collector.pre, collector.post, lambda k: self._poll(), closure_result=lambda k, value: self._loss.closure_value(value, collector)
         )
+        if self._replay is not None:
+            self._replay.stepping = self._taps.updating  # not the steps a GradScaler skipped
+            self._replay.logged = collector.is_logged_step
+            self._replay.attach()
         self._hooks = HookSet()
         # each forward of the model notes its step (a loss observed after step()
         # belongs to the step of its forward); deferred GPU copies are checked there
         # too, the last moment to count NaN/Inf elements exactly (the gradients change
         # after it). On the model as called, outside any torch.compile'd region.
         self._deferred = not eager and any(_packet.defers(p.device) for p in layouts.root.parameters())
-        self._hooks.add(on_root_forward(model, self._on_forward, pre=True))
+        self._hooks.add(on_root_forward(model, self._on_forward, pre=True, with_kwargs=True))
         if output is not None:  # (hooks go on last: a bad option raised before any)
             output.start(collector)
         if not activations and not compiled:
@@ -297,9 +306,11 @@ class Monitor:
             # unless a callback or a halt needs every step at once
             self._publisher.publish(wait=False, keep_last=pend is not None and not self._eager)
 
-    def _on_forward(self, module: nn.Module, args: Any) -> None:
+    def _on_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         if self._closed or compiling():
-            return
+            return None
+        if self._replay is not None:
+            self._replay.capture(args, kwargs)
         self._loss.forward_step = self._collector.step
         if self._deferred:
             self._collector.poll(last_chance=True)
@@ -317,6 +328,27 @@ class Monitor:
         if self._collector.open and not self._closed:
             self._collector.finish_step()
         self._publisher.publish()
+
+
+def _replay_source(model: nn.Module, layouts: Layouts, option: Union[bool, str], eager: bool) -> Optional[Replay]:
+    """The replay of broken steps (``monitor/replay.py``), or None: off, or a sharded
+    model (FSDP, DTensor: its inner forward cannot run alone)."""
+    if option is False or any(_distributed.is_sharded(p) for p in layouts.root.parameters()):
+        return None
+    inner = layouts.root
+    while isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        inner = inner.module
+    if type(inner).__name__ == "FullyShardedDataParallel":
+        return None
+    named = [(layouts.name(n), m) for n, m in layouts.root.named_modules()]
+    # under torch.distributed the backward is not replayed (its hooks may communicate),
+    # nor a forward that communicates (SyncBatchNorm: a rank whose batch holds the NaN
+    # does not run it)
+    single = _distributed.rank_world()[1] <= 1
+    if not single and any(isinstance(m, nn.SyncBatchNorm) for _, m in named):
+        return None
+    return Replay(model, inner, [(n, m) for n, m in named if n], read_device=eager or option == "sync",
+                  backward=single)
 
 
 def watch(
@@ -340,6 +372,7 @@ def watch(
     thresholds: Optional[Dict[str, Any]] = None,
     ranks: str = "zero",
     output_stats: Union[bool, int] = True,
+    replay_nonfinite: Union[bool, str] = True,
 ) -> Monitor:
     """Attach gradlens to ``model`` and record its gradient health at every optimizer step.
 
@@ -423,6 +456,31 @@ def watch(
             them, ~3 points on the CPU MLP step of ``benchmarks/overhead.py``);
             ``False``/0: off. Which tensor and which forwards are recorded is
             documented in :mod:`gradlens.monitor.sources.output`.
+        replay_nonfinite: name where a NaN/Inf is born at the step it is born, before
+            the optimizer spreads it into every weight. A reference to the last
+            forward's inputs is kept (and one to dL/d(output)); on a logged step whose
+            gradients hold a NaN/Inf while the weights are still finite, that forward is
+            run once more, right before the update, under ``no_grad`` with the RNG
+            forked and every buffer replaced by a clone (BatchNorm statistics stay as
+            they were), and each op's output is checked: the finding names the op
+            (``aten.log``), its module, your source line and the op's input range
+            ("replayed step 4"), or says that the NaN came with the data or from the
+            loss. A NaN born in the backward only (``sqrt`` at 0) is found by replaying
+            forward and backward (``torch.autograd.grad``: no ``.grad`` is touched).
+            Parameters, buffers, the RNG state and the optimizer state are left
+            bit-identical; but your forward runs once more, so side effects outside
+            buffers (counters, in-place changes of the inputs, your own hooks) are
+            repeated. CPU dropout draws the masks of the original forward (the CPU
+            generator's state is kept at each forward); random ops on CUDA draw new
+            numbers (a NaN that depends on one mask may not be reproduced there; the
+            finding then says "fallback"). At most 4 replays per monitor, never on a
+            step a GradScaler skipped; a failing replay is a warning, never an error.
+            ``True`` (default): where the check is free: CPU, or CUDA when
+            ``on_finding`` or ``halt_on`` already read every step at once; ``"sync"``:
+            on CUDA too, at one host sync per logged step; ``False``: off (the finding
+            then names where the NaN is first seen, as a fallback). Not for sharded
+            (FSDP, DTensor) models; under torch.distributed only the forward is
+            replayed.
 
     Statistics are computed at each logged step; turning them into records, writing
     them to TensorBoard and diagnosing them is done in batches of up to
@@ -456,6 +514,6 @@ def watch(
         include=include, exclude=exclude, group_depth=group_depth, update_every=update_every,
         max_history=max_history, param_scalars=param_scalars, flow_every=flow_every,
         histogram_every=histogram_every, on_finding=on_finding, halt_on=halt_on, thresholds=thresholds,
-        ranks=ranks, output_stats=output_stats,
+        ranks=ranks, output_stats=output_stats, replay_nonfinite=replay_nonfinite,
     )
     return Monitor(model, optimizers, **options)

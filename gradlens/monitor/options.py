@@ -94,6 +94,7 @@ def parse(
     thresholds: Any,
     ranks: Any = "zero",
     output_stats: Any = True,
+    replay_nonfinite: Any = True,
 ) -> Tuple[List[torch.optim.Optimizer], Dict[str, Any]]:
     """Validate ``watch``'s arguments; returns the optimizers and the Monitor's
     keyword arguments (a ``SummaryWriter`` is created for ``logdir``)."""
@@ -146,6 +147,12 @@ def parse(
     unknown = [h for h in halt if h not in kinds]
     if unknown:
         raise ValueError(f"watch(halt_on=...) got unknown finding kind(s) {unknown}; expected some of {kinds}")
+    if not isinstance(replay_nonfinite, (bool, str)):
+        raise TypeError(
+            f"watch(replay_nonfinite=...) expects True, False or 'sync', got {type(replay_nonfinite).__name__}"
+        )
+    if isinstance(replay_nonfinite, str) and replay_nonfinite != "sync":
+        raise ValueError(f"watch(replay_nonfinite=...) expects True, False or 'sync', got {replay_nonfinite!r}")
     if thresholds is not None and not isinstance(thresholds, dict):
         raise TypeError(f"watch(thresholds=...) expects a dict, got {type(thresholds).__name__}")
     from gradlens.monitor import distributed as _distributed
@@ -176,4 +183,5 @@ def parse(
         group_depth=group_depth, update_every=update_every, max_history=max_history,
         param_scalars=param_scalars, flow_every=flow_every, histogram_every=histogram_every,
         on_finding=on_finding, halt_on=halt, thresholds=thresholds, ranks=ranks, output_stats=output_stats,
+        replay_nonfinite=replay_nonfinite,
     )

@@ -169,7 +169,7 @@ class StepPacket:
 
     __slots__ = (
         "layout", "chunks", "skipped", "broken", "checked", "traced", "act", "origin", "loss", "p", "dW",
-        "present", "layer_rows", "grads", "late_loss", "loss_count", "signals",
+        "present", "layer_rows", "grads", "late_loss", "loss_count", "signals", "site",
     )
 
     def __init__(self, layout: Any) -> None:
@@ -193,6 +193,7 @@ class StepPacket:
         self.late_loss: List[Tensor] = []  # losses observed after the step closed (device)
         self.loss_count = 0  # how many losses the loss slot averages
         self.signals: Optional[Dict[str, float]] = None  # model-output signals (sources/output.py)
+        self.site: Optional[Dict[str, Any]] = None  # where a NaN/Inf was born (monitor/replay.py)
 
     def ready(self) -> bool:
         """Whether every host copy of the step has arrived (never waits)."""

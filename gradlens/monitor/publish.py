@@ -242,6 +242,7 @@ class Publisher:
                 loss=pend.loss,
                 nonfinite_origin=pend.origin,
                 signals=pend.signals or {},
+                nonfinite_site=pend.site,
             ))
         return records
 

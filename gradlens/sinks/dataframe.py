@@ -40,10 +40,10 @@ class HistorySink(Sink):
     def __init__(self, max_history: int = DEFAULT_MAX_HISTORY) -> None:
         super().__init__()
         self.max_history = max_history
-        # (step, layout id, (param values, mask), (layer values, mask), loss, origin,
+        # (step, layout id, (param values, mask), (layer values, mask), loss, (origin, site),
         # signals: SIGNAL_STATS values, NaN where absent, or None);
         # the mask says which entries were recorded, so a measured NaN survives.
-        self._rows: List[Tuple[int, int, Any, Any, Optional[float], Optional[str], Any]] = []
+        self._rows: List[Tuple[int, int, Any, Any, Optional[float], Tuple[Optional[str], Any], Any]] = []
         self._layouts: List[_Layout] = []
         self._layout_ids: Dict[_Layout, int] = {}
 
@@ -77,7 +77,7 @@ class HistorySink(Sink):
         if record.signals:  # (absent signals stay absent: a mask of what was measured)
             signals = (np.array([record.signals.get(k, np.nan) for k in SIGNAL_STATS]),
                        np.array([k in record.signals for k in SIGNAL_STATS]))
-        self._rows.append((record.step, lid, p, layers, loss, record.nonfinite_origin, signals))
+        self._rows.append((record.step, lid, p, layers, loss, (record.nonfinite_origin, record.nonfinite_site), signals))
         if len(self._rows) >= self.max_history:
             half = len(self._rows) // 2
             old = self._rows[:half]
@@ -124,7 +124,7 @@ class HistorySink(Sink):
     def records(self) -> List[StepRecord]:
         """The kept history rebuilt as :class:`StepRecord` objects (oldest first)."""
         out = []
-        for step, lid, p, lay, loss, origin, sig in self._rows:
+        for step, lid, p, lay, loss, (origin, site), sig in self._rows:
             params, _, layers = self._layouts[lid]
             stats = _unpack(lay, LAYER_STATS, layers)
             pstats = _unpack(p, GRAD_STATS, params)
@@ -139,6 +139,7 @@ class HistorySink(Sink):
                     # (NaN as math.nan itself: records of the same run compare equal)
                     signals={} if sig is None else {
                         k: float(v) if v == v else math.nan for k, v, m in zip(SIGNAL_STATS, *sig) if m},
+                    nonfinite_site=site,
                 )
             )
         return out

@@ -2,13 +2,18 @@
 
 Reported at once (a NaN never heals). Named where it is *born*:
 
-1. ``record.nonfinite_origin`` when the monitor traced activations: the first module
-   (forward order) whose inputs were finite and whose output was not;
-2. otherwise a fallback, said so in ``evidence["located_by"]``: the first layer
-   (input side) with non-finite activations, else with non-finite weights, else
-   with non-finite gradients. When only some layers have non-finite gradients the
-   NaN was born in the backward pass, at the output-most of them, and that one is
-   named instead.
+1. ``record.nonfinite_site`` when the monitor replayed the broken step
+   (``monitor/replay.py``, ``evidence["located_by"]`` ``"replayed step K"``): the op,
+   its module, the source line and the op's input range, or the data, or the loss.
+   The first replayed site is remembered: the later steps of the same NaN name it too;
+2. ``record.nonfinite_origin`` when the monitor traced activations: the first module
+   (forward order) whose inputs were finite and whose output was not, unless that
+   module's weights were non-finite already (then it is a fallback);
+3. otherwise a fallback, said so in ``evidence["located_by"]`` and in the message
+   ("first seen at", never "born at"): the first layer (input side) with non-finite
+   activations, else with non-finite weights, else with non-finite gradients. When
+   only some layers have non-finite gradients the NaN was born in the backward pass,
+   at the output-most of them, and that one is named instead.
 """
 
 from __future__ import annotations
@@ -30,12 +35,70 @@ def _inf(x) -> bool:
     return is_real(x) and math.isinf(x)
 
 
+#: Ops whose domain excludes some finite inputs (log of a negative number, ...).
+_DOMAIN_OPS = ("log", "sqrt", "rsqrt", "div", "reciprocal", "pow", "acos", "asin", "atanh", "acosh", "lgamma",
+               "digamma", "polygamma", "erfinv", "remainder", "fmod")
+
+_ADVICE_DEFAULT = ("check that layer's inputs for log/sqrt/division of non-positive values, lower the "
+                   "learning rate or clip gradients")
+
+
+def _located(site) -> bool:
+    return isinstance(site, dict) and str(site.get("located_by", "")).startswith("replayed")
+
+
+def _describe(site) -> Tuple[str, str]:
+    """(where it was born, what to do) of a replayed site."""
+    how = site.get("located_by", "replayed")
+    phase = site.get("phase")
+    if phase == "input":
+        n = site.get("nonfinite_elements")
+        held = f"{n} non-finite elements" if n else "non-finite values"
+        return (f"came with the data: the step's input {site.get('input', '')} holds {held}, {how}",
+                "check the data pipeline for NaN/Inf (torch.isfinite(batch).all()) and drop or clean those samples")
+    if phase == "loss":
+        return (f"born in the loss: dL/d(output) is non-finite while the model output is finite, {how}",
+                "check the loss for log/division of non-positive values (e.g. log of a probability of 0: "
+                "use log_softmax, BCEWithLogitsLoss, or clamp by an epsilon)")
+    op = site.get("op")
+    module = site.get("module")
+    parts = [f"born at {module!r}" if module is not None else "born"]
+    if phase == "backward":
+        node = site.get("grad_fn")
+        parts.append(f"in the backward of {op}" + (f" ({node})" if node else "") if op else f"in backward node {node}")
+    elif op:
+        parts.append(f"in {op}")
+    text = " ".join(parts)
+    if site.get("source"):
+        text += f" ({site['source']})"
+    rng = site.get("input_range")
+    if rng is not None and len(rng) == 2:
+        which = "forward inputs" if phase == "backward" else "inputs"
+        text += f", {which} in [{fmt(float(rng[0]))}, {fmt(float(rng[1]))}]"
+    text += f", {how}"
+    name = str(op or "").split(".")[-1].rstrip("_")
+    if phase == "backward":
+        advice = ("its derivative is infinite at those inputs (sqrt or a norm at 0, pow with a fractional "
+                  "exponent at 0, a custom backward): add an epsilon inside it or mask those values first")
+    elif name in _DOMAIN_OPS:
+        advice = (f"that op got inputs outside its domain ({name} of non-positive values, division by 0): "
+                  "clamp them or add an epsilon")
+    else:
+        advice = "values overflowed there: lower the learning rate, clip gradients or normalize that layer's inputs"
+    return text, advice
+
+
 class NonFinite(Rule):
     """NaN/Inf anywhere, named at the module where it is born."""
 
     kind = "nonfinite"
     window = "nonfinite_persist_steps"
     runs_when_poisoned = True
+
+    def reset(self) -> None:
+        """Forget the remembered birth site."""
+        super().reset()
+        self._born = None  # the first replayed site (later steps of the same NaN name it)
 
     def check(self, record: StepRecord) -> List[Condition]:
         s = record.stats
@@ -48,21 +111,41 @@ class NonFinite(Rule):
             if _positive(s.get("nonfinite", {}).get(n)) or _inf(s.get("grad_norm", {}).get(n))
         ]
         loss_bad = record.loss is not None and not math.isfinite(record.loss)
-        if not (act_bad or w_bad or g_bad or loss_bad or record.nonfinite_origin):
+        site = record.nonfinite_site if isinstance(record.nonfinite_site, dict) else None
+        if not (act_bad or w_bad or g_bad or loss_bad or record.nonfinite_origin or site):
             return []
-        layer, how = self._locate(record, act_bad, w_bad, g_bad)
+        if self._born is None and _located(site):
+            self._born = dict(site)
+        advice = _ADVICE_DEFAULT
+        if self._born is not None:
+            layer, how = self._born.get("module"), self._born["located_by"]
+            named, advice = _describe(self._born)
+        else:
+            layer, how = self._locate(record, act_bad, w_bad, g_bad)
+            if site is not None and site.get("located_by"):
+                how = f"{site['located_by']}; {how}" if how != "origin" else how
+            if how == "origin":
+                named = f"born at {layer!r}"
+            elif layer is not None:
+                named = f"first seen at {layer!r} ({how})"
+            else:
+                named = f"origin unknown ({how})"
         where = [w for w, bad in (("loss", loss_bad), ("activations", act_bad),
                                   ("weights", w_bad), ("gradients", g_bad)) if bad]
         count = sum(
             v for v in s.get("nonfinite", {}).values() if finite(v)
         )
-        named = f"born at {layer!r}" if layer is not None else "origin unknown"
         counted = f"{fmt(float(count))} non-finite gradient elements, " if count else ""
-        message = (
-            f"NaN/Inf in {', '.join(where) or 'activations'} ({counted}{named}; threshold: any): check "
-            f"that layer's inputs for log/sqrt/division of non-positive values, lower the "
-            f"learning rate or clip gradients"
-        )
+        message = f"NaN/Inf in {', '.join(where) or 'activations'} ({counted}{named}; threshold: any): {advice}"
+        evidence = {
+            "located_by": how,
+            "in": where,
+            "layers_nonfinite_activations": act_bad[:10],
+            "layers_nonfinite_weights": w_bad[:10],
+            "layers_nonfinite_gradients": g_bad[:10],
+        }
+        if self._born is not None:
+            evidence["site"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._born.items()}
         return [
             Condition(
                 key="",
@@ -71,13 +154,7 @@ class NonFinite(Rule):
                 threshold=0.0,
                 severity="error",
                 message=message,
-                evidence={
-                    "located_by": how,
-                    "in": where,
-                    "layers_nonfinite_activations": act_bad[:10],
-                    "layers_nonfinite_weights": w_bad[:10],
-                    "layers_nonfinite_gradients": g_bad[:10],
-                },
+                evidence=evidence,
                 # NaN in the weights/activations makes every other statistic garbage
                 poisoned=bool(act_bad or w_bad or record.nonfinite_origin),
             )
@@ -85,8 +162,13 @@ class NonFinite(Rule):
 
     @staticmethod
     def _locate(record, act_bad, w_bad, g_bad) -> Tuple[Optional[str], str]:
-        if record.nonfinite_origin:
-            return record.nonfinite_origin, "origin"
+        origin = record.nonfinite_origin
+        if origin:
+            wn = record.stats.get("weight_norm", {}).get(origin)
+            if wn is not None and not (is_real(wn) and math.isfinite(wn)):
+                # its inputs were finite but its weights were not: not where it was born
+                return origin, "fallback: first module with non-finite output, its weights already non-finite"
+            return origin, "origin"
         if act_bad:
             return act_bad[0], "fallback: first layer with non-finite activations"
         if w_bad:

@@ -58,6 +58,7 @@ class Activations(Source):
         self.origin_probe: Optional[Tracer] = None
         self._origin: Optional[str] = None  # named by the probe, for the next record
         self._announced: set = set()  # origins already logged (once each)
+        self._replayed: Optional[str] = None  # the module where a replay located the birth (monitor/replay.py)
         # armed for step 0, which is traced
         self.tracer: Optional[Tracer] = Tracer(layouts.modules(skip=_RESHAPES)) if every else None
 
@@ -112,10 +113,16 @@ class Activations(Source):
         )
         next_traced = self.traced(cycle)
         if broken and not next_traced and self._may_probe and self.origin_probe is None:
-            self._arm_origin_probe()
+            # (once a replay found the birth, the probe's answers, taken after the update
+            # spread the NaN, are logged only where they agree with it)
+            site = getattr(record, "nonfinite_site", None) or {}
+            if self._replayed is None and str(site.get("located_by", "")).startswith("replayed"):
+                self._replayed = str(site.get("module"))
+            self._arm_origin_probe(agree=self._replayed)
 
-    def _arm_origin_probe(self) -> None:
-        """Trace non-finite counts per module for the next grad-enabled forward only."""
+    def _arm_origin_probe(self, agree: Optional[str] = None) -> None:
+        """Trace non-finite counts per module for the next grad-enabled forward only
+        (``agree``: log its answer only if it names this module)."""
         probe = Tracer(self._layouts.modules(skip=_RESHAPES), stats=False)
         self.origin_probe = probe
 
@@ -130,7 +137,7 @@ class Activations(Source):
             self.origin_probe = None
             if origin is not None:
                 self._origin = origin
-                if origin not in self._announced:
+                if origin not in self._announced and agree in (None, origin):
                     self._announced.add(origin)
                     _log.warning("gradlens: non-finite values first appear in the output of %s", origin)
 
