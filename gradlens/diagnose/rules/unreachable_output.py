@@ -1,0 +1,77 @@
+"""``unreachable_output``: a bounded output activation that cannot reach the targets.
+
+Rule (DeepDiagnosis, ICSE 2022, "output out of range": the targets lie outside the
+range of the last layer's activation; without the targets we see the symptom): a
+sigmoid/tanh/softmax-like output (``signals["output_sat_frac"]``, measured on the
+model output, NaN for an unbounded one) with at least ``unreachable_sat_fraction``
+of its elements pinned at its limits (SageMaker Debugger's 50%), while the loss
+
+* is flat: with ``W = stalled_window``, the mean of the latest ``W`` logged losses is
+  less than ``stalled_min_improvement`` (relative) below the mean of the ``W`` before,
+* and stays near where it started: above ``1 - unreachable_max_drop`` times the mean
+  of the first ``W`` losses (a classifier that learned and became confident has
+  saturated outputs too, at a loss far below its start).
+
+Named at the output layer: the last layer of the record (``record.layers`` runs
+from the input side to the output side).
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from gradlens._record import StepRecord
+from gradlens.diagnose.rules.base import Condition, Rule, finite, fmt
+from gradlens.diagnose.rules.stalled import Levels
+
+__all__ = ["UnreachableOutput"]
+
+
+class UnreachableOutput(Rule):
+    """The output layer's range does not hold the targets: saturated, loss high and flat."""
+
+    kind = "unreachable_output"
+
+    def observed(self, record: StepRecord) -> bool:
+        return record.loss is not None
+
+    def reset(self) -> None:
+        self._loss = Levels()
+
+    def check(self, record: StepRecord) -> List[Condition]:
+        w = max(2, int(self.t["stalled_window"]))
+        if not self._loss.add(record.step, record.loss) or len(self._loss) < 2 * w or not record.layers:
+            return []
+        sat = record.signals.get("output_sat_frac")
+        t_sat = self.t["unreachable_sat_fraction"]
+        if not finite(sat) or sat < t_sat:
+            return []
+        start, before, recent = self._loss.start(w), self._loss.recent(w, back=w), self._loss.recent(w)
+        if start <= 0 or before <= 0 or recent <= 0:
+            return []
+        t_imp, t_drop = self.t["stalled_min_improvement"], self.t["unreachable_max_drop"]
+        improvement = (before - recent) / before
+        if improvement >= t_imp or recent < (1 - t_drop) * start:
+            return []
+        layer = record.layers[-1]
+        s0, s1 = self._loss.steps[0], self._loss.steps[-1]
+        return [
+            Condition(
+                key="",
+                layer=layer,
+                value=float(sat),
+                threshold=t_sat,
+                severity="warning",
+                message=(
+                    f"the output cannot reach the targets: {fmt(100 * sat)}% of the model outputs sit at the "
+                    f"limits of its bounded output layer after {layer!r} (threshold {fmt(100 * t_sat)}%) while "
+                    f"the loss stays high and flat ({fmt(start)} at the start, {fmt(before)} -> {fmt(recent)} "
+                    f"over the last {2 * w} logged steps, steps {s0}-{s1}): use an output activation whose "
+                    f"range holds the targets (linear for regression, softmax + cross-entropy for classes) "
+                    f"or scale the targets into its range"
+                ),
+                evidence={"output_sat_frac": float(sat), "start": start, "before": before, "recent": recent,
+                          "improvement": improvement, "output_min": record.signals.get("output_min"),
+                          "output_max": record.signals.get("output_max")},
+            )
+        ]
