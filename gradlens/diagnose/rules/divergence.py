@@ -50,7 +50,7 @@ class Divergence(Rule):
         classes = self.t["loss_classes"]
         chance = chance_loss(classes)
         if chance is not None:
-            refs[f"ln({int(classes)}), the cross-entropy at initialisation"] = chance
+            refs[f"cross-entropy expected at initialisation ln({int(classes)})"] = chance
         return refs
 
     def check(self, record: StepRecord) -> List[Condition]:

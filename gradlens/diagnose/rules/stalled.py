@@ -33,7 +33,8 @@ judged.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from gradlens._record import StepRecord
 from gradlens.diagnose.rules.base import Condition, Rule, finite, fmt, median
@@ -55,10 +56,10 @@ class Levels:
 
     Example:
         >>> lv = Levels()
-        >>> for s, v in enumerate([4.0, 4.0, 2.0, 2.0]):
-        ...     lv.add(s, v)
+        >>> [lv.add(s, v) for s, v in enumerate([4.0, 4.0, 2.0, float("nan"), 2.0])]
+        [True, True, True, False, True]
         >>> lv.start(2), lv.recent(2), lv.span(2)
-        (4.0, 2.0, (0, 1, 2, 3))
+        (4.0, 2.0, (0, 1, 2, 4))
     """
 
     def __init__(self) -> None:
@@ -107,7 +108,7 @@ class Stalled(Rule):
         self._loss = Levels()
         self._grad = Levels()
         self._ratio: Dict[str, float] = {}  # last measured ||dW||/||W|| per layer
-        self._norms: Dict[str, Levels] = {}  # weight norm per layer
+        self._norms: Dict[str, Deque[float]] = {}  # weight norm per layer, the last 2 windows
 
     def observed(self, record: StepRecord) -> bool:
         return record.loss is not None or finite(record.signals.get("output_grad_norm"))
@@ -116,8 +117,10 @@ class Stalled(Rule):
         for name, r in record.stats.get("update_ratio", {}).items():
             if finite(r):
                 self._ratio[name] = float(r)
+        keep = 2 * max(2, int(self.t["stalled_window"]))
         for name, w in record.stats.get("weight_norm", {}).items():
-            self._norms.setdefault(name, Levels()).add(record.step, w)
+            if finite(w):
+                self._norms.setdefault(name, deque(maxlen=keep)).append(float(w))
 
     def _unchanged(self, record: StepRecord, w: int) -> Dict[str, float]:
         """Layers whose weights do not move: name -> ||dW||/||W|| (or the relative
@@ -128,9 +131,9 @@ class Stalled(Rule):
             r = self._ratio.get(name)
             if r is None:
                 norms = self._norms.get(name)
-                if norms is None or len(norms) < 2 * w or norms.values[-2 * w] <= 0:
+                if norms is None or len(norms) < 2 * w or norms[0] <= 0:
                     continue
-                r = abs(norms.values[-1] - norms.values[-2 * w]) / norms.values[-2 * w]
+                r = abs(norms[-1] - norms[0]) / norms[0]
             if r <= t_ur:
                 out[name] = r
         return out
@@ -158,8 +161,9 @@ class Stalled(Rule):
             "series": what, "start": start, "recent": recent, "improvement": improvement,
             "start_steps": [s0, s1], "recent_steps": [r0, r1],
         }
+        change = f"down {fmt(100 * improvement)}%" if improvement > 0 else f"up {fmt(-100 * improvement)}%"
         head = (f"the {what} is not decreasing: {fmt(start)} -> {fmt(recent)} (mean of steps {s0}-{s1} "
-                f"vs {r0}-{r1}, {fmt(100 * improvement)}% lower; threshold {fmt(100 * t_imp)}%)")
+                f"vs {r0}-{r1}: {change}, under the {fmt(100 * t_imp)}% drop that counts as learning)")
         why: List[str] = []
         layer: Optional[str] = None
         unchanged = self._unchanged(record, w)
@@ -170,8 +174,9 @@ class Stalled(Rule):
             if len(unchanged) < len(weighted):
                 layer = next(n for n in record.layers if n in unchanged)
                 why.append(f"the weights of {layer!r} do not change (||dW||/||W|| {fmt(unchanged[layer])}, "
-                           f"threshold {fmt(t_ur)}; {len(unchanged)} of {len(weighted)} layers): is it "
-                           f"frozen, detached or left out of the optimizer?")
+                           f"threshold {fmt(t_ur)}; {len(unchanged)} of {len(weighted)} layers): its gradient "
+                           f"vanishes or is zero (see vanishing/dead_units), or it is left out of the "
+                           f"optimizer")
             else:
                 med = median(list(unchanged.values()))
                 grads = record.stats.get("grad_norm", {})
