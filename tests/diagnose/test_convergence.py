@@ -115,6 +115,13 @@ CASES = [
             series([1.7 if i % 16 == 7 else noisy(0.5, i, 0.3) for i in range(120)]), "oscillation", None),
     Planted("oscillation_twin_falling_while_swinging",
             series([(0.1 if i % 2 else 3.0) * 0.9 ** i for i in range(60)]), "oscillation", None),
+    Planted("oscillation_twin_converged_noise",  # spikes 10x a tiny mean, far below the initial 1.0
+            series([1.0 - 0.045 * i for i in range(20)] + [0.5 if i % 3 == 0 else 0.01 for i in range(60)]),
+            "oscillation", None),
+    Planted("oscillation_twin_fast_learner_noise",  # learned within the first window: the first loss is the level
+            series([1.0] + [0.05] * 19 + [(0.3, 0.01, 0.01)[i % 3] for i in range(60)]), "oscillation", None),
+    Planted("oscillation_twin_swings_halving_every_10_steps",  # a downward trend inside every window
+            series([(0.1, 6.0)[i % 2] * 2 ** (-i / 10) for i in range(60)]), "oscillation", None),
     Planted("oscillation_needs_its_window", series([0.1 if i % 2 else 3.0 for i in range(OW - 1 + PERSIST - 1)]),
             "oscillation", None),
     # --- unreachable_output ---------------------------------------------------------------

@@ -11,7 +11,13 @@ window's mean loss. The loss oscillates when
 * swings / window >= ``oscillation_rate`` (AUTOTRAINER's ``eta``), and
 * there is no downward trend: the mean of the window's second half is not below
   ``1 - oscillation_trend`` times the mean of its first half (a loss that falls
-  while it swings is still learning).
+  while it swings is still learning), and
+* the loss has not converged: the window's mean is at least ``oscillation_level``
+  times the initial level, the higher of the first logged loss and the mean of the
+  first ``stalled_window`` losses. Near convergence the mean is tiny and the
+  batch-to-batch noise swings by many times it (ours: healthy runs at batch sizes
+  1 to 16 that reached 1-10% of their initial loss did so on most windows); the
+  noise of a converged model is not an oscillation.
 
 Windows holding a negative loss, or whose mean is not positive, are not judged.
 The cause is global (learning rate, batch size), so ``layer`` is ``None``.
@@ -60,7 +66,8 @@ class Oscillation(Rule):
 
     def check(self, record: StepRecord) -> List[Condition]:
         w = max(4, int(self.t["oscillation_window"]))
-        if not self._loss.add(record.step, record.loss) or len(self._loss) < w:
+        sw = max(1, int(self.t["stalled_window"]))
+        if not self._loss.add(record.step, record.loss) or len(self._loss) < max(w, sw):
             return []
         window = self._loss.last(w)
         if min(window) < 0:
@@ -78,6 +85,10 @@ class Oscillation(Rule):
         first, second = sum(window[:h]) / h, sum(window[h:]) / (w - h)
         if second < (1 - t_trend) * first:
             return []  # falling while it swings: still learning
+        initial = max(self._loss.start(sw), self._loss.values[0])
+        t_level = self.t["oscillation_level"]
+        if mean < t_level * initial:
+            return []  # converged: its noise is large only next to a tiny mean
         s0, s1 = self._loss.steps[-w], self._loss.steps[-1]
         return [
             Condition(
@@ -89,9 +100,11 @@ class Oscillation(Rule):
                 message=(
                     f"the loss oscillates: {n} swings of at least {fmt(t_amp)}x its mean {fmt(mean)} over "
                     f"steps {s0}-{s1} (rate {fmt(rate)}, threshold {fmt(t_rate)}), with no downward trend "
-                    f"({fmt(first)} -> {fmt(second)}): lower the learning rate or raise the batch size"
+                    f"({fmt(first)} -> {fmt(second)}) and still at {fmt(100 * mean / initial)}% of its initial "
+                    f"level {fmt(initial)}: lower the learning rate or raise the batch size"
                 ),
                 evidence={"swings": n, "window": w, "mean": mean, "first_half": first,
-                          "second_half": second, "steps": [s0, s1], "min": min(window), "max": max(window)},
+                          "second_half": second, "initial": initial, "steps": [s0, s1], "min": min(window),
+                          "max": max(window)},
             )
         ]
