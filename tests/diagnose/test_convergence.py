@@ -268,6 +268,28 @@ def test_watch_reports_a_stalled_loss(lr, stalled):
     assert abs(f.value) < 0.01 and "learning rate is far too low" in f.message
 
 
+def test_gradlens_report_finds_the_same_stall_offline(tmp_path):
+    # the offline path (TensorBoard events -> records -> rules) sees what the live one saw
+    from gradlens.report import load_run
+
+    model = _circle_net()
+    x, y = _circles()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt, logdir=str(tmp_path)) as mon:
+            for i in range(50):
+                j = (i * 64) % 512
+                opt.zero_grad()
+                loss = F.binary_cross_entropy(model(x[j:j + 64]), y[j:j + 64])
+                mon.observe_loss(loss)
+                loss.backward()
+                opt.step()
+    live = [(f.kind, f.severity, f.layer, f.step) for f in mon.findings if f.kind == "stalled"]
+    offline = [(f.kind, f.severity, f.layer, f.step) for f in load_run(str(tmp_path)).findings if f.kind == "stalled"]
+    assert live == offline == [("stalled", "warning", None, 2 * W - 1)]
+
+
 @pytest.mark.parametrize("lr, diverges", [(0.6, True), (0.01, False)], ids=["lr_0.6", "fixed_lr_0.01"])
 def test_watch_reports_divergence_from_the_first_update(lr, diverges):
     torch.manual_seed(0)
