@@ -117,8 +117,10 @@ THRESHOLDS: Dict[str, Threshold] = {
     ),
     # --- divergence ---------------------------------------------------------------
     "divergence_factor": Threshold(
-        100.0, "loss over its median on the first logged steps at or above which it diverges",
-        "ours: 'rising by orders of magnitude' (issue 5); at most 1.3x on the healthy suite",
+        100.0, "loss over its reference (the first logged loss, or ln(loss_classes) when given) "
+        "at or above which it diverges",
+        "ours: 'rising by orders of magnitude' (issue 5); the loss over the first logged loss is "
+        "at most 1.3x on the healthy suite, 1.7x on the corpus' healthy programs",
     ),
     # convergence
     "loss_classes": Threshold(
