@@ -375,3 +375,35 @@ def test_levels_keep_the_first_window_and_the_tail_on_long_runs():
     assert lv.recent(W) == pytest.approx(sum(values[-W:]) / W)
     assert lv.recent(W, back=W) == pytest.approx(sum(values[-2 * W:-W]) / W)
     assert lv.span(W) == (0, W - 1, len(values) - W, len(values) - 1)
+
+
+@pytest.mark.parametrize("out_act, reported", [(nn.Sigmoid, True), (None, False)], ids=["sigmoid_output", "fixed_linear"])
+def test_watch_with_activations_reports_an_unreachable_output(out_act, reported):
+    # regression targets ~N(0, 30^2) under a sigmoid output (DeepFD's Stack Overflow 48221692);
+    # the output signals are not on here: the traced activations (every 10th step) give the
+    # output layer's saturation instead
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)] + ([out_act()] if out_act else [])
+    model = nn.Sequential(*layers)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 8, generator=g)
+    y = 10 * (x @ torch.randn(8, 1, generator=g))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt, activations=True) as mon:
+            for i in range(80):
+                j = (i * 64) % 512
+                opt.zero_grad()
+                loss = F.mse_loss(model(x[j:j + 64]), y[j:j + 64])
+                mon.observe_loss(loss)
+                loss.backward()
+                opt.step()
+    found = [f for f in mon.findings if f.kind == "unreachable_output"]
+    if not reported:
+        assert found == []
+        return
+    (f,) = found
+    assert (f.severity, f.layer) == ("warning", "3"), str(f)
+    sats = [r.stats["act_sat_frac"]["3"] for r in mon.records() if "3" in r.stats.get("act_sat_frac", {})]
+    assert f.value == pytest.approx(sats[-1]) and f.value >= 0.5
