@@ -16,7 +16,8 @@ too (ours: a healthy regression of the corpus improves by -0.1% between two
   ``||dW||/||W||``, or the relative change of its weight norm over the last ``2 W``
   steps, is at most ``stalled_update_ratio``. The culprit is the input-most such
   layer when only some layers are stuck; when every layer is, the cause is global
-  (the learning rate) and ``layer`` is ``None``.
+  (the learning rate, or gradients that are exactly zero) and ``layer`` is ``None``.
+  A learning-rate warmup from 0 reads as unchanged weights while its rate is tiny.
 * **a constant loss** (DeepDiagnosis: the mean of the last losses equals their max):
   the spread ``(max - min) / |mean|`` of the latest ``W`` values is at most
   ``stalled_flat``.

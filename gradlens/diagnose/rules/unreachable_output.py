@@ -75,9 +75,10 @@ class UnreachableOutput(Rule):
                 severity="warning",
                 message=(
                     f"the output cannot reach the targets: {fmt(100 * sat)}% of the model outputs sit at the "
-                    f"limits of its bounded output layer after {layer!r} (threshold {fmt(100 * t_sat)}%) while "
-                    f"the loss stays high and flat ({fmt(start)} at the start, {fmt(before)} -> {fmt(recent)} "
-                    f"over the last {2 * w} logged steps, steps {s0}-{s1}): use an output activation whose "
+                    f"limits of its bounded output activation (last layer {layer!r}; threshold "
+                    f"{fmt(100 * t_sat)}%) while the loss stays high and flat ({fmt(start)} at the start, "
+                    f"{fmt(before)} -> {fmt(recent)} over the last {2 * w} logged losses, steps "
+                    f"{s0}-{s1}): use an output activation whose "
                     f"range holds the targets (linear for regression, softmax + cross-entropy for classes) "
                     f"or scale the targets into its range"
                 ),
