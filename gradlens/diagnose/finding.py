@@ -18,7 +18,8 @@ class Finding:
 
     Attributes:
         kind: what is wrong: ``"vanishing"``, ``"exploding"``, ``"nonfinite"``,
-            ``"dead_units"``, ``"saturation"``, ``"update_ratio"`` or ``"divergence"``.
+            ``"dead_units"``, ``"saturation"``, ``"update_ratio"``, ``"divergence"``,
+            ``"stalled"``, ``"oscillation"`` or ``"unreachable_output"``.
         layer: qualified name of the culprit module or parameter, or ``None`` when
             the problem is global (e.g. the loss diverged).
         step: the first step at which the condition held.

@@ -5,14 +5,31 @@ from gradlens.diagnose.rules.dead_units import DeadUnits
 from gradlens.diagnose.rules.divergence import Divergence
 from gradlens.diagnose.rules.exploding import Exploding
 from gradlens.diagnose.rules.nonfinite import NonFinite
+from gradlens.diagnose.rules.oscillation import Oscillation
 from gradlens.diagnose.rules.saturation import Saturation
+from gradlens.diagnose.rules.stalled import Stalled
+from gradlens.diagnose.rules.unreachable_output import UnreachableOutput
 from gradlens.diagnose.rules.update_ratio import UpdateRatio
 from gradlens.diagnose.rules.vanishing import Vanishing
 
 #: Every built-in rule, in the order findings of one step are reported.
-DEFAULT_RULES = (NonFinite, Divergence, Exploding, Vanishing, DeadUnits, Saturation, UpdateRatio)
+DEFAULT_RULES = (
+    NonFinite,
+    Divergence,
+    Exploding,
+    Vanishing,
+    DeadUnits,
+    Saturation,
+    UpdateRatio,
+    Stalled,
+    Oscillation,
+    UnreachableOutput,
+)
 
 __all__ = [
     "Condition", "Rule", "DEFAULT_RULES", "NonFinite", "Divergence", "Exploding",
     "Vanishing", "DeadUnits", "Saturation", "UpdateRatio",
+    "Stalled",
+    "Oscillation",
+    "UnreachableOutput",
 ]
