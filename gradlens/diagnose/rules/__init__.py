@@ -6,13 +6,18 @@ from gradlens.diagnose.rules.divergence import Divergence
 from gradlens.diagnose.rules.exploding import Exploding
 from gradlens.diagnose.rules.nonfinite import NonFinite
 from gradlens.diagnose.rules.saturation import Saturation
+from gradlens.diagnose.rules.scale import Scale
 from gradlens.diagnose.rules.update_ratio import UpdateRatio
 from gradlens.diagnose.rules.vanishing import Vanishing
 
 #: Every built-in rule, in the order findings of one step are reported.
-DEFAULT_RULES = (NonFinite, Divergence, Exploding, Vanishing, DeadUnits, Saturation, UpdateRatio)
+DEFAULT_RULES = (
+    NonFinite, Divergence, Exploding, Vanishing, DeadUnits, Saturation, UpdateRatio,
+    Scale,
+)
 
 __all__ = [
     "Condition", "Rule", "DEFAULT_RULES", "NonFinite", "Divergence", "Exploding",
     "Vanishing", "DeadUnits", "Saturation", "UpdateRatio",
+    "Scale",
 ]

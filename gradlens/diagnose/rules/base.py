@@ -18,7 +18,7 @@ from gradlens._record import StepRecord
 
 __all__ = [
     "Condition", "Rule", "FirstWeights", "grad_layers", "largest_step", "fmt", "median", "is_real",
-    "finite",
+    "finite", "urgent",
 ]
 
 
@@ -37,6 +37,14 @@ class Condition:
         evidence: further numbers (JSON-serialisable).
         poisoned: the record's statistics are meaningless for the other rules (NaN/Inf
             in the weights or activations): the engine skips them at this step.
+        urgent: the value is orders of magnitude past its threshold (``urgent_factor``
+            times or more): the engine reports it at once instead of waiting for the
+            persistence window (what follows it, a NaN at the next step, is then
+            linked to it).
+        advice: the fix, when the message ends with ``": " + advice``; a finding that
+            follows another one (:attr:`Finding.cause`) takes its cause's advice instead.
+        summary: the key numbers in a few words (``"||g|| 1.6e+19, update ratio 1e+10"``),
+            quoted by the findings that follow this one.
     """
 
     key: str
@@ -47,6 +55,9 @@ class Condition:
     message: str
     evidence: Dict[str, Any] = field(default_factory=dict)
     poisoned: bool = False
+    urgent: bool = False
+    advice: str = ""
+    summary: str = ""
 
 
 class Rule:
@@ -73,6 +84,12 @@ class Rule:
     window: ClassVar[str] = "persist_steps"
     #: still runs on a step another rule declared poisoned (see Condition.poisoned)
     runs_when_poisoned: ClassVar[bool] = False
+    #: how a finding of this kind reads when another one follows it
+    #: ("nonfinite at step 1, after *exploding gradients* at step 0 ..."); default: the kind
+    phrase: ClassVar[str] = ""
+    #: kinds whose earlier finding a finding of this kind may follow (its root cause),
+    #: added to the engine's table :data:`gradlens.diagnose.engine.CAUSES`
+    follows: ClassVar[Tuple[str, ...]] = ()
 
     def __init__(self, thresholds: Mapping[str, float]) -> None:
         self.t = dict(thresholds)
@@ -97,6 +114,19 @@ class Rule:
     def check(self, record: StepRecord) -> List[Condition]:  # pragma: no cover - abstract
         """The conditions of this rule that hold at ``record``'s step."""
         raise NotImplementedError
+
+
+def urgent(value: float, threshold: float, thresholds: Mapping[str, float], *, below: bool = False) -> bool:
+    """Whether ``value`` is ``urgent_factor`` times past ``threshold`` (``below``: under it).
+
+    Example:
+        >>> urgent(2e4, 100.0, {"urgent_factor": 100.0}), urgent(5e3, 100.0, {"urgent_factor": 100.0})
+        (True, False)
+    """
+    factor = thresholds.get("urgent_factor", math.inf)
+    if not (finite(value) and finite(threshold)) or threshold <= 0 or factor <= 0:
+        return False
+    return value <= threshold / factor if below else value >= threshold * factor
 
 
 def is_real(x: Any) -> bool:

@@ -4,7 +4,11 @@ Rule (AUTOTRAINER, ICSE 2021): with ``g`` the gradient norm of each layer that h
 one, input side first, gradients vanish when ``g_first / g_last <= vanishing_ratio``
 *and* ``g_first <= vanishing_abs``. The culprit is where the signal dies: going
 backward from the loss, the first layer whose gradient is already small, i.e. the
-input-side layer of the largest drop in ``log10 g`` between adjacent layers.
+input-side layer of the largest drop in ``log10 g`` between adjacent layers. When
+the shrink is uniform (every drop within 2x of the median drop, a deep tanh or
+sigmoid stack) no layer kills the signal: the finding covers the whole stack
+(``evidence["stack"]``, first and last layer) and names its input-most layer, the
+one that starves first.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class Vanishing(Rule):
     """Gradients of the early layers negligible relative to the late ones."""
 
     kind = "vanishing"
+    phrase = "vanishing gradients"
 
     def check(self, record: StepRecord) -> List[Condition]:
         gl = grad_layers(record)
@@ -34,15 +39,19 @@ class Vanishing(Rule):
         # drops[i] > 0: the gradient is smaller at layer i than at layer i+1.
         culprit, after, factor, drops = largest_step(gl, rise=False)
         typical = 10 ** median(drops)
-        if factor < 2 * typical and typical > 2:  # evenly spread: say so, name the largest
-            where = (f"it shrinks ~{fmt(typical)}x at every layer (largest drop at {culprit!r}, "
-                     f"{fmt(factor)}x below {after!r})")
+        uniform = factor < 2 * typical and typical > 2
+        if uniform:
+            # the same shrink at every layer: no layer kills it, the stack does; the layers
+            # that starve first are at the input side, so that is where to look
+            culprit = first
+            where = (f"it shrinks ~{fmt(typical)}x at every layer over the whole stack {first!r}..{last!r}, "
+                     f"so the input side starves first")
         else:
             where = f"the signal dies at {culprit!r}, {fmt(factor)}x smaller than at {after!r}"
+        advice = "use ReLU-family activations, normalisation, residual connections or a better init"
         message = (
             f"gradients vanish: {first!r} gets {fmt(ratio)}x the gradient norm of {last!r} "
-            f"(threshold {fmt(t_ratio)}, and {fmt(g_first)} <= {fmt(t_abs)}); {where}: use "
-            f"ReLU-family activations, normalisation, residual connections or a better init"
+            f"(threshold {fmt(t_ratio)}, and {fmt(g_first)} <= {fmt(t_abs)}); {where}: {advice}"
         )
         return [
             Condition(
@@ -60,6 +69,8 @@ class Vanishing(Rule):
                     "drop_from": after,
                     "drop_factor": factor,
                     "median_drop_factor": typical,
+                    "stack": [first, last] if uniform else None,
                 },
+                advice=advice, summary=f"||g|| {fmt(g_first)} at the input side, {fmt(ratio)}x the output's",
             )
         ]
