@@ -25,8 +25,8 @@ Two exceptions to the window and one link between findings:
   in :data:`CAUSES` (and the rule's ``follows``) links to it (:attr:`Finding.cause`,
   the earliest such one). Its message then says so, "..., after exploding gradients
   at step 0 (||g|| 1.6e+19 at '0'): <the cause's advice>", and the advice comes from
-  the cause, not from the symptom. A cause is live when it held at this step or at
-  the previous logged one.
+  the cause, not from the symptom. A cause is live when it still held at the new
+  finding's first step or at the logged step before it.
 
 Rules read records only; they never reach back into hooks.
 """
@@ -61,6 +61,10 @@ CAUSES: Dict[str, Tuple[str, ...]] = {
     "stalled": ("vanishing", "dead_units", "saturation", "scale"),
     "oscillation": ("update_ratio",),
 }
+
+
+#: logged steps remembered to find the one before a finding's first step (longer than any window)
+_KEEP_STEPS = 64
 
 
 @dataclass
@@ -107,14 +111,14 @@ class Diagnoser:
         self.findings: List[Finding] = []
         self._tracks: Dict[Tuple[str, str], _Track] = {}
         self._by_id: Dict[int, _Track] = {}  # id(finding) -> its track
-        self._previous_step: Optional[int] = None
+        self._steps: List[int] = []  # the latest logged steps, oldest first
 
     def reset(self) -> None:
         """Forget every finding and every rule's state."""
         self.findings.clear()
         self._tracks.clear()
         self._by_id.clear()
-        self._previous_step = None
+        self._steps.clear()
         for rule in self.rules:
             rule.reset()
 
@@ -155,17 +159,20 @@ class Diagnoser:
             if key not in held and key[0] not in skipped:
                 track.pending.clear()  # not in a row any more: start again
         for finding in new:
-            self._link(finding, record.step)
-        self._previous_step = record.step
+            self._link(finding)
+        self._steps.append(record.step)
+        del self._steps[:-_KEEP_STEPS]
         return new
 
-    def _link(self, finding: Finding, step: int) -> None:
+    def _link(self, finding: Finding) -> None:
         """Attach the earliest live finding of a kind ``finding`` may follow, and say so."""
         track = self._by_id[id(finding)]
         kinds = tuple(CAUSES.get(finding.kind, ())) + tuple(track.rule.follows)
         if not kinds:
             return
-        since = step if self._previous_step is None else min(step, self._previous_step)
+        # live when the effect began: held at its first step or at the logged step before it
+        before = [s for s in self._steps if s < finding.step]
+        since = before[-1] if before else finding.step
         live = [
             f for f in self.findings
             if f is not finding and f.kind in kinds and f.step <= finding.step
