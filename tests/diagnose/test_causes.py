@@ -224,3 +224,24 @@ def test_end_to_end_exploding_at_step_0_then_a_nan_linked_to_it(build, culprits)
 def test_end_to_end_fixed_twins_raise_nothing(build):
     findings, _ = _train(*build(), steps=12)
     assert [str(f) for f in findings if f.is_problem] == []
+
+
+def test_gradlens_report_prints_the_link_and_its_json_carries_the_cause(tmp_path, capsys):
+    import json
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from diag_events import write_records
+    from gradlens import cli
+
+    records = [huge(0, update_ratio={"fc2": 1e10}), nan_step(1), nan_step(2)]
+    with SummaryWriter(str(tmp_path)) as w:
+        write_records(w, records)
+    assert cli.main(["report", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "nonfinite at" in x)
+    assert "after exploding gradients at step 0 (||g|| 1.0e+12" in line and "log/sqrt" not in line
+    assert cli.main(["report", str(tmp_path), "--json"]) == 1
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    nan = next(f for f in run["findings"] if f["kind"] == "nonfinite")
+    assert nan["cause"] == {"kind": "exploding", "layer": "fc2", "step": 0}
