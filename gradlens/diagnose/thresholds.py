@@ -130,7 +130,8 @@ THRESHOLDS: Dict[str, Threshold] = {
         "which its weights are oversized",
         "ours: at most 8.5x on the 34 healthy/fixed corpus programs (own_transformer_encoder's "
         "N(0, 1) embedding); torch's default N(0, 1) nn.Embedding(50257, 768) is ~390x a default "
-        "nn.Linear(768, 768) (||W|| 6.2e3 vs 16), so 1e3; a Llama embedding scaled by 1e4 is ~1e4x",
+        "nn.Linear(768, 768) (||W|| 6.2e3 vs 16) and nn.Embedding(256000, 4096) ~880x a default "
+        "nn.Linear(4096, 4096), so 1e3; a tiny Llama's embedding scaled by 1e4 is 1.2e4x",
     ),
     "scale_growth": Threshold(
         100.0, "a layer's weight norm (or activation std) over its first value at or above which it "

@@ -63,14 +63,14 @@ class Scale(Rule):
         if len(sized) < 3:
             return None
         t = self.t["scale_oversized"]
-        best: Optional[Tuple[str, float, float]] = None
-        for name, w in sized:
-            others = median([v for n, v in sized if n != name])
-            q = w / others
-            if q >= t and name not in grown and (best is None or q > best[2]):
-                best = (name, w, q)
-        if best is None:
+        # only the largest can be oversized against the others: one median, O(L log L)
+        name, w = max((x for x in sized if x[0] not in grown), key=lambda x: x[1], default=(None, 0.0))
+        if name is None:
             return None
+        q = w / median([v for n, v in sized if n != name])
+        if q < t:
+            return None
+        best = (name, w, q)
         name, w, q = best
         advice = (f"scale down the initialisation of {name!r} (or remove what multiplies it); "
                   f"a normalisation after it divides its gradient by the same factor")
@@ -83,7 +83,9 @@ class Scale(Rule):
         )
 
     def _growth(self, record: StepRecord, stat: str, what: str) -> Optional[Condition]:
-        values = record.stats.get(stat, {})
+        values = record.stats.get(stat)
+        if not values:
+            return None
         first = self._first[stat]
         t = self.t["scale_growth"]
         best: Optional[Tuple[str, float, float]] = None

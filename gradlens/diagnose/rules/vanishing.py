@@ -20,8 +20,9 @@ one that starves first.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import List
+from typing import Dict, List, Tuple
 
 from gradlens._record import StepRecord, layer_of
 from gradlens.diagnose.rules.base import Condition, Rule, finite, fmt, grad_layers, largest_step, median
@@ -108,15 +109,26 @@ class Vanishing(Rule):
 
 def _kernel_norm(record: StepRecord, layer: str, layer_norm: float) -> float:
     """The gradient norm of ``layer``'s parameters other than biases (its layer norm when
-    the record has no per-parameter norms); 0 when it has only biases."""
+    the record has no per-parameter norms of it, or only biases)."""
     params = record.param_stats.get("grad_norm", {})
     if not params:
         return layer_norm
-    total, seen = 0.0, False
-    for name, g in params.items():
-        if layer_of(name) != layer:
-            continue
-        seen = True
-        if not name.rpartition(".")[2].startswith("bias") and finite(g):
+    kernels = _kernels_of(tuple(params)).get(layer)
+    if not kernels:
+        return layer_norm
+    total = 0.0
+    for name in kernels:
+        g = params[name]
+        if finite(g):
             total += g * g
-    return math.sqrt(total) if seen else layer_norm
+    return math.sqrt(total)
+
+
+@functools.lru_cache(maxsize=8)
+def _kernels_of(names: Tuple[str, ...]) -> Dict[str, List[str]]:
+    """layer -> its non-bias parameter names (one pass per parameter layout, cached)."""
+    out: Dict[str, List[str]] = {}
+    for name in names:
+        if not name.rpartition(".")[2].startswith("bias"):
+            out.setdefault(layer_of(name), []).append(name)
+    return out
