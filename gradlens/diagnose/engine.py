@@ -73,7 +73,7 @@ class _Track:
     pending: List[Tuple[int, Condition]] = field(default_factory=list)
     finding: Optional[Finding] = None
     cond: Optional[Condition] = None  # the condition the finding's message now reports
-    cause_track: Optional["_Track"] = None
+    cause_text: Optional[Tuple[str, str]] = None  # ("after <cause> at step N (...)", its advice)
 
 
 class Diagnoser:
@@ -248,18 +248,22 @@ def _advice(cond: Condition) -> Tuple[str, str]:
 
 
 def _render(track: _Track, by_id: Optional[Dict[int, _Track]]) -> None:
-    """Rewrite a linked finding's message: what it saw, the cause and the cause's advice."""
+    """Rewrite a linked finding's message: what it saw, the cause and the cause's advice.
+
+    The cause's part is written once, when the link is made (``by_id`` given): its numbers
+    are the ones seen when this finding began; a refresh (``by_id`` None) keeps it."""
     finding, cause = track.finding, track.finding.cause
     seen, own_advice = _advice(track.cond)
-    cause_track = track.cause_track if by_id is None else by_id.get(id(cause))
-    track.cause_track = cause_track
-    phrase, summary, advice = cause.kind, "", ""
-    if cause_track is not None and cause_track.cond is not None:
-        phrase = cause_track.rule.phrase or cause.kind
-        summary = cause_track.cond.summary
-        advice = _advice(cause_track.cond)[1]
-    if not summary:
-        summary = f"{cause.kind} {fmt(cause.value)}"
-    at = f" at {cause.layer!r}" if cause.layer is not None else ""
-    finding.message = (f"{seen}, after {phrase} at step {cause.step} ({summary}{at}): "
-                       f"{advice or own_advice}")
+    if by_id is not None or track.cause_text is None:
+        cause_track = by_id.get(id(cause)) if by_id is not None else None
+        phrase, summary, advice = cause.kind, "", ""
+        if cause_track is not None and cause_track.cond is not None:
+            phrase = cause_track.rule.phrase or cause.kind
+            summary = cause_track.cond.summary
+            advice = _advice(cause_track.cond)[1]
+        if not summary:
+            summary = f"{cause.kind} {fmt(cause.value)}"
+        at = f" at {cause.layer!r}" if cause.layer is not None else ""
+        track.cause_text = (f"after {phrase} at step {cause.step} ({summary}{at})", advice)
+    text, advice = track.cause_text
+    finding.message = f"{seen}, {text}: {advice or own_advice}"
