@@ -23,7 +23,8 @@ Two exceptions to the window and one link between findings:
   conditions are never promoted early, not even by a NaN.
 * **root causes**: a new finding that follows a live finding of a kind listed for it
   in :data:`CAUSES` (and the rule's ``follows``) links to it (:attr:`Finding.cause`,
-  the earliest such one). Its message then says so, "..., after exploding gradients
+  the earliest such one; a cause reported later than the finding it explains, having
+  waited for its window, is linked then). Its message then says so, "..., after exploding gradients
   at step 0 (||g|| 1.6e+19 at '0'): <the cause's advice>", and the advice comes from
   the cause, not from the symptom. A cause is live when it still held at the new
   finding's first step or at the logged step before it.
@@ -160,13 +161,21 @@ class Diagnoser:
                 track.pending.clear()  # not in a row any more: start again
         for finding in new:
             self._link(finding)
+        for finding in self.findings:
+            # a cause that needed its window may be reported after what it caused (an urgent
+            # explosion at step 0 behind a layer oversized since step 0): link it late
+            if finding.cause is None and finding not in new and new:
+                self._link(finding, among=new)
         self._steps.append(record.step)
         del self._steps[:-_KEEP_STEPS]
         return new
 
-    def _link(self, finding: Finding) -> None:
-        """Attach the earliest live finding of a kind ``finding`` may follow, and say so."""
-        track = self._by_id[id(finding)]
+    def _link(self, finding: Finding, among: Optional[List[Finding]] = None) -> None:
+        """Attach the earliest live finding (of ``among``, default all) of a kind ``finding``
+        may follow, and say so."""
+        track = self._by_id.get(id(finding))
+        if track is None:
+            return
         kinds = tuple(CAUSES.get(finding.kind, ())) + tuple(track.rule.follows)
         if not kinds:
             return
@@ -174,7 +183,7 @@ class Diagnoser:
         before = [s for s in self._steps if s < finding.step]
         since = before[-1] if before else finding.step
         live = [
-            f for f in self.findings
+            f for f in (self.findings if among is None else among)
             if f is not finding and f.kind in kinds and f.step <= finding.step
             and f.last_step >= since and f.cause is not finding
         ]

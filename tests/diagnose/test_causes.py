@@ -245,3 +245,18 @@ def test_gradlens_report_prints_the_link_and_its_json_carries_the_cause(tmp_path
     (run,) = json.loads(capsys.readouterr().out)["runs"]
     nan = next(f for f in run["findings"] if f["kind"] == "nonfinite")
     assert nan["cause"] == {"kind": "exploding", "layer": "fc2", "step": 0}
+
+
+def test_a_cause_reported_after_its_effect_is_linked_late():
+    # gradients 1e12 from step 0 (urgent: reported at once) under a layer oversized since
+    # step 0 (reported after its 3-step window): the explosion links to it at step 2
+    w = {"fc1": 4.0, "fc2": 4.0, "fc3": 4e4}
+    diag = Diagnoser()
+    reports = [[f.kind for f in diag.update(huge(i, weight_norm=w))] for i in range(3)]
+    assert reports == [["exploding"], [], ["scale"]]
+    exploding, scale = diag.findings
+    assert exploding.cause is scale and "after weights out of scale at step 0" in exploding.message
+    assert scale.cause is None
+    # fixed twin: the same explosion under weights in scale has no cause
+    twin = diagnose([huge(i) for i in range(3)])
+    assert [f.cause for f in twin] == [None]

@@ -10,10 +10,12 @@ from gradlens.diagnose.rules.scale import Scale
 from gradlens.diagnose.rules.update_ratio import UpdateRatio
 from gradlens.diagnose.rules.vanishing import Vanishing
 
-#: Every built-in rule, in the order findings of one step are reported.
+#: Every built-in rule, in the order findings of one step are reported (a rule whose findings
+#: are often the cause of others', ``Scale``, before them).
 DEFAULT_RULES = (
-    NonFinite, Divergence, Exploding, Vanishing, DeadUnits, Saturation, UpdateRatio,
+    NonFinite, Divergence,
     Scale,
+    Exploding, Vanishing, DeadUnits, Saturation, UpdateRatio,
 )
 
 __all__ = [
