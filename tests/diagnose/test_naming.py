@@ -149,3 +149,18 @@ def test_end_to_end_a_tiny_init_tanh_stack_is_named_at_its_first_layer():
 
 def test_end_to_end_fixed_twin_xavier_tanh_stack_raises_nothing():
     assert [str(f) for f in _train(_tanh_stack(None)) if f.is_problem] == []
+
+
+@pytest.mark.parametrize("head_weight, named", [
+    pytest.param(4e3, "l7", id="head_x1e3_named"),
+    pytest.param(4.0, "l6", id="fixed_twin_named_at_the_rise"),
+])
+def test_exploding_below_an_oversized_layer_is_named_at_that_layer(head_weight, named):
+    # the gradient jumps 1e3x going back from l7 to l6 and stays there: AUTOTRAINER's ratio
+    # fires; when l7's weights are 1e3x the others', l7 is what inflates them
+    g = {n: 1.0 for n in STACK}
+    g["l7"] = 1e-3
+    w = {n: 4.0 for n in STACK}
+    w["l7"] = head_weight
+    (f,) = found([rec(i, g, weight_norm=w) for i in range(3)], "exploding")
+    assert f.layer == named and f.evidence["amplifier"] == (named if head_weight > 4 else None)

@@ -5,7 +5,10 @@ Rules:
 * across layers (AUTOTRAINER, ICSE 2021): ``g_first / g_last >= exploding_ratio``,
   with ``g`` the gradient norm of each layer that has one, input side first. The
   culprit is where the growth happens: the input-side layer of the largest rise in
-  ``log10 g`` between adjacent layers (going backward from the loss).
+  ``log10 g`` between adjacent layers (going backward from the loss), unless a layer at
+  or above it has weights ``scale_oversized`` times the other layers' (a head or a
+  final norm gain scaled up by 1e3): the backward pass multiplies by those weights,
+  so that layer is named.
 * too large for the weights: some layer's ``||g|| / ||W|| >= exploding_relative``
   (a norm far beyond normal whatever the depth: in a uniformly over-scaled ReLU
   stack the gradients grow backward exactly as the activations grow forward, so
@@ -27,7 +30,7 @@ NaN already, and the NaN is then linked to it.
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from gradlens._record import StepRecord
 from gradlens.diagnose.rules.base import (
@@ -87,15 +90,19 @@ class Exploding(Rule):
                "normalisation at the layers where the gradient grows")
         grads = dict(gl)
         if len(gl) >= 2 and ratio >= t_ratio:
+            layer, where = culprit, f"the growth happens at {culprit!r}, {fmt(factor)}x larger than at {after!r}"
+            amp = self._amplifier(gl, weights, culprit)
+            if amp is not None:
+                layer, where = amp[0], (f"it grows below {amp[0]!r}, whose weights are {fmt(amp[1])}x the "
+                                        f"median layer's (largest rise at {culprit!r})")
             return [Condition(
-                key="", layer=culprit, value=ratio, threshold=t_ratio, severity="warning",
+                key="", layer=layer, value=ratio, threshold=t_ratio, severity="warning",
                 message=(
                     f"gradients explode going backward: {first!r} gets {fmt(ratio)}x the gradient "
-                    f"norm of {last!r} (threshold {fmt(t_ratio)}); the growth happens at {culprit!r}, "
-                    f"{fmt(factor)}x larger than at {after!r}: {fix}"
+                    f"norm of {last!r} (threshold {fmt(t_ratio)}); {where}: {fix}"
                 ),
-                evidence=evidence, advice=fix, urgent=urgent(ratio, t_ratio, self.t),
-                summary=_summary(record, culprit, grads[culprit]),
+                evidence=dict(evidence, amplifier=amp[0] if amp else None), advice=fix,
+                urgent=urgent(ratio, t_ratio, self.t), summary=_summary(record, layer, grads[layer]),
             )]
         if worst is not None and relative[worst] >= t_rel:
             if culprit is not None and factor >= _CLEAR_RISE:
@@ -106,17 +113,41 @@ class Exploding(Rule):
                 # over-scaled stack, unscaled inputs); look where it starts, at the input side
                 layer = next(n for n in relative if relative[n] >= t_rel)
                 where = f"; no layer makes it grow, so look at the input side, {layer!r}"
+            amp = self._amplifier(gl, weights, layer)
+            if amp is not None:
+                layer, where = amp[0], f"; it grows below {amp[0]!r}, whose weights are {fmt(amp[1])}x the median layer's"
             return [Condition(
                 key="", layer=layer, value=relative[worst], threshold=t_rel, severity="warning",
                 message=(
                     f"gradients explode: the gradient norm of {worst!r} is {fmt(relative[worst])}x "
                     f"its weight norm (threshold {fmt(t_rel)}){where}: {fix}"
                 ),
-                evidence=dict(evidence, grad_over_weight=relative[worst], worst_layer=worst),
+                evidence=dict(evidence, grad_over_weight=relative[worst], worst_layer=worst,
+                              amplifier=amp[0] if amp else None),
                 advice=fix, urgent=urgent(relative[worst], t_rel, self.t),
                 summary=_summary(record, layer, grads[layer]),
             )]
         return over_time
+
+    def _amplifier(self, gl, weights, culprit: str) -> Optional[Tuple[str, float]]:
+        """The layer at or above ``culprit`` (output side) whose weights are ``scale_oversized``
+        times the median of the others, the largest such, as ``(name, factor)``; else None.
+
+        The backward pass multiplies the gradient by each layer's weights, so a layer scaled up
+        by orders of magnitude (a head or a final norm gain x1e3) inflates every gradient
+        below it: the rise shows up under it, the cause is the layer itself.
+        """
+        sized = [(n, float(weights[n])) for n, _ in gl
+                 if finite(weights.get(n)) and weights[n] > 0 and not self._first_weight.started_at_zero(n)]
+        names = [n for n, _ in gl]
+        if len(sized) < 3 or culprit not in names:
+            return None
+        above = set(names[names.index(culprit):])
+        name, w = max(((n, w) for n, w in sized if n in above), key=lambda x: x[1], default=(None, 0.0))
+        if name is None:
+            return None
+        q = w / median([v for n, v in sized if n != name])
+        return (name, q) if q >= self.t["scale_oversized"] else None
 
     def _over_time(self, gl) -> List[Condition]:
         n_base = max(1, int(self.t["baseline_steps"]))
