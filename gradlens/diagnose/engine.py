@@ -161,11 +161,13 @@ class Diagnoser:
                 track.pending.clear()  # not in a row any more: start again
         for finding in new:
             self._link(finding)
-        for finding in self.findings:
+        if new:
             # a cause that needed its window may be reported after what it caused (an urgent
             # explosion at step 0 behind a layer oversized since step 0): link it late
-            if finding.cause is None and finding not in new and new:
-                self._link(finding, among=new)
+            fresh = {id(f) for f in new}
+            for finding in self.findings:
+                if finding.cause is None and id(finding) not in fresh:
+                    self._link(finding, among=new)
         self._steps.append(record.step)
         del self._steps[:-_KEEP_STEPS]
         return new
