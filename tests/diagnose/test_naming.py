@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 
 import pytest
@@ -164,3 +165,26 @@ def test_exploding_below_an_oversized_layer_is_named_at_that_layer(head_weight, 
     w["l7"] = head_weight
     (f,) = found([rec(i, g, weight_norm=w) for i in range(3)], "exploding")
     assert f.layer == named and f.evidence["amplifier"] == (named if head_weight > 4 else None)
+
+
+def _with_params(step, layer_grads, params):
+    return StepRecord(step, list(STACK), {"grad_norm": dict(layer_grads)}, param_stats={"grad_norm": dict(params)})
+
+
+@pytest.mark.parametrize("above_weight, named", [
+    pytest.param(0.3, "l6", id="zeroed_norm_above_learns_its_weight"),
+    pytest.param(0.0, "l5", id="dead_relu_above_learns_its_bias_only"),
+])
+def test_a_zero_gradient_run_is_named_where_the_signal_stops(above_weight, named):
+    # l0..l5 get exactly zero; l6's weight gets a gradient while passing none back (a zeroed
+    # gain: the culprit), or only l6's bias does (its input is dead: the run's top is)
+    layer = {n: (0.0 if i < 6 else 0.5) for i, n in enumerate(STACK)}
+    layer["l6"] = math.hypot(above_weight, 0.2)
+    params = {}
+    for n in STACK:
+        params[f"{n}.weight"] = 0.0 if n < "l6" else 0.4
+        params[f"{n}.bias"] = 0.0 if n < "l6" else 0.3
+    params["l6.weight"], params["l6.bias"] = above_weight, 0.2
+    (f,) = found([_with_params(i, layer, params) for i in range(5)], "dead_units")
+    assert f.layer == named and f.evidence["zero_grad_layers"] == ["l0", "l5"]
+    assert f.evidence["stops_at"] == named

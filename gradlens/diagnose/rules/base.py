@@ -9,16 +9,17 @@ condition pending until it has held for the rule's window, then turns it into a
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from gradlens._record import StepRecord
+from gradlens._record import StepRecord, layer_of
 
 __all__ = [
     "Condition", "Rule", "FirstWeights", "grad_layers", "largest_step", "fmt", "median", "is_real",
-    "finite", "urgent",
+    "finite", "urgent", "kernel_grad_norm",
 ]
 
 
@@ -231,3 +232,37 @@ def median(values: Sequence[float]) -> float:
     n = len(s)
     mid = n // 2
     return s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+def kernel_grad_norm(record: StepRecord, layer: str, layer_norm: float) -> float:
+    """The gradient norm of ``layer``'s parameters other than biases (``layer_norm``, its
+    layer norm, when the record has no per-parameter norms of it, or only biases).
+
+    Example:
+        >>> r = StepRecord(0, ["fc"], {"grad_norm": {"fc": 5.0}},
+        ...                param_stats={"grad_norm": {"fc.weight": 3.0, "fc.bias": 4.0}})
+        >>> kernel_grad_norm(r, "fc", 5.0)
+        3.0
+    """
+    params = record.param_stats.get("grad_norm", {})
+    if not params:
+        return layer_norm
+    kernels = _kernels_of(tuple(params)).get(layer)
+    if not kernels:
+        return layer_norm
+    total = 0.0
+    for name in kernels:
+        g = params[name]
+        if finite(g):
+            total += g * g
+    return math.sqrt(total)
+
+
+@functools.lru_cache(maxsize=8)
+def _kernels_of(names: Tuple[str, ...]) -> Dict[str, List[str]]:
+    """layer -> its non-bias parameter names (one pass per parameter layout, cached)."""
+    out: Dict[str, List[str]] = {}
+    for name in names:
+        if not name.rpartition(".")[2].startswith("bias"):
+            out.setdefault(layer_of(name), []).append(name)
+    return out

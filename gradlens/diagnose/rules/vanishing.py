@@ -20,12 +20,12 @@ one that starves first.
 
 from __future__ import annotations
 
-import functools
-import math
-from typing import Dict, List, Tuple
+from typing import List
 
-from gradlens._record import StepRecord, layer_of
-from gradlens.diagnose.rules.base import Condition, Rule, finite, fmt, grad_layers, largest_step, median
+from gradlens._record import StepRecord
+from gradlens.diagnose.rules.base import (
+    Condition, Rule, fmt, grad_layers, kernel_grad_norm, largest_step, median,
+)
 
 __all__ = ["Vanishing"]
 
@@ -44,7 +44,7 @@ class Vanishing(Rule):
         # AUTOTRAINER's norms are the kernels' (utils/monitor.py gradient_norm: the weight of
         # each layer, biases skipped): a bias gradient is not attenuated by the weights below
         # it, so it hides the shrink
-        k_first, k_last = _kernel_norm(record, first, g_first), _kernel_norm(record, last, g_last)
+        k_first, k_last = kernel_grad_norm(record, first, g_first), kernel_grad_norm(record, last, g_last)
         if not (k_first > 0 and k_last > 0):
             k_first, k_last = g_first, g_last
         # the smaller of the kernels' ratio and the layers' (with biases): a tiny-init net's
@@ -106,29 +106,3 @@ class Vanishing(Rule):
             )
         ]
 
-
-def _kernel_norm(record: StepRecord, layer: str, layer_norm: float) -> float:
-    """The gradient norm of ``layer``'s parameters other than biases (its layer norm when
-    the record has no per-parameter norms of it, or only biases)."""
-    params = record.param_stats.get("grad_norm", {})
-    if not params:
-        return layer_norm
-    kernels = _kernels_of(tuple(params)).get(layer)
-    if not kernels:
-        return layer_norm
-    total = 0.0
-    for name in kernels:
-        g = params[name]
-        if finite(g):
-            total += g * g
-    return math.sqrt(total)
-
-
-@functools.lru_cache(maxsize=8)
-def _kernels_of(names: Tuple[str, ...]) -> Dict[str, List[str]]:
-    """layer -> its non-bias parameter names (one pass per parameter layout, cached)."""
-    out: Dict[str, List[str]] = {}
-    for name in names:
-        if not name.rpartition(".")[2].startswith("bias"):
-            out.setdefault(layer_of(name), []).append(name)
-    return out
