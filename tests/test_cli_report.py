@@ -181,8 +181,9 @@ def test_nonfinite_run(tmp_path, capsys):
 
 def test_threshold_overrides(vanishing_run, capsys):
     d, _ = vanishing_run
-    # a stricter absolute threshold than the first layer's ~1e-10 gradient: no vanishing
-    assert cli.main(["report", str(d), "--threshold", "vanishing_abs=1e-12"]) == 0
+    # a stricter ratio threshold than the first/last ratio (~1e-10): no vanishing (a stricter
+    # vanishing_abs alone no longer silences it: the gradient falls at every layer)
+    assert cli.main(["report", str(d), "--threshold", "vanishing_ratio=1e-12"]) == 0
     capsys.readouterr()
     for bad, msg in [("vanishing_abs", "NAME=NUMBER"), ("vanishing_abs=small", "NAME=NUMBER"),
                      ("nope=1", "unknown threshold 'nope'"), ("persist_steps=-1", "finite number >= 0")]:

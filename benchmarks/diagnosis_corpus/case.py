@@ -79,7 +79,7 @@ LABELS: Dict[str, Label] = {
                               "(||dW||/||W|| ~ 0 with a finite gradient: lr far too low)"),
     "unreachable_output": Label(("unreachable_output",), "new: a bounded output activation that cannot "
                                 "reach the targets (DeepDiagnosis output out of range)"),
-    "weight_growth": Label(("growth",), "new: weights or activations growing by orders of magnitude "
+    "weight_growth": Label(("scale",), "weights or activations growing by orders of magnitude "
                            "(AUTOTRAINER large_weight)"),
     "weight_scale": Label(("scale", "growth"), "new: a layer's weights orders of magnitude off their initial "
                           "scale (an embedding scaled by 1e4), the layer to name being the mis-scaled one"),

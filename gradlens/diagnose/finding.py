@@ -30,6 +30,11 @@ class Finding:
         last_step: the latest step at which the condition still held; updated, not
             repeated, while the problem persists.
         evidence: further numbers behind the finding (free-form, JSON-serialisable).
+        cause: the earlier finding this one follows, its likely root cause (a NaN at
+            step 1 after exploding gradients at step 0), or ``None``. The message then
+            says so ("..., after exploding gradients at step 0 (||g|| 1.6e+19 at '0'):
+            ...") and gives the cause's advice. See
+            :data:`gradlens.diagnose.engine.CAUSES` for which kinds may follow which.
 
     Example:
         >>> f = Finding("vanishing", "layers.0", 12, "warning", 3e-6, "Gradient dies at layers.0")
@@ -46,6 +51,7 @@ class Finding:
     threshold: Optional[float] = None
     last_step: Optional[int] = None
     evidence: Dict[str, Any] = field(default_factory=dict)
+    cause: Optional["Finding"] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -56,7 +62,7 @@ class Finding:
             self.last_step = self.step
 
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-serialisable dict of every field."""
+        """A JSON-serialisable dict of every field (``cause``: its kind, layer and step, or None)."""
         return {
             "kind": self.kind,
             "layer": self.layer,
@@ -67,6 +73,9 @@ class Finding:
             "threshold": self.threshold,
             "message": self.message,
             "evidence": dict(self.evidence),
+            "cause": None if self.cause is None else {
+                "kind": self.cause.kind, "layer": self.cause.layer, "step": self.cause.step,
+            },
         }
 
     @property

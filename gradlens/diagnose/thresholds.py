@@ -207,6 +207,31 @@ THRESHOLDS: Dict[str, Threshold] = {
         "is confident, not out of range",
         "ours: a classifier that learned sits far below half its initial loss",
     ),
+    # root causes and scale
+    "urgent_factor": Threshold(
+        100.0, "a condition this many times past its threshold is reported at once, without "
+        "waiting for its persistence window (issue 12: 'orders of magnitude past its threshold'); "
+        "0 turns this off",
+        "ours: on the 34 healthy/fixed corpus programs (benchmarks/diagnosis_corpus) the largest "
+        "||g||/||W|| below the output layer is 35 (at_regression_scaled_sgd) against 1e4 urgent, the "
+        "largest update ratio 0.45 (so48385830_fixed) against 30 urgent; buggy ones reach 1e13 "
+        "(at_gradient_explode_unscaled, step 1) and 1.6e11 (own_sgd_lr_100x) the step before their NaN",
+    ),
+    "scale_oversized": Threshold(
+        1e3, "a layer's weight norm over the median weight norm of the other layers at or above "
+        "which its weights are oversized",
+        "ours: at most 8.5x on the 34 healthy/fixed corpus programs (own_transformer_encoder's "
+        "N(0, 1) embedding); torch's default N(0, 1) nn.Embedding(50257, 768) is ~390x a default "
+        "nn.Linear(768, 768) (||W|| 6.2e3 vs 16) and nn.Embedding(256000, 4096) ~880x a default "
+        "nn.Linear(4096, 4096), so 1e3; a tiny Llama's embedding scaled by 1e4 is 1.2e4x",
+    ),
+    "scale_growth": Threshold(
+        100.0, "a layer's weight norm (or activation std) over its first value at or above which it "
+        "grows by orders of magnitude",
+        "ours: at most 7x over 30-150 steps on the 34 healthy/fixed corpus programs "
+        "(at_regression_scaled_sgd); 1e9x or more before the NaN of at_gradient_explode_unscaled, "
+        "so48385830_no_activation_lr3 and own_sgd_lr_100x",
+    ),
 }
 
 

@@ -484,7 +484,7 @@ PROBLEMS: Sequence[Scenario] = (
     Scenario("adam_lr_100x", _adam_lr_100x, kind="update_ratio", culprits=frozenset({"0", "2", "4"}),
              also=frozenset({"dead_units", "divergence", "exploding"}), note="Adam lr 0.1"),
     Scenario("sgd_lr_100x", _sgd_lr_100x, kind="divergence", culprits=frozenset({None}),
-             also=frozenset({"update_ratio", "exploding", "nonfinite", "dead_units", "saturation"}),
+             also=frozenset({"update_ratio", "exploding", "nonfinite", "dead_units", "saturation", "scale"}),
              note="SGD lr 1.0 on a regression"),
     Scenario("saturated_tanh", _saturated_tanh, kind="saturation", culprits=frozenset({"3"}),
              also=frozenset({"vanishing"}), note="weights x40 before a Tanh"),

@@ -47,8 +47,12 @@ CASES = [
     RuleCase("vanishing_culprit_mid", _repeat(3, grad={"fc1": 1e-7, "fc2": 1e-6, "fc3": 1.0}),
              "vanishing", "fc2", 0),
     RuleCase("vanishing_needs_3_steps", _repeat(2, grad={"fc1": 1e-6, "fc2": 1e-2, "fc3": 1.0}), None),
+    # ratio 1e-4, first 1e-3 > 1e-4 and no steady decline (fc2 > fc3): AUTOTRAINER says no
     RuleCase("vanishing_small_ratio_but_not_absolutely_small",
-             _repeat(5, grad={"fc1": 1e-3, "fc2": 1.0, "fc3": 10.0}), None),
+             _repeat(5, grad={"fc1": 1e-3, "fc2": 20.0, "fc3": 10.0}), None),
+    # the same ratio with a decline at every layer: vanishing (AUTOTRAINER's trend test)
+    RuleCase("vanishing_steady_decline_without_the_absolute_level",
+             _repeat(3, grad={"fc1": 1e-3, "fc2": 1.0, "fc3": 10.0}), "vanishing", "fc1", 0),
     RuleCase("vanishing_ignores_zero_grad_layers",
              _repeat(5, grad={"fc1": 0.0, "fc2": 0.5, "fc3": 0.5}), "dead_units", "fc1", 0),
     RuleCase("exploding_ratio", _repeat(3, grad={"fc1": 1e3, "fc2": 2.0, "fc3": 1.0}), "exploding", "fc1", 0),
@@ -148,7 +152,7 @@ def test_severity_escalates_in_place():
 def test_thresholds_override_changes_the_verdict():
     records = [rec(i, grad={"fc1": 1e-6, "fc2": 1e-2, "fc3": 1.0}) for i in range(3)]
     assert diagnose(records)
-    assert not diagnose(records, thresholds={"vanishing_abs": 1e-7})
+    assert not diagnose(records, thresholds={"vanishing_ratio": 1e-7})
     assert diagnose(records[:1], thresholds={"persist_steps": 1})
 
 

@@ -32,7 +32,9 @@ def test_a_gradient_norm_that_overflows_float32_is_taken_in_float64():
             m[0].weight.grad.copy_(torch.randn(1000, 1000) * 1e18)  # max|g| ~5e18, ||g|| ~1e21
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no nonfinite finding may be warned
+        # no nonfinite finding may be warned (gradients of 1e21 are urgently exploding, though)
+        warnings.simplefilter("error")
+        warnings.filterwarnings("default", message=r"\[warning\] exploding at 0, step 0")
         with gradlens.watch(model, opt) as mon:
             ref = _step(model, opt, huge)
             _step(model, opt)
@@ -45,6 +47,7 @@ def test_a_gradient_norm_that_overflows_float32_is_taken_in_float64():
     expected = (ref["0.weight"] ** 2 + ref["0.bias"] ** 2) ** 0.5
     assert layer.loc[(0, "0"), "grad_norm"] == pytest.approx(expected, rel=1e-6)
     assert not [f for f in mon.findings if f.kind == "nonfinite"]
+    assert [(f.kind, f.step) for f in mon.findings if f.is_problem] == [("exploding", 0)]
 
 
 def test_weights_scaled_to_1e38_are_not_reported_as_nan():

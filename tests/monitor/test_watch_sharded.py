@@ -290,7 +290,8 @@ def _halt_rank_local(rank, tmp):
     def poison(xs, model):
         pass
 
-    thresholds = {"exploding_relative": 1e-9} if rank == 1 else None
+    # (urgent_factor 0: no urgent path, the finding waits for its window as before)
+    thresholds = {"exploding_relative": 1e-9, "urgent_factor": 0} if rank == 1 else None
     return _halting(rank, poison, halt_on={"exploding"}, thresholds=thresholds)
 
 

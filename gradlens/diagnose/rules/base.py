@@ -9,16 +9,17 @@ condition pending until it has held for the rule's window, then turns it into a
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from gradlens._record import StepRecord
+from gradlens._record import StepRecord, layer_of
 
 __all__ = [
     "Condition", "Rule", "FirstWeights", "grad_layers", "largest_step", "fmt", "median", "is_real",
-    "finite",
+    "finite", "urgent", "kernel_grad_norm",
 ]
 
 
@@ -37,6 +38,14 @@ class Condition:
         evidence: further numbers (JSON-serialisable).
         poisoned: the record's statistics are meaningless for the other rules (NaN/Inf
             in the weights or activations): the engine skips them at this step.
+        urgent: the value is orders of magnitude past its threshold (``urgent_factor``
+            times or more): the engine reports it at once instead of waiting for the
+            persistence window (what follows it, a NaN at the next step, is then
+            linked to it).
+        advice: the fix, when the message ends with ``": " + advice``; a finding that
+            follows another one (:attr:`Finding.cause`) takes its cause's advice instead.
+        summary: the key numbers in a few words (``"||g|| 1.6e+19, update ratio 1e+10"``),
+            quoted by the findings that follow this one.
     """
 
     key: str
@@ -47,6 +56,9 @@ class Condition:
     message: str
     evidence: Dict[str, Any] = field(default_factory=dict)
     poisoned: bool = False
+    urgent: bool = False
+    advice: str = ""
+    summary: str = ""
 
 
 class Rule:
@@ -73,6 +85,12 @@ class Rule:
     window: ClassVar[str] = "persist_steps"
     #: still runs on a step another rule declared poisoned (see Condition.poisoned)
     runs_when_poisoned: ClassVar[bool] = False
+    #: how a finding of this kind reads when another one follows it
+    #: ("nonfinite at step 1, after *exploding gradients* at step 0 ..."); default: the kind
+    phrase: ClassVar[str] = ""
+    #: kinds whose earlier finding a finding of this kind may follow (its root cause),
+    #: added to the engine's table :data:`gradlens.diagnose.engine.CAUSES`
+    follows: ClassVar[Tuple[str, ...]] = ()
 
     def __init__(self, thresholds: Mapping[str, float]) -> None:
         self.t = dict(thresholds)
@@ -97,6 +115,19 @@ class Rule:
     def check(self, record: StepRecord) -> List[Condition]:  # pragma: no cover - abstract
         """The conditions of this rule that hold at ``record``'s step."""
         raise NotImplementedError
+
+
+def urgent(value: float, threshold: float, thresholds: Mapping[str, float], *, below: bool = False) -> bool:
+    """Whether ``value`` is ``urgent_factor`` times past ``threshold`` (``below``: under it).
+
+    Example:
+        >>> urgent(2e4, 100.0, {"urgent_factor": 100.0}), urgent(5e3, 100.0, {"urgent_factor": 100.0})
+        (True, False)
+    """
+    factor = thresholds.get("urgent_factor", math.inf)
+    if not (finite(value) and finite(threshold)) or threshold <= 0 or factor <= 0:
+        return False
+    return value <= threshold / factor if below else value >= threshold * factor
 
 
 def is_real(x: Any) -> bool:
@@ -201,3 +232,37 @@ def median(values: Sequence[float]) -> float:
     n = len(s)
     mid = n // 2
     return s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+def kernel_grad_norm(record: StepRecord, layer: str, layer_norm: float) -> float:
+    """The gradient norm of ``layer``'s parameters other than biases (``layer_norm``, its
+    layer norm, when the record has no per-parameter norms of it, or only biases).
+
+    Example:
+        >>> r = StepRecord(0, ["fc"], {"grad_norm": {"fc": 5.0}},
+        ...                param_stats={"grad_norm": {"fc.weight": 3.0, "fc.bias": 4.0}})
+        >>> kernel_grad_norm(r, "fc", 5.0)
+        3.0
+    """
+    params = record.param_stats.get("grad_norm", {})
+    if not params:
+        return layer_norm
+    kernels = _kernels_of(tuple(params)).get(layer)
+    if not kernels:
+        return layer_norm
+    total = 0.0
+    for name in kernels:
+        g = params[name]
+        if finite(g):
+            total += g * g
+    return math.sqrt(total)
+
+
+@functools.lru_cache(maxsize=8)
+def _kernels_of(names: Tuple[str, ...]) -> Dict[str, List[str]]:
+    """layer -> its non-bias parameter names (one pass per parameter layout, cached)."""
+    out: Dict[str, List[str]] = {}
+    for name in names:
+        if not name.rpartition(".")[2].startswith("bias"):
+            out.setdefault(layer_of(name), []).append(name)
+    return out

@@ -4,7 +4,9 @@ Rule (CS231n, Karpathy: a healthy ratio is around 1e-3): a layer whose update ra
 is at least ``update_ratio_high`` means the learning rate is too high (warning,
 named at the layer with the largest ratio; the others are listed in evidence); a
 median ratio over layers at or below ``update_ratio_low`` means learning has
-stalled (info). Steps where the monitor did not measure it (NaN) are skipped.
+stalled (info). Steps where the monitor did not measure it (NaN) are skipped. A
+ratio ``urgent_factor`` times the "too high" threshold (the step moved the weights
+by 30x their norm) is reported at once.
 
 Layers whose weights started at exactly zero (zero-initialised heads, residual
 branch outputs, LoRA ``B``) are left out of the "too high" test: their ratio starts
@@ -17,7 +19,7 @@ from __future__ import annotations
 from typing import List
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, FirstWeights, Rule, fmt, median, finite
+from gradlens.diagnose.rules.base import Condition, FirstWeights, Rule, fmt, median, finite, urgent
 
 __all__ = ["UpdateRatio"]
 
@@ -26,6 +28,7 @@ class UpdateRatio(Rule):
     """Learning rate too high (or too low) for a layer, from ||dW||/||W||."""
 
     kind = "update_ratio"
+    phrase = "updates too large"
     window = "update_ratio_persist_steps"
 
     def observed(self, record: StepRecord) -> bool:
@@ -62,6 +65,8 @@ class UpdateRatio(Rule):
                         f"learning rate"
                     ),
                     evidence={"layers_above": {n: v for n, v in high[:20]}},
+                    advice="lower the learning rate", urgent=urgent(r, t_high, self.t),
+                    summary=f"||dW||/||W|| {fmt(r)}",
                 )
             )
         med = median([r for _, r in ratios])
