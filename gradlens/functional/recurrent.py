@@ -293,47 +293,49 @@ def _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, rever
     prev = slice(1, None) if reverse else slice(None, -1)
     here = slice(None, -1) if reverse else slice(1, None)
 
-    # Mu[t] = the local derivatives, order i, f, g, o, c (torch's gate order, then the cell):
+    # D[t] holds first the local derivatives of step t, order i, f, g, o, c (torch's gate order, then
+    # the cell), written straight into the buffer that the loop turns into the gradients in place (no
+    # second full-size buffer: on CPU each fresh one costs page faults, about a pass over the data):
     #   d a_i = dc g σ_i(1-σ_i),  d a_f = dc c_{t-1} σ_f(1-σ_f),  d a_g = dc i (1-g^2),
     #   d a_o = dm tanh(c) σ_o(1-σ_o),  and through m = o tanh(c):  dc += dm o (1-tanh(c)^2)
-    Mu = A.new_empty(seq_len, batch, 5 * H)
-    s3 = A[..., :3 * H]
-    sd = torch.mul(s3, s3)
-    torch.sub(s3, sd, out=sd)  # σ(1-σ) for i, f, o
-    torch.mul(G, sd[..., :H], out=Mu[..., :H])
-    torch.mul(C[prev], sd[here, :, H:2 * H], out=Mu[here, :, H:2 * H])
-    torch.mul(c0, sd[first, :, H:2 * H], out=Mu[first, :, H:2 * H])
-    torch.addcmul(S_i, S_i * G, G, value=-1, out=Mu[..., 2 * H:3 * H])
-    torch.mul(TC, sd[..., 2 * H:], out=Mu[..., 3 * H:4 * H])
-    torch.addcmul(S_o, M, TC, value=-1, out=Mu[..., 4 * H:])
-    del sd
+    D = A.new_empty(seq_len, batch, 5 * H)  # then [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step
+    D_i, D_f, D_g, D_o, D_c = (D[..., k * H:(k + 1) * H] for k in range(5))
+    # each σ' = σ (1 - σ) times its partner p in two passes: u = p σ, then u - u σ
+    torch.mul(G, S_i, out=D_i)
+    torch.mul(C[prev], S_f[here], out=D_f[here])
+    torch.mul(c0, S_f[first], out=D_f[first])
+    torch.mul(TC, S_o, out=D_o)
+    for d, s in ((D_i, S_i), (D_f, S_f), (D_o, S_o)):
+        d.addcmul_(d, s, value=-1)
+    # i (1 - g^2) = i - i g g;   o (1 - tanh(c)^2) = o - m tanh(c)
+    torch.mul(G, G, out=D_g)
+    torch.addcmul(S_i, S_i, D_g, value=-1, out=D_g)
+    torch.addcmul(S_o, M, TC, value=-1, out=D_c)
 
     # DH[t] = dL/dh_t: from the output at t, from step t+1 (added in the loop) and d_hn at the end
     DH = d_out.clone(memory_format=torch.contiguous_format)
     DH[last] += d_hn
     DM = DH if w_hr is None else torch.empty_like(C)  # dL/dm_t = dL/dh_t W_hr with a projection
-    D = A.new_empty(seq_len, batch, 5 * H)  # [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step
     D4 = D[..., :4 * H]
-    steps = (Mu[..., :3 * H].unflatten(-1, (3, H)).unbind(0), Mu[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
-             D[..., :3 * H].unflatten(-1, (3, H)).unbind(0), D[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
-             D[..., 4 * H:].unbind(0), D[..., 4 * H:].unsqueeze(2).unbind(0), D4.unbind(0), S_f.unbind(0),
+    steps = (D[..., :3 * H].unflatten(-1, (3, H)).unbind(0), D[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
+             D_c.unbind(0), D_c.unsqueeze(2).unbind(0), D4.unbind(0), S_f.unbind(0),
              DH.unbind(0), DM.unsqueeze(2).unbind(0), DM.unbind(0))
     order = list(_steps(seq_len, reverse))
     dc_next, f_next = d_cn, None
     for n in range(seq_len - 1, -1, -1):
         t = order[n]
-        mu_ifg, mu_oc, d_ifg, d_oc, dc, dc_u, d4, f, dh, dm_u, dm = (s[t] for s in steps)
+        d_ifg, d_oc, dc, dc_u, d4, f, dh, dm_u, dm = (s[t] for s in steps)
         if w_hr is not None:
             # projection h = m W_hr^T:  dm = dh W_hr
             torch.mm(dh, w_hr, out=dm)
         # [d a_o, dc] = dm [tanh(c) σ_o', o (1-tanh(c)^2)];  then dc += dL/dc_{t+1} f_{t+1}
-        torch.mul(mu_oc, dm_u, out=d_oc)
+        d_oc.mul_(dm_u)
         if f_next is None:
             dc.add_(dc_next)
         else:
             dc.addcmul_(dc_next, f_next)
         # [d a_i, d a_f, d a_g] = dc [g σ_i', c_{t-1} σ_f', i (1-g^2)]
-        torch.mul(mu_ifg, dc_u, out=d_ifg)
+        d_ifg.mul_(dc_u)
         if n:
             # gates = ... + W_hh h_{t-1}:  dL/dh_{t-1} += d a_t W_hh
             DH[order[n - 1]].addmm_(d4, w_hh)
