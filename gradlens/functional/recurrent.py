@@ -235,38 +235,53 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
 # every step writes into preallocated (T, B, .) buffers (no per-step allocation, no stacking), the
 # activations overwrite the pre-activations in place, and the backward loop does only the
 # recurrence (4 kernels a step); the local derivatives of every step are taken before the loop and
-# the weight gradients after it, each in one large kernel.
-def _gates_ifog(w: Optional[_T], hid: int) -> Optional[_T]:
-    """Rows of a gate-stacked weight reordered ``i, f, g, o -> i, f, o, g``, the ``g`` rows doubled.
+# the weight gradients after it, each in one large kernel. The backward turns the forward's
+# activation buffer into the gradient buffer in place (on CPU a fresh full-size buffer costs page
+# faults, about a pass over the data; our measurement), so the buffers are kept on ``ctx`` rather than
+# saved, and a second backward through the same graph (``retain_graph=True``) replays the forward.
+def _double_g(w: Optional[_T], hid: int) -> Optional[_T]:
+    """Rows of a gate-stacked weight (order i, f, g, o) with the ``g`` rows doubled.
 
-    ``i, f, o`` side by side take one sigmoid; the doubled ``g`` rows give ``2 a_g``, so that
-    ``tanh(a_g) = 2 σ(2 a_g) - 1`` comes out of that same sigmoid (scaling by 2 is exact in floating
-    point). torch's CPU ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one thread).
+    The doubled rows give ``2 a_g``, so that ``tanh(a_g) = 2 σ(2 a_g) - 1`` comes out of the one
+    sigmoid that covers all four gates (scaling by 2 is exact in floating point). torch's CPU
+    ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one thread).
     """
     if w is None:
         return None
-    return torch.cat([w[:2 * hid], w[3 * hid:], w[2 * hid:3 * hid] * 2])
+    return torch.cat([w[:2 * hid], w[2 * hid:3 * hid] * 2, w[3 * hid:]])
 
 
 def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
-    """Forward of one LSTM layer-direction on padded input; returns outputs and the buffers backward reads."""
-    seq_len, batch = x.shape[:2]
+    """Forward of one LSTM layer-direction on padded input.
+
+    Returns ``(out, h_n, c_n)`` and the buffers the backward reads (and overwrites):
+    ``A`` (T, B, 5H) = ``[σ(a_i), σ(a_f), g, σ(a_o), tanh(c_t)]``, ``C`` (c_t), ``M`` (``o tanh(c)``,
+    ``None`` without a projection: then it is the output ``O``).
+    """
+    seq_len, batch, n_in = x.shape
     hid = c0.shape[-1]
-    b = None if b_ih is None else _gates_ifog(b_ih + b_hh, hid)
-    # A[t]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (order i, f, o, 2g), then in place σ(.)
-    A = F.linear(x, _gates_ifog(w_ih, hid), b).contiguous()
-    w_hh_t = _transposed(_gates_ifog(w_hh, hid))
+    b = None if b_ih is None else _double_g(b_ih + b_hh, hid)
+    A = x.new_empty(seq_len, batch, 5 * hid)
+    # A[t, :, :4H]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (the g rows doubled), then in place σ(.)
+    pre = A.view(seq_len * batch, 5 * hid)[:, :4 * hid]
+    x2, w_ih2 = x.reshape(seq_len * batch, n_in), _double_g(w_ih, hid)
+    if b is None:
+        torch.mm(x2, w_ih2.t(), out=pre)
+    else:
+        torch.addmm(b, x2, w_ih2.t(), out=pre)
+    w_hh_t = _transposed(_double_g(w_hh, hid))
     C = x.new_empty(seq_len, batch, hid)  # c_t
-    TC = torch.empty_like(C)  # tanh(c_t)
     O = x.new_empty(seq_len, batch, h0.shape[-1])  # h_t, the output
     M = O if w_hr is None else torch.empty_like(C)  # o_t tanh(c_t) (= h_t without a projection)
     w_hr_t = None if w_hr is None else _transposed(w_hr)
-    steps = (A.unbind(0), A[..., :hid].unbind(0), A[..., hid:2 * hid].unbind(0), A[..., 2 * hid:3 * hid].unbind(0),
-             A[..., 3 * hid:].unbind(0), C.unbind(0), TC.unbind(0), M.unbind(0), O.unbind(0))
+    H = hid
+    steps = (A[..., :4 * H].unbind(0), A[..., :H].unbind(0), A[..., H:2 * H].unbind(0),
+             A[..., 2 * H:3 * H].unbind(0), A[..., 3 * H:4 * H].unbind(0), A[..., 4 * H:].unbind(0),
+             C.unbind(0), M.unbind(0), O.unbind(0))
     minus_one = x.new_full((), -1.0)
     h, c = h0, c0
     for t in _steps(seq_len, reverse):
-        a, i, f, o, g, c_new, tc, m, h_new = (s[t] for s in steps)
+        a, i, f, g, o, tc, c_new, m, h_new = (s[t] for s in steps)
         # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  g = tanh(.) = 2 σ(2 .) - 1
         a.addmm_(h, w_hh_t)
         a.sigmoid_()
@@ -279,46 +294,52 @@ def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
         if w_hr_t is not None:
             torch.mm(m, w_hr_t, out=h_new)
         h, c = h_new, c_new
-    return (O, h.clone(), c.clone()), (A, C, TC, M, O)
+    return (O, h.clone(), c.clone()), (A, C, None if w_hr is None else M)
 
 
-def _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, reverse: bool, norm_row, need):
-    """First-order backward of :func:`_lstm_sweep_fast`: the gradients of all its inputs (``None`` where not needed)."""
-    A, C, TC, M, O = saved
+def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, reverse: bool, norm_row, need):
+    """First-order backward of :func:`_lstm_sweep_fast`: the gradients of all its inputs (``None`` where not needed).
+
+    Overwrites ``buffers`` (the forward's ``A`` becomes the gradient buffer, ``C`` a temporary).
+    """
+    A, C, M = buffers
+    if M is None:
+        M = O
     seq_len, batch, hid = C.shape
     H = hid
-    S_i, S_f, S_o, G = (A[..., k * H:(k + 1) * H] for k in range(4))
+    S_i, S_f, G, S_o, TC = (A[..., k * H:(k + 1) * H] for k in range(5))
     first, last = (seq_len - 1, 0) if reverse else (0, seq_len - 1)  # the steps visited first and last
     # c_{t-1} of every step: the neighbouring c in visiting order, c0 for the first visited step
     prev = slice(1, None) if reverse else slice(None, -1)
     here = slice(None, -1) if reverse else slice(1, None)
 
-    # D[t] holds first the local derivatives of step t, order i, f, g, o, c (torch's gate order, then
-    # the cell), written straight into the buffer that the loop turns into the gradients in place (no
-    # second full-size buffer: on CPU each fresh one costs page faults, about a pass over the data):
+    # D[t] = A[t] becomes first the local derivatives of step t, order i, f, g, o, c (torch's gate
+    # order, then the cell), in place over the activations they are made of:
     #   d a_i = dc g σ_i(1-σ_i),  d a_f = dc c_{t-1} σ_f(1-σ_f),  d a_g = dc i (1-g^2),
     #   d a_o = dm tanh(c) σ_o(1-σ_o),  and through m = o tanh(c):  dc += dm o (1-tanh(c)^2)
-    D = A.new_empty(seq_len, batch, 5 * H)  # then [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step
-    D_i, D_f, D_g, D_o, D_c = (D[..., k * H:(k + 1) * H] for k in range(5))
-    # each σ' = σ (1 - σ) times its partner p in two passes: u = p σ, then u - u σ
-    torch.mul(G, S_i, out=D_i)
-    torch.mul(C[prev], S_f[here], out=D_f[here])
-    torch.mul(c0, S_f[first], out=D_f[first])
-    torch.mul(TC, S_o, out=D_o)
-    for d, s in ((D_i, S_i), (D_f, S_f), (D_o, S_o)):
-        d.addcmul_(d, s, value=-1)
-    # i (1 - g^2) = i - i g g;   o (1 - tanh(c)^2) = o - m tanh(c)
-    torch.mul(G, G, out=D_g)
-    torch.addcmul(S_i, S_i, D_g, value=-1, out=D_g)
-    torch.addcmul(S_o, M, TC, value=-1, out=D_c)
+    # then, in the loop, [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step.
+    D = A
+    Fg = S_f.clone(memory_format=torch.contiguous_format)  # σ_f, read by the dc recurrence
+    # c_{t-1} σ_f (1 - σ_f) = (σ_f - σ_f σ_f) c_{t-1}, over σ_f
+    S_f.addcmul_(S_f, S_f, value=-1)
+    S_f[here].mul_(C[prev])
+    S_f[first].mul_(c0)
+    # o (1 - tanh(c)^2) = o - m tanh(c)   (m = o tanh(c)), over tanh(c)
+    torch.addcmul(S_o, M, TC, value=-1, out=TC)
+    # tanh(c) σ_o (1 - σ_o) = m - m σ_o, over σ_o
+    torch.addcmul(M, M, S_o, value=-1, out=S_o)
+    # with u = i g (in C, free now):  i (1 - g^2) = i - u g  over g;  g σ_i (1 - σ_i) = u - u σ_i  over σ_i
+    torch.mul(S_i, G, out=C)
+    torch.addcmul(S_i, C, G, value=-1, out=G)
+    torch.addcmul(C, C, S_i, value=-1, out=S_i)
 
     # DH[t] = dL/dh_t: from the output at t, from step t+1 (added in the loop) and d_hn at the end
     DH = d_out.clone(memory_format=torch.contiguous_format)
     DH[last] += d_hn
     DM = DH if w_hr is None else torch.empty_like(C)  # dL/dm_t = dL/dh_t W_hr with a projection
-    D4 = D[..., :4 * H]
+    D4, D_c = D[..., :4 * H], D[..., 4 * H:]
     steps = (D[..., :3 * H].unflatten(-1, (3, H)).unbind(0), D[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
-             D_c.unbind(0), D_c.unsqueeze(2).unbind(0), D4.unbind(0), S_f.unbind(0),
+             D_c.unbind(0), D_c.unsqueeze(2).unbind(0), D4.unbind(0), Fg.unbind(0),
              DH.unbind(0), DM.unsqueeze(2).unbind(0), DM.unbind(0))
     order = list(_steps(seq_len, reverse))
     dc_next, f_next = d_cn, None
@@ -352,7 +373,7 @@ def _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, rever
     if need[1]:
         grads[1] = D4[first].mm(w_hh)
     if need[2]:
-        grads[2] = D[first, :, 4 * H:] * S_f[first]
+        grads[2] = D[first, :, 4 * H:] * Fg[first]
     if need[3]:
         # dW_ih = Σ_t d a_t^T x_t
         grads[3] = flat.t().mm(x.reshape(-1, x.shape[-1]))
@@ -449,11 +470,11 @@ class _RecurrentLayerFn(torch.autograd.Function):
         ctx.fast = kind == "lstm" and mask is None
         with plain_torch():  # a few hundred small kernels: none of them goes through a torch-function mode
             if ctx.fast:
-                outputs, saved = _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                outputs, ctx.buffers = _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                saved = (outputs[0],)  # O: the output, and h_{t-1} of the weight gradient
             else:
                 outputs, saved = _sweep(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, mask)
         ctx.kind, ctx.reverse, ctx.norm_row = kind, reverse, norm_row
-        ctx.n_saved = len(saved)
         # inputs (for dW_ih, dx and the double-backward replay) and the kept activations
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mask, *saved)
         return outputs
@@ -467,8 +488,12 @@ class _RecurrentLayerFn(torch.autograd.Function):
             # so the activations below depend on the inputs (second derivatives through every gate)
             _, saved = _sweep(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, mask)
         elif ctx.fast:
-            grads = _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, reverse, ctx.norm_row,
-                                    ctx.needs_input_grad)
+            buffers, ctx.buffers = ctx.buffers, None  # this backward overwrites them: a second one replays
+            with plain_torch():
+                if buffers is None:
+                    _, buffers = _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                grads = _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, saved[0], d_out, d_hn, d_cn, reverse,
+                                        ctx.norm_row, ctx.needs_input_grad)
             return (*grads, None, None, None, None)
         if kind == "lstm":
             d_gi, d_gh, hs_prev, dh0, dc0, d_w_hr = _lstm_bptt(
