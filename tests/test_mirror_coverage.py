@@ -368,3 +368,39 @@ def test_activation_checkpointing_recomputes_through_gradlens(reentrant):
     for (name, p), r in zip(twin.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
     assert _mode_depth() == 0
+
+
+class InPlaceOps(nn.Module):
+    """Parameters that flow through in-place tensor ops (``mul_``, ``add_``, ``+=``) in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.scale = nn.Parameter(torch.rand(3) + 0.5)
+        self.shift = nn.Parameter(torch.randn(3))
+        self.bias = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        h = self.lin(x)
+        h.mul_(self.scale)
+        h.add_(self.shift, alpha=2.0)
+        h += self.bias
+        return h
+
+
+def test_in_place_ops_stay_torchs_and_show_in_coverage():
+    """In-place ops are not routed (gradlens has no in-place Functions): torch's node consumes
+    the parameter, coverage names it, and the gradients are still the original's."""
+    torch.manual_seed(0)
+    model = InPlaceOps()
+    ref = copy.deepcopy(model)
+    with pytest.warns(UnsupportedLayersWarning, match=r"2/5 trainable.*plain torch: .*scale \(MulBackward0\)"):
+        twin = gradlens.mirror(model, example_inputs=(_x(),))
+    cov = twin.gradlens_coverage
+    assert cov.covered == ("lin.weight", "lin.bias")
+    assert sorted(cov.uncovered) == ["bias", "scale", "shift"]
+    assert all(n.endswith("Backward0") for nodes in cov.uncovered.values() for n in nodes)
+    twin(_x()).sum().backward()
+    ref(_x()).sum().backward()
+    for (name, p), r in zip(twin.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, r.grad, msg=lambda m: f"{name}: {m}")
