@@ -297,6 +297,14 @@ def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
     return (O, h.clone(), c.clone()), (A, C, None if w_hr is None else M)
 
 
+# Elements of D (the (T, B, 5H) gradient buffer) per block of steps whose local derivatives the
+# first-order LSTM backward takes just before its loop visits them, so that the loop reads them from
+# cache: 160 Ki elements (8 steps of a 32x128 LSTM, 640 KiB in float32). Our measurement,
+# LSTM(64,128) x 32x50x64, one thread, paired against torch: 1.17-1.22x with blocks of 160 Ki,
+# 1.21-1.25x with blocks of 320 Ki, 1.22-1.27x as one block, 1.47x with blocks of 32 Ki.
+_LSTM_BLOCK = 160 * 1024
+
+
 def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, reverse: bool, norm_row, need):
     """First-order backward of :func:`_lstm_sweep_fast`: the gradients of all its inputs (``None`` where not needed).
 
@@ -320,18 +328,32 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
     # then, in the loop, [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step.
     D = A
     Fg = S_f.clone(memory_format=torch.contiguous_format)  # σ_f, read by the dc recurrence
-    # c_{t-1} σ_f (1 - σ_f) = (σ_f - σ_f σ_f) c_{t-1}, over σ_f
-    S_f.addcmul_(S_f, S_f, value=-1)
-    S_f[here].mul_(C[prev])
-    S_f[first].mul_(c0)
-    # o (1 - tanh(c)^2) = o - m tanh(c)   (m = o tanh(c)), over tanh(c)
-    torch.addcmul(S_o, M, TC, value=-1, out=TC)
-    # tanh(c) σ_o (1 - σ_o) = m - m σ_o, over σ_o
-    torch.addcmul(M, M, S_o, value=-1, out=S_o)
-    # with u = i g (in C, free now):  i (1 - g^2) = i - u g  over g;  g σ_i (1 - σ_i) = u - u σ_i  over σ_i
-    torch.mul(S_i, G, out=C)
-    torch.addcmul(S_i, C, G, value=-1, out=G)
-    torch.addcmul(C, C, S_i, value=-1, out=S_i)
+
+    def local_derivatives(a: int, b: int) -> None:
+        """Steps ``a:b`` (time order) of D, in place: run for a block just before the loop visits it,
+        so the block's data is still in cache when the loop reads it (see ``_LSTM_BLOCK``)."""
+        s_f, s_o, s_i, g, tc, m, c = S_f[a:b], S_o[a:b], S_i[a:b], G[a:b], TC[a:b], M[a:b], C[a:b]
+        # c_{t-1} σ_f (1 - σ_f) = (σ_f - σ_f σ_f) c_{t-1}, over σ_f (c_{t-1}: the step visited before,
+        # c0 for the first visited; C of the block's neighbour is still intact, it is visited later)
+        s_f.addcmul_(s_f, s_f, value=-1)
+        if reverse:
+            hi = min(b, seq_len - 1)
+            if hi > a:
+                S_f[a:hi].mul_(C[a + 1:hi + 1])
+        else:
+            lo = max(a, 1)
+            if b > lo:
+                S_f[lo:b].mul_(C[lo - 1:b - 1])
+        if a <= first < b:
+            S_f[first].mul_(c0)
+        # o (1 - tanh(c)^2) = o - m tanh(c)   (m = o tanh(c)), over tanh(c)
+        torch.addcmul(s_o, m, tc, value=-1, out=tc)
+        # tanh(c) σ_o (1 - σ_o) = m - m σ_o, over σ_o
+        torch.addcmul(m, m, s_o, value=-1, out=s_o)
+        # with u = i g (in C, free now):  i (1 - g^2) = i - u g  over g;  g σ_i (1 - σ_i) = u - u σ_i  over σ_i
+        torch.mul(s_i, g, out=c)
+        torch.addcmul(s_i, c, g, value=-1, out=g)
+        torch.addcmul(c, c, s_i, value=-1, out=s_i)
 
     # DH[t] = dL/dh_t: from the output at t, from step t+1 (added in the loop) and d_hn at the end
     DH = d_out.clone(memory_format=torch.contiguous_format)
@@ -342,9 +364,13 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
              D_c.unbind(0), D_c.unsqueeze(2).unbind(0), D4.unbind(0), Fg.unbind(0),
              DH.unbind(0), DM.unsqueeze(2).unbind(0), DM.unbind(0))
     order = list(_steps(seq_len, reverse))
+    block = max(1, _LSTM_BLOCK // max(1, batch * 5 * H))  # steps per block
     dc_next, f_next = d_cn, None
     for n in range(seq_len - 1, -1, -1):
         t = order[n]
+        if (seq_len - 1 - n) % block == 0:  # the block of visits n, n-1, ..., n-block+1
+            t_end = order[max(n - block + 1, 0)]
+            local_derivatives(min(t, t_end), max(t, t_end) + 1)
         d_ifg, d_oc, dc, dc_u, d4, f, dh, dm_u, dm = (s[t] for s in steps)
         if w_hr is not None:
             # projection h = m W_hr^T:  dm = dh W_hr

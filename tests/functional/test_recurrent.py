@@ -301,3 +301,16 @@ def test_lstm_second_backward_through_retained_graph(setting):
     for a, b, c in zip(o1, o2, t1):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_steps", [1, 2, 3])
+@pytest.mark.parametrize("setting", [{}, {"bidir": True, "layers": 2}, {"proj": 2, "bidir": True},
+                                     {"batch_first": True, "given_h": False}],
+                         ids=["1layer", "bidir-2layers", "proj-bidir", "batch_first-zero-h0"])
+def test_lstm_first_order_in_blocks_matches_torch(block_steps, setting, monkeypatch):
+    """The first-order LSTM backward takes the local derivatives block by block of steps (the
+    tests above fit one block): several blocks, in either direction, with a ragged last block."""
+    hid, batch = 4, 3
+    monkeypatch.setattr(R, "_LSTM_BLOCK", block_steps * batch * 5 * hid)
+    case = _case("blocks", "lstm", seq=7, batch=batch, hid=hid, **setting)
+    check_against_torch(case, "cpu")
