@@ -24,7 +24,8 @@ each after the loop: ``dW_ih = Σ_t da_t^T x_t``, ``dW_hh = Σ_t da_t^T h_{t-1}`
 ``db = Σ_t da_t``, ``dx_t = da_t W_ih``.
 
 **Two backward paths.** First order (the usual ``loss.backward()``) reads the
-activations the forward kept. When a graph of the backward is being built
+activations the forward kept (the LSTM's on padded input are overwritten by its gradients
+in place; a second backward through a retained graph replays the forward first). When a graph of the backward is being built
 (``create_graph=True``, double backward), the forward sweep is replayed from the
 saved inputs with autograd recording, and the very same step-by-step formulas run on
 those replayed activations, so second derivatives flow through every gate. Both
