@@ -371,7 +371,7 @@ def test_activation_checkpointing_recomputes_through_gradlens(reentrant):
 
 
 class InPlaceOps(nn.Module):
-    """Parameters that flow through in-place tensor ops (``mul_``, ``add_``, ``+=``) in forward."""
+    """Parameters that flow through in-place tensor ops (``mul_``, ``add_``, ``+=``, ...) in forward."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -379,28 +379,49 @@ class InPlaceOps(nn.Module):
         self.scale = nn.Parameter(torch.rand(3) + 0.5)
         self.shift = nn.Parameter(torch.randn(3))
         self.bias = nn.Parameter(torch.randn(3))
+        self.head = nn.Parameter(torch.randn(2))
 
     def forward(self, x):
         h = self.lin(x)
         h.mul_(self.scale)
         h.add_(self.shift, alpha=2.0)
         h += self.bias
+        h[:, :2] *= self.head  # into a view: CopySlices on h
+        h /= self.scale
+        h -= self.shift
+        h.sub_(0.5, alpha=2).div_(3.0)
         return h
 
 
-def test_in_place_ops_stay_torchs_and_show_in_coverage():
-    """In-place ops are not routed (gradlens has no in-place Functions): torch's node consumes
-    the parameter, coverage names it, and the gradients are still the original's."""
+def test_in_place_ops_are_routed_and_covered():
+    """In-place ops go through gradlens's Functions (the result copied into the target):
+    every parameter is covered, and the loss and gradients are the original's."""
     torch.manual_seed(0)
     model = InPlaceOps()
     ref = copy.deepcopy(model)
-    with pytest.warns(UnsupportedLayersWarning, match=r"2/5 trainable.*plain torch: .*scale \(MulBackward0\)"):
-        twin = gradlens.mirror(model, example_inputs=(_x(),))
-    cov = twin.gradlens_coverage
-    assert cov.covered == ("lin.weight", "lin.bias")
-    assert sorted(cov.uncovered) == ["bias", "scale", "shift"]
-    assert all(n.endswith("Backward0") for nodes in cov.uncovered.values() for n in nodes)
-    twin(_x()).sum().backward()
-    ref(_x()).sum().backward()
+    twin = gradlens.mirror(model, strict=True, example_inputs=(_x(),))
+    assert twin.gradlens_coverage.complete
+    assert len(twin.gradlens_coverage.covered) == 6
+    loss, ref_loss = twin(_x()).square().sum(), ref(_x()).square().sum()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=0)
+    loss.backward()
+    ref_loss.backward()
     for (name, p), r in zip(twin.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, r.grad, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_in_place_on_a_parameter_raises_torchs_error_in_a_mirrored_forward():
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            self.w.mul_(2.0)
+            return x * self.w
+
+    twin = gradlens.mirror(Bad())
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place operation"):
+        twin(torch.ones(3))
+    assert torch.equal(twin.w.detach(), torch.ones(3))
+    assert _mode_depth() == 0
