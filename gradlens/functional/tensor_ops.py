@@ -249,12 +249,12 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
         return True
 
 
-def _fits_in_place(input: torch.Tensor, other: Any) -> bool:
-    """Whether torch writes ``op(input, other)`` into ``input``: the broadcast shape is
-    ``input``'s and the result type casts to ``input``'s dtype (else torch raises)."""
+def _casts_in_place(input: torch.Tensor, other: Any) -> bool:
+    """Whether torch would write ``op(input, other)``'s result type into ``input``'s dtype
+    (``copy_`` would cast silently, e.g. a float product into an integer tensor). A result
+    shape other than ``input``'s makes ``copy_`` raise torch's own error."""
     try:
-        shape = torch.broadcast_shapes(input.shape, other.shape) if torch.is_tensor(other) else input.shape
-        return shape == input.shape and torch.can_cast(torch.result_type(input, other), input.dtype)
+        return torch.can_cast(torch.result_type(input, other), input.dtype)
     except (RuntimeError, TypeError):
         return False
 
@@ -273,14 +273,14 @@ def _in_place(
     bumps the version counter; views of ``input`` see the new values. Where the op
     saves ``input`` for ``other``'s gradient it reads a clone (the copy overwrites
     ``input``), as torch's own in-place ops save the original ``self``. Nothing to
-    record, an operand aliasing ``input``, or a result torch would not write into
-    ``input`` (shape, dtype): torch's op runs as is, with its own result or error.
+    record, an operand aliasing ``input``, or a result type torch would not write into
+    ``input``: torch's op runs as is, with its own result or error.
     """
     check_tensor(fn, "input", input)
     if (
         not _binary_records_grad(fn, input, other)
         or (torch.is_tensor(other) and _shares_memory(input, other))
-        or not _fits_in_place(input, other)
+        or not _casts_in_place(input, other)
     ):
         return getattr(input, fn)(other, **kwargs)
     src = input.clone() if saves_input and torch.is_tensor(other) and other.requires_grad else input
