@@ -11,6 +11,10 @@ is active exactly while that forward runs (and while activation checkpointing
 re-runs a block of it during backward), and nothing is attached to the caller's
 model.
 
+In-place arithmetic (``x.add_(w)``, ``x *= w``, ...) computes the out-of-place Function
+and copies its result into ``x`` with grad on: ``x`` is the same tensor, mutated (views
+see it), and autograd raises where torch would (a leaf that requires grad).
+
 A call is routed only while grad mode is on (inside a gradlens Function's own
 forward it is off, so the kernels there stay torch's) and without an ``out=``
 tensor. A call the gradlens function does not take (an option it lacks:
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import gradlens.functional as GF
-from gradlens.functional.tensor_ops import _rdiv, _view
+from gradlens.functional.tensor_ops import _add_, _div_, _mul_, _rdiv, _sub_, _view
 
 _T = torch.Tensor
 
@@ -105,6 +109,12 @@ def _build_routes() -> Dict[Any, Callable[..., Any]]:
     route(_rdiv, _T.__rdiv__, _T.__rtruediv__)
     route(GF.neg, torch.neg, torch.negative, _T.neg, _T.__neg__)
     route(GF.cat, torch.cat, torch.concat)
+    # in-place arithmetic (x.mul_(w), x += w; ``+=`` reaches the mode as add_): the
+    # out-of-place Function's result copied into x, with torch's in-place checks and errors
+    route(_add_, _T.add_, _T.__iadd__)
+    route(_sub_, _T.sub_, _T.subtract_, _T.__isub__)
+    route(_mul_, _T.mul_, _T.multiply_, _T.__imul__)
+    route(_div_, _T.div_, _T.true_divide_, _T.__itruediv__)
     route(GF.expand, _T.expand)
     # view ops, for parameters only (see _on_parameters)
     for ours, theirs in (

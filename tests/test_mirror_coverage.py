@@ -368,3 +368,60 @@ def test_activation_checkpointing_recomputes_through_gradlens(reentrant):
     for (name, p), r in zip(twin.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
     assert _mode_depth() == 0
+
+
+class InPlaceOps(nn.Module):
+    """Parameters that flow through in-place tensor ops (``mul_``, ``add_``, ``+=``, ...) in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.scale = nn.Parameter(torch.rand(3) + 0.5)
+        self.shift = nn.Parameter(torch.randn(3))
+        self.bias = nn.Parameter(torch.randn(3))
+        self.head = nn.Parameter(torch.randn(2))
+
+    def forward(self, x):
+        h = self.lin(x)
+        h.mul_(self.scale)
+        h.add_(self.shift, alpha=2.0)
+        h += self.bias
+        h[:, :2] *= self.head  # into a view: CopySlices on h
+        h /= self.scale
+        h -= self.shift
+        h.sub_(0.5, alpha=2).div_(3.0)
+        return h
+
+
+def test_in_place_ops_are_routed_and_covered():
+    """In-place ops go through gradlens's Functions (the result copied into the target):
+    every parameter is covered, and the loss and gradients are the original's."""
+    torch.manual_seed(0)
+    model = InPlaceOps()
+    ref = copy.deepcopy(model)
+    twin = gradlens.mirror(model, strict=True, example_inputs=(_x(),))
+    assert twin.gradlens_coverage.complete
+    assert len(twin.gradlens_coverage.covered) == 6
+    loss, ref_loss = twin(_x()).square().sum(), ref(_x()).square().sum()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=0)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), r in zip(twin.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_in_place_on_a_parameter_raises_torchs_error_in_a_mirrored_forward():
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            self.w.mul_(2.0)
+            return x * self.w
+
+    twin = gradlens.mirror(Bad())
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place operation"):
+        twin(torch.ones(3))
+    assert torch.equal(twin.w.detach(), torch.ones(3))
+    assert _mode_depth() == 0

@@ -165,6 +165,53 @@ def elu(input: torch.Tensor, alpha: float = 1.0, inplace: bool = False) -> torch
 
 
 # --------------------------------------------------------------------------- gelu
+# Elements per chunk of a CPU first-order GELU backward. Its ~8 elementwise passes each stream
+# x, g and two temporaries: over a whole activation (a transformer MLP's is megabytes) every
+# pass goes to memory; chunks of 32768 elements (128 KiB an array) keep them in the core's L2.
+# Our measurement, one thread, 8x64x512 float32: 0.97 ms whole, 0.60 ms in chunks of 32768,
+# 0.73 ms of 16384 (more kernel calls), torch's fused kernel 0.52 ms.
+_GELU_CPU_CHUNK = 32768
+
+
+def _gelu_exact_grad(x, g, out, cdf, gauss) -> None:
+    """out = g (Φ(x) + x φ(x)) on one chunk, with two temporaries."""
+    # Φ(x) = (1 + erf(x/√2))/2
+    torch.mul(x, _INV_SQRT_2, out=cdf).erf_()
+    torch.add(cdf.new_full((), 0.5), cdf, alpha=0.5, out=cdf)
+    # φ(x) √(2π) = exp(-x²/2)
+    torch.mul(x, x, out=gauss).mul_(-0.5).exp_()
+    cdf.addcmul_(x, gauss, value=_INV_SQRT_2PI)
+    torch.mul(cdf, g, out=out)
+
+
+def _gelu_tanh_grad(x, g, out, x2, t, dy) -> None:
+    """out = g ((1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c x^2)) on one chunk, t = tanh(k (x + c x^3))."""
+    torch.mul(x, x, out=x2)
+    torch.mul(x2, _GELU_C, out=t).add_(1).mul_(x).mul_(_SQRT_2_OVER_PI).tanh_()
+    slope = x2.mul_(3 * _GELU_C).add_(1).mul_(x).mul_(0.5 * _SQRT_2_OVER_PI)  # x/2 k (1 + 3 c x^2)
+    torch.mul(t, t, out=dy).neg_().add_(1).mul_(slope)  # (1 - t^2) * slope
+    dy.add_(t, alpha=0.5).add_(0.5)
+    torch.mul(dy, g, out=out)
+
+
+def _gelu_grad_first_order(x: torch.Tensor, g: torch.Tensor, approximate: str) -> torch.Tensor:
+    """First-order GELU backward: the formulas of ``_GeluFn.backward``, on temporaries reused
+    chunk after chunk on CPU (contiguous tensors), on whole-size ones elsewhere."""
+    step, n_tmp = (_gelu_tanh_grad, 3) if approximate == "tanh" else (_gelu_exact_grad, 2)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    n = x.numel()
+    chunk = _GELU_CPU_CHUNK if x.device.type == "cpu" and x.is_contiguous() and g.is_contiguous() else n
+    if n == 0:
+        return out.view_as(x)
+    xf, gf, of = (x.reshape(-1), g.reshape(-1), out.view(-1)) if chunk < n else (x, g, out)
+    tmps = [torch.empty_like(xf[:chunk]) for _ in range(n_tmp)]
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        part = (xf[start:start + k], gf[start:start + k], of[start:start + k]) if chunk < n else (xf, gf, of)
+        step(*part, *(t if k == chunk else t[:k] for t in tmps))
+    return out
+
+
 class _GeluFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, approximate: str) -> torch.Tensor:
@@ -175,28 +222,18 @@ class _GeluFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (x,) = ctx.saved_tensors
+        if not torch.is_grad_enabled():  # first order: the same terms below, on reused temporaries
+            return _gelu_grad_first_order(x, g, ctx.approximate), None
         if ctx.approximate == "tanh":
             # y = x/2 (1 + tanh u), u = k (x + c x^3):  dy/dx = (1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c x^2)
-            if torch.is_grad_enabled():
-                x2 = x * x
-                t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_C * x2))
-                dy = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x2)
-                return g * dy, None
-            # first order: the same terms in place on two temporaries
             x2 = x * x
-            t = torch.mul(x2, _GELU_C).add_(1).mul_(x).mul_(_SQRT_2_OVER_PI).tanh_()
-            slope = x2.mul_(3 * _GELU_C).add_(1).mul_(x).mul_(0.5 * _SQRT_2_OVER_PI)  # x/2 k (1 + 3 c x^2)
-            dy = torch.mul(t, t).neg_().add_(1).mul_(slope)  # (1 - t^2) * slope
-            return dy.add_(t, alpha=0.5).add_(0.5).mul_(g), None
+            t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_C * x2))
+            dy = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x2)
+            return g * dy, None
         # y = x Phi(x):  dy/dx = Phi(x) + x phi(x),  Phi = (1 + erf(x/sqrt2))/2,  phi = exp(-x^2/2)/sqrt(2 pi)
-        if torch.is_grad_enabled():
-            cdf = torch.erf(x * _INV_SQRT_2).mul(0.5).add(0.5)
-            gauss = torch.exp((x * x).mul(-0.5))
-            return g * torch.addcmul(cdf, x, gauss, value=_INV_SQRT_2PI), None
-        # first order: the same terms in place on two temporaries
-        cdf = torch.mul(x, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)
-        gauss = torch.mul(x, x).mul_(-0.5).exp_()
-        return cdf.addcmul_(x, gauss, value=_INV_SQRT_2PI).mul_(g), None
+        cdf = torch.erf(x * _INV_SQRT_2).mul(0.5).add(0.5)
+        gauss = torch.exp((x * x).mul(-0.5))
+        return g * torch.addcmul(cdf, x, gauss, value=_INV_SQRT_2PI), None
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:

@@ -29,6 +29,12 @@ class _AttentionFn(torch.autograd.Function):
     ``P = 0`` (torch's ``_safe_softmax``), so they output 0 and pass no gradient.
     ``P`` is returned so that multi-head attention can hand out the weights; it is
     saved as an output, which keeps double backward exact.
+
+    Q, K and V usually arrive as head-split views (``(B, L, H, E) -> (B, H, L, E)``),
+    which ``matmul`` copies before each ``bmm``. The forward makes these copies once
+    (the scale folded into Q's) and saves them, so the first-order backward reads
+    them without copying again; the ``create_graph`` backward uses the saved inputs
+    themselves, so that its result stays differentiable in Q, K and V.
     """
 
     @staticmethod
@@ -41,17 +47,20 @@ class _AttentionFn(torch.autograd.Function):
         keep: Optional[torch.Tensor],
         scale: float,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
+        # scale * Q, contiguous: one pass over Q instead of a copy plus a pass over the scores
+        q_scaled = torch.mul(q, scale, out=torch.empty(q.shape, dtype=q.dtype, device=q.device))
+        k_c, v_c = k.contiguous(), v.contiguous()
+        scores = torch.matmul(q_scaled, k_c.transpose(-2, -1))
         if bias is not None:
             # in place when the mask broadcasts into the scores (checked by the callers)
             scores = scores.add_(bias) if bias.dim() <= scores.dim() else scores + bias
         probs = torch.softmax(scores, dim=-1)
         if bias is not None:
             # fully masked rows: softmax of all -inf is NaN; torch gives 0 there
-            probs = probs.masked_fill(scores.amax(dim=-1, keepdim=True) == float("-inf"), 0.0)
+            probs.masked_fill_(scores.amax(dim=-1, keepdim=True) == float("-inf"), 0.0)
         attn = probs if keep is None else probs * keep
-        out = torch.matmul(attn, v)
-        ctx.save_for_backward(q, k, v, keep, probs)
+        out = torch.matmul(attn, v_c)
+        ctx.save_for_backward(q, k, v, keep, probs, q_scaled, k_c, v_c)
         ctx.scale = scale
         ctx.bias_shape = None if bias is None else bias.shape
         ctx.set_materialize_grads(False)
@@ -59,7 +68,9 @@ class _AttentionFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Optional[torch.Tensor], grad_probs: Optional[torch.Tensor]):
-        q, k, v, keep, probs = ctx.saved_tensors
+        if not torch.is_grad_enabled():  # first order: the same math on the saved copies, in place
+            return _attention_backward_first_order(ctx, grad_out, grad_probs)
+        q, k, v, keep, probs = ctx.saved_tensors[:5]
         need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
         grad_q = grad_k = grad_v = grad_bias = None
         if grad_out is not None and need_v:
@@ -86,6 +97,42 @@ class _AttentionFn(torch.autograd.Function):
                 if need_bias:
                     grad_bias = sum_to_shape(grad_s, ctx.bias_shape)
         return grad_q, grad_k, grad_v, grad_bias, None, None
+
+
+def _attention_backward_first_order(ctx: Any, grad_out: Optional[torch.Tensor], grad_probs: Optional[torch.Tensor]):
+    """:class:`_AttentionFn`'s backward without ``create_graph``: the forward's contiguous
+    copies of Q (scaled), K and V, and in-place updates of the temporaries it owns."""
+    q, k, v, keep, probs, q_scaled, k_c, v_c = ctx.saved_tensors
+    need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
+    grad_q = grad_k = grad_v = grad_bias = None
+    if grad_out is not None:
+        grad_out = grad_out.contiguous()  # read by two products below: copy it at most once
+    if grad_out is not None and need_v:
+        # O = A V  =>  dV = A^T dO
+        attn = probs if keep is None else probs * keep
+        grad_v = sum_to_shape(torch.matmul(attn.transpose(-2, -1), grad_out), v.shape)
+    if not (need_q or need_k or need_bias) or (grad_out is None and grad_probs is None):
+        return grad_q, grad_k, grad_v, grad_bias, None, None
+    # O = A V  =>  dA = dO V^T ; A = P * keep  =>  dP = dA * keep (+ grad of the returned P)
+    if grad_out is not None:
+        grad_p = torch.matmul(grad_out, v_c.transpose(-2, -1))
+        if keep is not None:
+            grad_p.mul_(keep)
+        if grad_probs is not None:
+            grad_p.add_(grad_probs)
+        grad_pp = grad_p.mul_(probs)
+    else:
+        grad_pp = grad_probs * probs
+    # P = softmax(S)  =>  dS = dP*P - P * rowsum(dP*P)
+    grad_s = grad_pp.addcmul_(probs, grad_pp.sum(dim=-1, keepdim=True), value=-1.0)
+    # S = (scale Q) K^T + bias  =>  dQ = scale dS K ; dK = dS^T (scale Q) ; dbias = dS
+    if need_q:
+        grad_q = sum_to_shape(torch.matmul(grad_s, k_c).mul_(ctx.scale), q.shape)
+    if need_k:
+        grad_k = sum_to_shape(torch.matmul(grad_s.transpose(-2, -1), q_scaled), k.shape)
+    if need_bias:
+        grad_bias = sum_to_shape(grad_s, ctx.bias_shape)
+    return grad_q, grad_k, grad_v, grad_bias, None, None
 
 
 def _check_dropout_p(fn: str, p: Any) -> float:

@@ -135,12 +135,14 @@ def _layer_norm_backward_fast(
     ctx, dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
     mean: torch.Tensor, rstd: torch.Tensor, nd: int,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """First-order layer_norm backward on ``R x D`` rows, with as few full-size passes as we can.
+    """First-order layer_norm backward on ``R x D`` rows, in as few kernels as we can.
 
-    With ĝ = dy * w, the row sums Σ ĝ and Σ ĝ x̂ are matrix-vector products
-    (``dy @ w``, ``(dy * xs) @ w``), x̂ is never formed (x̂ = rstd (xs - off), see
-    ``_centering``), and dx = rstd ĝ + a xs + c with per-row ``a``, ``c`` is built in
-    place in the memory of the product ``dy * xs`` once its sums are taken.
+    Layer norm rows are short (a few hundred elements in a transformer), so each kernel's
+    fixed cost counts as much as its passes: x is always centered (``xs = x - mean``: one
+    pass, cheaper than deciding whether to skip it), x̂ = rstd xs is never formed, the row
+    sums Σ ĝ and Σ ĝ x̂ are matrix-vector products (``dy @ w``, ``(dy * xs) @ w``), and
+    dx = rstd ĝ + a xs + c with per-row ``a``, ``c`` is built in place in the memory of the
+    product ``dy * xs`` once its sums are taken.
     """
     d = math.prod(x.shape[x.dim() - nd:])
     x2, dy2 = x.reshape(-1, d), dy.reshape(-1, d)
@@ -153,25 +155,21 @@ def _layer_norm_backward_fast(
         db = dy2.sum(0).view(x.shape[x.dim() - nd:])
     if not (need_dx or need_dw):
         return dx, dw, db
-    xs, off = _centering(x2, mean, r)
+    xs = x2 - mean
     prod = dy2 * xs
     w = weight.reshape(d) if weight is not None else None
     if need_dw:
-        # dL/dw = Σ_rows dy x̂ = rstd · (dy xs) - (rstd off) · dy
-        dw = r.view(-1) @ prod
-        if off is not None:
-            dw = dw - (r * off).view(-1) @ dy2
-        dw = dw.view(x.shape[x.dim() - nd:])
+        # dL/dw = Σ_rows dy x̂ = Σ_rows rstd (dy xs)
+        dw = torch.mv(prod.t(), r.view(-1)).view(x.shape[x.dim() - nd:])
     if need_dx:
-        # dx = rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) = rstd ĝ + a xs + c, per row
-        #   a = -rstd² mean(ĝ x̂),  c = -rstd mean(ĝ) - a off,  mean(ĝ x̂) = rstd (Σ ĝ xs - off Σ ĝ) / D
-        s_g = (dy2 @ w if w is not None else dy2.sum(1)).view(-1, 1)
-        s_gxs = (prod @ w if w is not None else prod.sum(1)).view(-1, 1)
-        mean_gxhat = r * (s_gxs if off is None else s_gxs - off * s_g) / d
-        a = -r * r * mean_gxhat
-        c = -r * s_g / d
-        if off is not None:
-            c = c - a * off
+        # dx = rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) = rstd ĝ + a xs + c, per row, with
+        #   mean(ĝ x̂) = rstd Σ ĝ xs / D:  a = -rstd³ Σ ĝ xs / D,  c = -rstd Σ ĝ / D
+        s_g = torch.mv(dy2, w) if w is not None else dy2.sum(1)
+        s_gxs = torch.mv(prod, w) if w is not None else prod.sum(1)
+        k = r * (-1.0 / d)
+        c = s_g.view(-1, 1) * k
+        a = s_gxs.view(-1, 1) * k
+        a.mul_(r * r)
         g = torch.mul(dy2, w, out=prod) if w is not None else prod.copy_(dy2)
         dx = g.mul_(r).addcmul_(xs, a).add_(c).view(x.shape)
     return dx, dw, db

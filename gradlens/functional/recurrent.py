@@ -24,7 +24,8 @@ each after the loop: ``dW_ih = Σ_t da_t^T x_t``, ``dW_hh = Σ_t da_t^T h_{t-1}`
 ``db = Σ_t da_t``, ``dx_t = da_t W_ih``.
 
 **Two backward paths.** First order (the usual ``loss.backward()``) reads the
-activations the forward kept. When a graph of the backward is being built
+activations the forward kept (the LSTM's on padded input are overwritten by its gradients
+in place; a second backward through a retained graph replays the forward first). When a graph of the backward is being built
 (``create_graph=True``, double backward), the forward sweep is replayed from the
 saved inputs with autograd recording, and the very same step-by-step formulas run on
 those replayed activations, so second derivatives flow through every gate. Both
@@ -235,38 +236,53 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
 # every step writes into preallocated (T, B, .) buffers (no per-step allocation, no stacking), the
 # activations overwrite the pre-activations in place, and the backward loop does only the
 # recurrence (4 kernels a step); the local derivatives of every step are taken before the loop and
-# the weight gradients after it, each in one large kernel.
-def _gates_ifog(w: Optional[_T], hid: int) -> Optional[_T]:
-    """Rows of a gate-stacked weight reordered ``i, f, g, o -> i, f, o, g``, the ``g`` rows doubled.
+# the weight gradients after it, each in one large kernel. The backward turns the forward's
+# activation buffer into the gradient buffer in place (on CPU a fresh full-size buffer costs page
+# faults, about a pass over the data; our measurement), so the buffers are kept on ``ctx`` rather than
+# saved, and a second backward through the same graph (``retain_graph=True``) replays the forward.
+def _double_g(w: Optional[_T], hid: int) -> Optional[_T]:
+    """Rows of a gate-stacked weight (order i, f, g, o) with the ``g`` rows doubled.
 
-    ``i, f, o`` side by side take one sigmoid; the doubled ``g`` rows give ``2 a_g``, so that
-    ``tanh(a_g) = 2 σ(2 a_g) - 1`` comes out of that same sigmoid (scaling by 2 is exact in floating
-    point). torch's CPU ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one thread).
+    The doubled rows give ``2 a_g``, so that ``tanh(a_g) = 2 σ(2 a_g) - 1`` comes out of the one
+    sigmoid that covers all four gates (scaling by 2 is exact in floating point). torch's CPU
+    ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one thread).
     """
     if w is None:
         return None
-    return torch.cat([w[:2 * hid], w[3 * hid:], w[2 * hid:3 * hid] * 2])
+    return torch.cat([w[:2 * hid], w[2 * hid:3 * hid] * 2, w[3 * hid:]])
 
 
 def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
-    """Forward of one LSTM layer-direction on padded input; returns outputs and the buffers backward reads."""
-    seq_len, batch = x.shape[:2]
+    """Forward of one LSTM layer-direction on padded input.
+
+    Returns ``(out, h_n, c_n)`` and the buffers the backward reads (and overwrites):
+    ``A`` (T, B, 5H) = ``[σ(a_i), σ(a_f), g, σ(a_o), tanh(c_t)]``, ``C`` (c_t), ``M`` (``o tanh(c)``,
+    ``None`` without a projection: then it is the output ``O``).
+    """
+    seq_len, batch, n_in = x.shape
     hid = c0.shape[-1]
-    b = None if b_ih is None else _gates_ifog(b_ih + b_hh, hid)
-    # A[t]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (order i, f, o, 2g), then in place σ(.)
-    A = F.linear(x, _gates_ifog(w_ih, hid), b).contiguous()
-    w_hh_t = _transposed(_gates_ifog(w_hh, hid))
+    b = None if b_ih is None else _double_g(b_ih + b_hh, hid)
+    A = x.new_empty(seq_len, batch, 5 * hid)
+    # A[t, :, :4H]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (the g rows doubled), then in place σ(.)
+    pre = A.view(seq_len * batch, 5 * hid)[:, :4 * hid]
+    x2, w_ih2 = x.reshape(seq_len * batch, n_in), _double_g(w_ih, hid)
+    if b is None:
+        torch.mm(x2, w_ih2.t(), out=pre)
+    else:
+        torch.addmm(b, x2, w_ih2.t(), out=pre)
+    w_hh_t = _transposed(_double_g(w_hh, hid))
     C = x.new_empty(seq_len, batch, hid)  # c_t
-    TC = torch.empty_like(C)  # tanh(c_t)
     O = x.new_empty(seq_len, batch, h0.shape[-1])  # h_t, the output
     M = O if w_hr is None else torch.empty_like(C)  # o_t tanh(c_t) (= h_t without a projection)
     w_hr_t = None if w_hr is None else _transposed(w_hr)
-    steps = (A.unbind(0), A[..., :hid].unbind(0), A[..., hid:2 * hid].unbind(0), A[..., 2 * hid:3 * hid].unbind(0),
-             A[..., 3 * hid:].unbind(0), C.unbind(0), TC.unbind(0), M.unbind(0), O.unbind(0))
+    H = hid
+    steps = (A[..., :4 * H].unbind(0), A[..., :H].unbind(0), A[..., H:2 * H].unbind(0),
+             A[..., 2 * H:3 * H].unbind(0), A[..., 3 * H:4 * H].unbind(0), A[..., 4 * H:].unbind(0),
+             C.unbind(0), M.unbind(0), O.unbind(0))
     minus_one = x.new_full((), -1.0)
     h, c = h0, c0
     for t in _steps(seq_len, reverse):
-        a, i, f, o, g, c_new, tc, m, h_new = (s[t] for s in steps)
+        a, i, f, g, o, tc, c_new, m, h_new = (s[t] for s in steps)
         # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  g = tanh(.) = 2 σ(2 .) - 1
         a.addmm_(h, w_hh_t)
         a.sigmoid_()
@@ -279,61 +295,95 @@ def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
         if w_hr_t is not None:
             torch.mm(m, w_hr_t, out=h_new)
         h, c = h_new, c_new
-    return (O, h.clone(), c.clone()), (A, C, TC, M, O)
+    return (O, h.clone(), c.clone()), (A, C, None if w_hr is None else M)
 
 
-def _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, reverse: bool, norm_row, need):
-    """First-order backward of :func:`_lstm_sweep_fast`: the gradients of all its inputs (``None`` where not needed)."""
-    A, C, TC, M, O = saved
+# Elements of D (the (T, B, 5H) gradient buffer) per block of steps whose local derivatives the
+# first-order LSTM backward takes just before its loop visits them, so that the loop reads them from
+# cache: 160 Ki elements (8 steps of a 32x128 LSTM, 640 KiB in float32). Our measurement,
+# LSTM(64,128) x 32x50x64, one thread, paired against torch: 1.17-1.22x with blocks of 160 Ki,
+# 1.21-1.25x with blocks of 320 Ki, 1.22-1.27x as one block, 1.47x with blocks of 32 Ki.
+_LSTM_BLOCK = 160 * 1024
+
+
+def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, reverse: bool, norm_row, need):
+    """First-order backward of :func:`_lstm_sweep_fast`: the gradients of all its inputs (``None`` where not needed).
+
+    Overwrites ``buffers`` (the forward's ``A`` becomes the gradient buffer, ``C`` a temporary).
+    """
+    A, C, M = buffers
+    if M is None:
+        M = O
     seq_len, batch, hid = C.shape
     H = hid
-    S_i, S_f, S_o, G = (A[..., k * H:(k + 1) * H] for k in range(4))
+    S_i, S_f, G, S_o, TC = (A[..., k * H:(k + 1) * H] for k in range(5))
     first, last = (seq_len - 1, 0) if reverse else (0, seq_len - 1)  # the steps visited first and last
     # c_{t-1} of every step: the neighbouring c in visiting order, c0 for the first visited step
     prev = slice(1, None) if reverse else slice(None, -1)
     here = slice(None, -1) if reverse else slice(1, None)
 
-    # Mu[t] = the local derivatives, order i, f, g, o, c (torch's gate order, then the cell):
+    # D[t] = A[t] becomes first the local derivatives of step t, order i, f, g, o, c (torch's gate
+    # order, then the cell), in place over the activations they are made of:
     #   d a_i = dc g σ_i(1-σ_i),  d a_f = dc c_{t-1} σ_f(1-σ_f),  d a_g = dc i (1-g^2),
     #   d a_o = dm tanh(c) σ_o(1-σ_o),  and through m = o tanh(c):  dc += dm o (1-tanh(c)^2)
-    Mu = A.new_empty(seq_len, batch, 5 * H)
-    s3 = A[..., :3 * H]
-    sd = torch.mul(s3, s3)
-    torch.sub(s3, sd, out=sd)  # σ(1-σ) for i, f, o
-    torch.mul(G, sd[..., :H], out=Mu[..., :H])
-    torch.mul(C[prev], sd[here, :, H:2 * H], out=Mu[here, :, H:2 * H])
-    torch.mul(c0, sd[first, :, H:2 * H], out=Mu[first, :, H:2 * H])
-    torch.addcmul(S_i, S_i * G, G, value=-1, out=Mu[..., 2 * H:3 * H])
-    torch.mul(TC, sd[..., 2 * H:], out=Mu[..., 3 * H:4 * H])
-    torch.addcmul(S_o, M, TC, value=-1, out=Mu[..., 4 * H:])
-    del sd
+    # then, in the loop, [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step.
+    D = A
+    Fg = S_f.clone(memory_format=torch.contiguous_format)  # σ_f, read by the dc recurrence
+
+    def local_derivatives(a: int, b: int) -> None:
+        """Steps ``a:b`` (time order) of D, in place: run for a block just before the loop visits it,
+        so the block's data is still in cache when the loop reads it (see ``_LSTM_BLOCK``)."""
+        s_f, s_o, s_i, g, tc, m, c = S_f[a:b], S_o[a:b], S_i[a:b], G[a:b], TC[a:b], M[a:b], C[a:b]
+        # c_{t-1} σ_f (1 - σ_f) = (σ_f - σ_f σ_f) c_{t-1}, over σ_f (c_{t-1}: the step visited before,
+        # c0 for the first visited; C of the block's neighbour is still intact, it is visited later)
+        s_f.addcmul_(s_f, s_f, value=-1)
+        if reverse:
+            hi = min(b, seq_len - 1)
+            if hi > a:
+                S_f[a:hi].mul_(C[a + 1:hi + 1])
+        else:
+            lo = max(a, 1)
+            if b > lo:
+                S_f[lo:b].mul_(C[lo - 1:b - 1])
+        if a <= first < b:
+            S_f[first].mul_(c0)
+        # o (1 - tanh(c)^2) = o - m tanh(c)   (m = o tanh(c)), over tanh(c)
+        torch.addcmul(s_o, m, tc, value=-1, out=tc)
+        # tanh(c) σ_o (1 - σ_o) = m - m σ_o, over σ_o
+        torch.addcmul(m, m, s_o, value=-1, out=s_o)
+        # with u = i g (in C, free now):  i (1 - g^2) = i - u g  over g;  g σ_i (1 - σ_i) = u - u σ_i  over σ_i
+        torch.mul(s_i, g, out=c)
+        torch.addcmul(s_i, c, g, value=-1, out=g)
+        torch.addcmul(c, c, s_i, value=-1, out=s_i)
 
     # DH[t] = dL/dh_t: from the output at t, from step t+1 (added in the loop) and d_hn at the end
     DH = d_out.clone(memory_format=torch.contiguous_format)
     DH[last] += d_hn
     DM = DH if w_hr is None else torch.empty_like(C)  # dL/dm_t = dL/dh_t W_hr with a projection
-    D = A.new_empty(seq_len, batch, 5 * H)  # [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step
-    D4 = D[..., :4 * H]
-    steps = (Mu[..., :3 * H].unflatten(-1, (3, H)).unbind(0), Mu[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
-             D[..., :3 * H].unflatten(-1, (3, H)).unbind(0), D[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
-             D[..., 4 * H:].unbind(0), D[..., 4 * H:].unsqueeze(2).unbind(0), D4.unbind(0), S_f.unbind(0),
+    D4, D_c = D[..., :4 * H], D[..., 4 * H:]
+    steps = (D[..., :3 * H].unflatten(-1, (3, H)).unbind(0), D[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
+             D_c.unbind(0), D_c.unsqueeze(2).unbind(0), D4.unbind(0), Fg.unbind(0),
              DH.unbind(0), DM.unsqueeze(2).unbind(0), DM.unbind(0))
     order = list(_steps(seq_len, reverse))
+    block = max(1, _LSTM_BLOCK // max(1, batch * 5 * H))  # steps per block
     dc_next, f_next = d_cn, None
     for n in range(seq_len - 1, -1, -1):
         t = order[n]
-        mu_ifg, mu_oc, d_ifg, d_oc, dc, dc_u, d4, f, dh, dm_u, dm = (s[t] for s in steps)
+        if (seq_len - 1 - n) % block == 0:  # the block of visits n, n-1, ..., n-block+1
+            t_end = order[max(n - block + 1, 0)]
+            local_derivatives(min(t, t_end), max(t, t_end) + 1)
+        d_ifg, d_oc, dc, dc_u, d4, f, dh, dm_u, dm = (s[t] for s in steps)
         if w_hr is not None:
             # projection h = m W_hr^T:  dm = dh W_hr
             torch.mm(dh, w_hr, out=dm)
         # [d a_o, dc] = dm [tanh(c) σ_o', o (1-tanh(c)^2)];  then dc += dL/dc_{t+1} f_{t+1}
-        torch.mul(mu_oc, dm_u, out=d_oc)
+        d_oc.mul_(dm_u)
         if f_next is None:
             dc.add_(dc_next)
         else:
             dc.addcmul_(dc_next, f_next)
         # [d a_i, d a_f, d a_g] = dc [g σ_i', c_{t-1} σ_f', i (1-g^2)]
-        torch.mul(mu_ifg, dc_u, out=d_ifg)
+        d_ifg.mul_(dc_u)
         if n:
             # gates = ... + W_hh h_{t-1}:  dL/dh_{t-1} += d a_t W_hh
             DH[order[n - 1]].addmm_(d4, w_hh)
@@ -350,7 +400,7 @@ def _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, rever
     if need[1]:
         grads[1] = D4[first].mm(w_hh)
     if need[2]:
-        grads[2] = D[first, :, 4 * H:] * S_f[first]
+        grads[2] = D[first, :, 4 * H:] * Fg[first]
     if need[3]:
         # dW_ih = Σ_t d a_t^T x_t
         grads[3] = flat.t().mm(x.reshape(-1, x.shape[-1]))
@@ -447,11 +497,11 @@ class _RecurrentLayerFn(torch.autograd.Function):
         ctx.fast = kind == "lstm" and mask is None
         with plain_torch():  # a few hundred small kernels: none of them goes through a torch-function mode
             if ctx.fast:
-                outputs, saved = _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                outputs, ctx.buffers = _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                saved = (outputs[0],)  # O: the output, and h_{t-1} of the weight gradient
             else:
                 outputs, saved = _sweep(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, mask)
         ctx.kind, ctx.reverse, ctx.norm_row = kind, reverse, norm_row
-        ctx.n_saved = len(saved)
         # inputs (for dW_ih, dx and the double-backward replay) and the kept activations
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mask, *saved)
         return outputs
@@ -465,8 +515,12 @@ class _RecurrentLayerFn(torch.autograd.Function):
             # so the activations below depend on the inputs (second derivatives through every gate)
             _, saved = _sweep(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, mask)
         elif ctx.fast:
-            grads = _lstm_bptt_fast(saved, x, h0, c0, w_ih, w_hh, w_hr, d_out, d_hn, d_cn, reverse, ctx.norm_row,
-                                    ctx.needs_input_grad)
+            buffers, ctx.buffers = ctx.buffers, None  # this backward overwrites them: a second one replays
+            with plain_torch():
+                if buffers is None:
+                    _, buffers = _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                grads = _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, saved[0], d_out, d_hn, d_cn, reverse,
+                                        ctx.norm_row, ctx.needs_input_grad)
             return (*grads, None, None, None, None)
         if kind == "lstm":
             d_gi, d_gh, hs_prev, dh0, dc0, d_w_hr = _lstm_bptt(

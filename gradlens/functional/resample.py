@@ -8,10 +8,11 @@ backward is the adjoint (the transpose) of that map:
   ``reflect``/``replicate``/``circular``: every output element copies one input
   element, so ``dL/dx[i] = Σ g[p]`` over the outputs ``p`` that copy ``i``
   (a ``scatter_add`` through the index map);
-* ``interpolate`` with ``nearest``, ``nearest-exact``, ``linear``, ``bilinear`` or
-  ``trilinear``: separable, ``y = x ×_d M_d`` with one ``(out, in)`` interpolation
-  matrix per spatial dim (one-hot rows for nearest, two weights per row for linear),
-  so ``dL/dx = g ×_d M_d^T``; ``area`` is adaptive average pooling;
+* ``interpolate`` with ``nearest``, ``nearest-exact``, ``linear``, ``bilinear``,
+  ``trilinear`` or ``bicubic``, with or without ``antialias``: separable, ``y = x ×_d M_d``
+  with one ``(out, in)`` interpolation matrix per spatial dim (one-hot rows for nearest,
+  two weights per row for linear, four for cubic, a filter as wide as the scale for
+  antialiased downsampling), so ``dL/dx = g ×_d M_d^T``; ``area`` is adaptive average pooling;
 * ``pixel_shuffle``/``pixel_unshuffle``: permutations, so the backward is the
   inverse permutation.
 
@@ -107,8 +108,18 @@ def pad(input: torch.Tensor, pad: Sequence[int], mode: str = "constant", value: 
 
 # --------------------------------------------------------------------- interpolate
 def _interp_matrix(n: int, o: int, mode: str, align_corners: Optional[bool], scale: Optional[float],
-                   like: torch.Tensor) -> torch.Tensor:
-    """``M`` of shape ``(o, n)`` with ``y = M x`` along one dim: torch's 1-D interpolation of an identity."""
+                   like: torch.Tensor, antialias: bool = False) -> torch.Tensor:
+    """``M`` of shape ``(o, n)`` with ``y = M x`` along one dim: torch's 1-D interpolation of an identity.
+
+    ``bicubic`` and ``antialias`` exist only for 4-D input: the identity goes in as one
+    ``(n, n)`` image resized along H only (W keeps its size, where torch's 2-D kernel is the
+    identity: a width of 1 is not, with ``antialias``), so ``out[h', j] = M[h', j]``.
+    """
+    if mode == "bicubic" or antialias:
+        eye = torch.eye(n, dtype=like.dtype, device=like.device).view(1, 1, n, n)
+        kw2 = {"scale_factor": (scale, 1.0)} if scale is not None else {"size": (o, n)}
+        out = F.interpolate(eye, mode=mode, align_corners=align_corners, antialias=antialias, **kw2)  # (1, 1, o, n)
+        return out[0, 0]
     eye = torch.eye(n, dtype=like.dtype, device=like.device).unsqueeze(0)  # (1, n channels, n positions)
     kw = {"scale_factor": scale} if scale is not None else {"size": o}
     out = F.interpolate(eye, mode=mode, align_corners=align_corners, **kw)  # (1, n, o)
@@ -119,17 +130,18 @@ class _InterpolateFn(torch.autograd.Function):
     """Separable interpolation: ``y = x ×_d M_d`` along each spatial dim ``d``."""
 
     @staticmethod
-    def forward(ctx: Any, x, size, scale_factor, mode, align_corners, recompute_scale_factor):
-        out = F.interpolate(x, size, scale_factor, mode, align_corners, recompute_scale_factor)
+    def forward(ctx: Any, x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias=False):
+        out = F.interpolate(x, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
         nd = x.dim() - 2
         if scale_factor is None or recompute_scale_factor:
             scales: List[Optional[float]] = [None] * nd  # torch uses in/out sizes
         else:
             sf = scale_factor if isinstance(scale_factor, (list, tuple)) else [scale_factor] * nd
             scales = [float(s) for s in sf]
-        one_d = "linear" if mode in ("linear", "bilinear", "trilinear") else mode
+        one_d = "linear" if mode in ("linear", "bilinear", "trilinear") and not antialias else mode
         ctx.matrices = [
-            _interp_matrix(x.shape[2 + d], out.shape[2 + d], one_d, align_corners, scales[d], x) for d in range(nd)
+            _interp_matrix(x.shape[2 + d], out.shape[2 + d], one_d, align_corners, scales[d], x, antialias)
+            for d in range(nd)
         ]
         return out
 
@@ -139,7 +151,7 @@ class _InterpolateFn(torch.autograd.Function):
         # dL/dx = g ×_d M_d^T along each spatial dim
         for d, m in enumerate(ctx.matrices):
             grad = grad.movedim(2 + d, -1).matmul(m.to(g.dtype)).movedim(-1, 2 + d)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 _AREA = {1: adaptive_avg_pool1d, 2: adaptive_avg_pool2d, 3: adaptive_avg_pool3d}
@@ -156,9 +168,11 @@ def interpolate(
 ) -> torch.Tensor:
     """Drop-in for :func:`torch.nn.functional.interpolate` with a hand-written backward.
 
-    Modes ``nearest``, ``nearest-exact``, ``linear``, ``bilinear``, ``trilinear``
-    (``align_corners`` either way) and ``area``; ``bicubic`` and ``antialias=True``
-    raise ``NotImplementedError`` (use torch's). Input ``(N, C, *spatial)``, 1 to 3 spatial dims.
+    Modes ``nearest``, ``nearest-exact``, ``linear``, ``bilinear``, ``trilinear``,
+    ``bicubic`` (``align_corners`` either way) and ``area``; ``antialias=True`` with
+    ``bilinear`` or ``bicubic``. Input ``(N, C, *spatial)``, 1 to 3 spatial dims (4-D only
+    for ``bicubic`` and ``antialias``, as torch). Other modes torch has (``lanczos``) raise
+    ``NotImplementedError`` (use torch's).
 
     Example:
         >>> import torch, gradlens.functional as GF
@@ -166,19 +180,21 @@ def interpolate(
         tensor([[[0.0000, 0.5000, 1.0000]]])
     """
     check_tensor("interpolate", "input", input)
-    if mode in ("bicubic",):
-        raise unsupported("interpolate", "mode", mode)
-    if antialias:
-        raise unsupported("interpolate", "antialias", antialias)
     if not records_grad(input) or input.dim() not in (3, 4, 5):
         # nothing to differentiate, or an input torch rejects: torch's op (and its error)
         return F.interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+    if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic", "area"):
+        if mode == "lanczos":
+            raise unsupported("interpolate", "mode", mode)
+        return F.interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)  # torch's error
+    if antialias or mode == "bicubic":
+        if input.dim() != 4 or mode not in ("bilinear", "bicubic"):
+            return F.interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)  # torch's error
+        return _InterpolateFn.apply(input, size, scale_factor, mode, align_corners, recompute_scale_factor, bool(antialias))
     if mode == "area":
         out_size = F.interpolate(input.detach()[:1, :1], size, scale_factor, "nearest", None,
                                  recompute_scale_factor).shape[2:]
         return _AREA[input.dim() - 2](input, tuple(out_size))
-    if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear"):
-        return F.interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor)  # torch's error
     return _InterpolateFn.apply(input, size, scale_factor, mode, align_corners, recompute_scale_factor)
 
 

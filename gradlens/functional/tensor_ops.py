@@ -240,6 +240,77 @@ def neg(input: torch.Tensor) -> torch.Tensor:
     return _NegFn.apply(input)
 
 
+# ------------------------------------------------- in-place add_ / sub_ / mul_ / div_
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` may alias ``a``'s memory (then torch's in-place op runs as is)."""
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # sparse, subclasses: say yes, torch decides
+        return True
+
+
+def _casts_in_place(input: torch.Tensor, other: Any) -> bool:
+    """Whether torch would write ``op(input, other)``'s result type into ``input``'s dtype
+    (``copy_`` would cast silently, e.g. a float product into an integer tensor). A result
+    shape other than ``input``'s makes ``copy_`` raise torch's own error."""
+    try:
+        return torch.can_cast(torch.result_type(input, other), input.dtype)
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _in_place(
+    fn: str, out_of_place: Callable[..., torch.Tensor], input: torch.Tensor, other: Any,
+    saves_input: bool, **kwargs: Any,
+) -> torch.Tensor:
+    """``input.<fn>(other)``: the out-of-place gradlens Function's result copied into ``input``.
+
+    ``input.copy_(out)`` runs with grad on, so autograd records it on ``input``'s new
+    version (``CopyBackwards``, ``CopySlices`` for a view) and the gradient flows into
+    the gradlens Function, the only node that consumes ``other``. ``copy_`` makes the
+    same checks as torch's in-place op (a leaf or a view of a leaf that requires grad,
+    a view from ``no_grad`` or from a multi-output op: the same ``RuntimeError``) and
+    bumps the version counter; views of ``input`` see the new values. Where the op
+    saves ``input`` for ``other``'s gradient it reads a clone (the copy overwrites
+    ``input``), as torch's own in-place ops save the original ``self``. Nothing to
+    record, an operand aliasing ``input``, or a result type torch would not write into
+    ``input``: torch's op runs as is, with its own result or error.
+    """
+    check_tensor(fn, "input", input)
+    if (
+        not _binary_records_grad(fn, input, other)
+        or (torch.is_tensor(other) and _shares_memory(input, other))
+        or not _casts_in_place(input, other)
+    ):
+        return getattr(input, fn)(other, **kwargs)
+    src = input.clone() if saves_input and torch.is_tensor(other) and other.requires_grad else input
+    return input.copy_(out_of_place(src, other, **kwargs))
+
+
+def _add_(input: torch.Tensor, other: Union[torch.Tensor, Number], *, alpha: Number = 1) -> torch.Tensor:
+    """``input.add_(other, alpha=alpha)`` (and ``input += other``) through :func:`add`."""
+    return _in_place("add_", add, input, other, False, alpha=alpha)
+
+
+def _sub_(input: torch.Tensor, other: Union[torch.Tensor, Number], *, alpha: Number = 1) -> torch.Tensor:
+    """``input.sub_(other, alpha=alpha)`` (and ``input -= other``) through :func:`sub`."""
+    return _in_place("sub_", sub, input, other, False, alpha=alpha)
+
+
+def _mul_(input: torch.Tensor, other: Union[torch.Tensor, Number]) -> torch.Tensor:
+    """``input.mul_(other)`` (and ``input *= other``) through :func:`mul`."""
+    # mul saves input for other's gradient (dy/db = a): it must read a's value before the copy
+    return _in_place("mul_", mul, input, other, True)
+
+
+def _div_(input: torch.Tensor, other: Union[torch.Tensor, Number], *, rounding_mode: Optional[str] = None) -> torch.Tensor:
+    """``input.div_(other)`` (and ``input /= other``) through :func:`div` (true division only)."""
+    # div saves the numerator for the denominator's gradient (dy/dd = -n / d^2)
+    if rounding_mode is not None:
+        raise unsupported("div_", "rounding_mode", rounding_mode)
+    return _in_place("div_", div, input, other, True)
+
+
 # ------------------------------------------------------------------- matmul family
 def _as_matrices(a_dim: int, b_dim: int, g: torch.Tensor) -> torch.Tensor:
     """``g`` with the dims that matmul drops for 1-D operands put back (as size 1)."""

@@ -240,3 +240,26 @@ BAD_INPUTS = [
 def test_bad_input_raises(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layout", ["contiguous", "noncontiguous", "cot-noncontiguous"])
+def test_gelu_first_order_in_chunks_matches_torch(approximate, dtype, layout):
+    """A first-order GELU backward on CPU runs in cache-sized chunks once the input is larger
+    than one chunk: several chunks and a ragged last one give torch's gradient."""
+    from gradlens.functional import activation as A
+
+    n_rows = 2 * A._GELU_CPU_CHUNK // 1000 + 3  # > 2 chunks of 1000-element rows, ragged end
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(1000, n_rows, generator=gen, dtype=dtype) * 3
+    x = base.t() if layout == "noncontiguous" else base.t().contiguous()
+    cot = torch.randn(1000, n_rows, generator=gen, dtype=dtype)
+    cot = cot.t() if layout == "cot-noncontiguous" else cot.t().contiguous()
+    grads = []
+    for fn in (GF.gelu, F.gelu):
+        leaf = x.detach().clone().requires_grad_() if layout != "noncontiguous" else base.detach().clone().requires_grad_()
+        inp = leaf if layout != "noncontiguous" else leaf.t()
+        grads.append(torch.autograd.grad(fn(inp, approximate=approximate), leaf, cot)[0])
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}  # the harness's float32 tolerance
+    torch.testing.assert_close(grads[0], grads[1], **tol)

@@ -147,6 +147,70 @@ def test_sdpa_weights_output_grad_double_backward():
     assert torch.autograd.gradgradcheck(fn, (q, k, v, bias))
 
 
+
+# --- both backward paths against torch ----------------------------------------------------
+# The first-order backward (no create_graph) and the create_graph one are separate code;
+# gradgradcheck only checks that the latter is differentiable consistently, so both are
+# also compared with torch's math kernel (twice differentiable) on the same cotangent.
+
+
+def _grads(fn, args, *, create_graph, seed=1):
+    """First-order gradients (and, with create_graph, the gradient of their squared norm)."""
+    diff = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+    outs = fn(*args)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    gen = torch.Generator().manual_seed(seed)
+    cots = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, diff, cots, create_graph=create_graph)
+    if not create_graph:
+        return grads
+    assert all(g.requires_grad for g in grads), "create_graph gradients must be differentiable"
+    return grads + torch.autograd.grad(sum((g * g).sum() for g in grads), diff)
+
+
+def _double_backward_inputs(case):
+    args = case.make_inputs(torch.float64, torch.device("cpu"), torch.Generator().manual_seed(0))
+    return [a.clone().requires_grad_(a.is_floating_point()) for a in args]
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["first-order", "create-graph"])
+@pytest.mark.parametrize("case", [c for c in SDPA_GRAD_CASES if "dropout" not in c.id], ids=lambda c: c.id)
+def test_sdpa_backward_paths_match_torch_math(case, create_graph):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    args = _double_backward_inputs(case)
+    ours = _grads(lambda *a: SDPA_OURS(*a, **case.kwargs), args, create_graph=create_graph)
+    with sdpa_kernel([SDPBackend.MATH]):
+        ref = _grads(lambda *a: SDPA_TORCH(*a, **case.kwargs), args, create_graph=create_graph)
+    for i, (o, r) in enumerate(zip(ours, ref)):
+        torch.testing.assert_close(o, r, rtol=1e-7, atol=1e-9, msg=lambda m: f"gradient {i}: {m}")
+
+
+def _attention_reference(q, k, v, bias, keep, scale):
+    """``(O, P)`` of :class:`_AttentionFn` in plain torch ops (no fully masked rows here)."""
+    probs = torch.softmax(q @ k.transpose(-2, -1) * scale + bias, dim=-1)
+    return (probs * keep) @ v, probs
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["first-order", "create-graph"])
+def test_attention_fn_with_dropout_and_weights_matches_torch(create_graph):
+    """Dropout's keep mask and the gradient of the returned weights, on both backward paths,
+    with head-split (non-contiguous) q, k, v as Hugging Face passes them."""
+    from gradlens.functional.attention import _AttentionFn
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 2, 3, generator=gen, dtype=torch.float64)  # (B, L, qkv, H, E)
+    q, k, v = (x[:, :, i].transpose(1, 2).requires_grad_() for i in range(3))
+    assert not q.is_contiguous()
+    bias = torch.randn(2, 1, 1, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    keep = (torch.rand(2, 2, 5, 5, generator=gen) > 0.3).double() / 0.7
+    args = (q, k, v, bias)
+    ours = _grads(lambda *a: _AttentionFn.apply(*a, keep, 0.4), args, create_graph=create_graph)
+    ref = _grads(lambda *a: _attention_reference(*a, keep, 0.4), args, create_graph=create_graph)
+    for i, (o, r) in enumerate(zip(ours, ref)):
+        torch.testing.assert_close(o, r, rtol=1e-7, atol=1e-9, msg=lambda m: f"gradient {i}: {m}")
+
+
 _r = torch.randn
 SDPA_BAD = [
     pytest.param(lambda f: f(_r(5), _r(5), _r(5)), RuntimeError, id="1d-inputs"),

@@ -279,3 +279,38 @@ BAD_INPUTS = [
 def test_bad_input_raises(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("setting", [{}, {"proj": 2}, {"bidir": True, "layers": 2, "batch_first": True}],
+                         ids=["1layer", "proj", "bidir-2layers"])
+def test_lstm_second_backward_through_retained_graph(setting):
+    """The first-order LSTM backward overwrites its forward buffers: a second backward through the
+    same graph (``retain_graph=True``) replays the forward and gives torch's gradients again."""
+    ours, theirs, make = _problem("lstm", seq=5, batch=3, hid=4, **setting)
+    base = make(torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    grads = []
+    for fn in (ours, theirs):
+        args = [a.clone().requires_grad_() for a in base]
+        outs = fn(*args)
+        gen = torch.Generator().manual_seed(1)
+        loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
+        first = torch.autograd.grad(loss, args, retain_graph=True)
+        second = torch.autograd.grad(loss, args)
+        grads.append((first, second))
+    (o1, o2), (t1, _) = grads
+    for a, b, c in zip(o1, o2, t1):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_steps", [1, 2, 3])
+@pytest.mark.parametrize("setting", [{}, {"bidir": True, "layers": 2}, {"proj": 2, "bidir": True},
+                                     {"batch_first": True, "given_h": False}],
+                         ids=["1layer", "bidir-2layers", "proj-bidir", "batch_first-zero-h0"])
+def test_lstm_first_order_in_blocks_matches_torch(block_steps, setting, monkeypatch):
+    """The first-order LSTM backward takes the local derivatives block by block of steps (the
+    tests above fit one block): several blocks, in either direction, with a ragged last block."""
+    hid, batch = 4, 3
+    monkeypatch.setattr(R, "_LSTM_BLOCK", block_steps * batch * 5 * hid)
+    case = _case("blocks", "lstm", seq=7, batch=batch, hid=hid, **setting)
+    check_against_torch(case, "cpu")

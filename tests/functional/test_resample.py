@@ -48,6 +48,17 @@ CASES = [
     _case("interpolate", "trilinear", (1, 1, 2, 3, 3), size=(3, 4, 5), mode="trilinear"),
     _case("interpolate", "area-2d", (1, 2, 6, 5), size=(3, 2), mode="area"),
     _case("interpolate", "area-scale-1d", (2, 2, 8), scale_factor=0.5, mode="area"),
+    _case("interpolate", "bicubic-scale2", (1, 2, 3, 4), scale_factor=2, mode="bicubic"),
+    _case("interpolate", "bicubic-align-corners", (2, 1, 4, 3), size=(6, 5), mode="bicubic", align_corners=True),
+    _case("interpolate", "bicubic-down-scale0.6", (1, 1, 6, 7), scale_factor=0.6, mode="bicubic"),
+    _case("interpolate", "bicubic-recompute", (1, 1, 3, 4), scale_factor=(1.7, 2.3), mode="bicubic",
+          recompute_scale_factor=True),
+    _case("interpolate", "bilinear-antialias-down", (1, 2, 9, 8), size=(4, 3), mode="bilinear", antialias=True),
+    _case("interpolate", "bilinear-antialias-up-align", (1, 1, 3, 4), size=(5, 7), mode="bilinear", antialias=True,
+          align_corners=True),
+    _case("interpolate", "bicubic-antialias-down-scale", (1, 1, 10, 7), scale_factor=(0.4, 0.5), mode="bicubic",
+          antialias=True),
+    _case("interpolate", "bicubic-antialias-mixed", (2, 1, 6, 3), size=(3, 8), mode="bicubic", antialias=True),
     _case("pixel_shuffle", "r2", (2, 8, 3, 2), 2),
     _case("pixel_shuffle", "r3-unbatched", (9, 2, 2), 3),
     _case("pixel_unshuffle", "r2", (1, 2, 4, 6), 2),
@@ -73,6 +84,19 @@ def test_without_grad_is_torchs_op():
     x = torch.randn(1, 2, 3, 3)
     assert torch.equal(GF.pad(x, (1, 1, 1, 1), mode="reflect"), F.pad(x, (1, 1, 1, 1), mode="reflect"))
     assert torch.equal(GF.interpolate(x, scale_factor=2, mode="bilinear"), F.interpolate(x, scale_factor=2, mode="bilinear"))
+    assert torch.equal(GF.interpolate(x, size=2, mode="bicubic", antialias=True),
+                       F.interpolate(x, size=2, mode="bicubic", antialias=True))
+
+
+@pytest.mark.parametrize("mode,antialias", [("bicubic", False), ("bilinear", True), ("bicubic", True)])
+def test_interpolate_bicubic_antialias_is_a_gradlens_node(mode, antialias):
+    """The new modes go through gradlens's Function (not torch's backward) and its gradient is torch's."""
+    x = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    y = GF.interpolate(x, size=(3, 9), mode=mode, antialias=antialias)
+    assert type(y.grad_fn).__name__ == "_InterpolateFnBackward"
+    g = torch.randn_like(y)
+    ref = torch.autograd.grad(F.interpolate(x, size=(3, 9), mode=mode, antialias=antialias), x, g)[0]
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], ref)
 
 
 BAD_INPUTS = [
@@ -83,10 +107,16 @@ BAD_INPUTS = [
                  ValueError, "value", id="pad-reflect-value"),
     pytest.param(lambda: GF.pad(torch.randn(1, 2, 3, requires_grad=True), (3, 3), mode="reflect"), RuntimeError,
                  "Padding size", id="pad-reflect-too-big"),
-    pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, 3), scale_factor=2, mode="bicubic"),
-                 NotImplementedError, "bicubic", id="interp-bicubic"),
-    pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, 3), size=4, mode="bilinear", antialias=True),
-                 NotImplementedError, "antialias", id="interp-antialias"),
+    pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, 3, requires_grad=True), size=4, mode="lanczos",
+                                        antialias=True), NotImplementedError, "lanczos", id="interp-lanczos"),
+    pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, requires_grad=True), size=4, mode="bicubic"),
+                 NotImplementedError, "bicubic", id="interp-bicubic-3d"),
+    pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, 3, requires_grad=True), size=4, mode="nearest",
+                                        antialias=True), ValueError, "Anti-alias", id="interp-antialias-nearest"),
+    pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, 3, 3, requires_grad=True), size=4, mode="trilinear",
+                                        antialias=True), ValueError, "Anti-alias", id="interp-antialias-5d"),
+    pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, 3, requires_grad=True), size=4, mode="cubic"),
+                 NotImplementedError, "", id="interp-unknown-mode"),
     pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, 3, requires_grad=True), size=4, mode="nearest",
                                         align_corners=True), ValueError, "align_corners", id="interp-nearest-align"),
     pytest.param(lambda: GF.interpolate(torch.randn(1, 1, 3, 3, requires_grad=True)), ValueError, "size",

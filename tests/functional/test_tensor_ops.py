@@ -12,7 +12,8 @@ from conftest import DEVICES
 from harness import OpCase, check_against_torch, check_gradcheck
 
 import gradlens.functional as GF
-from gradlens.functional.tensor_ops import _rdiv, _view
+from gradlens._routing import _Router
+from gradlens.functional.tensor_ops import _add_, _div_, _mul_, _rdiv, _sub_, _view
 
 
 def _randn(*shapes, positive=()):
@@ -105,6 +106,39 @@ CASES += [
 ]
 
 
+
+def _ours_in_place(op):
+    """``op`` on a non-leaf copy of the first input (an in-place op on a leaf that requires
+    grad is an error, in torch as in gradlens)."""
+    return lambda a, *rest, **kw: op(a.clone(), *rest, **kw)
+
+
+def _torch_in_place(name):
+    return lambda a, *rest, **kw: getattr(a.clone(), name)(*rest, **kw)
+
+
+def _ip_case(id, ours, name, *shapes, positive=(), **kw):
+    return OpCase(id, _ours_in_place(ours), _torch_in_place(name), _randn(*shapes, positive=positive), **kw)
+
+
+# In-place arithmetic (what x.add_(w), x *= w, ... are routed to): tensor and scalar operands.
+CASES += [
+    _ip_case("add_-broadcast", _add_, "add_", (2, 3, 4), (4,)),
+    _ip_case("add_-scalar-alpha", _add_, "add_", (3, 4), None, kwargs={"alpha": -2.5}),
+    _ip_case("add_-alpha", _add_, "add_", (3, 4), (3, 4), kwargs={"alpha": 3}),
+    _ip_case("sub_-broadcast-alpha", _sub_, "sub_", (2, 3), (1, 3), kwargs={"alpha": 0.5}),
+    _ip_case("sub_-scalar", _sub_, "sub_", (2, 3), None),
+    _ip_case("mul_-rmsnorm-weight", _mul_, "mul_", (2, 3, 4), (4,)),
+    _ip_case("mul_-scalar", _mul_, "mul_", (3, 4), None),
+    _ip_case("mul_-0d-tensor", _mul_, "mul_", (3, 4), ()),
+    _ip_case("mul_-grad-first-only", _mul_, "mul_", (3, 4), (4,), grad_args=(0,)),
+    _ip_case("mul_-grad-second-only", _mul_, "mul_", (3, 4), (4,), grad_args=(1,)),
+    _ip_case("div_-broadcast", _div_, "div_", (2, 3), (3,), positive=(1,)),
+    _ip_case("div_-scalar", _div_, "div_", (2, 3), None),
+    _ip_case("div_-grad-denominator-only", _div_, "div_", (3, 4), (4,), positive=(1,), grad_args=(1,)),
+]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "noncontig"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -192,3 +226,157 @@ def test_tensor_op_bad_input_raises(op, args, kwargs, error, match):
         op(*args, **kwargs)
     with pytest.raises(error, match=match):
         op(*_needs_grad(args), **kwargs)
+
+
+# ------------------------------------------------------------------ in-place semantics
+IN_PLACE = [("add_", _add_), ("sub_", _sub_), ("mul_", _mul_), ("div_", _div_)]
+
+
+@pytest.mark.parametrize("name,op", IN_PLACE, ids=[n for n, _ in IN_PLACE])
+def test_in_place_mutates_the_same_tensor_and_its_views(name, op):
+    x = torch.randn(2, 3, requires_grad=True)
+    w = torch.rand(3, requires_grad=True) + 0.5
+    a = x * 1
+    row = a[1]  # a view taken before the op
+    version = a._version
+    out = op(a, w)
+    ref = getattr(x.detach() * 1, name)(w.detach())
+    assert out is a and a._version > version
+    torch.testing.assert_close(a, ref)
+    torch.testing.assert_close(row, ref[1])  # the view sees the new values
+    # gradlens's Function consumes w: no torch arithmetic node between w and the loss
+    assert type(a.grad_fn).__name__ == "CopyBackwards"
+    gx, gw = torch.autograd.grad((a * row).sum(), (x, w))
+    x2, w2 = x.detach().requires_grad_(), w.detach().requires_grad_()
+    a2 = x2 * 1
+    getattr(a2, name)(w2)
+    rx, rw = torch.autograd.grad((a2 * a2[1]).sum(), (x2, w2))
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+@pytest.mark.parametrize("name,op", IN_PLACE, ids=[n for n, _ in IN_PLACE])
+def test_in_place_into_a_view_reaches_the_base(name, op):
+    def run(in_place):
+        x = torch.linspace(-1, 1, 12).reshape(3, 4).requires_grad_()
+        w = torch.tensor([0.7, 1.3], requires_grad=True)
+        base = x * 2
+        in_place(base[:, 1:3], w)  # autograd records CopySlices on the base
+        return base, torch.autograd.grad((base * base).sum(), (x, w))
+
+    base, (gx, gw) = run(op)
+    ref, (rx, rw) = run(lambda v, w: getattr(v, name)(w))
+    assert type(base.grad_fn).__name__ == "CopySlices"
+    torch.testing.assert_close(base, ref)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+def test_in_place_keeps_the_targets_dtype_like_torch():
+    a = torch.randn(2, 3, requires_grad=True) * 1  # float32
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ref = a.detach().clone().mul_(w.detach())
+    _mul_(a, w)
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, ref)
+    (gw,) = torch.autograd.grad(a.sum(), (w,))
+    assert gw.dtype == torch.float64
+    torch.testing.assert_close(gw, ref.double().sum(0) / w.detach())  # d(sum a w)/dw = sum a
+
+
+def _message(fn):
+    try:
+        fn()
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+def _leaf():
+    return torch.randn(2, 3, requires_grad=True)
+
+
+def _view_of_leaf():
+    return torch.randn(2, 3, requires_grad=True)[0]
+
+
+def _multi_output_view():
+    return (torch.randn(2, 3, requires_grad=True) * 1).unbind(0)[0]
+
+
+def _no_grad_view():
+    base = torch.randn(2, 3, requires_grad=True) * 1
+    with torch.no_grad():
+        return base[0]
+
+
+def _int_target():
+    return torch.arange(3)
+
+
+def _small_target():
+    return torch.randn(1, 3, requires_grad=True) * 1  # w broadcasts it to (2, 3)
+
+
+# (id, target, other): torch rejects the in-place op; routed, it raises the same error.
+IN_PLACE_FAIL = [
+    ("leaf-requires-grad", _leaf, lambda: torch.randn(3, requires_grad=True)),
+    ("leaf-requires-grad-scalar", _leaf, lambda: 2.0),
+    ("view-of-leaf", _view_of_leaf, lambda: torch.randn(3, requires_grad=True)),
+    ("multi-output-view", _multi_output_view, lambda: torch.randn(3, requires_grad=True)),
+    ("no-grad-view", _no_grad_view, lambda: torch.randn(3, requires_grad=True)),
+    ("int-target-float-other", _int_target, lambda: torch.randn(3, requires_grad=True)),
+    ("broadcast-beyond-target", _small_target, lambda: torch.randn(2, 3, requires_grad=True)),
+]
+
+
+@pytest.mark.parametrize("name", [n for n, _ in IN_PLACE])
+@pytest.mark.parametrize("target,other", [s[1:] for s in IN_PLACE_FAIL], ids=[s[0] for s in IN_PLACE_FAIL])
+def test_routed_in_place_raises_torchs_error(name, target, other):
+    torch.manual_seed(0)
+    want = _message(lambda: getattr(target(), name)(other()))
+    assert want is not None, "torch accepts this case: the setting is wrong"
+    torch.manual_seed(0)
+    a, b = target(), other()
+    before = a.detach().clone()
+
+    def routed():
+        with _Router():
+            getattr(a, name)(b)
+
+    assert _message(routed) == want
+    assert torch.equal(a.detach(), before), "the target changed although the op raised"
+
+
+def test_in_place_with_an_aliased_operand_is_torchs():
+    # x.mul_(x) saves x for backward and then overwrites it: torch's op runs, and its
+    # backward raises as torch's does
+    x = torch.randn(3, requires_grad=True)
+    a = x * 1
+    with _Router():
+        a.mul_(a)
+    assert type(a.grad_fn).__name__ == "MulBackward0"
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        a.sum().backward()
+
+
+def test_in_place_without_grad_is_torchs_op():
+    a = torch.randn(3)
+    with _Router():
+        a.add_(1.0)
+        a *= torch.ones(3)
+    assert a.grad_fn is None and not a.requires_grad
+    ints = torch.arange(3)
+    with _Router():
+        ints += 1
+    assert ints.tolist() == [1, 2, 3]
+
+
+def test_div_in_place_rounding_mode_is_torchs():
+    with pytest.raises(NotImplementedError, match="rounding_mode"):
+        _div_(torch.ones(2), 2.0, rounding_mode="floor")
+    w = torch.full((2,), 2.0, requires_grad=True)
+    a = torch.full((2,), 5.0) * w
+    with _Router():
+        a.div_(w, rounding_mode="floor")  # gradlens lacks it: torch's op runs
+    assert a.tolist() == [5.0, 5.0] and type(a.grad_fn).__name__.startswith("DivBackward")
