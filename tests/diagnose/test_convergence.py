@@ -82,7 +82,8 @@ CASES = [
     Planted("stalled_zero_gradients_are_not_blamed_on_the_lr",
             series([noisy(7.0, i) for i in range(60)], ratio={"fc1": 0.0, "fc2": 0.0, "fc3": 0.0},
                    grad={"fc1": 0.0, "fc2": 0.0, "fc3": 0.0}),
-            "stalled", "warning", None, 2 * W - 1, "exactly zero"),
+            # (linked to the dead_units finding of the zero gradients, whose advice it takes)
+            "stalled", "warning", None, 2 * W - 1, "after dead units"),
     Planted("stalled_without_a_cause_is_info", series([noisy(math.log(10), i, 0.01) for i in range(60)], ratio=MOVING),
             "stalled", "info", None, 2 * W - 1, "not decreasing"),
     Planted("stalled_rising_loss_counts", series([0.7 + 0.001 * i for i in range(60)], ratio={"fc1": 0, "fc2": 0, "fc3": 0}),
@@ -380,8 +381,8 @@ def test_levels_keep_the_first_window_and_the_tail_on_long_runs():
 @pytest.mark.parametrize("out_act, reported", [(nn.Sigmoid, True), (None, False)], ids=["sigmoid_output", "fixed_linear"])
 def test_watch_with_activations_reports_an_unreachable_output(out_act, reported):
     # regression targets ~N(0, 30^2) under a sigmoid output (DeepFD's Stack Overflow 48221692);
-    # the output signals are not on here: the traced activations (every 10th step) give the
-    # output layer's saturation instead
+    # the output signals are turned off here: the traced activations (every 10th step) give the
+    # output layer's saturation instead (the default path: the test below)
     torch.manual_seed(0)
     layers = [nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)] + ([out_act()] if out_act else [])
     model = nn.Sequential(*layers)
@@ -391,7 +392,7 @@ def test_watch_with_activations_reports_an_unreachable_output(out_act, reported)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gradlens.watch(model, opt, activations=True) as mon:
+        with gradlens.watch(model, opt, activations=True, output_stats=False) as mon:
             for i in range(80):
                 j = (i * 64) % 512
                 opt.zero_grad()
@@ -406,4 +407,36 @@ def test_watch_with_activations_reports_an_unreachable_output(out_act, reported)
     (f,) = found
     assert (f.severity, f.layer) == ("warning", "3"), str(f)
     sats = [r.stats["act_sat_frac"]["3"] for r in mon.records() if "3" in r.stats.get("act_sat_frac", {})]
+    assert f.value == pytest.approx(sats[-1]) and f.value >= 0.5
+
+
+@pytest.mark.parametrize("out_act, reported", [(nn.Sigmoid, True), (None, False)], ids=["sigmoid_output", "fixed_linear"])
+def test_default_watch_reports_an_unreachable_output_from_the_output_signals(out_act, reported):
+    # the same program at default settings: the model-output signals (on by default) give the
+    # saturated fraction at every logged step; without traced activations the record's layers
+    # are those with parameters, so the output layer named is the last Linear, '2'
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)] + ([out_act()] if out_act else [])
+    model = nn.Sequential(*layers)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 8, generator=g)
+    y = 10 * (x @ torch.randn(8, 1, generator=g))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt) as mon:
+            for i in range(80):
+                j = (i * 64) % 512
+                opt.zero_grad()
+                loss = F.mse_loss(model(x[j:j + 64]), y[j:j + 64])
+                mon.observe_loss(loss)
+                loss.backward()
+                opt.step()
+    found = [f for f in mon.findings if f.kind == "unreachable_output"]
+    if not reported:
+        assert found == []
+        return
+    (f,) = found
+    assert (f.severity, f.layer) == ("warning", "2"), str(f)
+    sats = [r.signals["output_sat_frac"] for r in mon.records() if r.step == f.last_step]
     assert f.value == pytest.approx(sats[-1]) and f.value >= 0.5

@@ -489,8 +489,8 @@ def test_close_leaves_no_hook_and_a_late_backward_is_ignored():
     before = _hook_count(model)
     mon = gradlens.watch(model, opt, output_stats=1)
     _one_step(model, opt)  # (the one-forward order probe's hooks are gone after it)
-    assert _hook_count(model) == before + 2  # the monitor's pre-hook and the output hook
-    assert len(model._forward_hooks) == 1
+    assert _hook_count(model) == before + 3  # the monitor's pre-hook, the output hook, the replay's output capture
+    assert len(model._forward_hooks) == 2  # (the output hook and the replay's: both forward hooks on the root)
     late = model(torch.randn(3, 6))  # a forward of the next step, with its tensor hook
     mon.close()
     assert _hook_count(model) == before
@@ -518,7 +518,7 @@ def test_output_stats_false_turns_it_off_and_bad_values_name_the_argument():
     before = _hook_count(model)
     with gradlens.watch(model, opt, output_stats=False) as mon:
         _one_step(model, opt)
-        assert _hook_count(model) == before + 1  # the monitor's own pre-hook only
+        assert _hook_count(model) == before + 2  # the monitor's own pre-hook and the replay's output capture
     assert mon.records()[0].signals == {}
     assert mon.dataframe("signals")[list(SIGNAL_STATS)].isna().all().all()
     for bad in (1.5, "yes", None):

@@ -155,6 +155,7 @@ class NonFinite(Rule):
                 severity="error",
                 message=message,
                 evidence=evidence,
+                advice=advice,  # (replaced by the cause's advice when the finding is linked to one)
                 # NaN in the weights/activations makes every other statistic garbage
                 poisoned=bool(act_bad or w_bad or record.nonfinite_origin),
             )
