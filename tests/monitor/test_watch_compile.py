@@ -68,6 +68,8 @@ def test_compiling_after_watch_traces_no_gradlens_code(activations):
     # reused as the cadence toggles (no recompilation per step, no recompile limit)
     # (default: the model-output hook is armed on its own cadence too, every 5th logged
     # step: graphs with the order probe's and output hooks, the output hook alone, none)
-    assert counters["stats"]["unique_graphs"] == (2 if activations else 3)
+    # (with activations: the tracer's hooks and the NaN replay's output capture make 3 graphs
+    # too, the same count after 40 steps: bounded, not one per step)
+    assert counters["stats"]["unique_graphs"] == 3
     assert [r.step for r in mon.records()] == [0, 2, 4, 6, 8, 10]
     assert all(r.loss is not None for r in mon.records())
