@@ -378,11 +378,9 @@ def test_levels_keep_the_first_window_and_the_tail_on_long_runs():
     assert lv.span(W) == (0, W - 1, len(values) - W, len(values) - 1)
 
 
-@pytest.mark.parametrize("out_act, reported", [(nn.Sigmoid, True), (None, False)], ids=["sigmoid_output", "fixed_linear"])
-def test_watch_with_activations_reports_an_unreachable_output(out_act, reported):
-    # regression targets ~N(0, 30^2) under a sigmoid output (DeepFD's Stack Overflow 48221692);
-    # the output signals are turned off here: the traced activations (every 10th step) give the
-    # output layer's saturation instead (the default path: the test below)
+def _sigmoid_regression(out_act, **watch_options):
+    """Regression targets ~N(0, 30^2) under a sigmoid output (DeepFD's Stack Overflow 48221692),
+    or its fixed twin with a linear output (``out_act=None``): the monitor after 80 Adam steps."""
     torch.manual_seed(0)
     layers = [nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)] + ([out_act()] if out_act else [])
     model = nn.Sequential(*layers)
@@ -392,7 +390,7 @@ def test_watch_with_activations_reports_an_unreachable_output(out_act, reported)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gradlens.watch(model, opt, activations=True, output_stats=False) as mon:
+        with gradlens.watch(model, opt, **watch_options) as mon:
             for i in range(80):
                 j = (i * 64) % 512
                 opt.zero_grad()
@@ -400,6 +398,14 @@ def test_watch_with_activations_reports_an_unreachable_output(out_act, reported)
                 mon.observe_loss(loss)
                 loss.backward()
                 opt.step()
+    return mon
+
+
+@pytest.mark.parametrize("out_act, reported", [(nn.Sigmoid, True), (None, False)], ids=["sigmoid_output", "fixed_linear"])
+def test_watch_with_activations_reports_an_unreachable_output(out_act, reported):
+    # the output signals turned off: the traced activations (every 10th step) give the output
+    # layer's saturation instead (the default path: the test below)
+    mon = _sigmoid_regression(out_act, activations=True, output_stats=False)
     found = [f for f in mon.findings if f.kind == "unreachable_output"]
     if not reported:
         assert found == []
@@ -412,26 +418,10 @@ def test_watch_with_activations_reports_an_unreachable_output(out_act, reported)
 
 @pytest.mark.parametrize("out_act, reported", [(nn.Sigmoid, True), (None, False)], ids=["sigmoid_output", "fixed_linear"])
 def test_default_watch_reports_an_unreachable_output_from_the_output_signals(out_act, reported):
-    # the same program at default settings: the model-output signals (on by default) give the
-    # saturated fraction at every logged step; without traced activations the record's layers
-    # are those with parameters, so the output layer named is the last Linear, '2'
-    torch.manual_seed(0)
-    layers = [nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)] + ([out_act()] if out_act else [])
-    model = nn.Sequential(*layers)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(512, 8, generator=g)
-    y = 10 * (x @ torch.randn(8, 1, generator=g))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with gradlens.watch(model, opt) as mon:
-            for i in range(80):
-                j = (i * 64) % 512
-                opt.zero_grad()
-                loss = F.mse_loss(model(x[j:j + 64]), y[j:j + 64])
-                mon.observe_loss(loss)
-                loss.backward()
-                opt.step()
+    # at default settings the model-output signals (every 5th logged step) give the saturated
+    # fraction; without traced activations the record's layers are those with parameters, so
+    # the output layer named is the last Linear, '2'
+    mon = _sigmoid_regression(out_act)
     found = [f for f in mon.findings if f.kind == "unreachable_output"]
     if not reported:
         assert found == []
