@@ -24,6 +24,15 @@ def _check_int(value: Any, arg: str, minimum: int) -> int:
     return value
 
 
+def _cadence(value: Any, arg: str, default_every: int) -> int:
+    """A bool-or-int cadence option as "every N-th logged step" (0: off; True: the default)."""
+    if isinstance(value, bool):
+        return default_every if value else 0
+    if not isinstance(value, int):
+        raise TypeError(f"watch({arg}=...) expects a bool or an int >= 0, got {type(value).__name__}")
+    return _check_int(value, arg, 0)
+
+
 def _patterns(value: Any, arg: str) -> Optional[Tuple[str, ...]]:
     if value is None:
         return None
@@ -110,22 +119,8 @@ def parse(
         if isinstance(group_depth, str):
             raise ValueError(f"watch(group_depth=...) expects an int >= 1, 'auto' or None, got {group_depth!r}")
         group_depth = _check_int(group_depth, "group_depth", 1)
-    if isinstance(activations, bool):
-        activations = ACTIVATIONS_EVERY if activations else 0
-    elif isinstance(activations, int):
-        activations = _check_int(activations, "activations", 0)
-    else:
-        raise TypeError(
-            f"watch(activations=...) expects a bool or an int >= 0, got {type(activations).__name__}"
-        )
-    if isinstance(output_stats, bool):
-        output_stats = OUTPUT_EVERY if output_stats else 0
-    elif isinstance(output_stats, int):
-        output_stats = _check_int(output_stats, "output_stats", 0)
-    else:
-        raise TypeError(
-            f"watch(output_stats=...) expects a bool or an int >= 0, got {type(output_stats).__name__}"
-        )
+    activations = _cadence(activations, "activations", ACTIVATIONS_EVERY)
+    output_stats = _cadence(output_stats, "output_stats", OUTPUT_EVERY)
     if param_scalars is not None and not isinstance(param_scalars, bool):
         raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
     inc = _patterns(include, "include")
