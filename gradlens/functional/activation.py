@@ -199,16 +199,17 @@ def _gelu_grad_first_order(x: torch.Tensor, g: torch.Tensor, approximate: str) -
     chunk after chunk on CPU (contiguous tensors), on whole-size ones elsewhere."""
     step, n_tmp = (_gelu_tanh_grad, 3) if approximate == "tanh" else (_gelu_exact_grad, 2)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    n = x.numel()
-    chunk = _GELU_CPU_CHUNK if x.device.type == "cpu" and x.is_contiguous() and g.is_contiguous() else n
+    n, chunk = x.numel(), _GELU_CPU_CHUNK
     if n == 0:
-        return out.view_as(x)
-    xf, gf, of = (x.reshape(-1), g.reshape(-1), out.view(-1)) if chunk < n else (x, g, out)
+        return out
+    if x.device.type != "cpu" or n <= chunk or not (x.is_contiguous() and g.is_contiguous()):
+        step(x, g, out, *(torch.empty_like(x) for _ in range(n_tmp)))
+        return out
+    xf, gf, of = x.view(-1), g.view(-1), out.view(-1)
     tmps = [torch.empty_like(xf[:chunk]) for _ in range(n_tmp)]
     for start in range(0, n, chunk):
         k = min(chunk, n - start)
-        part = (xf[start:start + k], gf[start:start + k], of[start:start + k]) if chunk < n else (xf, gf, of)
-        step(*part, *(t if k == chunk else t[:k] for t in tmps))
+        step(xf[start:start + k], gf[start:start + k], of[start:start + k], *(t[:k] for t in tmps))
     return out
 
 

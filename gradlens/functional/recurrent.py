@@ -318,9 +318,6 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
     H = hid
     S_i, S_f, G, S_o, TC = (A[..., k * H:(k + 1) * H] for k in range(5))
     first, last = (seq_len - 1, 0) if reverse else (0, seq_len - 1)  # the steps visited first and last
-    # c_{t-1} of every step: the neighbouring c in visiting order, c0 for the first visited step
-    prev = slice(1, None) if reverse else slice(None, -1)
-    here = slice(None, -1) if reverse else slice(1, None)
 
     # D[t] = A[t] becomes first the local derivatives of step t, order i, f, g, o, c (torch's gate
     # order, then the cell), in place over the activations they are made of:
@@ -405,7 +402,10 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
         # dW_ih = Σ_t d a_t^T x_t
         grads[3] = flat.t().mm(x.reshape(-1, x.shape[-1]))
     if need[4]:
-        # dW_hh = Σ_t d a_t^T h_{t-1}  (h_{t-1} = h0 for the first visited step)
+        # dW_hh = Σ_t d a_t^T h_{t-1}  (h_{t-1} = h0 for the first visited step): the steps
+        # visited after the first (here) and the neighbour visited before each (prev)
+        prev = slice(1, None) if reverse else slice(None, -1)
+        here = slice(None, -1) if reverse else slice(1, None)
         rest = D4[here].reshape(-1, 4 * H)
         grads[4] = torch.addmm(D4[first].t().mm(h0), rest.t(), O[prev].reshape(-1, O.shape[-1]))
     if need[5] or need[6]:

@@ -180,22 +180,21 @@ def interpolate(
         tensor([[[0.0000, 0.5000, 1.0000]]])
     """
     check_tensor("interpolate", "input", input)
-    if not records_grad(input) or input.dim() not in (3, 4, 5):
-        # nothing to differentiate, or an input torch rejects: torch's op (and its error)
+    ours = records_grad(input) and input.dim() in (3, 4, 5)
+    if ours and mode == "lanczos":
+        raise unsupported("interpolate", "mode", mode)
+    if (
+        not ours
+        or mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic", "area")
+        or ((antialias or mode == "bicubic") and (input.dim() != 4 or mode not in ("bilinear", "bicubic")))
+    ):
+        # nothing to differentiate, or a call torch rejects: torch's op (and its error)
         return F.interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
-    if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic", "area"):
-        if mode == "lanczos":
-            raise unsupported("interpolate", "mode", mode)
-        return F.interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)  # torch's error
-    if antialias or mode == "bicubic":
-        if input.dim() != 4 or mode not in ("bilinear", "bicubic"):
-            return F.interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)  # torch's error
-        return _InterpolateFn.apply(input, size, scale_factor, mode, align_corners, recompute_scale_factor, bool(antialias))
     if mode == "area":
         out_size = F.interpolate(input.detach()[:1, :1], size, scale_factor, "nearest", None,
                                  recompute_scale_factor).shape[2:]
         return _AREA[input.dim() - 2](input, tuple(out_size))
-    return _InterpolateFn.apply(input, size, scale_factor, mode, align_corners, recompute_scale_factor)
+    return _InterpolateFn.apply(input, size, scale_factor, mode, align_corners, recompute_scale_factor, bool(antialias))
 
 
 def upsample(input, size=None, scale_factor=None, mode="nearest", align_corners=None):

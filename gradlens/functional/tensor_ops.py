@@ -276,9 +276,8 @@ def _in_place(
     record, an operand aliasing ``input``, or a result type torch would not write into
     ``input``: torch's op runs as is, with its own result or error.
     """
-    check_tensor(fn, "input", input)
     if (
-        not _binary_records_grad(fn, input, other)
+        not _binary_records_grad(fn, input, other)  # (checks input and other first)
         or (torch.is_tensor(other) and _shares_memory(input, other))
         or not _casts_in_place(input, other)
     ):

@@ -360,14 +360,11 @@ class Distributed:
         head = torch.tensor(_encode(watching, phase, size, checksum, code), dtype=torch.float32)
         while True:
             cap = self._cap
-            parts = [head]
-            used = 0
-            if flat is not None and 0 < flat.numel() <= cap:
-                parts.append(flat)
-                used = flat.numel()
-            if cap > used:
-                parts.append(torch.zeros(cap - used))
-            out = self._gather(torch.cat(parts) if len(parts) > 1 else head)
+            send = torch.zeros(_HEAD + cap)  # header, then the packet where it fits, zeros after it
+            send[:_HEAD] = head
+            if flat is not None and flat.numel() <= cap:
+                send[_HEAD:_HEAD + flat.numel()] = flat
+            out = self._gather(send)
             rows = _decode(out[:, :_HEAD].numpy())
             n = self._data_round(rows)
             if n is None:
