@@ -284,6 +284,20 @@ def _isolated(
         np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def _forward(
+    root: nn.Module, stack: _Stack, mode: TorchDispatchMode, args: Any, kwargs: Any, devices: Sequence[int],
+    rng: Optional[Tensor], autocast: Sequence[Tuple[str, Any]], *, grad: bool,
+) -> Iterator[Any]:
+    """Yields the output of one more forward of ``root`` under ``mode``, :func:`_isolated`
+    and grad mode ``grad`` (both last until the block ends: a backward runs inside)."""
+    with _isolated(root, devices, rng, autocast), torch.set_grad_enabled(grad):
+        stack.names = []
+        with mode:
+            out = root(*args, **kwargs)
+        yield out
+
+
 def _autocast_state() -> List[Tuple[str, Any]]:
     """(device type, dtype) of every autocast region the code runs in now."""
     on = []
@@ -355,11 +369,9 @@ def locate(
     devices = _cuda_devices(root, [t for _, t in _tensors(args) + _tensors(kwargs)])
     stack = _Stack(named)
     try:
-        with _isolated(root, devices, rng, autocast), torch.no_grad():
-            mode = _FirstNonFinite(stack)
-            stack.names = []
-            with mode:
-                out = root(*args, **kwargs)
+        mode = _FirstNonFinite(stack)
+        with _forward(root, stack, mode, args, kwargs, devices, rng, autocast, grad=False) as out:
+            pass
         if mode.found is not None:
             return {**mode.found, "phase": "forward", "located_by": how}
         if not all(_finite(t) for _, t in _tensors(out) if _floating(t)):
@@ -383,11 +395,8 @@ def _backward(
     found: List[Any] = []
     hooks = HookSet()
     try:
-        with _isolated(root, devices, rng, autocast), torch.enable_grad():
-            tagger = _Tagger(stack)
-            stack.names = []
-            with tagger:
-                out = root(*args, **kwargs)
+        tagger = _Tagger(stack)
+        with _forward(root, stack, tagger, args, kwargs, devices, rng, autocast, grad=True) as out:
             tagger.resolve()
             pairs = [(t, g) for (_, t), g in zip(_tensors(out), out_grads)
                      if g is not None and _floating(t) and t.requires_grad]
