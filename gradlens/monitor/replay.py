@@ -38,7 +38,8 @@ node prehook per forward; the check reads the step's gradient statistics, which 
 on the host. On CUDA that read is a host sync, so it is made only when the monitor
 reads every step at once anyway (``on_finding``/``halt_on``), or with
 ``replay_nonfinite="sync"`` (one sync per logged step). The replay itself runs on
-broken steps only, at most :data:`MAX_REPLAYS` times per monitor.
+broken steps only, at most :data:`MAX_REPLAYS` times per monitor (after the last one
+nothing is kept and the root forward hook is off).
 """
 
 from __future__ import annotations
@@ -527,6 +528,9 @@ class Replay(Source):
         if verdict != "grads":
             return
         self.replays += 1
+        if self.replays >= MAX_REPLAYS:  # the last one: nothing is kept from now on
+            self.enabled = False
+            self._hooks.remove()
         try:
             site = locate(self._root, self._named, self._args, self._kwargs or {}, self._grads, cycle.step,
                           backward=self._backward, rng=self._rng, autocast=self._autocast)
