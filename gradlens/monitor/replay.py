@@ -38,7 +38,8 @@ node prehook per forward; the check reads the step's gradient statistics, which 
 on the host. On CUDA that read is a host sync, so it is made only when the monitor
 reads every step at once anyway (``on_finding``/``halt_on``), or with
 ``replay_nonfinite="sync"`` (one sync per logged step). The replay itself runs on
-broken steps only, at most :data:`MAX_REPLAYS` times per monitor.
+broken steps only, at most :data:`MAX_REPLAYS` times per monitor (after the last one
+nothing is kept and the root forward hook is off).
 """
 
 from __future__ import annotations
@@ -284,6 +285,20 @@ def _isolated(
         np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def _forward(
+    root: nn.Module, stack: _Stack, mode: TorchDispatchMode, args: Any, kwargs: Any, devices: Sequence[int],
+    rng: Optional[Tensor], autocast: Sequence[Tuple[str, Any]], *, grad: bool,
+) -> Iterator[Any]:
+    """Yields the output of one more forward of ``root`` under ``mode``, :func:`_isolated`
+    and grad mode ``grad`` (both last until the block ends: a backward runs inside)."""
+    with _isolated(root, devices, rng, autocast), torch.set_grad_enabled(grad):
+        stack.names = []
+        with mode:
+            out = root(*args, **kwargs)
+        yield out
+
+
 def _autocast_state() -> List[Tuple[str, Any]]:
     """(device type, dtype) of every autocast region the code runs in now."""
     on = []
@@ -355,11 +370,9 @@ def locate(
     devices = _cuda_devices(root, [t for _, t in _tensors(args) + _tensors(kwargs)])
     stack = _Stack(named)
     try:
-        with _isolated(root, devices, rng, autocast), torch.no_grad():
-            mode = _FirstNonFinite(stack)
-            stack.names = []
-            with mode:
-                out = root(*args, **kwargs)
+        mode = _FirstNonFinite(stack)
+        with _forward(root, stack, mode, args, kwargs, devices, rng, autocast, grad=False) as out:
+            pass
         if mode.found is not None:
             return {**mode.found, "phase": "forward", "located_by": how}
         if not all(_finite(t) for _, t in _tensors(out) if _floating(t)):
@@ -383,11 +396,8 @@ def _backward(
     found: List[Any] = []
     hooks = HookSet()
     try:
-        with _isolated(root, devices, rng, autocast), torch.enable_grad():
-            tagger = _Tagger(stack)
-            stack.names = []
-            with tagger:
-                out = root(*args, **kwargs)
+        tagger = _Tagger(stack)
+        with _forward(root, stack, tagger, args, kwargs, devices, rng, autocast, grad=True) as out:
             tagger.resolve()
             pairs = [(t, g) for (_, t), g in zip(_tensors(out), out_grads)
                      if g is not None and _floating(t) and t.requires_grad]
@@ -518,6 +528,9 @@ class Replay(Source):
         if verdict != "grads":
             return
         self.replays += 1
+        if self.replays >= MAX_REPLAYS:  # the last one: nothing is kept from now on
+            self.enabled = False
+            self._hooks.remove()
         try:
             site = locate(self._root, self._named, self._args, self._kwargs or {}, self._grads, cycle.step,
                           backward=self._backward, rng=self._rng, autocast=self._autocast)

@@ -596,3 +596,30 @@ def test_under_ddp_each_rank_replays_the_forward_of_the_model_inside(tmp_path):
         assert out["layer"] == "1" and out["backward"] is False
         assert (out["site"]["op"], out["site"]["source"]) == ("aten.log", _line("module"))
         assert "replayed step 0" in out["message"]
+
+
+def test_after_the_last_replay_nothing_is_kept_and_the_root_hook_is_off():
+    from gradlens.monitor.replay import MAX_REPLAYS
+
+    class Frozen(torch.optim.SGD):  # an update that leaves the weights finite
+        def step(self, closure=None):
+            return None
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = Frozen(model.parameters(), lr=0.1)
+    x = _x().clone()
+    x[0, 0] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt) as mon:
+            assert mon._replay._on_post in model._forward_hooks.values()
+            for step in range(MAX_REPLAYS + 2):
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                opt.step()
+                if step == MAX_REPLAYS - 1:
+                    assert mon._replay.replays == MAX_REPLAYS
+                    assert mon._replay._on_post not in model._forward_hooks.values()
+            assert mon._replay.replays == MAX_REPLAYS
+            assert mon._replay._args is None and mon._replay._grads is None

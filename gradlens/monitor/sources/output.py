@@ -293,10 +293,8 @@ class OutputSignals(Source):
             # the step's forwards disagree (rare): the first one's layout holds; an
             # unbounded forward of a bounded step adds no saturated element
             limits = (0.0, 0.0, -math.inf) if self._bounded else None
-        n, dev = out.numel(), out.device
-        consts = self._consts.get((n, dev))
-        if consts is None:
-            consts = self._constants(n, dev)
+        n = out.numel()
+        consts = self._constants(n, out.device)
         with torch.no_grad():
             self._fwd.append(_forward_stats(out.detach(), limits, consts[0], consts[1], self._scratch(out)))
         self._n.append(n)
