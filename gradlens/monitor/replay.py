@@ -58,6 +58,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from gradlens._nested import floating as _floating
+from gradlens._nested import named_tensors as _tensors
 from gradlens._record import ROOT_LAYER
 from gradlens.monitor import packet as _packet
 from gradlens.monitor import stats as _stats
@@ -83,21 +85,6 @@ _SHORT = 256
 
 #: Ops whose output holds no computed value (uninitialised memory may be NaN).
 _UNINITIALISED = ("empty", "set_", "resize")
-
-
-def _tensors(value: Any, path: str = "") -> List[Tuple[str, Tensor]]:
-    """Every tensor in nested lists/tuples/dicts (ModelOutput is a dict), with its path."""
-    if isinstance(value, Tensor):
-        return [(path, value)]
-    if isinstance(value, (list, tuple)):
-        return [t for i, v in enumerate(value) for t in _tensors(v, f"{path}[{i}]")]
-    if isinstance(value, dict):
-        return [t for k, v in value.items() for t in _tensors(v, f"{path}[{k!r}]")]
-    return []
-
-
-def _floating(t: Tensor) -> bool:
-    return t.is_floating_point() or t.is_complex()
 
 
 def _finite(t: Tensor) -> bool:

@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from gradlens._nested import floating as _is_float
+from gradlens._nested import named_tensors as _flatten
 from gradlens.verify._diagnose import alternatives_for, compare
 from gradlens.verify._report import BackwardReport, TensorCheck
 
@@ -32,20 +34,6 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     if isinstance(obj, dict):
         return {k: _map_tensors(v, fn) for k, v in obj.items()}
     return obj
-
-
-def _flatten(obj: Any, path: str) -> List[Tuple[str, torch.Tensor]]:
-    if torch.is_tensor(obj):
-        return [(path, obj)]
-    if isinstance(obj, (tuple, list)):
-        return [p for i, o in enumerate(obj) for p in _flatten(o, f"{path}[{i}]")]
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _flatten(v, f"{path}[{k!r}]")]
-    return []
-
-
-def _is_float(t: torch.Tensor) -> bool:
-    return t.is_floating_point() or t.is_complex()
 
 
 def _broadcasts_to(shape: Tuple[int, ...], target: Tuple[int, ...]) -> bool:
