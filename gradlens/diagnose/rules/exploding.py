@@ -54,6 +54,7 @@ class Exploding(Rule):
         self._first_weight = FirstWeights()
         self._total: List[float] = []
         self._per_layer: Dict[str, List[float]] = {}
+        self._base: Optional[float] = None  # median of _total, once the baseline is full
 
     def check(self, record: StepRecord) -> List[Condition]:
         gl = grad_layers(record)
@@ -77,6 +78,8 @@ class Exploding(Rule):
             and weights[name] > 0 and not self._first_weight.started_at_zero(name)
         }
         worst = max(relative, key=relative.get) if relative else None
+        if not (len(gl) >= 2 and ratio >= t_ratio) and not (worst is not None and relative[worst] >= t_rel):
+            return over_time  # neither test holds: skip the culprit search (every record)
         if len(gl) >= 2:
             culprit, after, factor, _ = largest_step(gl, rise=True)
         else:
@@ -157,7 +160,9 @@ class Exploding(Rule):
             for name, g in gl:
                 self._per_layer.setdefault(name, []).append(g)
             return []
-        base = median(self._total)
+        if self._base is None:
+            self._base = median(self._total)
+        base = self._base
         t_growth = self.t["exploding_growth"]
         if base <= 0 or total / base < t_growth:
             return []
