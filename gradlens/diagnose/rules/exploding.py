@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Tuple
 
 from gradlens._record import StepRecord
 from gradlens.diagnose.rules.base import (
-    Condition, FirstWeights, Rule, fmt, grad_layers, largest_step, median, finite, urgent,
+    Condition, FirstWeights, Rule, fmt, grad_layers, largest_over_median, largest_step, median, finite,
+    urgent,
 )
 
 __all__ = ["Exploding"]
@@ -140,16 +141,15 @@ class Exploding(Rule):
         by orders of magnitude (a head or a final norm gain x1e3) inflates every gradient
         below it: the rise shows up under it, the cause is the layer itself.
         """
-        sized = [(n, float(weights[n])) for n, _ in gl
-                 if finite(weights.get(n)) and weights[n] > 0 and not self._first_weight.started_at_zero(n)]
         names = [n for n, _ in gl]
+        sized = self._first_weight.sized(names, weights)
         if len(sized) < 3 or culprit not in names:
             return None
         above = set(names[names.index(culprit):])
-        name, w = max(((n, w) for n, w in sized if n in above), key=lambda x: x[1], default=(None, 0.0))
-        if name is None:
+        best = largest_over_median(sized, above.__contains__)
+        if best is None:
             return None
-        q = w / median([v for n, v in sized if n != name])
+        name, _, q = best
         return (name, q) if q >= self.t["scale_oversized"] else None
 
     def _over_time(self, gl) -> List[Condition]:
