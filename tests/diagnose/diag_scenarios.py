@@ -13,6 +13,7 @@ Used by ``tests/diagnose/test_scenarios.py`` and ``benchmarks/diagnosis_eval.py`
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
@@ -64,6 +65,16 @@ def _classifier_step(model, opts, x, y, batch=32, loss_fn=F.cross_entropy):
         for o in opts:
             o.step()
     return step
+
+
+def circles(n=512, seed=0):
+    """Two noisy concentric circles (radius 1 and 0.5), labels ``(n, 1)`` floats in {0, 1}."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g) * 2 * math.pi
+    y = (torch.arange(n) % 2).float()
+    r = torch.where(y > 0, torch.full((n,), 0.5), torch.ones(n))
+    x = torch.stack([r * torch.cos(t), r * torch.sin(t)], 1) + 0.1 * torch.randn(n, 2, generator=g)
+    return x, y[:, None]
 
 
 def _mlp(widths, act, *, final=True):

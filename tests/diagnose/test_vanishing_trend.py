@@ -23,6 +23,7 @@ from torch import nn
 import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
+from diag_scenarios import circles as _circles
 
 LAYERS = ["fc1", "fc2", "fc3"]
 
@@ -56,13 +57,6 @@ def test_a_layer_with_only_a_bias_falls_back_to_its_layer_norm():
 
 
 # --- end to end ----------------------------------------------------------------------
-def _circles(n=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g) * 2 * math.pi
-    y = (torch.arange(n) % 2).float()
-    r = torch.where(y > 0, torch.full((n,), 0.5), torch.ones(n))
-    x = torch.stack([r * torch.cos(t), r * torch.sin(t)], 1) + 0.1 * torch.randn(n, 2, generator=g)
-    return x, y[:, None]
 
 
 def _shallow(act):
