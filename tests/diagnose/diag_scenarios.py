@@ -127,7 +127,9 @@ def _overscaled_relu():
     return model, [opt], _classifier_step(model, [opt], x, y)
 
 
-class _RNNNet(nn.Module):
+class ReluRNN(nn.Module):
+    """Linear(8, 32), a ReLU RNN whose recurrent matrix is orthogonal times ``radius``, Linear(32, 4)."""
+
     def __init__(self, radius):
         super().__init__()
         self.inp = nn.Linear(8, 32)
@@ -147,7 +149,7 @@ class _RNNNet(nn.Module):
 def _rnn(radius, lr=1e-9, T=40):
     def build():
         _seed(4)
-        model = _RNNNet(radius)
+        model = ReluRNN(radius)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         g = torch.Generator().manual_seed(4)
         x = torch.randn(128, T, 8, generator=g)

@@ -22,6 +22,8 @@ from gradlens._record import StepRecord
 from gradlens.diagnose import Diagnoser, Finding, diagnose
 from gradlens.diagnose.engine import CAUSES
 
+from diag_scenarios import ReluRNN
+
 NAN = math.nan
 LAYERS = ["fc1", "relu1", "fc2", "relu2", "fc3"]
 HEALTHY_GRADS = {"fc1": 0.5, "fc2": 0.4, "fc3": 0.3}
@@ -157,26 +159,9 @@ def _relu_stack(gain):
     return model, torch.randn(64, 32, generator=g), torch.randint(0, 4, (64,), generator=g)
 
 
-class _ReluRNN(nn.Module):
-    def __init__(self, radius):
-        super().__init__()
-        self.inp = nn.Linear(8, 32)
-        self.rnn = nn.RNN(32, 32, nonlinearity="relu", batch_first=True)
-        self.head = nn.Linear(32, 4)
-        with torch.no_grad():
-            q, _ = torch.linalg.qr(torch.randn(32, 32))
-            self.rnn.weight_hh_l0.copy_(radius * q)
-            self.rnn.bias_hh_l0.zero_()
-            self.rnn.bias_ih_l0.zero_()
-
-    def forward(self, x):
-        h, _ = self.rnn(self.inp(x))
-        return self.head(h[:, -1])
-
-
 def _rnn(radius):
     torch.manual_seed(4)
-    model = _ReluRNN(radius)
+    model = ReluRNN(radius)
     g = torch.Generator().manual_seed(4)
     return model, torch.randn(64, 40, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
 
