@@ -12,6 +12,7 @@ Used by ``tests/diagnose/test_scenarios.py`` and ``benchmarks/diagnosis_eval.py`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -65,6 +66,21 @@ def _classifier_step(model, opts, x, y, batch=32, loss_fn=F.cross_entropy):
         for o in opts:
             o.step()
     return step
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the monitor's finding logs and warnings inside the block (the tests read
+    ``mon.findings``); the ``gradlens`` logger's level is restored after."""
+    logger = logging.getLogger("gradlens")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def circles(n=512, seed=0):

@@ -8,9 +8,7 @@ but huge gradients at step 0 and NaN at step 1.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import pytest
 import torch
@@ -22,7 +20,7 @@ from gradlens._record import StepRecord
 from gradlens.diagnose import Diagnoser, Finding, diagnose
 from gradlens.diagnose.engine import CAUSES
 
-from diag_scenarios import ReluRNN
+from diag_scenarios import ReluRNN, quiet
 
 NAN = math.nan
 LAYERS = ["fc1", "relu1", "fc2", "relu2", "fc3"]
@@ -170,9 +168,7 @@ def _train(model, x, y, steps):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     reported = {}
     step_no = [0]
-    logging.getLogger("gradlens").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         with gradlens.watch(model, opt, on_finding=lambda f: reported.setdefault(f.kind, step_no[0])) as mon:
             for i in range(steps):
                 step_no[0] = i
@@ -181,7 +177,6 @@ def _train(model, x, y, steps):
                 mon.observe_loss(loss)
                 loss.backward()
                 opt.step()
-    logging.getLogger("gradlens").setLevel(logging.NOTSET)
     return mon.findings, reported
 
 

@@ -11,9 +11,7 @@ Their fixed twins (ReLU, AUTOTRAINER's repair) raise nothing.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import pytest
 import torch
@@ -23,7 +21,8 @@ from torch import nn
 import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
-from diag_scenarios import circles as _circles
+
+from diag_scenarios import circles as _circles, quiet
 
 LAYERS = ["fc1", "fc2", "fc3"]
 
@@ -97,9 +96,7 @@ def _lenet(act):
 
 
 def _train(model, opt, x, y, loss_fn, batch, steps=30):
-    logging.getLogger("gradlens").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         with gradlens.watch(model, opt) as mon:
             for i in range(steps):
                 j = (i * batch) % x.shape[0]
@@ -108,7 +105,6 @@ def _train(model, opt, x, y, loss_fn, batch, steps=30):
                 mon.observe_loss(loss)
                 loss.backward()
                 opt.step()
-    logging.getLogger("gradlens").setLevel(logging.NOTSET)
     return [f for f in mon.findings if f.is_problem]
 
 
