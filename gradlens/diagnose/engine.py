@@ -34,9 +34,9 @@ Rules read records only; they never reach back into hooks.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
 from gradlens._record import StepRecord
 from gradlens.diagnose.finding import SEVERITIES, Finding
@@ -112,7 +112,7 @@ class Diagnoser:
         self.findings: List[Finding] = []
         self._tracks: Dict[Tuple[str, str], _Track] = {}
         self._by_id: Dict[int, _Track] = {}  # id(finding) -> its track
-        self._steps: List[int] = []  # the latest logged steps, oldest first
+        self._steps: Deque[int] = deque(maxlen=_KEEP_STEPS)  # the latest logged steps, oldest first
 
     def reset(self) -> None:
         """Forget every finding and every rule's state."""
@@ -169,7 +169,6 @@ class Diagnoser:
                 if finding.cause is None and id(finding) not in fresh:
                     self._link(finding, among=new)
         self._steps.append(record.step)
-        del self._steps[:-_KEEP_STEPS]
         return new
 
     def _link(self, finding: Finding, among: Optional[List[Finding]] = None) -> None:

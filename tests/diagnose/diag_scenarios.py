@@ -12,7 +12,9 @@ Used by ``tests/diagnose/test_scenarios.py`` and ``benchmarks/diagnosis_eval.py`
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
@@ -66,6 +68,31 @@ def _classifier_step(model, opts, x, y, batch=32, loss_fn=F.cross_entropy):
     return step
 
 
+@contextlib.contextmanager
+def quiet():
+    """Silence the monitor's finding logs and warnings inside the block (the tests read
+    ``mon.findings``); the ``gradlens`` logger's level is restored after."""
+    logger = logging.getLogger("gradlens")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def circles(n=512, seed=0):
+    """Two noisy concentric circles (radius 1 and 0.5), labels ``(n, 1)`` floats in {0, 1}."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g) * 2 * math.pi
+    y = (torch.arange(n) % 2).float()
+    r = torch.where(y > 0, torch.full((n,), 0.5), torch.ones(n))
+    x = torch.stack([r * torch.cos(t), r * torch.sin(t)], 1) + 0.1 * torch.randn(n, 2, generator=g)
+    return x, y[:, None]
+
+
 def _mlp(widths, act, *, final=True):
     layers = []
     for i in range(len(widths) - 1):
@@ -116,7 +143,9 @@ def _overscaled_relu():
     return model, [opt], _classifier_step(model, [opt], x, y)
 
 
-class _RNNNet(nn.Module):
+class ReluRNN(nn.Module):
+    """Linear(8, 32), a ReLU RNN whose recurrent matrix is orthogonal times ``radius``, Linear(32, 4)."""
+
     def __init__(self, radius):
         super().__init__()
         self.inp = nn.Linear(8, 32)
@@ -136,7 +165,7 @@ class _RNNNet(nn.Module):
 def _rnn(radius, lr=1e-9, T=40):
     def build():
         _seed(4)
-        model = _RNNNet(radius)
+        model = ReluRNN(radius)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         g = torch.Generator().manual_seed(4)
         x = torch.randn(128, T, 8, generator=g)

@@ -8,9 +8,7 @@ but huge gradients at step 0 and NaN at step 1.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import pytest
 import torch
@@ -21,6 +19,8 @@ import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import Diagnoser, Finding, diagnose
 from gradlens.diagnose.engine import CAUSES
+
+from diag_scenarios import ReluRNN, quiet
 
 NAN = math.nan
 LAYERS = ["fc1", "relu1", "fc2", "relu2", "fc3"]
@@ -157,26 +157,9 @@ def _relu_stack(gain):
     return model, torch.randn(64, 32, generator=g), torch.randint(0, 4, (64,), generator=g)
 
 
-class _ReluRNN(nn.Module):
-    def __init__(self, radius):
-        super().__init__()
-        self.inp = nn.Linear(8, 32)
-        self.rnn = nn.RNN(32, 32, nonlinearity="relu", batch_first=True)
-        self.head = nn.Linear(32, 4)
-        with torch.no_grad():
-            q, _ = torch.linalg.qr(torch.randn(32, 32))
-            self.rnn.weight_hh_l0.copy_(radius * q)
-            self.rnn.bias_hh_l0.zero_()
-            self.rnn.bias_ih_l0.zero_()
-
-    def forward(self, x):
-        h, _ = self.rnn(self.inp(x))
-        return self.head(h[:, -1])
-
-
 def _rnn(radius):
     torch.manual_seed(4)
-    model = _ReluRNN(radius)
+    model = ReluRNN(radius)
     g = torch.Generator().manual_seed(4)
     return model, torch.randn(64, 40, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
 
@@ -185,9 +168,7 @@ def _train(model, x, y, steps):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     reported = {}
     step_no = [0]
-    logging.getLogger("gradlens").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         with gradlens.watch(model, opt, on_finding=lambda f: reported.setdefault(f.kind, step_no[0])) as mon:
             for i in range(steps):
                 step_no[0] = i
@@ -196,7 +177,6 @@ def _train(model, x, y, steps):
                 mon.observe_loss(loss)
                 loss.backward()
                 opt.step()
-    logging.getLogger("gradlens").setLevel(logging.NOTSET)
     return mon.findings, reported
 
 

@@ -19,6 +19,7 @@ from gradlens._record import StepRecord
 from gradlens.diagnose import Diagnoser, diagnose
 from gradlens.diagnose.rules.oscillation import swings
 from gradlens.diagnose.thresholds import THRESHOLDS
+from diag_scenarios import circles as _circles
 
 LAYERS = ["fc1", "fc2", "fc3"]
 W = int(THRESHOLDS["stalled_window"].value)  # 20
@@ -223,13 +224,6 @@ def test_every_new_threshold_is_overridable():
 # ---------------------------------------------------------------------------
 # end to end: gradlens.watch + observe_loss on real small models
 # ---------------------------------------------------------------------------
-def _circles(n=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g) * 2 * math.pi
-    y = (torch.arange(n) % 2).float()
-    r = torch.where(y > 0, torch.full((n,), 0.5), torch.ones(n))
-    x = torch.stack([r * torch.cos(t), r * torch.sin(t)], 1) + 0.1 * torch.randn(n, 2, generator=g)
-    return x, y[:, None]
 
 
 def _train(model, opt, x, y, loss_fn, steps, *, batch=64, thresholds=None):

@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import pytest
 import torch
@@ -22,6 +20,8 @@ from torch import nn
 import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
+
+from diag_scenarios import quiet
 
 STACK = [f"l{i}" for i in range(8)]
 
@@ -128,9 +128,7 @@ def _train(model, steps=10):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 16, generator=g)
     y = torch.randint(0, 4, (64,), generator=g)
-    logging.getLogger("gradlens").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         with gradlens.watch(model, opt) as mon:
             for _ in range(steps):
                 opt.zero_grad()
@@ -138,7 +136,6 @@ def _train(model, steps=10):
                 mon.observe_loss(loss)
                 loss.backward()
                 opt.step()
-    logging.getLogger("gradlens").setLevel(logging.NOTSET)
     return mon.findings
 
 

@@ -7,9 +7,7 @@ from config whose embedding is scaled by 1e4: ``scale`` names the embedding and 
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import pytest
 import torch
@@ -17,6 +15,8 @@ import torch
 import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
+
+from diag_scenarios import quiet
 
 LAYERS = ["emb", "fc1", "fc2", "fc3"]
 GRADS = {"emb": 0.5, "fc1": 0.5, "fc2": 0.4, "fc3": 0.3}
@@ -107,9 +107,7 @@ def _tiny_llama(scale, steps=6):
         model.model.embed_tokens.weight.mul_(scale)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, 96, (8, 16), generator=torch.Generator().manual_seed(0))
-    logging.getLogger("gradlens").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         with gradlens.watch(model, opt) as mon:
             for _ in range(steps):
                 opt.zero_grad()
@@ -117,7 +115,6 @@ def _tiny_llama(scale, steps=6):
                 mon.observe_loss(out.loss)
                 out.loss.backward()
                 opt.step()
-    logging.getLogger("gradlens").setLevel(logging.NOTSET)
     return mon.findings
 
 

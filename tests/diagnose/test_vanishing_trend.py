@@ -11,9 +11,7 @@ Their fixed twins (ReLU, AUTOTRAINER's repair) raise nothing.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import pytest
 import torch
@@ -23,6 +21,8 @@ from torch import nn
 import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
+
+from diag_scenarios import circles as _circles, quiet
 
 LAYERS = ["fc1", "fc2", "fc3"]
 
@@ -56,13 +56,6 @@ def test_a_layer_with_only_a_bias_falls_back_to_its_layer_norm():
 
 
 # --- end to end ----------------------------------------------------------------------
-def _circles(n=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g) * 2 * math.pi
-    y = (torch.arange(n) % 2).float()
-    r = torch.where(y > 0, torch.full((n,), 0.5), torch.ones(n))
-    x = torch.stack([r * torch.cos(t), r * torch.sin(t)], 1) + 0.1 * torch.randn(n, 2, generator=g)
-    return x, y[:, None]
 
 
 def _shallow(act):
@@ -103,9 +96,7 @@ def _lenet(act):
 
 
 def _train(model, opt, x, y, loss_fn, batch, steps=30):
-    logging.getLogger("gradlens").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         with gradlens.watch(model, opt) as mon:
             for i in range(steps):
                 j = (i * batch) % x.shape[0]
@@ -114,7 +105,6 @@ def _train(model, opt, x, y, loss_fn, batch, steps=30):
                 mon.observe_loss(loss)
                 loss.backward()
                 opt.step()
-    logging.getLogger("gradlens").setLevel(logging.NOTSET)
     return [f for f in mon.findings if f.is_problem]
 
 

@@ -13,13 +13,13 @@ import functools
 import math
 from numbers import Real
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from gradlens._record import StepRecord, layer_of
 
 __all__ = [
     "Condition", "Rule", "FirstWeights", "grad_layers", "largest_step", "fmt", "median", "is_real",
-    "finite", "urgent", "kernel_grad_norm",
+    "finite", "urgent", "kernel_grad_norm", "largest_over_median",
 ]
 
 
@@ -135,11 +135,18 @@ def is_real(x: Any) -> bool:
     t = type(x)
     if t is float or t is int:
         return True
+    if x is None:  # a layer without the statistic: skip the ABC check
+        return False
     return isinstance(x, Real) and t is not bool
 
 
 def finite(x: Any) -> bool:
-    """A real, finite number (NaN, inf, None and non-numbers are not)."""
+    """A real, finite number (NaN, inf, None and non-numbers are not); fast for floats and None
+    (what the rules read on every record)."""
+    if type(x) is float:
+        return math.isfinite(x)
+    if x is None:
+        return False
     return is_real(x) and math.isfinite(x)
 
 
@@ -170,6 +177,29 @@ class FirstWeights:
     def started_at_zero(self, name: str) -> bool:
         """Whether the first finite weight norm of ``name`` was zero (unseen layers: no)."""
         return self._first.get(name, 1.0) <= 0
+
+    def sized(self, names: Iterable[str], weights: Mapping[str, Any]) -> List[Tuple[str, float]]:
+        """``(layer, ||W||)`` for the layers of ``names`` whose weight norm is finite and
+        positive and did not start at zero (the layers a scale comparison can judge)."""
+        return [(n, float(weights[n])) for n in names
+                if finite(weights.get(n)) and weights[n] > 0 and not self.started_at_zero(n)]
+
+
+def largest_over_median(
+    sized: Sequence[Tuple[str, float]], keep: Callable[[str], bool]
+) -> Optional[Tuple[str, float, float]]:
+    """``(layer, ||W||, ratio)``: the largest weight norm of ``sized`` among the layers ``keep``
+    accepts, and its ratio to the median of all the other layers of ``sized``; None when
+    ``keep`` accepts none.
+
+    Example:
+        >>> largest_over_median([("a", 1.0), ("b", 2.0), ("c", 300.0)], lambda n: True)
+        ('c', 300.0, 200.0)
+    """
+    name, w = max(((n, v) for n, v in sized if keep(n)), key=lambda x: x[1], default=(None, 0.0))
+    if name is None:
+        return None
+    return name, w, w / median([v for n, v in sized if n != name])
 
 
 def grad_layers(record: StepRecord, *, positive: bool = True) -> List[Tuple[str, float]]:

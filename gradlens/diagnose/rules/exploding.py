@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Tuple
 
 from gradlens._record import StepRecord
 from gradlens.diagnose.rules.base import (
-    Condition, FirstWeights, Rule, fmt, grad_layers, largest_step, median, finite, urgent,
+    Condition, FirstWeights, Rule, fmt, grad_layers, largest_over_median, largest_step, median, finite,
+    urgent,
 )
 
 __all__ = ["Exploding"]
@@ -54,6 +55,7 @@ class Exploding(Rule):
         self._first_weight = FirstWeights()
         self._total: List[float] = []
         self._per_layer: Dict[str, List[float]] = {}
+        self._base: Optional[float] = None  # median of _total, once the baseline is full
 
     def check(self, record: StepRecord) -> List[Condition]:
         gl = grad_layers(record)
@@ -77,6 +79,8 @@ class Exploding(Rule):
             and weights[name] > 0 and not self._first_weight.started_at_zero(name)
         }
         worst = max(relative, key=relative.get) if relative else None
+        if not (len(gl) >= 2 and ratio >= t_ratio) and not (worst is not None and relative[worst] >= t_rel):
+            return over_time  # neither test holds: skip the culprit search (every record)
         if len(gl) >= 2:
             culprit, after, factor, _ = largest_step(gl, rise=True)
         else:
@@ -137,16 +141,15 @@ class Exploding(Rule):
         by orders of magnitude (a head or a final norm gain x1e3) inflates every gradient
         below it: the rise shows up under it, the cause is the layer itself.
         """
-        sized = [(n, float(weights[n])) for n, _ in gl
-                 if finite(weights.get(n)) and weights[n] > 0 and not self._first_weight.started_at_zero(n)]
         names = [n for n, _ in gl]
+        sized = self._first_weight.sized(names, weights)
         if len(sized) < 3 or culprit not in names:
             return None
         above = set(names[names.index(culprit):])
-        name, w = max(((n, w) for n, w in sized if n in above), key=lambda x: x[1], default=(None, 0.0))
-        if name is None:
+        best = largest_over_median(sized, above.__contains__)
+        if best is None:
             return None
-        q = w / median([v for n, v in sized if n != name])
+        name, _, q = best
         return (name, q) if q >= self.t["scale_oversized"] else None
 
     def _over_time(self, gl) -> List[Condition]:
@@ -157,7 +160,9 @@ class Exploding(Rule):
             for name, g in gl:
                 self._per_layer.setdefault(name, []).append(g)
             return []
-        base = median(self._total)
+        if self._base is None:
+            self._base = median(self._total)
+        base = self._base
         t_growth = self.t["exploding_growth"]
         if base <= 0 or total / base < t_growth:
             return []

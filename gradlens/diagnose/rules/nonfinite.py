@@ -166,7 +166,7 @@ class NonFinite(Rule):
         origin = record.nonfinite_origin
         if origin:
             wn = record.stats.get("weight_norm", {}).get(origin)
-            if wn is not None and not (is_real(wn) and math.isfinite(wn)):
+            if wn is not None and not finite(wn):
                 # its inputs were finite but its weights were not: not where it was born
                 return origin, "fallback: first module with non-finite output, its weights already non-finite"
             return origin, "origin"

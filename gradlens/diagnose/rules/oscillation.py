@@ -77,10 +77,7 @@ class Oscillation(Rule):
             return []
         t_amp, t_rate, t_trend = (self.t["oscillation_amplitude"], self.t["oscillation_rate"],
                                   self.t["oscillation_trend"])
-        n = swings(window, t_amp * mean)
-        rate = n / w
-        if rate < t_rate:
-            return []
+        # the cheap tests first (every record): the swing count is the one loop over the window
         h = w // 2
         first, second = sum(window[:h]) / h, sum(window[h:]) / (w - h)
         if second < (1 - t_trend) * first:
@@ -89,6 +86,10 @@ class Oscillation(Rule):
         t_level = self.t["oscillation_level"]
         if mean < t_level * initial:
             return []  # converged: its noise is large only next to a tiny mean
+        n = swings(window, t_amp * mean)
+        rate = n / w
+        if rate < t_rate:
+            return []
         s0, s1 = self._loss.steps[-w], self._loss.steps[-1]
         return [
             Condition(

@@ -24,7 +24,9 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from gradlens._record import StepRecord
-from gradlens.diagnose.rules.base import Condition, FirstWeights, Rule, finite, fmt, median, urgent
+from gradlens.diagnose.rules.base import (
+    Condition, FirstWeights, Rule, finite, fmt, largest_over_median, urgent,
+)
 
 __all__ = ["Scale"]
 
@@ -43,8 +45,7 @@ class Scale(Rule):
         self._first_weight.update(record)
         out: List[Condition] = []
         weights = record.stats.get("weight_norm", {})
-        sized = [(n, float(weights[n])) for n in record.layers
-                 if finite(weights.get(n)) and weights[n] > 0 and not self._first_weight.started_at_zero(n)]
+        sized = self._first_weight.sized(record.layers, weights)
         # a layer that grew out of scale is the growth test's; this one is for a scale it had
         # from the start (an init or a constant factor)
         first = self._first["weight_norm"]
@@ -64,13 +65,9 @@ class Scale(Rule):
             return None
         t = self.t["scale_oversized"]
         # only the largest can be oversized against the others: one median, O(L log L)
-        name, w = max((x for x in sized if x[0] not in grown), key=lambda x: x[1], default=(None, 0.0))
-        if name is None:
+        best = largest_over_median(sized, lambda n: n not in grown)
+        if best is None or best[2] < t:
             return None
-        q = w / median([v for n, v in sized if n != name])
-        if q < t:
-            return None
-        best = (name, w, q)
         name, w, q = best
         advice = (f"scale down the initialisation of {name!r} (or remove what multiplies it); "
                   f"a normalisation after it divides its gradient by the same factor")

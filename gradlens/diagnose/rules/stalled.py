@@ -119,9 +119,13 @@ class Stalled(Rule):
             if finite(r):
                 self._ratio[name] = float(r)
         keep = 2 * max(2, int(self.t["stalled_window"]))
+        norms = self._norms
         for name, w in record.stats.get("weight_norm", {}).items():
             if finite(w):
-                self._norms.setdefault(name, deque(maxlen=keep)).append(float(w))
+                q = norms.get(name)
+                if q is None:  # (setdefault would build a deque per layer per record)
+                    q = norms[name] = deque(maxlen=keep)
+                q.append(float(w))
 
     def _unchanged(self, record: StepRecord, w: int) -> Dict[str, float]:
         """Layers whose weights do not move: name -> ||dW||/||W|| (or the relative

@@ -51,10 +51,9 @@ class Vanishing(Rule):
         # last kernel gradient is tiny too (its input is), which hides the shrink the other way
         ratio = min(k_first / k_last, g_first / g_last)
         t_ratio, t_abs = self.t["vanishing_ratio"], self.t["vanishing_abs"]
-        # drops[i] > 0: the gradient is smaller at layer i than at layer i+1.
-        steady = all(gl[i][1] < gl[i + 1][1] for i in range(len(gl) - 1))
         if ratio > t_ratio:
             return []
+        steady = all(gl[i][1] < gl[i + 1][1] for i in range(len(gl) - 1))
         if k_first <= t_abs:
             test = f"and {fmt(k_first)} <= {fmt(t_abs)}"
         elif steady:
