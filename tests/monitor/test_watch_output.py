@@ -546,7 +546,7 @@ def test_the_forward_hook_is_on_only_while_a_recorded_step_runs():
     torch.manual_seed(0)
     model = _linear_out()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt) as mon:  # every 5th logged step
+    with gradlens.watch(model, opt):  # every 5th logged step
         armed = []
         for _ in range(11):
             armed.append(len(model._forward_hooks))
