@@ -79,7 +79,20 @@ THRESHOLDS: Dict[str, Threshold] = {
         100.0, "a layer's gradient norm over its weight norm at or above which gradients explode "
         "(an SGD step at lr 0.01 would move the weights by 100%)",
         "ours: at most 3.5 on the healthy suite (GAN discriminator, step 0; "
-        "zero-initialised layers excluded), 3e3 on an over-scaled ReLU stack",
+        "zero-initialised layers excluded), 3e3 on an over-scaled ReLU stack. Measured per unit of "
+        "||dL/d(output)|| when that exceeds 1: on the 51 healthy/fixed corpus programs at most 77 "
+        "(so48934338_fixed, MSE on targets up to 125: 560 before the division, dL/d(output) 2.6-18), "
+        "at least 357 on the buggy ones it reports (hf_llama_exploding_head, own_overscaled_relu 536 "
+        "at step 0)",
+    ),
+    "exploding_amplifier": Threshold(
+        100.0, "a layer at or above where exploding gradients grow whose weight norm is this many times "
+        "the median of the other layers' is named as what inflates them",
+        "ours: the largest weight norm over the median of the others is at most 8.7x on the 51 "
+        "healthy/fixed corpus programs (hf_bert_healthy's embedding LayerNorm, step 0), so 100 keeps a "
+        ">10x margin; only read once an exploding condition holds. A head scaled by 1e3 is 221x "
+        "(hf_bert_exploding_head's 2x32 classifier, small by default), 2.0e3x (Llama lm_head) and "
+        "4.7e3x (GPT-2 ln_f)",
     ),
     "exploding_growth": Threshold(
         1e3, "growth of the total gradient norm over its median on the first logged "

@@ -6,13 +6,21 @@ Rules:
   with ``g`` the gradient norm of each layer that has one, input side first. The
   culprit is where the growth happens: the input-side layer of the largest rise in
   ``log10 g`` between adjacent layers (going backward from the loss), unless a layer at
-  or above it has weights ``scale_oversized`` times the other layers' (a head or a
-  final norm gain scaled up by 1e3): the backward pass multiplies by those weights,
-  so that layer is named.
+  or above it has weights ``exploding_amplifier`` times the median of the other layers'
+  (a head or a final norm gain scaled up by 1e3): the backward pass multiplies by those
+  weights, so that layer is named.
 * too large for the weights: some layer's ``||g|| / ||W|| >= exploding_relative``
   (a norm far beyond normal whatever the depth: in a uniformly over-scaled ReLU
   stack the gradients grow backward exactly as the activations grow forward, so
-  every layer's weight gradient is equally, and hugely, large). Named as above
+  every layer's weight gradient is equally, and hugely, large), *per unit of
+  output gradient*: every gradient is linear in dL/d(output), so a loss on large
+  targets (MSE on values in the hundreds) makes every layer's gradient large without
+  any growth through the layers. The ratio is divided by ``||dL/d(output)||`` (the
+  latest measured ``output_grad_norm`` signal) when that exceeds 1, the scale of a
+  unit-scale loss (cross-entropy, MSE on standardised targets). A ratio
+  ``urgent_factor`` times past the threshold before that division is urgent whatever
+  the loss (the next SGD step moves the weights by 1e4 times the learning rate).
+  Named as above
   when the gradient clearly rises (2x or more) somewhere going backward, else at
   the input-most layer past the threshold (the whole stack is hit alike: an
   over-scaled init, unscaled inputs). Layers whose weights started at
@@ -56,8 +64,10 @@ class Exploding(Rule):
         self._total: List[float] = []
         self._per_layer: Dict[str, List[float]] = {}
         self._base: Optional[float] = None  # median of _total, once the baseline is full
+        self._out_grad = 1.0  # the latest measured ||dL/d(output)||, at least 1 (see _loss_scale)
 
     def check(self, record: StepRecord) -> List[Condition]:
+        scale = self._loss_scale(record)  # (kept on every record: it is measured on its own cadence)
         gl = grad_layers(record)
         if not gl:
             return []
@@ -79,7 +89,10 @@ class Exploding(Rule):
             and weights[name] > 0 and not self._first_weight.started_at_zero(name)
         }
         worst = max(relative, key=relative.get) if relative else None
-        if not (len(gl) >= 2 and ratio >= t_ratio) and not (worst is not None and relative[worst] >= t_rel):
+        # per unit of output gradient; a raw ratio urgent_factor times past the threshold holds anyway
+        raw_urgent = worst is not None and urgent(relative[worst], t_rel, self.t)
+        rel_holds = worst is not None and (relative[worst] / scale >= t_rel or raw_urgent)
+        if not (len(gl) >= 2 and ratio >= t_ratio) and not rel_holds:
             return over_time  # neither test holds: skip the culprit search (every record)
         if len(gl) >= 2:
             culprit, after, factor, _ = largest_step(gl, rise=True)
@@ -108,33 +121,45 @@ class Exploding(Rule):
                 evidence=dict(evidence, amplifier=amp[0] if amp else None), advice=fix,
                 urgent=urgent(ratio, t_ratio, self.t), summary=_summary(record, layer, grads[layer]),
             )]
-        if worst is not None and relative[worst] >= t_rel:
+        if rel_holds:
             if culprit is not None and factor >= _CLEAR_RISE:
                 layer = culprit
                 where = f"; the growth happens at {layer!r}, {fmt(factor)}x larger than at {after!r}"
             else:
                 # no layer makes it grow: every layer past the threshold is hit alike (an
                 # over-scaled stack, unscaled inputs); look where it starts, at the input side
-                layer = next(n for n in relative if relative[n] >= t_rel)
+                layer = next(n for n in relative
+                             if relative[n] / scale >= t_rel or urgent(relative[n], t_rel, self.t))
                 where = f"; no layer makes it grow, so look at the input side, {layer!r}"
             amp = self._amplifier(gl, weights, layer)
             if amp is not None:
                 layer, where = amp[0], f"; it grows below {amp[0]!r}, whose weights are {fmt(amp[1])}x the median layer's"
+            per = (f", {fmt(relative[worst] / scale)}x per unit of ||dL/d(output)|| = {fmt(scale)}"
+                   if scale > 1 else "")
             return [Condition(
                 key="", layer=layer, value=relative[worst], threshold=t_rel, severity="warning",
                 message=(
                     f"gradients explode: the gradient norm of {worst!r} is {fmt(relative[worst])}x "
-                    f"its weight norm (threshold {fmt(t_rel)}){where}: {fix}"
+                    f"its weight norm{per} (threshold {fmt(t_rel)}){where}: {fix}"
                 ),
                 evidence=dict(evidence, grad_over_weight=relative[worst], worst_layer=worst,
+                              output_grad_norm=scale if scale > 1 else None,
                               amplifier=amp[0] if amp else None),
-                advice=fix, urgent=urgent(relative[worst], t_rel, self.t),
+                advice=fix, urgent=raw_urgent,
                 summary=_summary(record, layer, grads[layer]),
             )]
         return over_time
 
+    def _loss_scale(self, record: StepRecord) -> float:
+        """The latest measured ``||dL/d(output)||`` (``output_grad_norm``, measured on its own
+        cadence: the last value is kept), or 1 when it is smaller or was never measured."""
+        g = record.signals.get("output_grad_norm") if record.signals else None
+        if finite(g):
+            self._out_grad = max(1.0, float(g))
+        return self._out_grad
+
     def _amplifier(self, gl, weights, culprit: str) -> Optional[Tuple[str, float]]:
-        """The layer at or above ``culprit`` (output side) whose weights are ``scale_oversized``
+        """The layer at or above ``culprit`` (output side) whose weights are ``exploding_amplifier``
         times the median of the others, the largest such, as ``(name, factor)``; else None.
 
         The backward pass multiplies the gradient by each layer's weights, so a layer scaled up
@@ -150,7 +175,7 @@ class Exploding(Rule):
         if best is None:
             return None
         name, _, q = best
-        return (name, q) if q >= self.t["scale_oversized"] else None
+        return (name, q) if q >= self.t["exploding_amplifier"] else None
 
     def _over_time(self, gl) -> List[Condition]:
         n_base = max(1, int(self.t["baseline_steps"]))
