@@ -99,7 +99,9 @@ CASES = [
     RuleCase("update_ratio_not_measured", _repeat(5, grad=HEALTHY_GRADS, update_ratio={"fc1": NAN}), None),
     RuleCase("divergence", lambda: [rec(i, grad=HEALTHY_GRADS, loss=1.0 if i < 5 else 500.0) for i in range(8)],
              "divergence", None, 5),
-    RuleCase("divergence_nonfinite_loss", lambda: [rec(0, grad=HEALTHY_GRADS, loss=math.inf)], "nonfinite", None, 0),
+    # only the loss is non-finite (every gradient finite): first seen in the loss, named at the
+    # output layer whose values it takes
+    RuleCase("divergence_nonfinite_loss", lambda: [rec(0, grad=HEALTHY_GRADS, loss=math.inf)], "nonfinite", "fc3", 0),
     RuleCase("falling_loss_is_fine", lambda: [rec(i, grad=HEALTHY_GRADS, loss=10.0 / (i + 1)) for i in range(20)], None),
 ]
 

@@ -14,6 +14,15 @@ Reported at once (a NaN never heals). Named where it is *born*:
    activations, else with non-finite weights, else with non-finite gradients. When
    only some layers have non-finite gradients the NaN was born in the backward pass,
    at the output-most of them, and that one is named instead.
+
+A NaN born in the loss (the replay's ``phase`` ``"loss"``; or, without a replay, a
+non-finite loss or dL/d(output) while every weight, gradient and the model output are
+finite: a ReLU output of zeros into ``log`` or ``p / p.sum()``, whose masked backward
+leaves the parameter gradients finite) is named at the output layer (the output-most
+layer of the record), the layer whose values the loss could not take: the message says
+"born in the loss" when the evidence shows it (the replay, or the output signals: a
+finite output with a non-finite dL/d(output)), "first seen in the loss" otherwise, and
+quotes the output's range when it was measured.
 """
 
 from __future__ import annotations
@@ -47,6 +56,36 @@ def _located(site) -> bool:
     return isinstance(site, dict) and str(site.get("located_by", "")).startswith("replayed")
 
 
+_ADVICE_LOSS = ("check the loss for log/division of non-positive values (e.g. log of a probability of 0, or "
+                "p / p.sum() of an output row of zeros): give the loss logits (log_softmax, cross_entropy, "
+                "BCEWithLogitsLoss) or a softmax/sigmoid output instead of a ReLU/linear one, or clamp by an "
+                "epsilon; check the targets for NaN")
+
+
+_ADVICE_LOSS_OVERFLOW = ("the loss overflowed on a finite output (e.g. MSE of outputs or targets past 1e19) or "
+                         "took the log of 0: lower the learning rate, normalise the inputs and targets, clip "
+                         "gradients, or give the loss logits")
+
+
+def _output_layer(record: StepRecord) -> str:
+    """The output-most layer of ``record`` with a weight or gradient statistic (the last
+    layer with parameters), else its last layer."""
+    grads, weights = record.stats.get("grad_norm", {}), record.stats.get("weight_norm", {})
+    return next((n for n in reversed(record.layers) if n in grads or n in weights), record.layers[-1])
+
+
+def _output_range(record: StepRecord) -> Tuple[str, Optional[List[float]]]:
+    """(``", the model output in [0, 7.13], values <= 0 that ..."``, ``[min, max]``) from the
+    record's output signals; ``("", None)`` when they were not measured."""
+    lo, hi = record.signals.get("output_min"), record.signals.get("output_max")
+    if not (finite(lo) and finite(hi)):
+        return "", None
+    text = f", the model output in [{fmt(float(lo))}, {fmt(float(hi))}]"
+    if lo <= 0:
+        text += " (reaching 0: its log, or p / p.sum() of a row of zeros, is not finite)"
+    return text, [float(lo), float(hi)]
+
+
 def _describe(site) -> Tuple[str, str]:
     """(where it was born, what to do) of a replayed site."""
     how = site.get("located_by", "replayed")
@@ -58,8 +97,7 @@ def _describe(site) -> Tuple[str, str]:
                 "check the data pipeline for NaN/Inf (torch.isfinite(batch).all()) and drop or clean those samples")
     if phase == "loss":
         return (f"born in the loss: dL/d(output) is non-finite while the model output is finite, {how}",
-                "check the loss for log/division of non-positive values (e.g. log of a probability of 0: "
-                "use log_softmax, BCEWithLogitsLoss, or clamp by an epsilon)")
+                _ADVICE_LOSS)
     op = site.get("op")
     module = site.get("module")
     parts = [f"born at {module!r}" if module is not None else "born"]
@@ -112,14 +150,41 @@ class NonFinite(Rule):
         ]
         loss_bad = record.loss is not None and not math.isfinite(record.loss)
         site = record.nonfinite_site if isinstance(record.nonfinite_site, dict) else None
-        if not (act_bad or w_bad or g_bad or loss_bad or record.nonfinite_origin or site):
+        out_bad = record.signals.get("output_nonfinite") if record.signals else None
+        out_grad_bad = record.signals.get("output_grad_nonfinite") if record.signals else None
+        signal_bad = _positive(out_bad) or _positive(out_grad_bad)
+        if not (act_bad or w_bad or g_bad or loss_bad or signal_bad or record.nonfinite_origin or site):
             return []
         if self._born is None and _located(site):
             self._born = dict(site)
         advice = _ADVICE_DEFAULT
+        out_range = None
         if self._born is not None:
             layer, how = self._born.get("module"), self._born["located_by"]
             named, advice = _describe(self._born)
+            if self._born.get("phase") == "loss" and record.layers:
+                # the loss has no module: the output layer fed it the values it could not take
+                layer = _output_layer(record)
+                rng_text, out_range = _output_range(record)
+                named += f"; it takes the output of {layer!r}{rng_text}"
+        elif (not (act_bad or w_bad or g_bad or record.nonfinite_origin) and record.layers
+              and (loss_bad or _positive(out_grad_bad)) and not _positive(out_bad)
+              and not (site is not None and site.get("phase") in ("input", "forward", "backward"))):
+            # every weight and gradient is finite: the NaN did not flow back through the model
+            # (a ReLU output's masked backward stops it), so it is the loss's, on the output
+            # layer's values. With the output signals measured, finite output and non-finite
+            # dL/d(output) are the evidence the replay's "loss" phase reads; else a fallback.
+            layer = _output_layer(record)
+            shown = out_bad == 0 and _positive(out_grad_bad)
+            how = ("output signals: the model output is finite, dL/d(output) is not" if shown
+                   else "fallback: only the loss is non-finite (every weight and gradient finite)")
+            if site is not None and site.get("located_by") and not shown:
+                how = f"{site['located_by']}; {how}"
+            rng_text, out_range = _output_range(record)
+            named = (f"{'born' if shown else 'first seen'} in the loss, after the output layer {layer!r}"
+                     f"{rng_text} ({how})")
+            overflow = record.loss is not None and math.isinf(record.loss)
+            advice = _ADVICE_LOSS_OVERFLOW if overflow else _ADVICE_LOSS
         else:
             layer, how = self._locate(record, act_bad, w_bad, g_bad)
             if site is not None and site.get("located_by"):
@@ -130,7 +195,8 @@ class NonFinite(Rule):
                 named = f"first seen at {layer!r} ({how})"
             else:
                 named = f"origin unknown ({how})"
-        where = [w for w, bad in (("loss", loss_bad), ("activations", act_bad),
+        where = [w for w, bad in (("loss", loss_bad), ("the model output", _positive(out_bad)),
+                                  ("dL/d(output)", _positive(out_grad_bad)), ("activations", act_bad),
                                   ("weights", w_bad), ("gradients", g_bad)) if bad]
         count = sum(
             v for v in s.get("nonfinite", {}).values() if finite(v)
@@ -146,6 +212,8 @@ class NonFinite(Rule):
         }
         if self._born is not None:
             evidence["site"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._born.items()}
+        if out_range is not None:
+            evidence["output_range"] = out_range
         return [
             Condition(
                 key="",
