@@ -6,7 +6,12 @@ layer norms) missed: AUTOTRAINER's own kernel norms, and the trend test of its f
 * a LeNet with 2 extra sigmoid Dense layers: ratio 8e-4 and a first-layer norm of 5e-4,
   above 1e-4, but the gradient falls at every layer going backward.
 
-Their fixed twins (ReLU, AUTOTRAINER's repair) raise nothing.
+* DeepFD's so39217567 (3 sigmoid Dense(8), N(0, 0.05) kernels, MSE, SGD): the ratio wanders
+  around 1e-3 (8e-4..2.6e-3) with a first layer at 2e-5 and a loss flat at 0.25: found by the
+  near-threshold test with a flat loss (``vanishing_ratio_flat``).
+
+Their fixed twins (ReLU, AUTOTRAINER's repair; a falling loss, a first layer that is not
+negligible, no fall at every layer) raise nothing.
 """
 
 from __future__ import annotations
@@ -121,3 +126,66 @@ def test_missed_vanishing_is_found(build, culprits):
 @pytest.mark.parametrize("build", [pytest.param(_shallow, id="shallow_relu"), pytest.param(_lenet, id="lenet_relu")])
 def test_fixed_twins_raise_nothing(build):
     assert [str(f) for f in _train(*build(nn.ReLU))] == []
+
+
+# --- near the threshold, with a flat loss (DeepFD so39217567) ------------------------------
+# The first/last ratio wanders over 8e-4..2.6e-3 from batch to batch (3 sigmoid layers with
+# N(0, 0.05) kernels, MSE on shuffled 8-bit codes) while the loss stays at 0.25: AUTOTRAINER's
+# 1e-3 holds on a step now and then, never on 3 in a row. With a negligible first layer, a fall
+# at every layer and a flat loss, a ratio up to vanishing_ratio_flat (1e-2) counts.
+def flat_run(n=45, *, first=2e-5, middle=5e-4, last=1.5e-2, loss=lambda i: 0.25 + 1e-4 * (i % 3)):
+    grads = {"fc1": first, "fc2": middle, "fc3": last}  # ratio first/last 1.3e-3 by default
+    return [StepRecord(i, list(LAYERS), {"grad_norm": dict(grads)}, loss=loss(i)) for i in range(n)]
+
+
+def test_a_ratio_just_above_1e_3_with_a_flat_loss_is_vanishing():
+    (f,) = [f for f in diagnose(flat_run()) if f.kind == "vanishing"]
+    # two whole 20-step windows of loss are needed: it holds from step 39, reported at 41
+    assert f.step == 39 and f.layer == "fc1" and f.threshold == pytest.approx(1e-2)
+    assert f.value == pytest.approx(2e-5 / 1.5e-2)
+    assert f.evidence["flat_loss_drop"] is not None and abs(f.evidence["flat_loss_drop"]) < 0.01
+    assert "a flat loss" in f.message
+
+
+@pytest.mark.parametrize("kw", [
+    pytest.param({"loss": lambda i: 1.0 / (1 + 0.05 * i)}, id="the_loss_falls"),
+    pytest.param({"first": 2e-4, "middle": 1e-2, "last": 0.1}, id="first_layer_not_negligible"),
+    pytest.param({"middle": 1e-5}, id="no_fall_at_every_layer"),
+    pytest.param({"first": 2e-5, "middle": 5e-4, "last": 1.5e-3}, id="ratio_above_1e_2"),
+    pytest.param({"n": 38}, id="less_than_two_loss_windows"),
+])
+def test_fixed_twins_near_the_threshold_are_not_vanishing(kw):
+    assert [f for f in diagnose(flat_run(**kw)) if f.kind == "vanishing"] == []
+
+
+def test_without_a_loss_the_flat_test_never_holds():
+    records = [StepRecord(r.step, r.layers, r.stats) for r in flat_run()]
+    assert [f for f in diagnose(records) if f.kind == "vanishing"] == []
+
+
+def _codes_program():
+    torch.manual_seed(321)
+    bits = ((torch.arange(256)[:, None] >> torch.arange(7, -1, -1)) & 1).float()
+    y = bits[torch.randperm(256, generator=torch.Generator().manual_seed(321))]
+    model = nn.Sequential(nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 8),
+                          nn.Sigmoid())
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 0.05)
+                m.bias.zero_()
+    return model, torch.optim.SGD(model.parameters(), lr=0.01), bits, y, F.mse_loss, 50
+
+
+def test_reference_the_codes_program_sits_just_above_autotrainers_ratio():
+    # plain autograd at step 0: the kernels' first/last ratio is above 1e-3 but within 10x
+    model, _, x, y, loss_fn, batch = _codes_program()
+    loss_fn(model(x[:batch]), y[:batch]).backward()
+    ratio = (model[0].weight.grad.norm() / model[4].weight.grad.norm()).item()
+    assert 1e-3 < ratio < 1e-2 and model[0].weight.grad.norm().item() < 1e-4
+
+
+def test_end_to_end_the_codes_program_is_vanishing_at_its_input_side():
+    found = _train(*_codes_program(), steps=50)
+    van = [f for f in found if f.kind == "vanishing"]
+    assert van and van[0].layer == "0" and van[0].evidence["flat_loss_drop"] is not None, [str(f) for f in found]

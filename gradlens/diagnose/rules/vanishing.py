@@ -16,11 +16,23 @@ the shrink is uniform (every drop within 2x of the median drop, a deep tanh or
 sigmoid stack) no layer kills the signal: the finding covers the whole stack
 (``evidence["stack"]``, first and last layer) and names its input-most layer, the
 one that starves first.
+
+Near the threshold, with a flat loss (issue 12: "a shallow sigmoid net whose first/last
+gradient ratio sits just above AUTOTRAINER's 1e-3, with a flat loss"): a ratio up to
+``vanishing_ratio_flat`` (10x AUTOTRAINER's) counts too when the first layer's kernel
+gradient is negligible (``<= vanishing_abs``) *and* the gradient falls at every layer
+going backward *and* the loss is not decreasing: the mean of the latest
+``stalled_window`` logged losses is less than ``stalled_min_improvement`` below the mean
+of the first ``stalled_window`` (the test of ``stalled``; no loss, no such test). A
+ratio that wanders around 1e-3 from batch to batch while nothing is learned is the same
+vanishing as one that stays below it.
 """
 
 from __future__ import annotations
 
-from typing import List
+import math
+from collections import deque
+from typing import Deque, List
 
 from gradlens._record import StepRecord
 from gradlens.diagnose.rules.base import (
@@ -36,7 +48,37 @@ class Vanishing(Rule):
     kind = "vanishing"
     phrase = "vanishing gradients"
 
+    def reset(self) -> None:
+        """Forget the loss levels."""
+        n = max(1, int(self.t.get("stalled_window", 20)))
+        self._first: List[float] = []  # the first n finite losses
+        self._recent: Deque[float] = deque(maxlen=n)  # the latest n, once past the first n
+        self._recent_sum = 0.0
+
+    def _observe_loss(self, loss) -> None:
+        if loss is None or not math.isfinite(loss):
+            return
+        if len(self._first) < self._recent.maxlen:
+            self._first.append(float(loss))
+            return
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_sum -= self._recent[0]
+        self._recent.append(float(loss))
+        self._recent_sum += float(loss)
+
+    def _loss_drop(self) -> float:
+        """Relative drop of the latest window's mean loss below the first window's; NaN until
+        two whole windows were seen."""
+        n = self._recent.maxlen
+        if len(self._recent) < n:
+            return math.nan
+        start = sum(self._first) / n
+        if start == 0:
+            return math.nan
+        return (start - self._recent_sum / n) / abs(start)
+
     def check(self, record: StepRecord) -> List[Condition]:
+        self._observe_loss(record.loss)
         gl = grad_layers(record)
         if len(gl) < 2:
             return []
@@ -51,10 +93,20 @@ class Vanishing(Rule):
         # last kernel gradient is tiny too (its input is), which hides the shrink the other way
         ratio = min(k_first / k_last, g_first / g_last)
         t_ratio, t_abs = self.t["vanishing_ratio"], self.t["vanishing_abs"]
-        if ratio > t_ratio:
-            return []
+        if ratio > max(t_ratio, self.t["vanishing_ratio_flat"]):
+            return []  # (every record of a healthy net: one comparison)
         steady = all(gl[i][1] < gl[i + 1][1] for i in range(len(gl) - 1))
-        if k_first <= t_abs:
+        flat = None
+        if ratio > t_ratio:
+            # near the threshold: negligible, falling at every layer, and nothing is learned
+            drop = self._loss_drop()
+            if not (k_first <= t_abs and steady and drop < self.t["stalled_min_improvement"]):
+                return []
+            flat = drop
+            t_ratio = self.t["vanishing_ratio_flat"]
+            test = (f"with {fmt(k_first)} <= {fmt(t_abs)}, a fall at every layer going backward and a flat "
+                    f"loss (down {fmt(100 * drop)}% over the run, under {fmt(100 * self.t['stalled_min_improvement'])}%)")
+        elif k_first <= t_abs:
             test = f"and {fmt(k_first)} <= {fmt(t_abs)}"
         elif steady:
             # AUTOTRAINER's first release tested the ratio with the gradient's trend ("a clear
@@ -100,6 +152,7 @@ class Vanishing(Rule):
                     "drop_factor": factor,
                     "median_drop_factor": typical,
                     "stack": [first, last] if uniform else None,
+                    "flat_loss_drop": flat,
                 },
                 advice=advice, summary=f"||g|| {fmt(g_first)} at the input side, {fmt(ratio)}x the output's",
             )
