@@ -148,29 +148,60 @@ def _user_line() -> Optional[str]:
     return None
 
 
+def _absmax(value: Any) -> float:
+    """The largest |x| over the floating tensors of ``value`` when it is finite, else -1."""
+    best = -1.0
+    for _, t in _tensors(value):
+        if _floating(t) and t.numel():
+            m = float(t.detach().abs().max())
+            if math.isfinite(m) and m > best:
+                best = m
+    return best
+
+
 class _Stack:
-    """The qualified names of the modules whose forward is running (temporary hooks)."""
+    """The qualified names of the modules whose forward is running (temporary hooks), and
+    the leaf module whose output grew most above unit scale (``max(|out|, 1) / max(|in|, 1)``,
+    finite values only) so far: where the values of an overflow came from."""
 
     def __init__(self, named: Sequence[Tuple[str, nn.Module]]) -> None:
         self.names: List[str] = []
         self.hooks = HookSet()
+        self.grew: Optional[Tuple[float, str, float, float]] = None  # (factor, module, |in|, |out|)
+        self._in: Dict[str, float] = {}
         for name, module in named:
             if name:
-                self.hooks.add(module.register_forward_pre_hook(self._push(name), prepend=True))
-                self.hooks.add(module.register_forward_hook(self._pop(name), always_call=True))
+                leaf = next(module.children(), None) is None
+                self.hooks.add(module.register_forward_pre_hook(self._push(name, leaf), prepend=True))
+                self.hooks.add(module.register_forward_hook(self._pop(name, leaf), always_call=True))
 
-    def _push(self, name: str) -> Callable[..., None]:
+    def _push(self, name: str, leaf: bool) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
             self.names.append(name)
+            if leaf:
+                self._in[name] = _absmax(args)
 
         return hook
 
-    def _pop(self, name: str) -> Callable[..., None]:
+    def _pop(self, name: str, leaf: bool) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self.names and self.names[-1] == name:
                 self.names.pop()
+            seen = self._in.pop(name, -1.0) if leaf else -1.0
+            out = _absmax(output) if seen >= 0 else -1.0
+            if out >= 0:
+                factor = max(out, 1.0) / max(seen, 1.0)
+                if factor > 1.0 and (self.grew is None or factor > self.grew[0]):
+                    self.grew = (factor, name, seen, out)
 
         return hook
+
+    def growth(self) -> Optional[Dict[str, Any]]:
+        """``{"module", "from", "to"}`` of the largest growth so far, or None."""
+        if self.grew is None:
+            return None
+        _, name, seen, out = self.grew
+        return {"module": name, "from": seen, "to": out}
 
     @property
     def top(self) -> str:
@@ -206,6 +237,7 @@ class _FirstNonFinite(TorchDispatchMode):
                 "module": self.stack.top,
                 "source": _user_line(),
                 "input_range": None if mutable else _range(inputs),
+                "grew_at": self.stack.growth(),  # (an overflow's values grew there first)
             }
         return out
 

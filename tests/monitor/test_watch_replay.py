@@ -173,6 +173,71 @@ def test_a_log_module_in_a_sequential_is_named_not_the_first_layer():
     assert "born at '1' in aten.log" in f.message
 
 
+class Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)  # birth: exp
+
+
+def _exp_stack():
+    """Linear -> exp -> Linear -> exp: exp(5) = 148 at '1' (30x), then exp(118) = inf at '3'."""
+    model = nn.Sequential(nn.Linear(4, 8), Exp(), nn.Linear(8, 8), Exp())
+    with torch.no_grad():
+        model[0].weight.fill_(1.0), model[0].bias.zero_()
+        model[2].weight.fill_(0.1), model[2].bias.zero_()
+    return model
+
+
+def _sigmoid_then_exp_stack():
+    """sigmoid(5e-4) = 0.5 at '1' (1000x, but below unit scale: not growth), exp(5) = 148 at
+    '3' (30x), exp(118) = inf at '5'."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 8), Exp(), nn.Linear(8, 8), Exp())
+    with torch.no_grad():
+        for m, w in ((model[0], 1e-4), (model[2], 1.25), (model[4], 0.1)):
+            m.weight.fill_(w), m.bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("build, expected", [
+    pytest.param(_exp_stack, ("3", "1"), id="exp_stack"),
+    pytest.param(_sigmoid_then_exp_stack, ("5", "3"), id="behind_a_sigmoid_of_tiny_values"),
+])
+def test_an_overflow_is_named_where_its_values_grew(build, expected):
+    # the reference: plain torch forward hooks on the same forward
+    model, x = build(), torch.full((2, 4), 1.25)
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, out):
+            seen[name] = (args[0].abs().max().item(), out.abs().max().item())
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in model.named_children()]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    born = next(n for n, (_, o) in seen.items() if math.isinf(o))
+    grew = max((n for n, (_, o) in seen.items() if math.isfinite(o)),
+               key=lambda n: max(seen[n][1], 1) / max(seen[n][0], 1))
+    assert (born, grew) == expected
+    mon, f = _watched_run(model, [x])
+    site = f.evidence["site"]
+    assert site["module"] == born and site["op"] == "aten.exp" and site["source"] == _line("exp")
+    assert site["grew_at"]["module"] == grew and site["grew_at"]["to"] == pytest.approx(seen[grew][1], rel=1e-6)
+    assert f.layer == grew
+    assert f"born at '{born}' in aten.exp" in f.message and f"the values grew most at '{grew}'" in f.message
+
+
+def test_fixed_twin_a_domain_error_after_a_growth_is_named_at_its_op():
+    # the same growth, then a log of negatives: a domain error is where it is born
+    model = nn.Sequential(nn.Linear(4, 8), Exp(), nn.Linear(8, 8), Log())
+    with torch.no_grad():
+        model[0].weight.fill_(1.0), model[0].bias.zero_()
+        model[2].weight.fill_(-0.1), model[2].bias.zero_()
+    _, f = _watched_run(model, [torch.full((2, 4), 1.25)])
+    assert f.layer == "3" and f.evidence["site"]["op"] == "aten.log" and "grew most" not in f.message
+
+
 def test_nan_in_the_data_at_step_k_is_said_to_come_with_the_data():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
@@ -623,3 +688,20 @@ def test_after_the_last_replay_nothing_is_kept_and_the_root_hook_is_off():
                     assert mon._replay._on_post not in model._forward_hooks.values()
             assert mon._replay.replays == MAX_REPLAYS
             assert mon._replay._args is None and mon._replay._grads is None
+
+
+@pytest.mark.parametrize("grew, op, named", [
+    pytest.param({"module": "fc1", "from": 6.2, "to": 348.0}, "aten.exp", "fc1", id="grew_56x_named"),
+    pytest.param({"module": "fc1", "from": 6.2, "to": 40.0}, "aten.exp", "fc2", id="grew_6x_not_named"),
+    pytest.param({"module": "fc1", "from": 0.001, "to": 9.0}, "aten.exp", "fc2", id="below_unit_scale_not_growth"),
+    pytest.param({"module": "fc1", "from": 6.2, "to": 348.0}, "aten.log", "fc2", id="domain_error_not_renamed"),
+    pytest.param(None, "aten.exp", "fc2", id="no_growth_seen"),
+])
+def test_the_rule_names_an_overflow_where_its_values_grew_an_order_of_magnitude(grew, op, named):
+    from gradlens.diagnose.engine import Diagnoser
+
+    site = {"op": op, "module": "fc2", "source": "train.py:7", "input_range": (-120.0, 119.0),
+            "phase": "forward", "located_by": "replayed step 0", "grew_at": grew}
+    (f,) = Diagnoser().update(_record(0, site=site))
+    assert f.layer == named and f.evidence["site"]["module"] == "fc2"
+    assert ("the values grew most at 'fc1'" in f.message) is (named == "fc1")

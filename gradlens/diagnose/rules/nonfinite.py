@@ -15,6 +15,11 @@ Reported at once (a NaN never heals). Named where it is *born*:
    only some layers have non-finite gradients the NaN was born in the backward pass,
    at the output-most of them, and that one is named instead.
 
+An overflow (an Inf made from finite inputs by an op that is not a domain error: ``exp`` of
+120) is named where its values grew: the module the replay saw multiply them most, above
+unit scale, before the overflow (``site["grew_at"]``), when that is an order of magnitude or
+more; the message names both.
+
 A NaN born in the loss (the replay's ``phase`` ``"loss"``; or, without a replay, a
 non-finite loss or dL/d(output) while every weight, gradient and the model output are
 finite: a ReLU output of zeros into ``log`` or ``p / p.sum()``, whose masked backward
@@ -47,6 +52,13 @@ def _inf(x) -> bool:
 #: Ops whose domain excludes some finite inputs (log of a negative number, ...).
 _DOMAIN_OPS = ("log", "sqrt", "rsqrt", "div", "reciprocal", "pow", "acos", "asin", "atanh", "acosh", "lgamma",
                "digamma", "polygamma", "erfinv", "remainder", "fmod")
+
+#: An overflow (an Inf from finite inputs, not a domain error) is named where its values grew
+#: when one module multiplied them (above unit scale) by at least this much before it: an
+#: order of magnitude in one module (ours: DeepDiagnosis' exponential LeNet, exp(6.2) = 348 at
+#: '8' before exp overflows at '10'; a standard-init layer keeps |x| near its input's scale, at
+#: most 24x on the healthy corpus programs at step 0, so48385830_fixed's N(0, 1) Dense(30))
+_GROWTH = 10.0
 
 _ADVICE_DEFAULT = ("check that layer's inputs for log/sqrt/division of non-positive values, lower the "
                    "learning rate or clip gradients")
@@ -86,6 +98,21 @@ def _output_range(record: StepRecord) -> Tuple[str, Optional[List[float]]]:
     return text, [float(lo), float(hi)]
 
 
+def _grew(site) -> Optional[dict]:
+    """The module where an overflow's values grew (``site["grew_at"]``, from the replay), when the
+    site is a forward overflow (not a domain error) and that module grew them ``_GROWTH`` times or
+    more above unit scale, elsewhere than the op's own module; else None."""
+    grew = site.get("grew_at")
+    if site.get("phase") != "forward" or not isinstance(grew, dict) or grew.get("module") == site.get("module"):
+        return None
+    if str(site.get("op") or "").split(".")[-1].rstrip("_") in _DOMAIN_OPS:
+        return None
+    lo, hi = grew.get("from"), grew.get("to")
+    if not (finite(lo) and finite(hi)) or max(hi, 1.0) / max(lo, 1.0) < _GROWTH:
+        return None
+    return grew
+
+
 def _describe(site) -> Tuple[str, str]:
     """(where it was born, what to do) of a replayed site."""
     how = site.get("located_by", "replayed")
@@ -115,6 +142,12 @@ def _describe(site) -> Tuple[str, str]:
         text += f", {which} in [{fmt(float(rng[0]))}, {fmt(float(rng[1]))}]"
     text += f", {how}"
     name = str(op or "").split(".")[-1].rstrip("_")
+    grew = _grew(site)
+    if grew is not None:
+        text += f"; the values grew most at {grew['module']!r} (max |x| {fmt(grew['from'])} -> {fmt(grew['to'])})"
+        return text, (f"values overflowed: they grow by orders of magnitude at {grew['module']!r} (an unbounded "
+                      "activation such as exp, oversized weights or unscaled inputs): bound that activation, "
+                      "scale its weights or inputs down, lower the learning rate or clip gradients")
     if phase == "backward":
         advice = ("its derivative is infinite at those inputs (sqrt or a norm at 0, pow with a fractional "
                   "exponent at 0, a custom backward): add an epsilon inside it or mask those values first")
@@ -162,6 +195,9 @@ class NonFinite(Rule):
         if self._born is not None:
             layer, how = self._born.get("module"), self._born["located_by"]
             named, advice = _describe(self._born)
+            grew = _grew(self._born)
+            if grew is not None:  # an overflow: where its values grew is where to look
+                layer = grew["module"]
             if self._born.get("phase") == "loss" and record.layers:
                 # the loss has no module: the output layer fed it the values it could not take
                 layer = _output_layer(record)
