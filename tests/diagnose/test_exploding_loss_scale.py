@@ -14,7 +14,6 @@ growth through the layers. The ratio is divided by ``||dL/d(output)||`` (the
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
