@@ -67,9 +67,9 @@ class UpdateRatio(Rule):
             return []
         out = []
         t_high, t_low = self.t["update_ratio_high"], self.t["update_ratio_low"]
-        judged = [(n, r) for n, r in ratios if not self._first_weight.started_at_zero(n)]
-        high = [(n, r) for n, r in judged if r >= t_high]
+        high = [(n, r) for n, r in ratios if r >= t_high and not self._first_weight.started_at_zero(n)]
         if high:
+            judged = [(n, r) for n, r in ratios if not self._first_weight.started_at_zero(n)]
             name, r = max(high, key=lambda x: x[1])
             med_judged = median([v for _, v in judged])
             overall = med_judged >= t_high
