@@ -225,10 +225,11 @@ def test_empty_and_sparse_records_raise_nothing():
 
 
 def test_steps_without_the_measurement_keep_the_window():
-    # update ratios measured every 3rd logged step only: the condition (tiny updates, a window
-    # of 2 measurements) still persists
+    # update ratios measured every 3rd logged step only (NaN, or an infinite ratio, in between:
+    # not a measurement): the condition (tiny updates, a window of 2 measurements) still persists
     records = [
-        rec(i, grad=HEALTHY_GRADS, update_ratio={"fc1": 1e-9 if i % 3 == 0 else NAN}) for i in range(9)
+        rec(i, grad=HEALTHY_GRADS, update_ratio={"fc1": 1e-9 if i % 3 == 0 else (NAN, math.inf)[i % 2]})
+        for i in range(9)
     ]
     findings = diagnose(records)
     assert [(f.kind, f.step, f.last_step) for f in findings] == [("update_ratio", 0, 6)]
