@@ -241,7 +241,8 @@ THRESHOLDS: Dict[str, Threshold] = {
         "0 turns this off",
         "ours: on the 34 healthy/fixed corpus programs (benchmarks/diagnosis_corpus) the largest "
         "||g||/||W|| below the output layer is 35 (at_regression_scaled_sgd) against 1e4 urgent, the "
-        "largest update ratio 0.45 (so48385830_fixed) against 100 urgent (update_ratio_high 1.0); buggy ones reach 1e13 "
+        "largest update ratio 0.45 (so48385830_fixed) against 100 urgent (update_ratio_high 1.0); buggy "
+        "ones reach 1e13 "
         "(at_gradient_explode_unscaled, step 1) and 1.6e11 (own_sgd_lr_100x) the step before their NaN",
     ),
     "scale_oversized": Threshold(

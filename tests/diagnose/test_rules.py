@@ -98,7 +98,8 @@ CASES = [
              "update_ratio", "fc2", 0),
     # most layers above (a learning rate too high for the whole model): global
     RuleCase("update_ratio_high_everywhere_is_global",
-             _repeat(1, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.5, "fc2": 1.4, "fc3": 1.2}), "update_ratio", None, 0),
+             _repeat(1, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.5, "fc2": 1.4, "fc3": 1.2}),
+             "update_ratio", None, 0),
     # the healthy corpus' largest single ratio (0.56, SGD on targets ~1e2), on every step: no warning
     RuleCase("update_ratio_below_one_is_fine",
              _repeat(6, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.56, "fc2": 0.56, "fc3": 0.99}), None),
