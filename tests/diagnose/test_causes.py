@@ -119,6 +119,17 @@ def test_an_urgent_update_ratio_is_a_cause_too():
     assert "after updates too large at step 0 (||dW||/||W|| 50 at 'fc1'): lower the learning rate" in nan.message
 
 
+def test_a_global_update_ratio_is_linked_with_its_largest_layer():
+    # every layer moved by more than its norm (a learning rate too high for the model): the
+    # finding has no layer, and what follows it still says where the updates were largest
+    findings = diagnose([rec(0, HEALTHY_GRADS, update_ratio={"fc1": 2.0, "fc2": 5.0, "fc3": 1.5}), nan_step(1)])
+    ur = next(f for f in findings if f.kind == "update_ratio")
+    nan = next(f for f in findings if f.kind == "nonfinite")
+    assert ur.layer is None and ur.evidence["largest"] == "fc2" and ur.evidence["median_update_ratio"] == 2.0
+    assert nan.cause is ur
+    assert "after updates too large at step 0 (||dW||/||W|| 5 at 'fc2'): lower the learning rate" in nan.message
+
+
 def test_the_link_survives_the_finding_being_updated():
     diag = Diagnoser()
     for r in [huge(0), nan_step(1), nan_step(2), nan_step(3)]:

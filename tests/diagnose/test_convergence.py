@@ -45,6 +45,10 @@ def noisy(level: float, i: int, rel: float = 0.05) -> float:
     return level * (1 + rel * _PATTERN[i % 5])
 
 
+#: a loss near 1.0 for 10 steps, then swinging between 0.1 and 3x its start (an unstable optimiser)
+SWINGING = [1.0 + 0.01 * _PATTERN[i % 5] if i < 10 else (0.1 if i % 2 else 3.0) for i in range(40)]
+
+
 def series(values, **kw):
     return lambda: [rec(i, v, **kw) for i, v in enumerate(values)]
 
@@ -107,7 +111,7 @@ CASES = [
                      for i in range(60)],
             "stalled", None),
     # --- oscillation ------------------------------------------------------------------
-    Planted("oscillation_big_swings", series([0.1 if i % 2 else 3.0 for i in range(40)]),
+    Planted("oscillation_big_swings", series(SWINGING),
             "oscillation", "warning", None, OW - 1, "lower the learning rate or raise the batch size"),
     Planted("oscillation_batch_one_like", series([(0.0, 4.0, 1e-6, 0.5, 9.0)[i % 5] for i in range(60)]),
             "oscillation", "warning", None, OW - 1),
@@ -122,9 +126,12 @@ CASES = [
             "oscillation", None),
     Planted("oscillation_twin_fast_learner_noise",  # learned within the first window: the first loss is the level
             series([1.0] + [0.05] * 19 + [(0.3, 0.01, 0.01)[i % 3] for i in range(60)]), "oscillation", None),
+    Planted("oscillation_twin_alternating_classes_one_learned",  # so31880720_fixed: batch 1, the samples of
+            # two classes in turn; one class's loss falls, the other's is still at its initial level
+            series([0.72 - 0.001 * i if i % 2 == 0 else 0.7 * 0.95 ** i for i in range(100)]), "oscillation", None),
     Planted("oscillation_twin_swings_halving_every_10_steps",  # a downward trend inside every window
             series([(0.1, 6.0)[i % 2] * 2 ** (-i / 10) for i in range(60)]), "oscillation", None),
-    Planted("oscillation_needs_its_window", series([0.1 if i % 2 else 3.0 for i in range(OW - 1 + PERSIST - 1)]),
+    Planted("oscillation_needs_its_window", series(SWINGING[:OW - 1 + PERSIST - 1]),
             "oscillation", None),
     # --- unreachable_output ---------------------------------------------------------------
     Planted("unreachable_sigmoid_regression",
@@ -201,20 +208,23 @@ def test_swings_counts_adjacent_extrema_apart_by_the_amplitude():
 
 
 def test_oscillation_evidence_matches_the_window():
-    losses = [0.1 if i % 2 else 3.0 for i in range(OW)]
-    (f,) = [x for x in diagnose([rec(i, v) for i, v in enumerate(losses + losses[:PERSIST - 1])])
-            if x.kind == "oscillation"]
-    mean = sum(losses) / OW
-    assert f.evidence["mean"] == pytest.approx(mean)
+    losses = [1.0] + [0.1 if i % 2 else 3.0 for i in range(1, OW + PERSIST - 1)]
+    (f,) = [x for x in diagnose([rec(i, v) for i, v in enumerate(losses)]) if x.kind == "oscillation"]
+    window = losses[-OW:]  # the latest window, a strict alternation (the finding holds the latest numbers)
+    assert f.evidence["mean"] == pytest.approx(sum(window) / OW)
     assert f.evidence["swings"] == OW - 3  # every adjacent pair of the 28 interior extrema
     assert f.value == pytest.approx((OW - 3) / OW)
+    initial = max(1.0, sum(losses[:W]) / W)  # the first loss or the first window's mean, the higher
+    assert f.evidence["initial"] == pytest.approx(initial)
+    assert f.evidence["peak_over_initial"] == pytest.approx(3.0 / initial)
+    assert f"peaking at {3.0 / initial:.3g}x it" in f.message
 
 
 def test_every_new_threshold_is_overridable():
-    losses = [0.1 if i % 2 else 3.0 for i in range(40)]
-    records = [rec(i, v) for i, v in enumerate(losses)]
+    records = [rec(i, v) for i, v in enumerate(SWINGING)]
     assert any(f.kind == "oscillation" for f in diagnose(records))
-    assert not any(f.kind == "oscillation" for f in diagnose(records, thresholds={"oscillation_amplitude": 2.0}))
+    assert not any(f.kind == "oscillation" for f in diagnose(records, thresholds={"oscillation_amplitude": 2.5}))
+    assert not any(f.kind == "oscillation" for f in diagnose(records, thresholds={"oscillation_peak": 3.0}))
     flat = [rec(i, 0.5, ratio=MOVING) for i in range(60)]
     assert [f.severity for f in diagnose(flat) if f.kind == "stalled"] == ["warning"]
     assert [f.severity for f in diagnose(flat, thresholds={"stalled_flat": 0.0, "stalled_min_improvement": 0.0})

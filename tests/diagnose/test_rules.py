@@ -89,8 +89,20 @@ CASES = [
              "saturation", "relu2", 0),
     RuleCase("relu6_zeros_are_not_saturation",
              _repeat(5, grad=HEALTHY_GRADS, act_sat_frac={"relu1": 0.62}, act_zero_frac={"relu1": 0.61}), None),
-    RuleCase("update_ratio_high", _repeat(3, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.2, "fc2": 0.5, "fc3": 1e-3}),
+    # one layer moved by more than its own norm, the others not: that layer (reported at once)
+    RuleCase("update_ratio_high", _repeat(3, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.2, "fc2": 1.5, "fc3": 1e-3}),
              "update_ratio", "fc2", 0),
+    RuleCase("update_ratio_high_one_measurement",
+             lambda: [rec(i, grad=HEALTHY_GRADS, update_ratio={"fc1": 1e-3, "fc2": 1.0 if i == 0 else 0.05,
+                                                                "fc3": 1e-3}) for i in range(4)],
+             "update_ratio", "fc2", 0),
+    # most layers above (a learning rate too high for the whole model): global
+    RuleCase("update_ratio_high_everywhere_is_global",
+             _repeat(1, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.5, "fc2": 1.4, "fc3": 1.2}),
+             "update_ratio", None, 0),
+    # the healthy corpus' largest single ratio (0.56, SGD on targets ~1e2), on every step: no warning
+    RuleCase("update_ratio_below_one_is_fine",
+             _repeat(6, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.56, "fc2": 0.56, "fc3": 0.99}), None),
     RuleCase("update_ratio_ignores_zero_initialised_layers",
              lambda: [rec(i, grad=HEALTHY_GRADS, weight_norm={"fc1": 4.0, "fc3": 0.01 * i},
                           update_ratio={"fc1": 1e-3, "fc3": 1.0 / max(i, 1)}) for i in range(6)], None),
@@ -216,9 +228,11 @@ def test_empty_and_sparse_records_raise_nothing():
 
 
 def test_steps_without_the_measurement_keep_the_window():
-    # update ratios measured every 3rd logged step only: the condition still persists
+    # update ratios measured every 3rd logged step only (NaN, or an infinite ratio, in between:
+    # not a measurement): the condition (tiny updates, a window of 2 measurements) still persists
     records = [
-        rec(i, grad=HEALTHY_GRADS, update_ratio={"fc1": 0.5 if i % 3 == 0 else NAN}) for i in range(9)
+        rec(i, grad=HEALTHY_GRADS, update_ratio={"fc1": 1e-9 if i % 3 == 0 else (NAN, math.inf)[i % 2]})
+        for i in range(9)
     ]
     findings = diagnose(records)
     assert [(f.kind, f.step, f.last_step) for f in findings] == [("update_ratio", 0, 6)]

@@ -18,6 +18,11 @@ window's mean loss. The loss oscillates when
   batch-to-batch noise swings by many times it (ours: healthy runs at batch sizes
   1 to 16 that reached 1-10% of their initial loss did so on most windows); the
   noise of a converged model is not an oscillation.
+* the swings reach above where training started: the window's largest loss is at
+  least ``oscillation_peak`` times the initial level. An unstable optimiser overshoots
+  into losses worse than at initialisation; the spread between batches of a run that
+  learns does not (batch 1 on a two-class dataset seen in alternation: one class's
+  loss falls while the other's is still at its initial level, peaks 0.93-1.23x it).
 
 Windows holding a negative loss, or whose mean is not positive, are not judged.
 The cause is global (learning rate, batch size), so ``layer`` is ``None``.
@@ -86,6 +91,10 @@ class Oscillation(Rule):
         t_level = self.t["oscillation_level"]
         if mean < t_level * initial:
             return []  # converged: its noise is large only next to a tiny mean
+        peak = max(window)
+        t_peak = self.t["oscillation_peak"]
+        if peak < t_peak * initial:
+            return []  # never worse than at the start: the spread between batches, not instability
         n = swings(window, t_amp * mean)
         rate = n / w
         if rate < t_rate:
@@ -101,11 +110,12 @@ class Oscillation(Rule):
                 message=(
                     f"the loss oscillates: {n} swings of at least {fmt(t_amp)}x its mean {fmt(mean)} over "
                     f"steps {s0}-{s1} (rate {fmt(rate)}, threshold {fmt(t_rate)}), with no downward trend "
-                    f"({fmt(first)} -> {fmt(second)}) and still at {fmt(100 * mean / initial)}% of its initial "
-                    f"level {fmt(initial)}: lower the learning rate or raise the batch size"
+                    f"({fmt(first)} -> {fmt(second)}), still at {fmt(100 * mean / initial)}% of its initial "
+                    f"level {fmt(initial)} and peaking at {fmt(peak / initial)}x it (threshold {fmt(t_peak)}x): "
+                    f"lower the learning rate or raise the batch size"
                 ),
                 evidence={"swings": n, "window": w, "mean": mean, "first_half": first,
                           "second_half": second, "initial": initial, "steps": [s0, s1], "min": min(window),
-                          "max": max(window)},
+                          "max": peak, "peak_over_initial": peak / initial},
             )
         ]

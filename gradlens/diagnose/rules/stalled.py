@@ -115,12 +115,21 @@ class Stalled(Rule):
         return record.loss is not None or finite(record.signals.get("output_grad_norm"))
 
     def _remember_weights(self, record: StepRecord) -> None:
+        # every record, every layer: plain floats are tested inline (a call per value cost more
+        # than the rest of the rule on a 100-layer model)
+        ratio = self._ratio
+        isfinite = math.isfinite
         for name, r in record.stats.get("update_ratio", {}).items():
-            if finite(r):
-                self._ratio[name] = float(r)
+            if type(r) is float:
+                if isfinite(r):
+                    ratio[name] = r
+            elif finite(r):
+                ratio[name] = float(r)
         keep = 2 * max(2, int(self.t["stalled_window"]))
         norms = self._norms
         for name, w in record.stats.get("weight_norm", {}).items():
+            if name in ratio:
+                continue  # _unchanged reads a layer's norms only while it has no measured ratio
             if finite(w):
                 q = norms.get(name)
                 if q is None:  # (setdefault would build a deque per layer per record)
