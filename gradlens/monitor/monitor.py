@@ -116,7 +116,9 @@ class Monitor:
         # the sources, in slot order (a new statistic is one more entry here)
         order = LayerOrder(layouts)
         self._loss = Loss()
-        self._activations = Activations(layouts, order, activations, probe=not compiled, saturation=saturation)
+        self._activations = Activations(
+            layouts, order, activations, probe=not compiled, saturation=saturation, output_signals=bool(output_stats)
+        )
         hist = self._tb.write_histograms if self._tb is not None else None
         sources = [Gradients(histogram_every, hist), Updates(update_every), self._activations, self._loss]
         output = None
@@ -172,6 +174,7 @@ class Monitor:
         self._hooks.add(on_root_forward(model, self._on_forward, pre=True, with_kwargs=True))
         if output is not None:  # (hooks go on last: a bad option raised before any)
             output.start(collector)
+        self._activations.start()
         if not activations and not compiled:
             # forward order of modules from one probed forward (input side first)
             named = [(layouts.name(n), m) for n, m in layouts.root.named_modules()]
@@ -490,7 +493,8 @@ def watch(
             ``nn.Hardsigmoid``, ``nn.Softsign``), hidden ones included, for the
             ``saturation`` finding: on a probed step a forward hook on each of them
             counts its outputs near the limits (``act_sat_frac``; nothing else is
-            measured, no gradient hook), armed only for that step's forward.
+            measured, no gradient hook), armed only for that step's forward (the
+            output layer's saturation comes from ``output_stats``, when on).
             ``True`` (default): every ``SATURATION_EVERY``-th (10th) logged step, the
             first one included; an int N: every N-th logged step; ``False``/0: off.
             Independent of ``activations`` (a step it traces measures saturation

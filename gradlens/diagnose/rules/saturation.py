@@ -54,7 +54,8 @@ class Saturation(Rule):
     def reset(self) -> None:
         self._loss = Levels()
         self._grad = Levels()
-        self._probed = False  # some record carried act_sat_frac: the output signals are not read
+        self._probed = False  # some record carried act_sat_frac: only such records are judged
+        self._last: Dict[str, Optional[Condition]] = {}  # key -> its condition at its last measurement
 
     def observed(self, record: StepRecord) -> bool:
         # every record feeds the series (the engine asks each rule about each record);
@@ -65,7 +66,7 @@ class Saturation(Rule):
         if not self._saturations(record):
             return False
         series = self._series()
-        return series is None or len(series[1]) >= max(2, int(self.t["saturation_min_losses"]))
+        return series is None or len(series[1]) >= max(1, int(self.t["saturation_min_losses"]))
 
     def _series(self) -> Optional[Tuple[str, Levels]]:
         if len(self._loss):
@@ -74,52 +75,58 @@ class Saturation(Rule):
             return "output-gradient norm", self._grad
         return None
 
-    def _saturations(self, record: StepRecord) -> Dict[str, float]:
-        """Saturated fraction per bounded layer of ``record`` (ReLU6 zeros subtracted)."""
+    def _saturations(self, record: StepRecord) -> Dict[str, Tuple[str, float]]:
+        """``key -> (layer, saturated fraction)`` of ``record``: the hidden bounded layers
+        under their names (ReLU6 zeros subtracted), the output layer under ``"(output)"``
+        (its traced ``act_sat_frac``, else the output signals). Once a record carried
+        ``act_sat_frac`` (the probe's steps, a subset of the output signals' at the default
+        cadences), only such records are read."""
         sat = record.stats.get("act_sat_frac", {})
-        out: Dict[str, float] = {}
+        out: Dict[str, Tuple[str, float]] = {}
         if sat:
             self._probed = True
-            zeros = record.stats.get("act_zero_frac", {})
-            for name, frac in sat.items():
-                if finite(frac):
-                    zero = zeros.get(name)
-                    out[name] = max(0.0, frac - zero) if finite(zero) else float(frac)
-        elif not self._probed and record.layers:
+        elif self._probed or not record.layers:
+            return out
+        last = record.layers[-1] if record.layers else None
+        zeros = record.stats.get("act_zero_frac", {})
+        for name, frac in sat.items():
+            if finite(frac):
+                zero = zeros.get(name)
+                frac = max(0.0, frac - zero) if finite(zero) else float(frac)
+                out[_OUTPUT if name == last else name] = (name, frac)
+        if _OUTPUT not in out and last is not None:
             s = record.signals
             frac, lo, hi = s.get("output_sat_frac"), s.get("output_min"), s.get("output_max")
             if finite(frac) and not (finite(lo) and finite(hi) and lo == hi):
-                out[record.layers[-1]] = float(frac)
+                out[_OUTPUT] = (last, float(frac))
         return out
 
     def check(self, record: StepRecord) -> List[Condition]:
         t_sat = self.t["saturation_fraction"]
-        high = [(n, f) for n, f in self._saturations(record).items() if f >= t_sat]
-        if not high:
-            return []
+        measured = self._saturations(record)
         order = {n: i for i, n in enumerate(record.layers)}
-        high.sort(key=lambda nf: order.get(nf[0], len(order)))
+        high = sorted(((k, n, f) for k, (n, f) in measured.items() if f >= t_sat),
+                      key=lambda knf: order.get(knf[1], len(order)))
         series = self._series()
-        judged: Dict[str, float] = {}
+        judged: Dict[str, object] = {}
         severity, why = "info", "no loss or output gradient was recorded to tell whether it hurts"
-        if series is not None:
+        if series is not None and high:
             what, levels = series
             k = max(1, int(self.t["saturation_min_losses"]) // 2)
             start, recent = levels.start(k), levels.recent(k)
-            t_drop = self.t["saturation_max_drop"]
-            if start - recent > t_drop * abs(start):
-                return []  # it learns anyway: the saturated units do not block it
+            if start - recent > self.t["saturation_max_drop"] * abs(start):
+                high = []  # it learns anyway: the saturated units do not block it
             severity = "warning"
             judged = {"series": what, "start": start, "recent": recent}
             why = (f"the {what} is not falling ({fmt(start)} over the first {k} values, {fmt(recent)} over the "
                    f"latest {k}, steps {levels.steps[0]}-{levels.steps[-1]})")
         out = []
-        for name, frac in high:
+        for key, name, frac in high:
             feeder = _feeding(record, name)
             feed = f"the init of {feeder!r} (the layer feeding it)" if feeder else "the init of the layer feeding it"
             out.append(
                 Condition(
-                    key=name,
+                    key=key,
                     layer=name,
                     value=float(frac),
                     threshold=t_sat,
@@ -131,11 +138,23 @@ class Saturation(Rule):
                         f"input, or lower the learning rate"
                     ),
                     evidence={"saturated_fraction": float(frac), "feeding_layer": feeder, **judged},
-                    advice=(f"scale down {feed}, normalise the input, or lower the learning rate"),
+                    advice=f"scale down {feed}, normalise the input, or lower the learning rate",
                     summary=f"{fmt(100 * frac)}% saturated",
                 )
             )
-        return out
+        # a layer measured now holds or not; one not measured on this record (the output
+        # when the signals run on another cadence) keeps its last state instead of
+        # restarting its persistence count
+        now = {c.key: c for c in out}
+        for key in measured:
+            self._last[key] = now.get(key)
+        carried = [c for key, c in self._last.items() if key not in measured and c is not None]
+        return out + carried
+
+
+#: the condition key of the output layer (its name moves between the traced module and
+#: the last layer with parameters, depending on what measured it)
+_OUTPUT = "(output)"
 
 
 def _feeding(record: StepRecord, name: str) -> Optional[str]:

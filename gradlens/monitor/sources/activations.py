@@ -14,7 +14,9 @@ bounded module (``nn.Tanh``, ``nn.Sigmoid``, ``nn.Hardtanh``/``ReLU6``,
 ``nn.Hardsigmoid``, ``nn.Softsign``; see :func:`~gradlens.monitor.sources._tracer.sat_limits`)
 counts its saturated outputs, armed only for that step's forward: the record gets
 ``act_sat_frac`` (and ``act_zero_frac`` for ReLU6-like modules) for those modules and
-nothing else. A model without a bounded module gets no hook at all. Cost: three ops
+nothing else. The output layer (the model's last registered module) is left to the
+model-output signals when they are on (``output_stats``, every 5th logged step: a
+superset of the probe's steps). A model without a hidden bounded module gets no hook. Cost: three ops
 per bounded module on a probed step (figures in ``benchmarks/README.md``).
 """
 
@@ -64,12 +66,16 @@ class Activations(Source):
         every: the tracing cadence in logged steps (0: no tracing).
         probe: whether the origin probe may run (False for compiled models).
         saturation: the saturation probe's cadence in logged steps (0: off).
+        output_signals: the model-output signals measure the output's saturation
+            (``output_stats`` on): the probe leaves the model's last registered module,
+            its output layer, to them.
     """
 
     kinds = ("act",)
 
     def __init__(
-        self, layouts: Layouts, order: LayerOrder, every: int, *, probe: bool = True, saturation: int = 0
+        self, layouts: Layouts, order: LayerOrder, every: int, *, probe: bool = True, saturation: int = 0,
+        output_signals: bool = False,
     ) -> None:
         self._layouts, self._order = layouts, order
         self.every = every
@@ -82,16 +88,25 @@ class Activations(Source):
         self._replayed: Optional[str] = None  # the module where a replay located the birth (monitor/replay.py)
         # armed for step 0, which is traced
         self.tracer: Optional[Tracer] = Tracer(layouts.modules(skip=_RESHAPES)) if every else None
-        # the saturation probe, armed for step 0 unless the tracer traces it; None without
-        # a bounded module (then it costs nothing)
+        # the saturation probe, armed for step 0 by start() unless the tracer traces it; None
+        # without a hidden bounded module (then it costs nothing)
         self.sat_probe: Optional[Tracer] = None
         if saturation:
-            sat = Tracer(layouts.modules(skip=_RESHAPES), sat_only=True)
+            modules = layouts.modules(skip=_RESHAPES)
+            if output_signals:
+                *_, last = layouts.root.modules()
+                modules = [(n, m) for n, m in modules if m is not last]
+            sat = Tracer(modules, sat_only=True)
+            sat.arm(False)  # until start(): no hook before every option was validated
             if sat.modules:
                 self.sat_probe = sat
-                sat.arm(self.tracer is None)
             else:
                 sat.remove()
+
+    def start(self) -> None:
+        """Arm the saturation probe for step 0 (the monitor's hooks go on last)."""
+        if self.sat_probe is not None:
+            self.sat_probe.arm(self.tracer is None)
 
     def traced(self, cycle: Cycle) -> bool:
         """Whether the upcoming step is traced."""
