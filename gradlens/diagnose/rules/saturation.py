@@ -20,7 +20,9 @@ else ``signals["output_grad_norm"]`` (which shrinks as the output approaches its
 targets); a layer is judged once the series has ``saturation_min_losses`` values
 (before that, its records are not observed: the pending count neither grows nor
 restarts). With neither series (no loss and ``output_stats=False``) the plain
-fraction is reported, as ``info``. The condition must hold on
+fraction is reported, as ``info``; so is the output layer's without a loss (the
+gradient of a loss on probabilities, BCE on a sigmoid output, does not shrink as the
+output becomes confident and right: measured, ``dd_circle_normal`` of the corpus). The condition must hold on
 ``saturation_samples`` sampled steps in a row (the probe samples every 10th logged
 step: a finding at logged step 20).
 
@@ -122,6 +124,11 @@ class Saturation(Rule):
                    f"latest {k}, steps {levels.steps[0]}-{levels.steps[-1]})")
         out = []
         for key, name, frac in high:
+            sev, because, ev = severity, why, judged
+            if key == _OUTPUT and judged.get("series") != "loss" and severity == "warning":
+                # the gradient of a loss on probabilities (BCE, categorical CE on a sigmoid or
+                # softmax output) does not shrink as the output gets confident and right
+                sev, because, ev = "info", "no loss was given to tell whether it hurts (observe_loss)", {}
             feeder = _feeding(record, name)
             feed = f"the init of {feeder!r} (the layer feeding it)" if feeder else "the init of the layer feeding it"
             out.append(
@@ -130,14 +137,14 @@ class Saturation(Rule):
                     layer=name,
                     value=float(frac),
                     threshold=t_sat,
-                    severity=severity,
+                    severity=sev,
                     message=(
                         f"{fmt(100 * frac)}% of the outputs of {name!r} are saturated (threshold "
-                        f"{fmt(100 * t_sat)}%) and {why}: its local derivative is ~0 there, so almost no "
+                        f"{fmt(100 * t_sat)}%) and {because}: its local derivative is ~0 there, so almost no "
                         f"gradient passes; its inputs are too large: scale down {feed}, normalise the "
                         f"input, or lower the learning rate"
                     ),
-                    evidence={"saturated_fraction": float(frac), "feeding_layer": feeder, **judged},
+                    evidence={"saturated_fraction": float(frac), "feeding_layer": feeder, **ev},
                     advice=f"scale down {feed}, normalise the input, or lower the learning rate",
                     summary=f"{fmt(100 * frac)}% saturated",
                 )
