@@ -210,3 +210,17 @@ def test_output_layer_without_a_loss_is_only_info():
                                    "output_grad_norm": 3.0} if i % 5 == 0 else {}) for i in range(61)]
     found = [f for f in diagnose(records) if f.kind == "saturation"]
     assert [(f.layer, f.severity) for f in found] == [("out", "info")]
+
+
+def test_once_probed_only_probed_records_are_judged():
+    # the output signals every 5th step, the probe every 10th: the output is judged at 10 and 20
+    # (the probe's steps), not at 15, so the finding comes at step 20
+    from gradlens.diagnose.engine import Diagnoser
+
+    d = Diagnoser()
+    reported = []
+    for i in range(31):
+        sig = {"output_sat_frac": 0.9, "output_min": 0.0, "output_max": 1.0} if i % 5 == 0 else {}
+        r = _rec(i, sat={"tanh1": 0.1} if i % 10 == 0 else None, loss=FLAT(i), signals=sig)
+        reported += [(i, f.layer) for f in d.update(r) if f.kind == "saturation"]
+    assert reported == [(20, "out")]

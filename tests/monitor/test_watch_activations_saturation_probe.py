@@ -170,3 +170,30 @@ def test_bad_saturation_option_names_the_argument(bad, error):
     with pytest.raises(error, match=r"watch\(saturation=\.\.\.\)"):
         gradlens.watch(model, opt, saturation=bad)
     assert _hooks(model) == 0
+
+
+def test_close_while_armed_removes_the_probe():
+    model = _model(nn.Tanh())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = gradlens.watch(model, opt, output_stats=False, replay_nonfinite=False)
+    for _ in range(SATURATION_EVERY):  # after step 9 the probe is armed for step 10
+        opt.zero_grad()
+        model(torch.randn(8, 6)).sum().backward()
+        opt.step()
+    assert len(model[1]._forward_hooks) == 1
+    mon.close()
+    assert _hooks(model) == 0
+
+
+def test_a_step_the_tracer_traces_is_not_probed_twice():
+    model = _model(nn.Tanh())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    hooks = []
+    with gradlens.watch(model, opt, activations=SATURATION_EVERY, output_stats=False, replay_nonfinite=False):
+        for _ in range(SATURATION_EVERY + 1):
+            hooks.append(len(model[1]._forward_hooks))
+            opt.zero_grad()
+            model(torch.randn(8, 6)).sum().backward()
+            opt.step()
+    # steps 0 and 10: the tracer's forward hook only (its statistics hold the saturation)
+    assert hooks == [1] + [0] * (SATURATION_EVERY - 1) + [1]
