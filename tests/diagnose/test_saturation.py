@@ -3,8 +3,6 @@ written by hand, and small models trained under default ``watch``)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
