@@ -138,6 +138,31 @@ THRESHOLDS: Dict[str, Threshold] = {
         0.5, "fraction of tanh/sigmoid-like outputs pinned near their limits",
         "SageMaker Debugger TanhSaturation/SigmoidSaturation: > 50% of the layer",
     ),
+    "saturation_max_drop": Threshold(
+        0.5, "a saturated layer whose loss level (mean of the latest saturation_min_losses / 2 "
+        "values) fell by more than this fraction of its start level learns anyway: not reported",
+        "ours: the corpus (benchmarks/diagnosis_corpus), every bounded module traced on every step: "
+        "the 8 buggy programs with a layer >= 50% saturated (at_circle_unscaled_tanh, "
+        "dd_circle_tanh_saturated_lr, so52800582_unscaled_x4, so55328966_unscaled_sigmoid_output, "
+        "so48594888_cifar_raw_pixels, own_saturated_tanh, own_saturated_sigmoid, and "
+        "so45442843's hidden sigmoid) drop at most 33% below their first loss (so52800582, at its "
+        "minimum; the 5-loss means far less) or rise; the 2 healthy ones (so48385830_fixed: a sigmoid "
+        "layer 54-70% saturated under N(0, 1) kernels and SGD lr 3; so50481178_origin: a sigmoid "
+        "output 100% pinned at step 0 that Adam turns around) fall by 85% and 70% from their first 5 "
+        "losses to losses 6-10, and by over 99% by step 30",
+    ),
+    "saturation_min_losses": Threshold(
+        10, "values of the loss (or output-gradient norm) seen before a saturated layer is judged; "
+        "half of them make each of its two levels",
+        "ours: 5-loss means bring the corpus' batch noise (coefficient of variation up to 0.3 per "
+        "step) to ~13%, well inside the 50% of saturation_max_drop; 10 values is the first probed "
+        "step after step 0 at the default cadence (every 10th logged step)",
+    ),
+    "saturation_samples": Threshold(
+        2, "probed steps in a row the saturation condition must hold before it is reported",
+        "ours: one probed step more than the first judged one (step 10): a finding at logged step 20; "
+        "no healthy corpus program holds the condition on any probed step",
+    ),
     # --- update ratio --------------------------------------------------------------
     "update_ratio_high": Threshold(
         1.0, "||dW||/||W|| at or above which the learning rate is too high (one step moves the "

@@ -84,6 +84,7 @@ class Monitor:
         ranks: str = "zero",
         output_stats: int = 0,
         replay_nonfinite: Union[bool, str] = True,
+        saturation: int = 0,
     ) -> None:
         self.model = model
         self.every = every
@@ -101,6 +102,8 @@ class Monitor:
                 stacklevel=3,
             )
             activations = 0
+        if compiled:
+            saturation = 0  # (the same: its forward hooks would be traced into the graph)
         self._tb = None
         if writer is not None:
             from gradlens.sinks.tensorboard import TensorBoardSink
@@ -113,7 +116,9 @@ class Monitor:
         # the sources, in slot order (a new statistic is one more entry here)
         order = LayerOrder(layouts)
         self._loss = Loss()
-        self._activations = Activations(layouts, order, activations, probe=not compiled)
+        self._activations = Activations(
+            layouts, order, activations, probe=not compiled, saturation=saturation, output_signals=bool(output_stats)
+        )
         hist = self._tb.write_histograms if self._tb is not None else None
         sources = [Gradients(histogram_every, hist), Updates(update_every), self._activations, self._loss]
         output = None
@@ -169,6 +174,7 @@ class Monitor:
         self._hooks.add(on_root_forward(model, self._on_forward, pre=True, with_kwargs=True))
         if output is not None:  # (hooks go on last: a bad option raised before any)
             output.start(collector)
+        self._activations.start()
         if not activations and not compiled:
             # forward order of modules from one probed forward (input side first)
             named = [(layouts.name(n), m) for n, m in layouts.root.named_modules()]
@@ -373,6 +379,7 @@ def watch(
     ranks: str = "zero",
     output_stats: Union[bool, int] = True,
     replay_nonfinite: Union[bool, str] = True,
+    saturation: Union[bool, int] = True,
 ) -> Monitor:
     """Attach gradlens to ``model`` and record its gradient health at every optimizer step.
 
@@ -481,6 +488,18 @@ def watch(
             then names where the NaN is first seen, as a fallback). Not for sharded
             (FSDP, DTensor) models; under torch.distributed only the forward is
             replayed.
+        saturation: probe the saturation of the bounded activation modules
+            (``nn.Tanh``, ``nn.Sigmoid``, ``nn.Hardtanh``/``ReLU6``,
+            ``nn.Hardsigmoid``, ``nn.Softsign``), hidden ones included, for the
+            ``saturation`` finding: on a probed step a forward hook on each of them
+            counts its outputs near the limits (``act_sat_frac``; nothing else is
+            measured, no gradient hook), armed only for that step's forward (the
+            output layer's saturation comes from ``output_stats``, when on).
+            ``True`` (default): every ``SATURATION_EVERY``-th (10th) logged step, the
+            first one included; an int N: every N-th logged step; ``False``/0: off.
+            Independent of ``activations`` (a step it traces measures saturation
+            itself); a model without a bounded module gets no hook. Off for
+            ``torch.compile``'d models.
 
     Statistics are computed at each logged step; turning them into records, writing
     them to TensorBoard and diagnosing them is done in batches of up to
@@ -514,6 +533,6 @@ def watch(
         include=include, exclude=exclude, group_depth=group_depth, update_every=update_every,
         max_history=max_history, param_scalars=param_scalars, flow_every=flow_every,
         histogram_every=histogram_every, on_finding=on_finding, halt_on=halt_on, thresholds=thresholds,
-        ranks=ranks, output_stats=output_stats, replay_nonfinite=replay_nonfinite,
+        ranks=ranks, output_stats=output_stats, replay_nonfinite=replay_nonfinite, saturation=saturation,
     )
     return Monitor(model, optimizers, **options)

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY
+from gradlens.monitor.sources.activations import ACTIVATIONS_EVERY, SATURATION_EVERY
 from gradlens.monitor.sources.output import OUTPUT_EVERY
 
 __all__ = ["parse"]
@@ -104,6 +104,7 @@ def parse(
     ranks: Any = "zero",
     output_stats: Any = True,
     replay_nonfinite: Any = True,
+    saturation: Any = True,
 ) -> Tuple[List[torch.optim.Optimizer], Dict[str, Any]]:
     """Validate ``watch``'s arguments; returns the optimizers and the Monitor's
     keyword arguments (a ``SummaryWriter`` is created for ``logdir``)."""
@@ -121,6 +122,7 @@ def parse(
         group_depth = _check_int(group_depth, "group_depth", 1)
     activations = _cadence(activations, "activations", ACTIVATIONS_EVERY)
     output_stats = _cadence(output_stats, "output_stats", OUTPUT_EVERY)
+    saturation = _cadence(saturation, "saturation", SATURATION_EVERY)
     if param_scalars is not None and not isinstance(param_scalars, bool):
         raise TypeError(f"watch(param_scalars=...) expects a bool or None, got {type(param_scalars).__name__}")
     inc = _patterns(include, "include")
@@ -178,5 +180,5 @@ def parse(
         group_depth=group_depth, update_every=update_every, max_history=max_history,
         param_scalars=param_scalars, flow_every=flow_every, histogram_every=histogram_every,
         on_finding=on_finding, halt_on=halt, thresholds=thresholds, ranks=ranks, output_stats=output_stats,
-        replay_nonfinite=replay_nonfinite,
+        replay_nonfinite=replay_nonfinite, saturation=saturation,
     )

@@ -85,8 +85,12 @@ CASES = [
              "dead_units", "relu1", 0),
     RuleCase("dead_relu_below_threshold", _repeat(9, grad=HEALTHY_GRADS, act_dead_frac={"relu1": 0.69}), None),
     RuleCase("zero_grad_needs_5_steps", _repeat(4, grad={"fc1": 0.5, "fc2": 0.0, "fc3": 0.5}), None),
-    RuleCase("saturation", _repeat(3, grad=HEALTHY_GRADS, act_sat_frac={"relu1": NAN, "relu2": 0.8}),
-             "saturation", "relu2", 0),
+    # saturation is judged once 10 losses were seen (records 9 and 10 hold: step 9); a flat loss
+    RuleCase("saturation", _repeat(12, grad=HEALTHY_GRADS, act_sat_frac={"relu1": NAN, "relu2": 0.8}, loss=1.0),
+             "saturation", "relu2", 9),
+    RuleCase("saturation_with_a_falling_loss_is_learning",
+             lambda: [rec(i, grad=HEALTHY_GRADS, act_sat_frac={"relu2": 0.8}, loss=2.0 ** -i) for i in range(12)],
+             None),
     RuleCase("relu6_zeros_are_not_saturation",
              _repeat(5, grad=HEALTHY_GRADS, act_sat_frac={"relu1": 0.62}, act_zero_frac={"relu1": 0.61}), None),
     # one layer moved by more than its own norm, the others not: that layer (reported at once)

@@ -227,13 +227,17 @@ def _findings_data():
     return x, y
 
 
+#: saturation judged on the first step, on the fraction alone (3 steps leave no loss history)
+_AT_ONCE = {"saturation_min_losses": 1, "saturation_samples": 1, "saturation_max_drop": 1.0}
+
+
 def _ddp_findings(rank, tmp):
     x, y = _findings_data()
     out = {}
     for ranks in ("zero", "local"):
         ddp = nn.parallel.DistributedDataParallel(mlp())
         opt = torch.optim.SGD(ddp.parameters(), lr=LR, momentum=0.9)
-        with gradlens.watch(ddp, opt, activations=1, update_every=1, ranks=ranks) as mon:
+        with gradlens.watch(ddp, opt, activations=1, update_every=1, ranks=ranks, thresholds=_AT_ONCE) as mon:
             _train(ddp, opt, mon, _shard(x, rank), _shard(y, rank))
         out[ranks] = sorted([f.kind, f.layer, f.step] for f in mon.findings)
     return out
@@ -631,7 +635,7 @@ def test_every_rank_finds_the_full_batch_findings_from_rank_local_activations(ra
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     x, y = _findings_data()
-    with gradlens.watch(model, opt, activations=1, update_every=1) as mon:
+    with gradlens.watch(model, opt, activations=1, update_every=1, thresholds=_AT_ONCE) as mon:
         _train(model, opt, mon, x, y)
     expected = sorted([f.kind, f.layer, f.step] for f in mon.findings)
     assert ["saturation", "3", 0] in expected

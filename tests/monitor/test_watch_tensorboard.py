@@ -33,7 +33,9 @@ def _series(acc, tag, log10=False):
 def test_scalars_read_back_equal_torch(tmp_path):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradlens.watch(model, opt, logdir=tmp_path, flow_every=2, param_scalars=True) as mon:
+    # (saturation=False: the tags' positions are those of the parameter layers; the probe's Tanh
+    # row is tested in test_watch_activations.py)
+    with gradlens.watch(model, opt, logdir=tmp_path, flow_every=2, param_scalars=True, saturation=False) as mon:
         refs = train(model, opt, 3, mon=mon)
     acc = _load(tmp_path)
     tags = acc.Tags()["scalars"]
@@ -108,7 +110,7 @@ def test_layers_text_rewritten_when_layer_set_changes(tmp_path):
     for p in model[0].parameters():
         p.requires_grad_(False)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    with gradlens.watch(model, opt, logdir=tmp_path) as mon:
+    with gradlens.watch(model, opt, logdir=tmp_path, saturation=False) as mon:  # (the layer set of the parameters)
         train(model, opt, 1)
         for p in model[0].parameters():  # unfreeze during fine-tuning
             p.requires_grad_(True)

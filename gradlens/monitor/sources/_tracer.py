@@ -11,6 +11,12 @@ from. An input that is the output of an earlier traced call (same tensor object)
 reuses that call's non-finite count; any other input (the model input, the result
 of functional code between modules) gets its own count. The origin is the first
 call, in forward order, whose inputs were all finite and whose output was not.
+
+Saturation probe (``sat_only=True``): only the forward hook, on the bounded modules
+(:func:`sat_limits`), and only the count of saturated output elements (plus the
+exact zeros of a ReLU6-like module, whose lower limit is ReLU's dead region): no
+pre-hook, no input counts, no tensor hook. It is what ``watch(saturation=...)``
+runs by default (see :mod:`gradlens.monitor.sources.activations`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import HookSet, compiling
 
-__all__ = ["Tracer", "Traced", "sat_limits", "features_last", "SCRATCH_MAX_NUMEL"]
+__all__ = ["Tracer", "Traced", "sat_limits", "features_last", "saturated_count", "SCRATCH_MAX_NUMEL"]
 
 #: Outputs up to this many elements (16 MiB in float32) reuse one scratch buffer per
 #: device for their statistics' temporaries; larger ones allocate per call. The
@@ -57,6 +63,45 @@ def sat_limits(module: nn.Module) -> Optional[Tuple[float, float]]:
 def features_last(module: nn.Module) -> bool:
     """Whether the module's unit axis is the last one (Linear-like) rather than dim 1."""
     return isinstance(module, _FEATURES_LAST)
+
+
+def _zero_is_dead(limits: Tuple[float, float]) -> bool:
+    # a lower limit of exactly 0 on a Hardtanh (ReLU6): its exact zeros are ReLU's dead
+    # region (the dead_units rule's business), counted apart so the rule can subtract them
+    return limits[0] == 0.0
+
+
+def saturated_count(x: Tensor, limits: Tuple[float, float], *, zeros: bool = False,
+                    scratch: Optional[Tensor] = None) -> Tensor:
+    """Elements of ``x`` within ``SAT_BAND`` of the range from either limit (the band of
+    :func:`gradlens.monitor.stats.activation_stats`), as a float32 1-element tensor on
+    ``x``'s device; ``zeros``: followed by the count of exact zeros (2 elements).
+
+    Three ops into one scratch buffer (two for limits symmetric around 0): the
+    distance from the middle, compared with ``half - band``, summed. No boolean
+    reduction (slow on CPU, see ``activation_stats``).
+
+    Example:
+        >>> saturated_count(torch.tensor([-1.0, -0.99, 0.0, 0.5, 0.999]), (-1.0, 1.0))
+        tensor([3.])
+    """
+    with torch.no_grad():
+        xf = x.detach()
+        if xf.dtype != torch.float32:
+            xf = xf.float()
+        buf = scratch if scratch is not None else torch.empty_like(xf)
+        lo, hi = limits
+        band = _stats.SAT_BAND * (hi - lo)
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        if mid == 0.0:
+            torch.abs(xf, out=buf)
+        else:
+            torch.sub(xf, mid, out=buf).abs_()
+        sat = torch.gt(buf, half - band, out=buf).sum()
+        if not zeros:
+            return sat.reshape(1)
+        zero = torch.eq(xf, 0, out=buf).sum()
+        return torch.stack([sat, zero])
 
 
 def _first_tensor(value: Any) -> Optional[Tensor]:
@@ -103,12 +148,17 @@ class Tracer:
         modules: ``(name, module)`` pairs to trace.
         stats: compute the full statistics (False: only non-finite counts, used by
             the one-forward origin probe).
+        sat_only: the saturation probe: forward hooks only, on the bounded modules of
+            ``modules`` only (the others are ignored), saturated counts only.
     """
 
-    def __init__(self, modules: List[Tuple[str, nn.Module]], *, stats: bool = True) -> None:
+    def __init__(self, modules: List[Tuple[str, nn.Module]], *, stats: bool = True, sat_only: bool = False) -> None:
         self.calls: List[_Call] = []
         self.grad_norms: Dict[str, List[Tensor]] = {}
-        self._full = stats
+        self._sat_only = sat_only
+        self._full = stats and not sat_only
+        if sat_only:
+            modules = [(name, m) for name, m in modules if sat_limits(m) is not None]
         self._producers: Dict[int, Tuple["weakref.ref[Tensor]", int]] = {}
         self._pending_inputs: Dict[int, List[List[Any]]] = {}
         self._hooks = HookSet()
@@ -127,6 +177,9 @@ class Tracer:
             # first among the module's hooks, every time: re-arming must not move them
             # behind hooks the user added meanwhile (those could change the output seen)
             for name, module in self._modules:
+                if self._sat_only:
+                    self._hooks.add(module.register_forward_hook(self._sat_post(name), prepend=True))
+                    continue
                 self._hooks.add(module.register_forward_pre_hook(self._pre(name), prepend=True))
                 self._hooks.add(module.register_forward_hook(self._post(name, module), prepend=True))
         else:
@@ -225,6 +278,28 @@ class Tracer:
 
         return hook
 
+    def _sat_post(self, name: str) -> Any:
+        limits = self._limits[name]
+        zeros = _zero_is_dead(limits) and isinstance(dict(self._modules)[name], nn.Hardtanh)
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self._on():
+                return
+            out = _first_tensor(output)
+            if out is None or not out.is_floating_point() or out.numel() == 0 or not out.requires_grad:
+                return  # (no gradient flows through it: nothing to saturate)
+            vec = saturated_count(out, limits, zeros=zeros, scratch=self._scratch(out))
+            if name not in self.grad_norms:  # forward order, as for the full tracer
+                self.grad_norms[name] = []
+            self.calls.append(_Call(name, out.numel(), vec, size=vec.numel()))
+
+        return hook
+
+    @property
+    def modules(self) -> List[Tuple[str, nn.Module]]:
+        """The ``(name, module)`` pairs this tracer hooks (the saturation probe: the bounded ones)."""
+        return list(self._modules)
+
     # -- host side ------------------------------------------------------------
     def device_tensors(self) -> List[Tensor]:
         """Every device tensor the host needs, as 1-D tensors, in :meth:`summarize` order:
@@ -248,7 +323,8 @@ class Tracer:
             call.stats = None  # the host copy has it; keep no device memory
             call.inputs = [s if isinstance(s, int) else None for s in call.inputs]
         traced = Traced(
-            self.calls, {name: len(norms) for name, norms in self.grad_norms.items()}, self._limits, self._full
+            self.calls, {name: len(norms) for name, norms in self.grad_norms.items()}, self._limits, self._full,
+            sat_only=self._sat_only,
         )
         self.clear()
         return traced
@@ -264,7 +340,10 @@ class Traced:
         grad_counts: Dict[str, int],
         limits: Dict[str, Optional[Tuple[float, float]]],
         full: bool,
+        *,
+        sat_only: bool = False,
     ) -> None:
+        self.sat_only = sat_only
         self.calls = calls
         self.grad_counts = grad_counts  # traced module -> output gradients seen, in forward order
         self._limits = limits
@@ -281,6 +360,8 @@ class Traced:
         for call in self.calls:
             vecs.append(host[pos : pos + call.size])
             pos += call.size
+        if self.sat_only:
+            return self._sat_rows(vecs), None
         nf_out = [float(v[2]) if self._full else float(v[0]) for v in vecs]
         in_counts: List[List[Any]] = []
         for call in self.calls:
@@ -347,3 +428,18 @@ class Traced:
                 row["out_grad_norm"] = math.sqrt(sum(v * v for v in g))
             per[name] = row
         return per, origin
+
+    def _sat_rows(self, vecs: List[np.ndarray]) -> Dict[str, Dict[str, float]]:
+        # the probe's rows: act_sat_frac pooled over a module's calls (act_zero_frac too
+        # where the exact zeros were counted: ReLU6-like modules)
+        per: Dict[str, Dict[str, float]] = {}
+        groups: Dict[str, List[int]] = {}
+        for i, call in enumerate(self.calls):
+            groups.setdefault(call.name, []).append(i)
+        for name, idxs in groups.items():
+            n_tot = sum(self.calls[i].numel for i in idxs)
+            row = {"act_sat_frac": float(sum(vecs[i][0] for i in idxs)) / n_tot}
+            if all(len(vecs[i]) > 1 for i in idxs):
+                row["act_zero_frac"] = float(sum(vecs[i][1] for i in idxs)) / n_tot
+            per[name] = row
+        return per

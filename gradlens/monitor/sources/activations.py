@@ -6,6 +6,18 @@ step runs (every ``every``-th logged step); their per-call vectors are the step'
 ``act`` slots. Host side: the ``act_*`` and ``out_grad_norm`` columns and
 ``StepRecord.nonfinite_origin``. After a broken step whose next forward is not
 traced, a one-forward probe (non-finite counts only) names the origin there.
+
+Saturation probe (``watch(saturation=...)``, on by default, independent of
+``activations``): on every ``saturation``-th logged step (:data:`SATURATION_EVERY`,
+10, the first one included) that the tracer does not trace, a forward hook on each
+bounded module (``nn.Tanh``, ``nn.Sigmoid``, ``nn.Hardtanh``/``ReLU6``,
+``nn.Hardsigmoid``, ``nn.Softsign``; see :func:`~gradlens.monitor.sources._tracer.sat_limits`)
+counts its saturated outputs, armed only for that step's forward: the record gets
+``act_sat_frac`` (and ``act_zero_frac`` for ReLU6-like modules) for those modules and
+nothing else. The output layer (the model's last registered module) is left to the
+model-output signals when they are on (``output_stats``, every 5th logged step: a
+superset of the probe's steps). A model without a hidden bounded module gets no hook. Cost: three ops
+per bounded module on a probed step (figures in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -24,13 +36,20 @@ from gradlens.monitor.packet import Packet, StepPacket
 from gradlens.monitor.sources._tracer import Tracer
 from gradlens.monitor.sources.base import Cycle, Source, Work
 
-__all__ = ["Activations", "ACTIVATIONS_EVERY"]
+__all__ = ["Activations", "ACTIVATIONS_EVERY", "SATURATION_EVERY"]
 
 _log = logging.getLogger("gradlens")
 
 #: ``activations=True`` traces every this many logged steps (an int picks another
 #: cadence; 1 is every logged step).
 ACTIVATIONS_EVERY = 10
+
+#: ``saturation=True`` (the default) probes the bounded modules' saturation on every
+#: this many logged steps, the first one included. 10: the saturation rule judges a
+#: sampled step against the loss of the steps before it (``saturation_min_losses``),
+#: and needs two such samples (``saturation_samples``), so a finding comes at logged
+#: step 20; a denser cadence only costs more.
+SATURATION_EVERY = 10
 
 #: Modules that only reshape their input; their outputs are not traced (a view of
 #: a traced output is still recognised as finite input by the NaN-origin rule).
@@ -46,13 +65,21 @@ class Activations(Source):
         order: the layer order, told which modules ran.
         every: the tracing cadence in logged steps (0: no tracing).
         probe: whether the origin probe may run (False for compiled models).
+        saturation: the saturation probe's cadence in logged steps (0: off).
+        output_signals: the model-output signals measure the output's saturation
+            (``output_stats`` on): the probe leaves the model's last registered module,
+            its output layer, to them.
     """
 
     kinds = ("act",)
 
-    def __init__(self, layouts: Layouts, order: LayerOrder, every: int, *, probe: bool = True) -> None:
+    def __init__(
+        self, layouts: Layouts, order: LayerOrder, every: int, *, probe: bool = True, saturation: int = 0,
+        output_signals: bool = False,
+    ) -> None:
         self._layouts, self._order = layouts, order
         self.every = every
+        self.sat_every = saturation
         self._may_probe = probe
         self._hooks = HookSet()
         self.origin_probe: Optional[Tracer] = None
@@ -61,24 +88,55 @@ class Activations(Source):
         self._replayed: Optional[str] = None  # the module where a replay located the birth (monitor/replay.py)
         # armed for step 0, which is traced
         self.tracer: Optional[Tracer] = Tracer(layouts.modules(skip=_RESHAPES)) if every else None
+        # the saturation probe, armed for step 0 by start() unless the tracer traces it; None
+        # without a hidden bounded module (then it costs nothing)
+        self.sat_probe: Optional[Tracer] = None
+        if saturation:
+            modules = layouts.modules(skip=_RESHAPES)
+            if output_signals:
+                *_, last = layouts.root.modules()
+                modules = [(n, m) for n, m in modules if m is not last]
+            sat = Tracer(modules, sat_only=True)
+            sat.arm(False)  # until start(): no hook before every option was validated
+            if sat.modules:
+                self.sat_probe = sat
+            else:
+                sat.remove()
+
+    def start(self) -> None:
+        """Arm the saturation probe for step 0 (the monitor's hooks go on last)."""
+        if self.sat_probe is not None:
+            self.sat_probe.arm(self.tracer is None)
 
     def traced(self, cycle: Cycle) -> bool:
         """Whether the upcoming step is traced."""
         # (cycle.logged is the index the upcoming record will have among logged ones)
         return self.tracer is not None and cycle.is_logged_step() and cycle.logged % self.every == 0
 
+    def sat_probed(self, cycle: Cycle) -> bool:
+        """Whether the upcoming step runs the saturation probe (a probe step the tracer
+        traces gets the tracer's statistics, saturation included, instead)."""
+        return (
+            self.sat_probe is not None and cycle.is_logged_step() and cycle.logged % self.sat_every == 0
+            and not self.traced(cycle)
+        )
+
     def after_update(self, cycle: Cycle, work: Work, pend: StepPacket, packet: Packet, skipped: bool) -> None:
-        tracer = self.tracer
-        if tracer is None or pend.traced is not None or pend.act is not None:
+        if pend.traced is not None or pend.act is not None:
             return  # (a second optimizer's chunk: the forward was traced once)
-        if not tracer.calls:
-            tracer.clear()
-            return
-        for t in tracer.device_tensors():
-            packet.put("act", None, t)
-        pend.traced = tracer.take()  # summarized with the values, by read()
-        for name in pend.traced.grad_counts:  # traced modules, in forward order
-            self._order.saw(name)
+        for tracer in (self.tracer, self.sat_probe):
+            if tracer is None:
+                continue
+            if not tracer.calls:
+                tracer.clear()
+                continue
+            for t in tracer.device_tensors():
+                packet.put("act", None, t)
+            pend.traced = tracer.take()  # summarized with the values, by read()
+            if tracer is self.tracer:
+                for name in pend.traced.grad_counts:  # traced modules, in forward order
+                    self._order.saw(name)
+            return  # one of them per step (they are armed on different steps)
 
     def read(
         self, slots: List[Tuple[Any, np.ndarray]], rows: np.ndarray, p: np.ndarray, dw: np.ndarray,
@@ -98,6 +156,9 @@ class Activations(Source):
             self.tracer.clear()
             # module hooks only while a traced step runs; others run no gradlens code
             self.tracer.arm(self.traced(cycle))
+        if self.sat_probe is not None:
+            self.sat_probe.clear()
+            self.sat_probe.arm(self.sat_probed(cycle))
 
     def finish(self, pend: StepPacket) -> None:
         """The origin of ``pend``'s record: its own, or the probe's latest."""
@@ -145,6 +206,6 @@ class Activations(Source):
 
     def close(self) -> None:
         self._hooks.remove()
-        for tracer in (self.tracer, self.origin_probe):
+        for tracer in (self.tracer, self.origin_probe, self.sat_probe):
             if tracer is not None:
                 tracer.remove()
