@@ -383,31 +383,34 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
     DM = DH if w_hr is None else torch.empty_like(C)  # dL/dm_t = dL/dh_t W_hr with a projection
     D4, D_c = D[..., :4 * H], D[..., 4 * H:]
     # the views of every step, made once (unbind), in the order the loop visits them (the reverse of
-    # the forward's), each with dL/dh of the step visited next (its h_{t-1}: None for the last one)
-    views = [D[..., :3 * H].unflatten(-1, (3, H)), D[..., 3 * H:].unflatten(-1, (2, H)), D_c, D_c.unsqueeze(2), D4, Fg,
-             DH, DM.unsqueeze(2), DM]
+    # the forward's), each with dL/dh of the step visited next (its h_{t-1}: None for the last one).
+    # dc, f and dm are (B, 1, H) views, broadcast over the gates they multiply.
+    views = [D[..., :3 * H].unflatten(-1, (3, H)), D[..., 3 * H:].unflatten(-1, (2, H)), D_c.unsqueeze(2), D4,
+             Fg.unsqueeze(2), DM.unsqueeze(2)]
+    if w_hr is not None:
+        views.append(DH)
     per_time = list(zip(*(v.unbind(0) for v in views)))
     dh_time = DH.unbind(0)
     visits = list(_steps(seq_len, not reverse))  # backward visiting order: time indices
     items = [per_time[t] + (dh_time[visits[k + 1]] if k + 1 < seq_len else None,) for k, t in enumerate(visits)]
     block = max(1, _LSTM_BLOCK // max(1, batch * 5 * H))  # steps per block
-    dc_next, f_next = d_cn, None
+    dc_next, f_next = d_cn.unsqueeze(1), None
     for k0 in range(0, seq_len, block):
         k1 = min(k0 + block, seq_len)
         t0, t1 = visits[k0], visits[k1 - 1]
         local_derivatives(min(t0, t1), max(t0, t1) + 1)  # the block of visits k0 .. k1 - 1
-        for d_ifg, d_oc, dc, dc_u, d4, f, dh, dm_u, dm, dh_prev in items[k0:k1]:
-            if w_hr is not None:
+        for d_ifg, d_oc, dc, d4, f, dm, *dh, dh_prev in items[k0:k1]:
+            if dh:
                 # projection h = m W_hr^T:  dm = dh W_hr
-                torch.mm(dh, w_hr, out=dm)
+                torch.mm(dh[0], w_hr, out=dm.squeeze(1))
             # [d a_o, dc] = dm [tanh(c) σ_o', o (1-tanh(c)^2)];  then dc += dL/dc_{t+1} f_{t+1}
-            d_oc.mul_(dm_u)
+            d_oc.mul_(dm)
             if f_next is None:
                 dc.add_(dc_next)
             else:
                 dc.addcmul_(dc_next, f_next)
             # [d a_i, d a_f, d a_g] = dc [g σ_i', c_{t-1} σ_f', i (1-g^2)]
-            d_ifg.mul_(dc_u)
+            d_ifg.mul_(dc)
             if dh_prev is not None:
                 # gates = ... + W_hh h_{t-1}:  dL/dh_{t-1} += d a_t W_hh
                 dh_prev.addmm_(d4, w_hh)
