@@ -241,29 +241,31 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
 # faults, about a pass over the data; our measurement), so the buffers are kept on ``ctx`` rather than
 # saved, and a second backward through the same graph (``retain_graph=True``) replays the forward.
 def _double_g(w: Optional[_T], hid: int) -> Optional[_T]:
-    """Rows of a gate-stacked weight (order i, f, g, o) with the ``g`` rows doubled.
+    """Rows of a gate-stacked weight (order i, f, g, o) with the ``g`` rows times -2.
 
-    The doubled rows give ``2 a_g``, so that ``tanh(a_g) = 2 σ(2 a_g) - 1`` comes out of the one
-    sigmoid that covers all four gates (scaling by 2 is exact in floating point). torch's CPU
-    ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one thread).
+    The scaled rows give ``-2 a_g``, so that the one sigmoid that covers all four gates gives
+    ``s = σ(-2 a_g)`` in the ``g`` slot, and ``tanh(a_g) = 1 - 2 s`` (scaling by -2 is exact in
+    floating point). torch's CPU ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one
+    thread); and ``i g = i - 2 i s`` enters ``c_t = f c_{t-1} + i g`` as two ``addcmul`` without
+    forming ``g`` (the backward forms it, for all the steps of a block at once).
     """
     if w is None:
         return None
-    return torch.cat([w[:2 * hid], w[2 * hid:3 * hid] * 2, w[3 * hid:]])
+    return torch.cat([w[:2 * hid], w[2 * hid:3 * hid] * -2, w[3 * hid:]])
 
 
 def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
     """Forward of one LSTM layer-direction on padded input.
 
     Returns ``(out, h_n, c_n)`` and the buffers the backward reads (and overwrites):
-    ``A`` (T, B, 5H) = ``[σ(a_i), σ(a_f), g, σ(a_o), tanh(c_t)]``, ``C`` (c_t), ``M`` (``o tanh(c)``,
+    ``A`` (T, B, 5H) = ``[σ(a_i), σ(a_f), σ(-2 a_g), σ(a_o), tanh(c_t)]``, ``C`` (c_t), ``M`` (``o tanh(c)``,
     ``None`` without a projection: then it is the output ``O``) and ``X`` (T*B, I[+1]): the input
     rows, with a column of ones when there are biases.
     """
     seq_len, batch, n_in = x.shape
     hid = c0.shape[-1]
     A = x.new_empty(seq_len, batch, 5 * hid)
-    # A[t, :, :4H]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (the g rows doubled), then in place σ(.)
+    # A[t, :, :4H]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (the g rows times -2), then in place σ(.)
     pre = A.view(seq_len * batch, 5 * hid)[:, :4 * hid]
     w_ih2 = _double_g(w_ih, hid)
     if b_ih is None:
@@ -292,28 +294,25 @@ def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
     per_step = list(zip(*(v.unbind(0) for v in views)))
     if reverse:
         per_step.reverse()
-    minus_one = x.new_full((), -1.0)
-    add, mul, tanh = torch.add, torch.mul, torch.tanh
+    addcmul, mul, tanh = torch.addcmul, torch.mul, torch.tanh
     h, c = h0, c0
     if w_hr is None:
-        for a, i, f, g, o, tc, c_new, m in per_step:
-            # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  g = tanh(.) = 2 σ(2 .) - 1
+        for a, i, f, s, o, tc, c_new, m in per_step:
+            # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  s = σ(-2 a_g), g = tanh(a_g) = 1 - 2 s
             a.addmm_(h, w_hh_t)
             a.sigmoid_()
-            add(minus_one, g, alpha=2, out=g)
-            # c_t = f c_{t-1} + i g
-            mul(f, c, out=c_new).addcmul_(i, g)
+            # c_t = f c_{t-1} + i g = (i + f c_{t-1}) - 2 i s
+            addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
             # h_t = o tanh(c_t)
             tanh(c_new, out=tc)
             mul(o, tc, out=m)
             h, c = m, c_new
     else:
         w_hr_t = _transposed(w_hr)
-        for a, i, f, g, o, tc, c_new, m, h_new in per_step:
+        for a, i, f, s, o, tc, c_new, m, h_new in per_step:
             a.addmm_(h, w_hh_t)
             a.sigmoid_()
-            add(minus_one, g, alpha=2, out=g)
-            mul(f, c, out=c_new).addcmul_(i, g)
+            addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
             # projected: h_t = (o tanh(c_t)) W_hr^T
             tanh(c_new, out=tc)
             mul(o, tc, out=m)
@@ -351,6 +350,8 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
     D = A
     Fg = S_f.clone(memory_format=torch.contiguous_format)  # σ_f, read by the dc recurrence
 
+    one = A.new_ones(())
+
     def local_derivatives(a: int, b: int) -> None:
         """Steps ``a:b`` (time order) of D, in place: run for a block just before the loop visits it,
         so the block's data is still in cache when the loop reads it (see ``_LSTM_BLOCK``)."""
@@ -372,6 +373,8 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
         torch.addcmul(s_o, m, tc, value=-1, out=tc)
         # tanh(c) σ_o (1 - σ_o) = m - m σ_o, over σ_o
         torch.addcmul(m, m, s_o, value=-1, out=s_o)
+        # g = tanh(a_g) = 1 - 2 σ(-2 a_g), over σ(-2 a_g)
+        torch.add(one, g, alpha=-2, out=g)
         # with u = i g (in C, free now):  i (1 - g^2) = i - u g  over g;  g σ_i (1 - σ_i) = u - u σ_i  over σ_i
         torch.mul(s_i, g, out=c)
         torch.addcmul(s_i, c, g, value=-1, out=g)
