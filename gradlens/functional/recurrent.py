@@ -236,12 +236,15 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
 # The path the usual ``loss.backward()`` takes for an LSTM on padded input. Same chain rule as
 # :func:`_lstm_sweep` / :func:`_lstm_bptt`, laid out so that a step costs as few kernels as possible:
 # every step writes into preallocated (T, B, .) buffers (no per-step allocation, no stacking), the
-# activations overwrite the pre-activations in place, and the backward loop does only the
-# recurrence (4 kernels a step); the local derivatives of every step are taken before the loop and
-# the weight gradients after it, each in one large kernel. The backward turns the forward's
-# activation buffer into the gradient buffer in place (on CPU a fresh full-size buffer costs page
-# faults, about a pass over the data; our measurement), so the buffers are kept on ``ctx`` rather than
-# saved, and a second backward through the same graph (``retain_graph=True``) replays the forward.
+# activations overwrite the pre-activations in place (6 kernels a forward step), and the backward
+# loop does only the recurrence (4 kernels a step); the local derivatives of every step are taken
+# block by block before the loop and the weight gradients after it, each in one large kernel (the
+# bias gradient in the same product as dW_ih). The backward turns the forward's activation buffer
+# into the gradient buffer in place (on CPU a fresh full-size buffer costs page faults, about a pass
+# over the data; our measurement), so the buffers are kept on ``ctx`` rather than saved, and a
+# second backward through the same graph (``retain_graph=True``) replays the forward. On CPU the
+# buffers, with their per-step views, go back to a small pool after the backward, for the next
+# step of the same shape (:class:`_LstmBuffers`).
 def _double_g(w: Optional[_T], hid: int) -> Optional[_T]:
     """Rows of a gate-stacked weight (order i, f, g, o) with the ``g`` rows times -2.
 
@@ -284,11 +287,13 @@ class _LstmBuffers:
         self.bwd: Optional[list] = None
 
 
-# Buffer sets the CPU pool keeps (all shapes together, the most recently used shapes first): a
-# stacked, bidirectional LSTM has one set in flight per layer-direction. Our measurement,
-# LSTM(64,128) x 32x50x64, one thread: reusing the buffers and their views saves ~0.5 ms of a ~13 ms
-# step (the views alone: ~0.6 us each, 15 a step). Each set of that layer is ~6 MiB.
+# Buffer sets the CPU pool keeps (all shapes together, the least recently used shapes dropped
+# first), at most ``_LSTM_POOL_SIZE`` sets and ``_LSTM_POOL_BYTES`` bytes: a stacked, bidirectional
+# LSTM has one set in flight per layer-direction; a set larger than the byte limit is never kept.
+# Our measurement, LSTM(64,128) x 32x50x64, one thread: reusing the buffers and their views saves
+# ~0.5 ms of a ~13 ms step (the views alone: ~0.6 us each, 15 a step); each set of it is ~6 MiB.
 _LSTM_POOL_SIZE = 8
+_LSTM_POOL_BYTES = 256 * 2**20
 _LSTM_POOL: "OrderedDict[tuple, List[_LstmBuffers]]" = OrderedDict()
 _LSTM_POOL_LOCK = threading.Lock()
 
@@ -304,21 +309,28 @@ def _lstm_buffers(x: _T, hid: int, out_size: int, proj: bool, bias: bool, revers
     return _LstmBuffers(key, x, hid, proj, bias)
 
 
+def _nbytes(bufs: _LstmBuffers) -> int:
+    """Bytes held by a buffer set (``DM`` is ``DH`` without a projection: counted once)."""
+    held = {id(t): t for t in (bufs.A, bufs.C, bufs.M, bufs.X, bufs.Fg, bufs.DH, bufs.DM) if t is not None}
+    return sum(t.numel() * t.element_size() for t in held.values())
+
+
 def _lstm_release(bufs: _LstmBuffers) -> None:
-    """Give a buffer set back to the pool once its backward is done (CPU only)."""
-    if bufs.key[0].type != "cpu":
-        return
+    """Give a buffer set back to the pool once its backward is done (CPU only, within the limits)."""
     bufs.x_rows = None
+    if bufs.key[0].type != "cpu" or _nbytes(bufs) > _LSTM_POOL_BYTES:
+        return
     with _LSTM_POOL_LOCK:
         _LSTM_POOL.setdefault(bufs.key, []).append(bufs)
         _LSTM_POOL.move_to_end(bufs.key)
-        total = sum(len(v) for v in _LSTM_POOL.values())
-        while total > _LSTM_POOL_SIZE:  # drop the sets of the least recently used shapes
+        count = sum(len(v) for v in _LSTM_POOL.values())
+        size = sum(_nbytes(b) for v in _LSTM_POOL.values() for b in v)
+        while count > _LSTM_POOL_SIZE or size > _LSTM_POOL_BYTES:  # drop the least recently used shapes' sets
             oldest = next(iter(_LSTM_POOL))
             free = _LSTM_POOL[oldest]
             if free:
-                free.pop(0)
-                total -= 1
+                size -= _nbytes(free.pop(0))
+                count -= 1
             if not free:
                 del _LSTM_POOL[oldest]
 

@@ -368,3 +368,15 @@ def test_lstm_buffer_pool_two_graphs_in_flight_and_bounded():
     for seq in range(2, 2 + 2 * R._LSTM_POOL_SIZE):
         _lstm_step(seq, batch=1, hid=2)
     assert sum(len(v) for v in R._LSTM_POOL.values()) <= R._LSTM_POOL_SIZE
+
+
+def test_lstm_buffer_pool_byte_limit(monkeypatch):
+    """A buffer set larger than ``_LSTM_POOL_BYTES`` is not kept; smaller ones are, within the limit."""
+    R._LSTM_POOL.clear()
+    monkeypatch.setattr(R, "_LSTM_POOL_BYTES", 6000)
+    _lstm_step(3, batch=2, hid=3)  # a small set: kept
+    small = sum(R._nbytes(b) for v in R._LSTM_POOL.values() for b in v)
+    assert 0 < small <= 6000
+    _lstm_step(40, batch=4, hid=6)  # a set larger than the limit: not kept
+    assert all(R._nbytes(b) <= 6000 for v in R._LSTM_POOL.values() for b in v)
+    assert sum(R._nbytes(b) for v in R._LSTM_POOL.values() for b in v) <= 6000
