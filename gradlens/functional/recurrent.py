@@ -59,6 +59,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -234,68 +236,176 @@ def _lstm_bptt(saved, d_out, d_hn, d_cn, w_hh, w_hr, reverse: bool, mask, norm_r
 # The path the usual ``loss.backward()`` takes for an LSTM on padded input. Same chain rule as
 # :func:`_lstm_sweep` / :func:`_lstm_bptt`, laid out so that a step costs as few kernels as possible:
 # every step writes into preallocated (T, B, .) buffers (no per-step allocation, no stacking), the
-# activations overwrite the pre-activations in place, and the backward loop does only the
-# recurrence (4 kernels a step); the local derivatives of every step are taken before the loop and
-# the weight gradients after it, each in one large kernel. The backward turns the forward's
-# activation buffer into the gradient buffer in place (on CPU a fresh full-size buffer costs page
-# faults, about a pass over the data; our measurement), so the buffers are kept on ``ctx`` rather than
-# saved, and a second backward through the same graph (``retain_graph=True``) replays the forward.
+# activations overwrite the pre-activations in place (6 kernels a forward step), and the backward
+# loop does only the recurrence (4 kernels a step); the local derivatives of every step are taken
+# block by block before the loop and the weight gradients after it, each in one large kernel (the
+# bias gradient in the same product as dW_ih). The backward turns the forward's activation buffer
+# into the gradient buffer in place (on CPU a fresh full-size buffer costs page faults, about a pass
+# over the data; our measurement), so the buffers are kept on ``ctx`` rather than saved, and a
+# second backward through the same graph (``retain_graph=True``) replays the forward. On CPU the
+# buffers, with their per-step views, go back to a small pool after the backward, for the next
+# step of the same shape (:class:`_LstmBuffers`).
 def _double_g(w: Optional[_T], hid: int) -> Optional[_T]:
-    """Rows of a gate-stacked weight (order i, f, g, o) with the ``g`` rows doubled.
+    """Rows of a gate-stacked weight (order i, f, g, o) with the ``g`` rows times -2.
 
-    The doubled rows give ``2 a_g``, so that ``tanh(a_g) = 2 σ(2 a_g) - 1`` comes out of the one
-    sigmoid that covers all four gates (scaling by 2 is exact in floating point). torch's CPU
-    ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one thread).
+    The scaled rows give ``-2 a_g``, so that the one sigmoid that covers all four gates gives
+    ``s = σ(-2 a_g)`` in the ``g`` slot, and ``tanh(a_g) = 1 - 2 s`` (scaling by -2 is exact in
+    floating point). torch's CPU ``tanh`` costs ~4x a ``sigmoid`` per element (our measurement, one
+    thread); and ``i g = i - 2 i s`` enters ``c_t = f c_{t-1} + i g`` as two ``addcmul`` without
+    forming ``g`` (the backward forms it, for all the steps of a block at once).
     """
     if w is None:
         return None
-    return torch.cat([w[:2 * hid], w[2 * hid:3 * hid] * 2, w[3 * hid:]])
+    return torch.cat([w[:2 * hid], w[2 * hid:3 * hid] * -2, w[3 * hid:]])
+
+
+class _LstmBuffers:
+    """The working memory of one first-order LSTM layer-direction, and the per-step views into it.
+
+    ``A`` (T, B, 5H), ``C`` (T, B, H), ``M`` (with a projection: T, B, H), ``X`` (T*B, I+1, with
+    biases), ``Fg`` and ``DH`` (T, B, H; ``DM`` with a projection) belong to it; ``x_rows`` (``X``
+    or, without biases, the input's own rows) is set by each forward. The views (``fwd``, ``bwd``)
+    are made on first use and kept: on CPU a buffer set goes back to a small pool after its
+    backward (see ``_LSTM_POOL_SIZE``), so that the next step of the same shape reuses memory that
+    is already mapped and cached, and its ~1,000 views.
+    """
+
+    __slots__ = ("key", "A", "C", "M", "X", "x_rows", "Fg", "DH", "DM", "fwd", "bwd")
+
+    def __init__(self, key: tuple, x: _T, hid: int, proj: bool, bias: bool) -> None:
+        seq_len, batch, n_in = x.shape
+        self.key = key
+        self.A = x.new_empty(seq_len, batch, 5 * hid)
+        self.C = x.new_empty(seq_len, batch, hid)
+        self.M = torch.empty_like(self.C) if proj else None
+        self.X = x.new_empty(seq_len, batch, n_in + 1).view(seq_len * batch, n_in + 1) if bias else None
+        if bias:
+            self.X[:, n_in].fill_(1)
+        self.x_rows: Optional[_T] = None
+        self.Fg = self.DH = self.DM = None
+        self.fwd: Optional[list] = None
+        self.bwd: Optional[list] = None
+
+
+# Buffer sets the CPU pool keeps (all shapes together, the least recently used shapes dropped
+# first), at most ``_LSTM_POOL_SIZE`` sets and ``_LSTM_POOL_BYTES`` bytes: a stacked, bidirectional
+# LSTM has one set in flight per layer-direction; a set larger than the byte limit is never kept.
+# Our measurement, LSTM(64,128) x 32x50x64, one thread: reusing the buffers and their views saves
+# ~0.5 ms of a ~13 ms step (the views alone: ~0.6 us each, 15 a step); each set of it is ~6 MiB.
+_LSTM_POOL_SIZE = 8
+_LSTM_POOL_BYTES = 256 * 2**20
+_LSTM_POOL: "OrderedDict[tuple, List[_LstmBuffers]]" = OrderedDict()
+_LSTM_POOL_LOCK = threading.Lock()
+
+
+def _lstm_buffers(x: _T, hid: int, out_size: int, proj: bool, bias: bool, reverse: bool) -> _LstmBuffers:
+    """A buffer set for this shape: from the pool when one is free (CPU), else a new one."""
+    key = (x.device, x.dtype, tuple(x.shape), hid, out_size, proj, bias, reverse)
+    if x.device.type == "cpu":
+        with _LSTM_POOL_LOCK:
+            free = _LSTM_POOL.get(key)
+            if free:
+                return free.pop()
+    return _LstmBuffers(key, x, hid, proj, bias)
+
+
+def _nbytes(bufs: _LstmBuffers) -> int:
+    """Bytes held by a buffer set (``DM`` is ``DH`` without a projection: counted once)."""
+    held = {id(t): t for t in (bufs.A, bufs.C, bufs.M, bufs.X, bufs.Fg, bufs.DH, bufs.DM) if t is not None}
+    return sum(t.numel() * t.element_size() for t in held.values())
+
+
+def _lstm_release(bufs: _LstmBuffers) -> None:
+    """Give a buffer set back to the pool once its backward is done (CPU only, within the limits)."""
+    bufs.x_rows = None
+    if bufs.key[0].type != "cpu" or _nbytes(bufs) > _LSTM_POOL_BYTES:
+        return
+    with _LSTM_POOL_LOCK:
+        _LSTM_POOL.setdefault(bufs.key, []).append(bufs)
+        _LSTM_POOL.move_to_end(bufs.key)
+        count = sum(len(v) for v in _LSTM_POOL.values())
+        size = sum(_nbytes(b) for v in _LSTM_POOL.values() for b in v)
+        while count > _LSTM_POOL_SIZE or size > _LSTM_POOL_BYTES:  # drop the least recently used shapes' sets
+            oldest = next(iter(_LSTM_POOL))
+            free = _LSTM_POOL[oldest]
+            if free:
+                size -= _nbytes(free.pop(0))
+                count -= 1
+            if not free:
+                del _LSTM_POOL[oldest]
 
 
 def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
     """Forward of one LSTM layer-direction on padded input.
 
-    Returns ``(out, h_n, c_n)`` and the buffers the backward reads (and overwrites):
-    ``A`` (T, B, 5H) = ``[σ(a_i), σ(a_f), g, σ(a_o), tanh(c_t)]``, ``C`` (c_t), ``M`` (``o tanh(c)``,
-    ``None`` without a projection: then it is the output ``O``).
+    Returns ``(out, h_n, c_n)`` and the :class:`_LstmBuffers` the backward reads (and overwrites):
+    ``A`` (T, B, 5H) = ``[σ(a_i), σ(a_f), σ(-2 a_g), σ(a_o), tanh(c_t)]``, ``C`` (c_t), ``M`` (``o tanh(c)``,
+    ``None`` without a projection: then it is the output ``O``) and ``x_rows`` (T*B, I[+1]): the input
+    rows, with a column of ones when there are biases.
     """
     seq_len, batch, n_in = x.shape
     hid = c0.shape[-1]
-    b = None if b_ih is None else _double_g(b_ih + b_hh, hid)
-    A = x.new_empty(seq_len, batch, 5 * hid)
-    # A[t, :, :4H]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (the g rows doubled), then in place σ(.)
+    out_size = h0.shape[-1]
+    bufs = _lstm_buffers(x, hid, out_size, w_hr is not None, b_ih is not None, reverse)
+    A, C = bufs.A, bufs.C
+    # A[t, :, :4H]: pre-activations x_t W_ih^T + b + h_{t-1} W_hh^T (the g rows times -2), then in place σ(.)
     pre = A.view(seq_len * batch, 5 * hid)[:, :4 * hid]
-    x2, w_ih2 = x.reshape(seq_len * batch, n_in), _double_g(w_ih, hid)
-    if b is None:
-        torch.mm(x2, w_ih2.t(), out=pre)
+    w_ih2 = _double_g(w_ih, hid)
+    if b_ih is None:
+        X = x.reshape(seq_len * batch, n_in)
+        torch.mm(X, w_ih2.t(), out=pre)
     else:
-        torch.addmm(b, x2, w_ih2.t(), out=pre)
+        # [x_t, 1] [W_ih, b]^T = x_t W_ih^T + b: the bias rides in the product, which writes the
+        # gate rows in place (addmm's bias would first be broadcast over all T*B rows, one more pass
+        # over A: 0.65 against 0.92 ms here, 50x32x64 -> 512, our measurement); the backward reads
+        # db from the same ones column (dW_ih and db in one product)
+        X = bufs.X
+        X[:, :n_in].view(seq_len, batch, n_in).copy_(x)
+        torch.mm(X, torch.cat([w_ih2, _double_g(b_ih + b_hh, hid).unsqueeze(1)], 1).t(), out=pre)
+    bufs.x_rows = X
     w_hh_t = _transposed(_double_g(w_hh, hid))
-    C = x.new_empty(seq_len, batch, hid)  # c_t
-    O = x.new_empty(seq_len, batch, h0.shape[-1])  # h_t, the output
-    M = O if w_hr is None else torch.empty_like(C)  # o_t tanh(c_t) (= h_t without a projection)
-    w_hr_t = None if w_hr is None else _transposed(w_hr)
+    O = x.new_empty(seq_len, batch, out_size)  # h_t, the output
+    M = O if w_hr is None else bufs.M  # o_t tanh(c_t) (= h_t without a projection)
     H = hid
-    steps = (A[..., :4 * H].unbind(0), A[..., :H].unbind(0), A[..., H:2 * H].unbind(0),
-             A[..., 2 * H:3 * H].unbind(0), A[..., 3 * H:4 * H].unbind(0), A[..., 4 * H:].unbind(0),
-             C.unbind(0), M.unbind(0), O.unbind(0))
-    minus_one = x.new_full((), -1.0)
+    if bufs.fwd is None:
+        # the views of every step into the buffers, made once (unbind), in visiting order
+        views = [A[..., :4 * H], A[..., :H], A[..., H:2 * H], A[..., 2 * H:3 * H], A[..., 3 * H:4 * H],
+                 A[..., 4 * H:], C]
+        if w_hr is not None:
+            views.append(M)
+        bufs.fwd = list(zip(*(v.unbind(0) for v in views)))
+        if reverse:
+            bufs.fwd.reverse()
+    # and the output's (new every call)
+    out_steps = list(O.unbind(0))
+    if reverse:
+        out_steps.reverse()
+    per_step = [v + (o,) for v, o in zip(bufs.fwd, out_steps)]
+    addcmul, mul, tanh = torch.addcmul, torch.mul, torch.tanh
     h, c = h0, c0
-    for t in _steps(seq_len, reverse):
-        a, i, f, g, o, tc, c_new, m, h_new = (s[t] for s in steps)
-        # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  g = tanh(.) = 2 σ(2 .) - 1
-        a.addmm_(h, w_hh_t)
-        a.sigmoid_()
-        torch.add(minus_one, g, alpha=2, out=g)
-        # c_t = f c_{t-1} + i g
-        torch.mul(f, c, out=c_new).addcmul_(i, g)
-        # h_t = o tanh(c_t)   (projected: h_t = (o tanh(c_t)) W_hr^T)
-        torch.tanh(c_new, out=tc)
-        torch.mul(o, tc, out=m)
-        if w_hr_t is not None:
+    if w_hr is None:
+        for a, i, f, s, o, tc, c_new, m in per_step:
+            # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  s = σ(-2 a_g), g = tanh(a_g) = 1 - 2 s
+            a.addmm_(h, w_hh_t)
+            a.sigmoid_()
+            # c_t = f c_{t-1} + i g = (i + f c_{t-1}) - 2 i s
+            addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
+            # h_t = o tanh(c_t)
+            tanh(c_new, out=tc)
+            mul(o, tc, out=m)
+            h, c = m, c_new
+    else:
+        w_hr_t = _transposed(w_hr)
+        for a, i, f, s, o, tc, c_new, m, h_new in per_step:
+            a.addmm_(h, w_hh_t)
+            a.sigmoid_()
+            addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
+            # projected: h_t = (o tanh(c_t)) W_hr^T
+            tanh(c_new, out=tc)
+            mul(o, tc, out=m)
             torch.mm(m, w_hr_t, out=h_new)
-        h, c = h_new, c_new
-    return (O, h.clone(), c.clone()), (A, C, None if w_hr is None else M)
+            h, c = h_new, c_new
+    return (O, h.clone(), c.clone()), bufs
 
 
 # Elements of D (the (T, B, 5H) gradient buffer) per block of steps whose local derivatives the
@@ -306,14 +416,14 @@ def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
 _LSTM_BLOCK = 160 * 1024
 
 
-def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, reverse: bool, norm_row, need):
+def _lstm_bptt_fast(bufs, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, reverse: bool, norm_row, need):
     """First-order backward of :func:`_lstm_sweep_fast`: the gradients of all its inputs (``None`` where not needed).
 
-    Overwrites ``buffers`` (the forward's ``A`` becomes the gradient buffer, ``C`` a temporary).
+    Overwrites ``bufs`` (the forward's ``A`` becomes the gradient buffer, ``C`` a temporary), and
+    gives them back to the pool at the end.
     """
-    A, C, M = buffers
-    if M is None:
-        M = O
+    A, C, X = bufs.A, bufs.C, bufs.x_rows
+    M = O if bufs.M is None else bufs.M
     seq_len, batch, hid = C.shape
     H = hid
     S_i, S_f, G, S_o, TC = (A[..., k * H:(k + 1) * H] for k in range(5))
@@ -325,7 +435,13 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
     #   d a_o = dm tanh(c) σ_o(1-σ_o),  and through m = o tanh(c):  dc += dm o (1-tanh(c)^2)
     # then, in the loop, [d a_i, d a_f, d a_g, d a_o, dL/dc_t] per step.
     D = A
-    Fg = S_f.clone(memory_format=torch.contiguous_format)  # σ_f, read by the dc recurrence
+    if bufs.Fg is None:
+        bufs.Fg, bufs.DH = torch.empty_like(C), x.new_empty(seq_len, batch, O.shape[-1])
+        bufs.DM = bufs.DH if w_hr is None else torch.empty_like(C)
+    Fg = bufs.Fg
+    Fg.copy_(S_f)  # σ_f, read by the dc recurrence
+
+    one = A.new_ones(())
 
     def local_derivatives(a: int, b: int) -> None:
         """Steps ``a:b`` (time order) of D, in place: run for a block just before the loop visits it,
@@ -348,43 +464,54 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
         torch.addcmul(s_o, m, tc, value=-1, out=tc)
         # tanh(c) σ_o (1 - σ_o) = m - m σ_o, over σ_o
         torch.addcmul(m, m, s_o, value=-1, out=s_o)
+        # g = tanh(a_g) = 1 - 2 σ(-2 a_g), over σ(-2 a_g)
+        torch.add(one, g, alpha=-2, out=g)
         # with u = i g (in C, free now):  i (1 - g^2) = i - u g  over g;  g σ_i (1 - σ_i) = u - u σ_i  over σ_i
         torch.mul(s_i, g, out=c)
         torch.addcmul(s_i, c, g, value=-1, out=g)
         torch.addcmul(c, c, s_i, value=-1, out=s_i)
 
     # DH[t] = dL/dh_t: from the output at t, from step t+1 (added in the loop) and d_hn at the end
-    DH = d_out.clone(memory_format=torch.contiguous_format)
+    DH = bufs.DH
+    DH.copy_(d_out)
     DH[last] += d_hn
-    DM = DH if w_hr is None else torch.empty_like(C)  # dL/dm_t = dL/dh_t W_hr with a projection
+    DM = bufs.DM  # dL/dm_t = dL/dh_t W_hr with a projection (else DH itself)
     D4, D_c = D[..., :4 * H], D[..., 4 * H:]
-    steps = (D[..., :3 * H].unflatten(-1, (3, H)).unbind(0), D[..., 3 * H:].unflatten(-1, (2, H)).unbind(0),
-             D_c.unbind(0), D_c.unsqueeze(2).unbind(0), D4.unbind(0), Fg.unbind(0),
-             DH.unbind(0), DM.unsqueeze(2).unbind(0), DM.unbind(0))
-    order = list(_steps(seq_len, reverse))
-    block = max(1, _LSTM_BLOCK // max(1, batch * 5 * H))  # steps per block
-    dc_next, f_next = d_cn, None
-    for n in range(seq_len - 1, -1, -1):
-        t = order[n]
-        if (seq_len - 1 - n) % block == 0:  # the block of visits n, n-1, ..., n-block+1
-            t_end = order[max(n - block + 1, 0)]
-            local_derivatives(min(t, t_end), max(t, t_end) + 1)
-        d_ifg, d_oc, dc, dc_u, d4, f, dh, dm_u, dm = (s[t] for s in steps)
+    visits = list(_steps(seq_len, not reverse))  # backward visiting order: time indices
+    if bufs.bwd is None:
+        # the views of every step, made once (unbind), in the order the loop visits them (the reverse
+        # of the forward's), each with dL/dh of the step visited next (its h_{t-1}: None for the last
+        # one). dc, f and dm are (B, 1, H) views, broadcast over the gates they multiply.
+        views = [D[..., :3 * H].unflatten(-1, (3, H)), D[..., 3 * H:].unflatten(-1, (2, H)), D_c.unsqueeze(2), D4,
+                 Fg.unsqueeze(2), DM.unsqueeze(2)]
         if w_hr is not None:
-            # projection h = m W_hr^T:  dm = dh W_hr
-            torch.mm(dh, w_hr, out=dm)
-        # [d a_o, dc] = dm [tanh(c) σ_o', o (1-tanh(c)^2)];  then dc += dL/dc_{t+1} f_{t+1}
-        d_oc.mul_(dm_u)
-        if f_next is None:
-            dc.add_(dc_next)
-        else:
-            dc.addcmul_(dc_next, f_next)
-        # [d a_i, d a_f, d a_g] = dc [g σ_i', c_{t-1} σ_f', i (1-g^2)]
-        d_ifg.mul_(dc_u)
-        if n:
-            # gates = ... + W_hh h_{t-1}:  dL/dh_{t-1} += d a_t W_hh
-            DH[order[n - 1]].addmm_(d4, w_hh)
-        dc_next, f_next = dc, f
+            views.append(DH)
+        per_time = list(zip(*(v.unbind(0) for v in views)))
+        dh_time = DH.unbind(0)
+        bufs.bwd = [per_time[t] + (dh_time[visits[k + 1]] if k + 1 < seq_len else None,) for k, t in enumerate(visits)]
+    items = bufs.bwd
+    block = max(1, _LSTM_BLOCK // max(1, batch * 5 * H))  # steps per block
+    dc_next, f_next = d_cn.unsqueeze(1), None
+    for k0 in range(0, seq_len, block):
+        k1 = min(k0 + block, seq_len)
+        t0, t1 = visits[k0], visits[k1 - 1]
+        local_derivatives(min(t0, t1), max(t0, t1) + 1)  # the block of visits k0 .. k1 - 1
+        for d_ifg, d_oc, dc, d4, f, dm, *dh, dh_prev in items[k0:k1]:
+            if dh:
+                # projection h = m W_hr^T:  dm = dh W_hr
+                torch.mm(dh[0], w_hr, out=dm.squeeze(1))
+            # [d a_o, dc] = dm [tanh(c) σ_o', o (1-tanh(c)^2)];  then dc += dL/dc_{t+1} f_{t+1}
+            d_oc.mul_(dm)
+            if f_next is None:
+                dc.add_(dc_next)
+            else:
+                dc.addcmul_(dc_next, f_next)
+            # [d a_i, d a_f, d a_g] = dc [g σ_i', c_{t-1} σ_f', i (1-g^2)]
+            d_ifg.mul_(dc)
+            if dh_prev is not None:
+                # gates = ... + W_hh h_{t-1}:  dL/dh_{t-1} += d a_t W_hh
+                dh_prev.addmm_(d4, w_hh)
+            dc_next, f_next = dc, f
     if norm_row is not None:
         with torch.no_grad():
             norm_row.copy_(torch.linalg.vector_norm(DH, dim=(1, 2)))
@@ -398,9 +525,12 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
         grads[1] = D4[first].mm(w_hh)
     if need[2]:
         grads[2] = D[first, :, 4 * H:] * Fg[first]
-    if need[3]:
-        # dW_ih = Σ_t d a_t^T x_t
-        grads[3] = flat.t().mm(x.reshape(-1, x.shape[-1]))
+    n_in = x.shape[-1]
+    ones = X.shape[1] > n_in  # X = [x_t, 1] with biases
+    if need[3] or (ones and (need[5] or need[6])):
+        # dW_ih = Σ_t d a_t^T x_t, and with the ones column of X:  [dW_ih, db] = Σ_t d a_t^T [x_t, 1]
+        dw_b = flat.t().mm(X)
+        grads[3] = dw_b[:, :n_in] if need[3] else None
     if need[4]:
         # dW_hh = Σ_t d a_t^T h_{t-1}  (h_{t-1} = h0 for the first visited step): the steps
         # visited after the first (here) and the neighbour visited before each (prev)
@@ -410,12 +540,13 @@ def _lstm_bptt_fast(buffers, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, 
         grads[4] = torch.addmm(D4[first].t().mm(h0), rest.t(), O[prev].reshape(-1, O.shape[-1]))
     if need[5] or need[6]:
         # db_ih = db_hh = Σ_t d a_t
-        db = flat.sum(0)
+        db = dw_b[:, n_in] if ones else flat.sum(0)
         grads[5] = db if need[5] else None
         grads[6] = (db.clone() if need[5] else db) if need[6] else None
     if need[7]:
         # dW_hr = Σ_t dh_t^T m_t
         grads[7] = _sum_outer(DH, M)
+    _lstm_release(bufs)  # no gradient above is a view of the buffers
     return grads
 
 

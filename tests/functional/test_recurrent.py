@@ -314,3 +314,69 @@ def test_lstm_first_order_in_blocks_matches_torch(block_steps, setting, monkeypa
     monkeypatch.setattr(R, "_LSTM_BLOCK", block_steps * batch * 5 * hid)
     case = _case("blocks", "lstm", seq=7, batch=batch, hid=hid, **setting)
     check_against_torch(case, "cpu")
+
+
+def _lstm_step(seq, batch=3, hid=4, proj=0, bidir=False, seed=0):
+    """One first-order forward and backward of a float32 LSTM: (outputs, grads) as fresh clones and as returned."""
+    ours, theirs, make = _problem("lstm", seq=seq, batch=batch, hid=hid, proj=proj, bidir=bidir)
+    base = make(torch.float32, torch.device("cpu"), torch.Generator().manual_seed(seed))
+    result = []
+    for fn in (ours, theirs):
+        args = [a.clone().requires_grad_() for a in base]
+        outs = fn(*args)
+        gen = torch.Generator().manual_seed(seed + 1)
+        loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
+        grads = torch.autograd.grad(loss, args)
+        result.append((outs, grads))
+    return result
+
+
+@pytest.mark.parametrize("setting", [{}, {"proj": 2, "bidir": True}], ids=["1layer", "proj-bidir"])
+def test_lstm_buffer_pool_reuse_leaves_earlier_results_alone(setting):
+    """On CPU the first-order LSTM reuses its working buffers from step to step (a small pool):
+    a second step of the same shape reuses them, is right again, and leaves the first step's
+    outputs and gradients (which the caller may keep) untouched."""
+    R._LSTM_POOL.clear()
+    (out1, g1), (ref_out1, ref_g1) = _lstm_step(5, **setting)
+    kept = [t.detach().clone() for t in (*out1, *g1)]
+    assert sum(len(v) for v in R._LSTM_POOL.values()) >= 1  # the buffers went back to the pool
+    pooled = {id(b) for v in R._LSTM_POOL.values() for b in v}
+    (out2, g2), (ref_out2, ref_g2) = _lstm_step(5, seed=7, **setting)
+    assert pooled & {id(b) for v in R._LSTM_POOL.values() for b in v}  # the same sets came back
+    for a, b in zip((*out2, *g2), (*ref_out2, *ref_g2)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip((*out1, *g1), kept):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip((*out1, *g1), (*ref_out1, *ref_g1)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lstm_buffer_pool_two_graphs_in_flight_and_bounded():
+    """Two forwards of one shape before either backward get separate buffers; the pool keeps at
+    most ``_LSTM_POOL_SIZE`` sets over many shapes."""
+    ours, theirs, make = _problem("lstm", seq=4, batch=2, hid=3)
+    base = make(torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    _lstm_step(4, batch=2, hid=3)  # one set of this shape is in the pool now
+    runs = []
+    for fn in (ours, ours, theirs):
+        args = [a.clone().requires_grad_() for a in base]
+        runs.append((args, fn(*args)))
+    grads = [torch.autograd.grad(outs[0].pow(2).sum(), args) for args, outs in runs]
+    for a, b, c in zip(*grads):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5)
+    for seq in range(2, 2 + 2 * R._LSTM_POOL_SIZE):
+        _lstm_step(seq, batch=1, hid=2)
+    assert sum(len(v) for v in R._LSTM_POOL.values()) <= R._LSTM_POOL_SIZE
+
+
+def test_lstm_buffer_pool_byte_limit(monkeypatch):
+    """A buffer set larger than ``_LSTM_POOL_BYTES`` is not kept; smaller ones are, within the limit."""
+    R._LSTM_POOL.clear()
+    monkeypatch.setattr(R, "_LSTM_POOL_BYTES", 6000)
+    _lstm_step(3, batch=2, hid=3)  # a small set: kept
+    small = sum(R._nbytes(b) for v in R._LSTM_POOL.values() for b in v)
+    assert 0 < small <= 6000
+    _lstm_step(40, batch=4, hid=6)  # a set larger than the limit: not kept
+    assert all(R._nbytes(b) <= 6000 for v in R._LSTM_POOL.values() for b in v)
+    assert sum(R._nbytes(b) for v in R._LSTM_POOL.values() for b in v) <= 6000
