@@ -63,7 +63,7 @@ from gradlens._nested import named_tensors as _tensors
 from gradlens._record import ROOT_LAYER
 from gradlens.monitor import packet as _packet
 from gradlens.monitor import stats as _stats
-from gradlens.monitor.attach import HookSet, compiling, standing_aside
+from gradlens.monitor.attach import HookSet, standing_aside
 from gradlens.monitor.publish import user_stacklevel
 from gradlens.monitor.sources.base import Cycle, Source, Work
 
