@@ -109,6 +109,9 @@ class Diagnoser:
                     f"Diagnoser(rules=...) expects Rule subclasses, got {cls!r}"
                 )
         self.rules: List[Rule] = [cls(self.thresholds) for cls in rule_classes]
+        # (rule, whether it has its own observed(): the base one is always True)
+        self._plan: List[Tuple[Rule, bool]] = [
+            (rule, type(rule).observed is not Rule.observed) for rule in self.rules]
         self.findings: List[Finding] = []
         self._tracks: Dict[Tuple[str, str], _Track] = {}
         self._by_id: Dict[int, _Track] = {}  # id(finding) -> its track
@@ -133,11 +136,16 @@ class Diagnoser:
         held = set()
         skipped = set()
         poisoned = False
-        for rule in self.rules:
-            if not rule.observed(record) or (poisoned and not rule.runs_when_poisoned):
+        for rule, own_observed in self._plan:
+            # (observed() may keep state: it is asked first, as always; the base one is
+            # True and not called)
+            if (own_observed and not rule.observed(record)) or (poisoned and not rule.runs_when_poisoned):
                 skipped.add(rule.kind)
                 continue
-            for cond in rule.check(record):
+            conds = rule.check(record)
+            if not conds:  # (most records: nothing holds)
+                continue
+            for cond in conds:
                 poisoned = poisoned or cond.poisoned
                 key = (rule.kind, cond.key)
                 held.add(key)
@@ -157,7 +165,7 @@ class Diagnoser:
                     self.findings.append(track.finding)
                     new.append(track.finding)
         for key, track in self._tracks.items():
-            if key not in held and key[0] not in skipped:
+            if track.pending and key not in held and key[0] not in skipped:
                 track.pending.clear()  # not in a row any more: start again
         for finding in new:
             self._link(finding)

@@ -63,7 +63,7 @@ from gradlens._nested import named_tensors as _tensors
 from gradlens._record import ROOT_LAYER
 from gradlens.monitor import packet as _packet
 from gradlens.monitor import stats as _stats
-from gradlens.monitor.attach import HookSet, compiling, standing_aside
+from gradlens.monitor.attach import HookSet, standing_aside
 from gradlens.monitor.publish import user_stacklevel
 from gradlens.monitor.sources.base import Cycle, Source, Work
 
@@ -318,6 +318,10 @@ def _forward(
         yield out
 
 
+#: whether any autocast region is on (one call; None on a torch without it)
+_any_autocast: Callable[[], bool] = getattr(torch._C, "_is_any_autocast_enabled", None) or (lambda: True)
+
+
 def _autocast_state() -> List[Tuple[str, Any]]:
     """(device type, dtype) of every autocast region the code runs in now."""
     on = []
@@ -499,6 +503,7 @@ class Replay(Source):
         self.replays = 0
         self._site: Optional[Tuple[int, Dict[str, Any]]] = None
         self.enabled = False  # (set by attach)
+        self._post_due = False  # capture() kept this forward: its output's gradient is wanted
         self._model = model
         self._hooks = HookSet()
 
@@ -513,18 +518,27 @@ class Replay(Source):
 
     # -- capture (every forward: references only) ------------------------------
     def capture(self, args: Any, kwargs: Any) -> None:
-        """Keep references to a root forward's inputs (called by the root pre-hook)."""
-        if compiling() or not self.enabled or not torch.is_grad_enabled() or not self.logged():
+        """Keep references to a root forward's inputs (called by the monitor's root
+        pre-hook, which does nothing while torch.compile traces or a replay runs)."""
+        # (each test and call here runs on every forward, with the training's data in
+        # the caches: ~10x its cost in a micro-benchmark, see benchmarks/README.md)
+        if not self.enabled or not torch.is_grad_enabled() or not self.logged():
+            self._post_due = False
             return  # a forward without grad made no gradient; unlogged steps are not checked
+        self._post_due = True  # (the forward hook keeps dL/d(output) of this forward)
         self._args, self._kwargs, self._grads = args, kwargs, None
         # the CPU generator's state (a 5 KB copy, ~1.5 us): the replay draws the same
         # dropout masks as this forward (CUDA generators are not kept)
         self._rng = torch.default_generator.get_state()
-        self._autocast = _autocast_state()  # (the step usually runs outside it)
+        # (the step usually runs outside autocast: one call says so)
+        self._autocast = _autocast_state() if _any_autocast() else []
 
     def _on_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if compiling() or not torch.is_grad_enabled() or not self.logged():
+        # capture() decided for this forward (grad mode, logged step, not compiling:
+        # the same at the forward's end as at its start)
+        if not self._post_due:
             return
+        self._post_due = False
         outs = [output] if isinstance(output, Tensor) else [t for _, t in _tensors(output)][:_MAX_OUTPUTS]
         grads: List[Optional[Tensor]] = [None] * len(outs)
         self._grads = grads
@@ -570,7 +584,7 @@ class Replay(Source):
             vec = part.data.get("grad")
             if vec is None:
                 return None
-            if vec.device.type != "cpu" or _packet.defers(vec.device):  # CUDA: reading it is a host sync
+            if not vec.is_cpu:  # CUDA: reading it is a host sync (a CPU one never is)
                 if not self._read_device:
                     return None
                 vec = vec.cpu()
