@@ -34,6 +34,23 @@ What is recorded:
   autograd node (an output that does not require grad), or with the node of a
   ``torch.compile``'d graph, the model's last registered module decides
   (``nn.Sigmoid``, ``nn.Tanh``, ...). Any other output: NaN.
+* **pushed past a limit** (``output_push_frac``): the fraction of output elements
+  that sit at a limit of the output activation while dL/d(output) pushes them past it
+  (a gradient step would move them where the activation cannot go): within the
+  saturation band of a bounded output's limit with the gradient pointing outward, or,
+  for a ReLU output (``ReluBackward0``, lower limit 0, no band), at 0 with a positive
+  gradient (the loss wants the output negative: for MSE, L1 or Huber only a negative
+  target does that). NaN for any other output. Measured in the output-gradient hook
+  from a mask kept from the forward (one op there, three in the backward).
+* **softmax sum push** (``output_sum_push``): for a softmax output, the mean of
+  dL/d(output) over its elements over their root mean square, ``mean(g) / rms(g)``
+  (in [-1, 1]). A softmax's rows sum to 1, so it cannot follow the part of the
+  gradient along the all-ones direction (its Jacobian maps that direction to 0):
+  0 for MSE on one-hot targets, negative when the targets' rows sum to more than 1
+  (multi-label targets), ``-1/sqrt(K)`` for NLL on ``log(p)`` over K classes at any
+  point, and positive for Keras-style cross-entropy on ``p / sum(p)`` once it learns
+  (scale-invariant: its gradient is orthogonal to ``p``, not to the ones). One op (a
+  sum) in the output-gradient hook. NaN for any other output.
 * **non-finite counts** count NaN and Inf elements together (like ``nonfinite``).
   ``output_grad_norm`` is accumulated in float64, so a norm of finite elements
   past float32's range shows as Inf with ``output_grad_nonfinite`` 0.
@@ -74,6 +91,9 @@ from gradlens.monitor.sources.base import Cycle, Source, Work
 
 __all__ = ["OutputSignals", "output_tensor", "output_limits", "OUTPUT_EVERY"]
 
+#: autograd nodes of a ReLU output: lower limit 0, no upper one (only ``output_push_frac``)
+_RELU_NODES = frozenset(("ReluBackward0",))
+
 #: ``watch(output_stats=True)`` records the signals on every this many logged steps
 #: (the first included; an int picks another cadence, 1: every logged step). Measured
 #: on every logged step they add ~3 points to the CPU MLP step of
@@ -104,6 +124,8 @@ _MAX_HOPS = 4
 # weighted mean of the forwards' squared means, too); under torch.distributed they are
 # split into slots by their cross-rank reduction.
 _FWD, _FWD_SAT, _GRAD = "forward", "forward_sat", "grad"
+# per backward into an output with a limit: (pushed element count, sum of g (softmax; else NaN))
+_PUSH, _PUSH_N, _PUSH_SUM = "push", "push_count", "push_sum"
 _MEANS, _MEANS_SAT, _MSQ, _SUMS, _MIN, _MAX, _GNORM, _GNF = (
     "means", "means_sat", "msq", "sums", "min", "max", "grad_norm", "grad_nonfinite")
 #: outputs up to this many elements get fresh temporaries (cheaper than the scratch
@@ -142,6 +164,36 @@ def _signed(dim: int) -> int:
     return dim - 2**64 if dim >= 2**63 else dim
 
 
+def _source_node(node: Any) -> Any:
+    """The autograd node that made an output, looking through a few view/select nodes."""
+    for _ in range(_MAX_HOPS):
+        if type(node).__name__ not in _VIEW_NODES:
+            return node
+        nxt = node.next_functions
+        if not nxt or nxt[0][0] is None:
+            return None
+        node = nxt[0][0]
+    return node
+
+
+def _push_mask(x: Tensor, out: Tensor, limits: Optional[Tuple[float, float, float]]) -> Optional[Tuple[Tensor, bool]]:
+    """What the output-gradient hook needs for ``output_push_frac``: ``(mask, relu)``.
+
+    Bounded output: ``mask`` is ``x - mid`` where ``x`` is within the band of a limit,
+    0 elsewhere, so ``mask * g < 0`` marks an element pushed outward. ReLU output:
+    ``mask`` is ``x <= 0`` (bool), pushed where ``g > 0`` too. None for other outputs."""
+    if limits is not None:
+        lo, hi, band = limits
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        d = x - mid
+        return d.mul_(torch.gt(d.abs(), half - band)), False
+    node = out.grad_fn
+    node = _source_node(node) if node is not None else None
+    if node is not None and type(node).__name__ in _RELU_NODES:
+        return torch.le(x, 0), True
+    return None
+
+
 def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -> Optional[Tuple[float, float, float]]:
     """``(lo, hi, band)`` of a bounded output (``band``: the saturation band in
     output units), from its autograd node; ``fallback`` limits (the last module's)
@@ -152,14 +204,9 @@ def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -
             return None
         lo, hi = fallback
         return lo, hi, _stats.SAT_BAND * (hi - lo)
-    for _ in range(_MAX_HOPS):
-        name = type(node).__name__
-        if name not in _VIEW_NODES:
-            break
-        nxt = node.next_functions
-        if not nxt or nxt[0][0] is None:
-            return None
-        node = nxt[0][0]
+    node = _source_node(node)
+    if node is None:
+        return None
     kind = _BOUNDED_NODES.get(type(node).__name__)
     if kind is None:
         if "CompiledFunction" in type(node).__name__ and fallback is not None:  # a torch.compile'd graph
@@ -250,7 +297,8 @@ class OutputSignals(Source):
         self._bounded: Optional[bool] = None  # the step's forwards' boundedness (the first one's)
         self._grads: List[Tensor] = []  # per backward into a recorded output: (||g||, nonfinite)
         self._open = True  # forwards still belong to the step (until its pre-hook)
-        self._consts: Dict[Tuple[int, torch.device], Tuple[Tensor, Tensor]] = {}  # (count, 0) on a device
+        self._push: List[Tensor] = []  # per backward into an output with a limit: (pushed count, sum of g)
+        self._consts: Dict[Tuple[int, torch.device], Tuple[Tensor, Tensor, Tensor]] = {}  # (count, 0, NaN)
         self._buffers: Dict[torch.device, Tensor] = {}  # scratch for the statistics' temporaries
 
     def start(self, cycle: Cycle) -> None:
@@ -296,13 +344,17 @@ class OutputSignals(Source):
         n = out.numel()
         consts = self._constants(n, out.device)
         with torch.no_grad():
-            self._fwd.append(_forward_stats(out.detach(), limits, consts[0], consts[1], self._scratch(out)))
+            x = out.detach()
+            self._fwd.append(_forward_stats(x, limits, consts[0], consts[1], self._scratch(out)))
+            push = _push_mask(x.float() if x.dtype != torch.float32 else x, out, limits) if out.requires_grad else None
         self._n.append(n)
         if out.requires_grad:
             grads = self._grads
-            out.register_hook(lambda g: self._on_grad(g, grads))
+            softmax = push is not None and type(_source_node(out.grad_fn)).__name__ == "SoftmaxBackward0"
+            out.register_hook(lambda g: self._on_grad(g, grads, push, softmax))
 
-    def _on_grad(self, grad: Tensor, grads: List[Tensor]) -> None:
+    def _on_grad(self, grad: Tensor, grads: List[Tensor], push: Optional[Tuple[Tensor, bool]] = None,
+                 softmax: bool = False) -> None:
         if compiling() or grads is not self._grads:
             return  # a backward after its step closed (or the source was closed)
         with torch.no_grad():
@@ -313,6 +365,16 @@ class OutputSignals(Source):
             else:  # (an overflowed norm over finite elements counts 0 here)
                 nf = _stats.nonfinite_count(g, norm)
             grads.append(torch.stack([norm, nf]))
+            if push is not None:
+                mask, relu = push
+                # pushed: a ReLU output at 0 whose gradient is positive (descent wants it negative);
+                # a bounded one within the band of a limit whose gradient points outward
+                if relu:
+                    count = torch.gt(g, 0).logical_and_(mask).sum(dtype=torch.float32)
+                else:
+                    count = torch.mul(mask, g).lt_(0).sum(dtype=torch.float32)
+                total = g.sum(dtype=torch.float32) if softmax else self._constants(1, g.device)[2]
+                self._push.append(torch.stack([count, total]))
 
     def _scratch(self, x: Tensor) -> Optional[Tensor]:
         # one reusable float32 buffer per device for the temporaries of large outputs
@@ -325,14 +387,15 @@ class OutputSignals(Source):
             buf = self._buffers[x.device] = torch.empty(n, dtype=torch.float32, device=x.device)
         return buf[:n].view(x.shape)
 
-    def _constants(self, n: int, device: torch.device) -> Tuple[Tensor, Tensor]:
-        """(n, 0) as cached 0-d float32 tensors on ``device``."""
+    def _constants(self, n: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+        """(n, 0, NaN) as cached 0-d float32 tensors on ``device``."""
         consts = self._consts.get((n, device))
         if consts is None:
             if len(self._consts) > 32:  # varying batch sizes: keep a few
                 self._consts.clear()
             consts = self._consts[(n, device)] = (
-                torch.full((), float(n), device=device), torch.zeros((), device=device))
+                torch.full((), float(n), device=device), torch.zeros((), device=device),
+                torch.full((), math.nan, device=device))
         return consts
 
     def before_update(self, cycle: Cycle, work: Work) -> None:
@@ -341,8 +404,8 @@ class OutputSignals(Source):
     def after_update(self, cycle: Cycle, work: Work, pend: StepPacket, packet: Packet, skipped: bool) -> None:
         if not self._fwd and not self._grads:
             return  # (or a later optimizer's chunk of the step: written once, by the first)
-        fwd, ns, grads = self._fwd, self._n, self._grads
-        self._fwd, self._n, self._grads = [], [], []
+        fwd, ns, grads, push = self._fwd, self._n, self._grads, self._push
+        self._fwd, self._n, self._grads, self._push = [], [], [], []
         split = getattr(cycle, "reduce", None) is not None  # torch.distributed: per-value reductions
         if fwd:
             bounded = bool(self._bounded)
@@ -378,9 +441,16 @@ class OutputSignals(Source):
             else:
                 packet.put("signal", _GNORM, g[:1], reduce="norm_mean")
                 packet.put("signal", _GNF, g[1:], reduce="sum")
+        if grads and push:
+            q = push[0] if len(push) == 1 else torch.stack(push).sum(0)  # counts and sums add
+            if not split:
+                packet.put("signal", _PUSH, q)
+            else:  # the sum of g as a mean over ranks: its ratio to the norm_mean norm is global
+                packet.put("signal", _PUSH_N, q[:1], reduce="sum")
+                packet.put("signal", _PUSH_SUM, q[1:], reduce="mean")
 
     def step_done(self, cycle: Cycle) -> None:
-        self._fwd, self._n, self._grads = [], [], []
+        self._fwd, self._n, self._grads, self._push = [], [], [], []
         self._bounded = None
         self._open = True
         if self._cycle is not None:
@@ -399,7 +469,7 @@ class OutputSignals(Source):
         self._cycle = None
         self._arm(False)
         self._grads = []  # tensor hooks still on live graphs see a list that is not theirs
-        self._fwd, self._n, self._consts, self._buffers = [], [], {}, {}
+        self._fwd, self._n, self._push, self._consts, self._buffers = [], [], [], {}, {}
 
 
 def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
@@ -439,4 +509,15 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
         grad = [v[_GNORM][0], v[_GNF][0]]
     if grad is not None:
         out["output_grad_norm"], out["output_grad_nonfinite"] = grad[0], grad[1]
+        push = v.get(_PUSH)
+        if push is None and _PUSH_N in v:
+            push = [v[_PUSH_N][0], v[_PUSH_SUM][0]]
+        frac = offset = math.nan
+        if push is not None and (fwd is not None or _SUMS in v):
+            count, total = push
+            frac = count / n if n > 0 else math.nan
+            # mean(g) / rms(g) = sum(g) / (||g|| sqrt(n)); NaN without a gradient or a softmax
+            offset = total / (grad[0] * math.sqrt(n)) if n > 0 and grad[0] > 0 and math.isfinite(grad[0]) else math.nan
+        out["output_push_frac"] = float(np.float32(frac))
+        out["output_sum_push"] = float(np.float32(offset))
     return out
