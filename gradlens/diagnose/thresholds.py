@@ -207,6 +207,22 @@ THRESHOLDS: Dict[str, Threshold] = {
         "is confident, not out of range",
         "ours: a classifier that learned sits far below half its initial loss",
     ),
+    "unreachable_push_fraction": Threshold(
+        0.1, "fraction of the model outputs at a limit of the output activation that dL/d(output) "
+        "pushes past it (a ReLU output at 0 with a positive gradient; a bounded one at its band "
+        "with an outward gradient)",
+        "ours, over benchmarks/diagnosis_corpus: a ReLU output against targets below 0 reads 14-44% "
+        "on every recorded step (so48251943, so42514960), a ReLU output never reads above 0 against "
+        "targets >= 0 (analytically: MSE/L1/Huber push a 0 output down only toward a negative target); "
+        "bounded outputs of healthy classifiers read up to 100% once confident, hence the loss gates",
+    ),
+    "unreachable_sum_push": Threshold(
+        0.2, "|mean/rms| of dL/d(softmax output) at or above which the loss pulls every probability of "
+        "a row the same way (targets whose rows do not sum to 1)",
+        "ours: 0 analytically for MSE on one-hot targets and for Keras cross-entropy at chance; "
+        "-0.33 to -0.47 on so38648195 (MSE on multi-label targets); |value| <= 0.1 at step 0 on the "
+        "corpus' healthy softmax programs (their value grows as they learn, when the loss gate excludes them)",
+    ),
     # root causes and scale
     "urgent_factor": Threshold(
         100.0, "a condition this many times past its threshold is reported at once, without "
