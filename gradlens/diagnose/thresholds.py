@@ -100,6 +100,14 @@ THRESHOLDS: Dict[str, Threshold] = {
         5, "logged steps in a row a layer's gradient must be exactly zero to count as dead",
         "ours: an exactly zero gradient on 5 logged steps did not occur on the healthy suite",
     ),
+    "cut_off_steps": Threshold(
+        1, "logged steps a cut-off trunk (every layer below one layer exactly zero, its own weights "
+        "getting a gradient, not the last layer) must hold before it is reported",
+        "ours: on the HF models with a zeroed last norm (benchmarks/diagnosis_corpus/hf.py) the zeros "
+        "last exactly one step (step 0; AdamW regrows the gain by ~lr); no healthy/fixed corpus program "
+        "shows the pattern on any step (own_zero_init_branches_adam cuts its trunk at step 0 too, at its "
+        "zero-initialised last layer, which is excluded)",
+    ),
     # --- saturation --------------------------------------------------------------
     "saturation_fraction": Threshold(
         0.5, "fraction of tanh/sigmoid-like outputs pinned near their limits",
