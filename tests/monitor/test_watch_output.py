@@ -441,7 +441,7 @@ def test_lbfgs_records_the_first_closure_evaluation():
 def test_only_logged_steps_pay(monkeypatch):
     seen = []
     real = _output._forward_stats
-    monkeypatch.setattr(_output, "_forward_stats", lambda *a: seen.append(1) or real(*a))
+    monkeypatch.setattr(_output, "_forward_stats", lambda *a, **k: seen.append(1) or real(*a, **k))
     mon, refs, _, _ = _twin_run(_linear_out, _batches(6, 4, 6), _mse_to(0.0), every=3)
     assert [r.step for r in mon.records()] == [0, 3] and len(seen) == 2
     for record, (out, g) in zip(mon.records(), [refs[0], refs[3]]):
@@ -579,7 +579,7 @@ def test_output_stats_false_turns_it_off_and_bad_values_name_the_argument():
 def test_cadence_among_logged_steps(option, recorded, monkeypatch):
     seen = []
     real = _output._forward_stats
-    monkeypatch.setattr(_output, "_forward_stats", lambda *a: seen.append(1) or real(*a))
+    monkeypatch.setattr(_output, "_forward_stats", lambda *a, **k: seen.append(1) or real(*a, **k))
     assert _output.OUTPUT_EVERY == 5
     mon, refs, _, _ = _twin_run(_linear_out, _batches(12, 4, 6), _mse_to(0.0), output_stats=option)
     assert [r.step for r in mon.records() if r.signals] == recorded and len(seen) == len(recorded)

@@ -176,17 +176,14 @@ def _source_node(node: Any) -> Any:
     return node
 
 
-def _push_mask(x: Tensor, out: Tensor, limits: Optional[Tuple[float, float, float]]) -> Optional[Tuple[Tensor, bool]]:
-    """What the output-gradient hook needs for ``output_push_frac``: ``(mask, relu)``.
+def _push_mask(x: Tensor, out: Tensor) -> Optional[Tuple[Tensor, bool]]:
+    """What the output-gradient hook needs for ``output_push_frac`` of an output without
+    saturation limits: ``(mask, True)`` for a ReLU output, ``mask`` being ``x <= 0`` (pushed
+    where ``g > 0`` too); None for other outputs.
 
-    Bounded output: ``mask`` is ``x - mid`` where ``x`` is within the band of a limit,
-    0 elsewhere, so ``mask * g < 0`` marks an element pushed outward. ReLU output:
-    ``mask`` is ``x <= 0`` (bool), pushed where ``g > 0`` too. None for other outputs."""
-    if limits is not None:
-        lo, hi, band = limits
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        d = x - mid
-        return d.mul_(torch.gt(d.abs(), half - band)), False
+    (A bounded output's mask comes from :func:`_forward_stats`: ``x - mid`` where ``x`` is
+    within the band of a limit, 0 elsewhere, so that ``mask * g < 0`` marks an element
+    pushed outward.)"""
     node = out.grad_fn
     node = _source_node(node) if node is not None else None
     if node is not None and type(node).__name__ in _RELU_NODES:
@@ -226,12 +223,14 @@ def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -
 
 def _forward_stats(
     x: Tensor, limits: Optional[Tuple[float, float, float]], count: Tensor, zero: Tensor,
-    buf: Optional[Tensor] = None,
-) -> Tensor:
+    buf: Optional[Tensor] = None, keep: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """(mean, [sat_frac,] var, nonfinite, count, min, max) of ``x``, float32, on its
-    device (``var``: the population variance). ``count`` and ``zero``: cached 0-d
-    float32 tensors on ``x``'s device (its element count, 0). ``buf``: an optional
-    float32 scratch buffer shaped like ``x``.
+    device (``var``: the population variance), and, with ``keep`` and ``limits``, the
+    push mask of a bounded output (:func:`_push_mask`, from the same ops as the saturated
+    fraction), else None. ``count`` and ``zero``: cached 0-d float32 tensors on ``x``'s
+    device (its element count, 0). ``buf``: an optional float32 scratch buffer shaped
+    like ``x``.
 
     Small CPU outputs (below ``_SCRATCH_MIN_NUMEL`` elements) take ``torch.var_mean``,
     one op: in a training step every small op costs ~15 us (cold caches; measured in
@@ -262,14 +261,19 @@ def _forward_stats(
         if cpu:
             mean = xf.mean()  # (var_mean's mean of +-inf is NaN; the plain mean is +-inf)
     if limits is None:
-        return torch.stack([mean, var, nf, count, lo_x, hi_x])
+        return torch.stack([mean, var, nf, count, lo_x, hi_x]), None
     lo, hi, band = limits
     mid, half = (lo + hi) / 2, (hi - lo) / 2
     # saturated: within `band` of either limit, i.e. |x - mid| > half - band
+    if keep:  # the push mask (see _push_mask) outlives the step's forward: a fresh tensor
+        d = torch.sub(xf, mid)
+        at = torch.gt(d.abs(), half - band)
+        sat = at.mean(dtype=torch.float32)
+        return torch.stack([mean, sat, var, nf, count, lo_x, hi_x]), d.mul_(at)
     sat_buf = buf if buf is not None else torch.empty_like(xf)
     torch.sub(xf, mid, out=sat_buf).abs_()
     sat = torch.gt(sat_buf, half - band, out=sat_buf).mean()
-    return torch.stack([mean, sat, var, nf, count, lo_x, hi_x])
+    return torch.stack([mean, sat, var, nf, count, lo_x, hi_x]), None
 
 
 class OutputSignals(Source):
@@ -345,8 +349,13 @@ class OutputSignals(Source):
         consts = self._constants(n, out.device)
         with torch.no_grad():
             x = out.detach()
-            self._fwd.append(_forward_stats(x, limits, consts[0], consts[1], self._scratch(out)))
-            push = _push_mask(x.float() if x.dtype != torch.float32 else x, out, limits) if out.requires_grad else None
+            vec, mask = _forward_stats(x, limits, consts[0], consts[1], self._scratch(out), keep=out.requires_grad)
+            self._fwd.append(vec)
+            push = None
+            if mask is not None:
+                push = (mask, False)
+            elif out.requires_grad and limits is None:
+                push = _push_mask(x, out)
         self._n.append(n)
         if out.requires_grad:
             grads = self._grads
