@@ -124,8 +124,9 @@ _MAX_HOPS = 4
 # weighted mean of the forwards' squared means, too); under torch.distributed they are
 # split into slots by their cross-rank reduction.
 _FWD, _FWD_SAT, _GRAD = "forward", "forward_sat", "grad"
-# per backward into an output with a limit: (pushed element count, sum of g (softmax; else NaN))
-_PUSH, _PUSH_N, _PUSH_SUM = "push", "push_count", "push_sum"
+# per backward into an output with a limit: (||g||, nonfinite, pushed element count, sum of g
+# (softmax; else NaN)) in one slot; under torch.distributed the last two in their own
+_GRAD_PUSH, _PUSH_N, _PUSH_SUM = "grad_push", "push_count", "push_sum"
 _MEANS, _MEANS_SAT, _MSQ, _SUMS, _MIN, _MAX, _GNORM, _GNF = (
     "means", "means_sat", "msq", "sums", "min", "max", "grad_norm", "grad_nonfinite")
 #: outputs up to this many elements get fresh temporaries (cheaper than the scratch
@@ -301,7 +302,6 @@ class OutputSignals(Source):
         self._bounded: Optional[bool] = None  # the step's forwards' boundedness (the first one's)
         self._grads: List[Tensor] = []  # per backward into a recorded output: (||g||, nonfinite)
         self._open = True  # forwards still belong to the step (until its pre-hook)
-        self._push: List[Tensor] = []  # per backward into an output with a limit: (pushed count, sum of g)
         self._consts: Dict[Tuple[int, torch.device], Tuple[Tensor, Tensor, Tensor]] = {}  # (count, 0, NaN)
         self._buffers: Dict[torch.device, Tensor] = {}  # scratch for the statistics' temporaries
 
@@ -373,8 +373,9 @@ class OutputSignals(Source):
                 nf = self._constants(1, g.device)[1]
             else:  # (an overflowed norm over finite elements counts 0 here)
                 nf = _stats.nonfinite_count(g, norm)
-            grads.append(torch.stack([norm, nf]))
-            if push is not None:
+            if push is None:
+                grads.append(torch.stack([norm, nf]))
+            else:
                 mask, relu = push
                 # pushed: a ReLU output at 0 whose gradient is positive (descent wants it negative);
                 # a bounded one within the band of a limit whose gradient points outward
@@ -383,7 +384,7 @@ class OutputSignals(Source):
                 else:
                     count = torch.mul(mask, g).lt_(0).sum(dtype=torch.float32)
                 total = g.sum(dtype=torch.float32) if softmax else self._constants(1, g.device)[2]
-                self._push.append(torch.stack([count, total]))
+                grads.append(torch.stack([norm, nf, count, total]))  # (one stack, one slot)
 
     def _scratch(self, x: Tensor) -> Optional[Tensor]:
         # one reusable float32 buffer per device for the temporaries of large outputs
@@ -413,8 +414,8 @@ class OutputSignals(Source):
     def after_update(self, cycle: Cycle, work: Work, pend: StepPacket, packet: Packet, skipped: bool) -> None:
         if not self._fwd and not self._grads:
             return  # (or a later optimizer's chunk of the step: written once, by the first)
-        fwd, ns, grads, push = self._fwd, self._n, self._grads, self._push
-        self._fwd, self._n, self._grads, self._push = [], [], [], []
+        fwd, ns, grads = self._fwd, self._n, self._grads
+        self._fwd, self._n, self._grads = [], [], []
         split = getattr(cycle, "reduce", None) is not None  # torch.distributed: per-value reductions
         if fwd:
             bounded = bool(self._bounded)
@@ -442,24 +443,24 @@ class OutputSignals(Source):
                 packet.put("signal", _MIN, v[k + 2 : k + 3], reduce="min")
                 packet.put("signal", _MAX, v[k + 3 : k + 4], reduce="max")
         if grads:
+            # per backward (||g||, nonfinite[, pushed count, sum of g]); backwards that disagree
+            # (rare: a forward with a limit and one without) keep the common part only
+            if len({t.numel() for t in grads}) > 1:
+                grads = [t[:2] for t in grads]
             g = grads[0] if len(grads) == 1 else torch.stack(grads)
-            if g.dim() == 2:  # several backwards: one norm over all, counts summed
-                g = torch.stack([g[:, 0].double().square().sum().sqrt().float(), g[:, 1].sum()])
+            if g.dim() == 2:  # several backwards: one norm over all, counts (and sums) added
+                g = torch.cat([g[:, 0].double().square().sum().sqrt().float().reshape(1), g[:, 1:].sum(0)])
             if not split:
-                packet.put("signal", _GRAD, g)
+                packet.put("signal", _GRAD if g.numel() == 2 else _GRAD_PUSH, g)
             else:
                 packet.put("signal", _GNORM, g[:1], reduce="norm_mean")
-                packet.put("signal", _GNF, g[1:], reduce="sum")
-        if grads and push:
-            q = push[0] if len(push) == 1 else torch.stack(push).sum(0)  # counts and sums add
-            if not split:
-                packet.put("signal", _PUSH, q)
-            else:  # the sum of g as a mean over ranks: its ratio to the norm_mean norm is global
-                packet.put("signal", _PUSH_N, q[:1], reduce="sum")
-                packet.put("signal", _PUSH_SUM, q[1:], reduce="mean")
+                packet.put("signal", _GNF, g[1:2], reduce="sum")
+                if g.numel() == 4:  # the sum of g as a mean over ranks: over the norm_mean norm, global
+                    packet.put("signal", _PUSH_N, g[2:3], reduce="sum")
+                    packet.put("signal", _PUSH_SUM, g[3:], reduce="mean")
 
     def step_done(self, cycle: Cycle) -> None:
-        self._fwd, self._n, self._grads, self._push = [], [], [], []
+        self._fwd, self._n, self._grads = [], [], []
         self._bounded = None
         self._open = True
         if self._cycle is not None:
@@ -478,7 +479,7 @@ class OutputSignals(Source):
         self._cycle = None
         self._arm(False)
         self._grads = []  # tensor hooks still on live graphs see a list that is not theirs
-        self._fwd, self._n, self._push, self._consts, self._buffers = [], [], [], {}, {}
+        self._fwd, self._n, self._consts, self._buffers = [], [], {}, {}
 
 
 def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
@@ -513,12 +514,12 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
         out["output_min"], out["output_max"] = lo, hi
         out["output_sat_frac"] = means[1] if len(means) > 2 else math.nan
         out["output_nonfinite"] = nonfinite
-    grad = v.get(_GRAD)
+    grad = v.get(_GRAD) or v.get(_GRAD_PUSH)
     if grad is None and _GNORM in v:
         grad = [v[_GNORM][0], v[_GNF][0]]
     if grad is not None:
         out["output_grad_norm"], out["output_grad_nonfinite"] = grad[0], grad[1]
-        push = v.get(_PUSH)
+        push = grad[2:4] if len(grad) == 4 else None
         if push is None and _PUSH_N in v:
             push = [v[_PUSH_N][0], v[_PUSH_SUM][0]]
         frac = offset = math.nan
