@@ -512,8 +512,7 @@ def test_each_value_declares_its_cross_rank_reduction():
         "min": "min", "max": "max",
         "grad_norm": "norm_mean",  # ||d(mean of the ranks' losses)/d(outputs)||
         "push_count": "sum",  # outputs pushed past a limit
-        "push_sum": "mean",  # sum of dL/d(output): over norm_mean's norm, the global mean/rms
-    }
+    }  # (a softmax output adds "push_sum": "mean", whose values the DDP test below checks)
 
 
 # ----------------------------------------------------------------------------- hooks, identity, option

@@ -124,9 +124,9 @@ _MAX_HOPS = 4
 # weighted mean of the forwards' squared means, too); under torch.distributed they are
 # split into slots by their cross-rank reduction.
 _FWD, _FWD_SAT, _GRAD = "forward", "forward_sat", "grad"
-# per backward into an output with a limit: (||g||, nonfinite, pushed element count, sum of g
-# (softmax; else NaN)) in one slot; under torch.distributed the last two in their own
-_GRAD_PUSH, _PUSH_N, _PUSH_SUM = "grad_push", "push_count", "push_sum"
+# per backward into an output with a limit: (||g||, nonfinite, pushed element count[, sum of g
+# for a softmax]) in one slot; under torch.distributed the last ones in their own
+_GRAD_PUSH, _GRAD_SOFTMAX, _PUSH_N, _PUSH_SUM = "grad_push", "grad_softmax", "push_count", "push_sum"
 _MEANS, _MEANS_SAT, _MSQ, _SUMS, _MIN, _MAX, _GNORM, _GNF = (
     "means", "means_sat", "msq", "sums", "min", "max", "grad_norm", "grad_nonfinite")
 #: outputs up to this many elements get fresh temporaries (cheaper than the scratch
@@ -302,7 +302,7 @@ class OutputSignals(Source):
         self._bounded: Optional[bool] = None  # the step's forwards' boundedness (the first one's)
         self._grads: List[Tensor] = []  # per backward into a recorded output: (||g||, nonfinite)
         self._open = True  # forwards still belong to the step (until its pre-hook)
-        self._consts: Dict[Tuple[int, torch.device], Tuple[Tensor, Tensor, Tensor]] = {}  # (count, 0, NaN)
+        self._consts: Dict[Tuple[int, torch.device], Tuple[Tensor, Tensor]] = {}  # (count, 0) on a device
         self._buffers: Dict[torch.device, Tensor] = {}  # scratch for the statistics' temporaries
 
     def start(self, cycle: Cycle) -> None:
@@ -383,8 +383,12 @@ class OutputSignals(Source):
                     count = torch.gt(g, 0).logical_and_(mask).sum(dtype=torch.float32)
                 else:
                     count = torch.mul(mask, g).lt_(0).sum(dtype=torch.float32)
-                total = g.sum(dtype=torch.float32) if softmax else self._constants(1, g.device)[2]
-                grads.append(torch.stack([norm, nf, count, total]))  # (one stack, one slot)
+                # (one stack, one slot; never a NaN placeholder: a NaN in the packet makes the
+                # host check the step as broken, ~1 ms)
+                if softmax:
+                    grads.append(torch.stack([norm, nf, count, g.sum(dtype=torch.float32)]))
+                else:
+                    grads.append(torch.stack([norm, nf, count]))
 
     def _scratch(self, x: Tensor) -> Optional[Tensor]:
         # one reusable float32 buffer per device for the temporaries of large outputs
@@ -397,15 +401,14 @@ class OutputSignals(Source):
             buf = self._buffers[x.device] = torch.empty(n, dtype=torch.float32, device=x.device)
         return buf[:n].view(x.shape)
 
-    def _constants(self, n: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
-        """(n, 0, NaN) as cached 0-d float32 tensors on ``device``."""
+    def _constants(self, n: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """(n, 0) as cached 0-d float32 tensors on ``device``."""
         consts = self._consts.get((n, device))
         if consts is None:
             if len(self._consts) > 32:  # varying batch sizes: keep a few
                 self._consts.clear()
             consts = self._consts[(n, device)] = (
-                torch.full((), float(n), device=device), torch.zeros((), device=device),
-                torch.full((), math.nan, device=device))
+                torch.full((), float(n), device=device), torch.zeros((), device=device))
         return consts
 
     def before_update(self, cycle: Cycle, work: Work) -> None:
@@ -446,17 +449,19 @@ class OutputSignals(Source):
             # per backward (||g||, nonfinite[, pushed count, sum of g]); backwards that disagree
             # (rare: a forward with a limit and one without) keep the common part only
             if len({t.numel() for t in grads}) > 1:
-                grads = [t[:2] for t in grads]
+                k = min(t.numel() for t in grads)
+                grads = [t[:k] for t in grads]
             g = grads[0] if len(grads) == 1 else torch.stack(grads)
             if g.dim() == 2:  # several backwards: one norm over all, counts (and sums) added
                 g = torch.cat([g[:, 0].double().square().sum().sqrt().float().reshape(1), g[:, 1:].sum(0)])
             if not split:
-                packet.put("signal", _GRAD if g.numel() == 2 else _GRAD_PUSH, g)
+                packet.put("signal", (_GRAD, _GRAD_PUSH, _GRAD_SOFTMAX)[g.numel() - 2], g)
             else:
                 packet.put("signal", _GNORM, g[:1], reduce="norm_mean")
                 packet.put("signal", _GNF, g[1:2], reduce="sum")
-                if g.numel() == 4:  # the sum of g as a mean over ranks: over the norm_mean norm, global
+                if g.numel() > 2:
                     packet.put("signal", _PUSH_N, g[2:3], reduce="sum")
+                if g.numel() > 3:  # the sum of g as a mean over ranks: over the norm_mean norm, global
                     packet.put("signal", _PUSH_SUM, g[3:], reduce="mean")
 
     def step_done(self, cycle: Cycle) -> None:
@@ -514,14 +519,16 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
         out["output_min"], out["output_max"] = lo, hi
         out["output_sat_frac"] = means[1] if len(means) > 2 else math.nan
         out["output_nonfinite"] = nonfinite
-    grad = v.get(_GRAD) or v.get(_GRAD_PUSH)
+    grad = v.get(_GRAD) or v.get(_GRAD_PUSH) or v.get(_GRAD_SOFTMAX)
     if grad is None and _GNORM in v:
         grad = [v[_GNORM][0], v[_GNF][0]]
     if grad is not None:
         out["output_grad_norm"], out["output_grad_nonfinite"] = grad[0], grad[1]
-        push = grad[2:4] if len(grad) == 4 else None
-        if push is None and _PUSH_N in v:
-            push = [v[_PUSH_N][0], v[_PUSH_SUM][0]]
+        push = None  # (pushed count, sum of g or NaN)
+        if len(grad) > 2:
+            push = [grad[2], grad[3] if len(grad) > 3 else math.nan]
+        elif _PUSH_N in v:
+            push = [v[_PUSH_N][0], v[_PUSH_SUM][0] if _PUSH_SUM in v else math.nan]
         frac = offset = math.nan
         if push is not None and (fwd is not None or _SUMS in v):
             count, total = push
