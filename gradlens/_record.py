@@ -57,6 +57,9 @@ SIGNAL_STATS = (
     "output_nonfinite",       # count of NaN/Inf output elements
     "output_grad_norm",       # L2 norm of dL/d(output)
     "output_grad_nonfinite",  # count of NaN/Inf elements of dL/d(output)
+    "output_push_frac",       # fraction of outputs at a limit of the output activation (bounded or ReLU)
+                              # that dL/d(output) pushes past it; NaN for other outputs
+    "output_sum_push",        # softmax output: mean(dL/dp) / rms(dL/dp), the part a softmax cannot follow; NaN else
 )
 
 

@@ -133,6 +133,14 @@ THRESHOLDS: Dict[str, Threshold] = {
         5, "logged steps in a row a layer's gradient must be exactly zero to count as dead",
         "ours: an exactly zero gradient on 5 logged steps did not occur on the healthy suite",
     ),
+    "cut_off_steps": Threshold(
+        1, "logged steps a cut-off trunk (every layer below one layer exactly zero, its own weights "
+        "getting a gradient, not the last layer) must hold before it is reported",
+        "ours: on the HF models with a zeroed last norm (benchmarks/diagnosis_corpus/hf.py) the zeros "
+        "last exactly one step (step 0; AdamW regrows the gain by ~lr); no healthy/fixed corpus program "
+        "shows the pattern on any step (own_zero_init_branches_adam cuts its trunk at step 0 too, at its "
+        "zero-initialised last layer, which is excluded)",
+    ),
     # --- saturation --------------------------------------------------------------
     "saturation_fraction": Threshold(
         0.5, "fraction of tanh/sigmoid-like outputs pinned near their limits",
@@ -281,6 +289,22 @@ THRESHOLDS: Dict[str, Threshold] = {
         0.5, "a saturated output whose loss fell by more than this fraction of its start level "
         "is confident, not out of range",
         "ours: a classifier that learned sits far below half its initial loss",
+    ),
+    "unreachable_push_fraction": Threshold(
+        0.1, "fraction of the model outputs at a limit of the output activation that dL/d(output) "
+        "pushes past it (a ReLU output at 0 with a positive gradient; a bounded one at its band "
+        "with an outward gradient)",
+        "ours, over benchmarks/diagnosis_corpus: a ReLU output against targets below 0 reads 14-44% "
+        "on every recorded step (so48251943, so42514960), a ReLU output never reads above 0 against "
+        "targets >= 0 (analytically: MSE/L1/Huber push a 0 output down only toward a negative target); "
+        "bounded outputs of healthy classifiers read up to 100% once confident, hence the loss gates",
+    ),
+    "unreachable_sum_push": Threshold(
+        0.2, "|mean/rms| of dL/d(softmax output) at or above which the loss pulls every probability of "
+        "a row the same way (targets whose rows do not sum to 1)",
+        "ours: 0 analytically for MSE on one-hot targets and for Keras cross-entropy at chance; "
+        "-0.33 to -0.47 on so38648195 (MSE on multi-label targets); |value| <= 0.1 at step 0 on the "
+        "corpus' healthy softmax programs (their value grows as they learn, when the loss gate excludes them)",
     ),
     # root causes and scale
     "urgent_factor": Threshold(

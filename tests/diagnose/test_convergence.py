@@ -148,6 +148,52 @@ CASES = [
             "unreachable_output", None),
     Planted("unreachable_twin_not_saturated", series([noisy(700.0, i, 0.15) for i in range(60)],
                                                      signals={"output_sat_frac": 0.2}), "unreachable_output", None),
+    # a ReLU output (no saturation, a pushed fraction) pushed below 0: no loss needed
+    Planted("unreachable_relu_output_pushed_below_zero",
+            series([None] * 10, signals={"output_sat_frac": math.nan, "output_push_frac": 0.3}),
+            "unreachable_output", "warning", "fc3", 0, "30% of the model outputs sit at 0"),
+    Planted("unreachable_relu_output_with_a_flat_loss_too",
+            series([noisy(0.6, i) for i in range(10)], signals={"output_sat_frac": math.nan, "output_push_frac": 0.3}),
+            "unreachable_output", "warning", "fc3", 0, "floor of the ReLU output layer 'fc3'"),
+    # a bounded output pushed past a limit while the loss goes below zero (BCE on a label of 2)
+    Planted("unreachable_pushed_at_a_negative_loss",
+            series([0.8 - 0.06 * i for i in range(60)],
+                   signals={"output_sat_frac": 0.3, "output_push_frac": 0.4}),
+            "unreachable_output", "warning", "fc3", 2 * W - 1, "the loss went below zero"),
+    # softmax rows against targets that sum to more than 1 (multi-label targets under MSE)
+    Planted("unreachable_softmax_multi_label",
+            series([noisy(0.3, i) for i in range(60)],
+                   signals={"output_sat_frac": 0.0, "output_push_frac": 0.0, "output_sum_push": -0.4}),
+            "unreachable_output", "warning", "fc3", 2 * W - 1, "pulls all its probabilities up together"),
+    # fixed twins
+    Planted("unreachable_twin_relu_output_not_pushed",  # targets >= 0: outputs at 0 are not pushed down
+            series([None] * 10, signals={"output_sat_frac": math.nan, "output_push_frac": 0.0}),
+            "unreachable_output", None),
+    Planted("unreachable_twin_relu_output_pushed_below_the_threshold",
+            series([None] * 10, signals={"output_sat_frac": math.nan, "output_push_frac": 0.05}),
+            "unreachable_output", None),
+    Planted("unreachable_twin_pushed_confident_classifier",  # confident: pushed at its limits, loss > 0
+            series([0.7 if i < W else noisy(0.01, i) for i in range(90)],
+                   signals={"output_sat_frac": 0.95, "output_push_frac": 0.95}),
+            "unreachable_output", None),
+    Planted("unreachable_twin_negative_loss_not_pushed",  # a Gaussian NLL going below 0 inside the range
+            series([0.8 - 0.06 * i for i in range(60)], signals={"output_sat_frac": 0.3, "output_push_frac": 0.0}),
+            "unreachable_output", None),
+    Planted("unreachable_twin_negative_from_the_start",  # a loss that is negative by design
+            series([-0.8 - 0.06 * i for i in range(60)], signals={"output_sat_frac": 0.3, "output_push_frac": 0.4}),
+            "unreachable_output", None),
+    Planted("unreachable_twin_softmax_one_hot",
+            series([noisy(0.3, i) for i in range(60)],
+                   signals={"output_sat_frac": 0.0, "output_push_frac": 0.0, "output_sum_push": 0.0}),
+            "unreachable_output", None),
+    Planted("unreachable_twin_softmax_sum_push_below_the_threshold",
+            series([noisy(0.3, i) for i in range(60)],
+                   signals={"output_sat_frac": 0.0, "output_push_frac": 0.0, "output_sum_push": -0.15}),
+            "unreachable_output", None),
+    Planted("unreachable_twin_softmax_learning",  # a Keras-CE classifier that learns: its sum push grows
+            series([0.7 / (1 + 0.05 * i) for i in range(80)],
+                   signals={"output_sat_frac": 0.0, "output_push_frac": 0.3, "output_sum_push": 0.6}),
+            "unreachable_output", None),
     # --- divergence ---------------------------------------------------------------------
     Planted("divergence_on_the_first_update", series([6.97, 226258.0, 3.1e5, 2.4e5, 2.9e5, 2.2e5, 2.6e5, 3e5]),
             "divergence", "warning", None, 1, "first logged loss (step 0), 6.97"),
@@ -434,3 +480,85 @@ def test_default_watch_reports_an_unreachable_output_from_the_output_signals(out
     assert (f.severity, f.layer) == ("warning", "2"), str(f)
     sats = [r.signals["output_sat_frac"] for r in mon.records() if r.step == f.last_step]
     assert f.value == pytest.approx(sats[-1]) and f.value >= 0.5
+
+
+def _train_default(model, loss_fn, x, y, *, steps=80, lr=1e-2, batch=32):
+    """``steps`` Adam steps of ``model`` on (x, y) in order under default ``gradlens.watch``."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradlens.watch(model, opt) as mon:
+            for i in range(steps):
+                j = (i * batch) % x.shape[0]
+                opt.zero_grad()
+                loss = loss_fn(model(x[j:j + batch]), y[j:j + batch])
+                mon.observe_loss(loss)
+                loss.backward()
+                opt.step()
+    return mon
+
+
+def _bce_on_probabilities(p, y):
+    # Keras binary_crossentropy on probabilities: clipped, no check that y is in [0, 1]
+    p = p.clamp(1e-7, 1 - 1e-7)
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+
+def _relu_regression(fixed):
+    # targets tanh(x w) in [-1, 1] under a ReLU output layer (DeepFD's Stack Overflow 48251943);
+    # fixed twin: tanh
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 8, generator=g)
+    y = torch.tanh(x @ torch.randn(8, 1, generator=g))
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1), nn.Tanh() if fixed else nn.ReLU())
+    return model, F.mse_loss, x, y
+
+
+def _softmax_multi_label(fixed):
+    # multi-hot targets (1-3 labels a row) under a softmax output and MSE (Stack Overflow 38648195);
+    # fixed twin: sigmoid + binary cross-entropy
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    y = (torch.rand(256, 3, generator=g) < 0.5).float()
+    y[y.sum(1) == 0, 0] = 1.0
+    x = y @ torch.randn(3, 8, generator=g) + 0.5 * torch.randn(256, 8, generator=g)
+    head = nn.Sigmoid() if fixed else nn.Softmax(dim=1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3), head)
+    return model, (_bce_on_probabilities if fixed else F.mse_loss), x, y
+
+
+def _labels_0_1_2(fixed):
+    # labels {0, 1, 2} under one sigmoid unit and binary cross-entropy (Stack Overflow 50079585):
+    # the loss goes below 0 as p -> 1; fixed twin: 3 logits and cross-entropy
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 8, generator=g)
+    y = torch.bucketize(x[:, 0] + x[:, 1], torch.tensor([-0.7, 0.7]))
+    if fixed:
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)), F.cross_entropy, x, y
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1), nn.Sigmoid())
+    return model, _bce_on_probabilities, x, y[:, None].float()
+
+
+@pytest.mark.parametrize("program, says", [
+    (_relu_regression, "sit at 0, the floor of the ReLU output layer '2'"),
+    (_softmax_multi_label, "pulls all its probabilities up together"),
+    (_labels_0_1_2, "the loss went below zero"),
+], ids=["relu_output_negative_targets", "softmax_multi_label_mse", "bce_on_labels_above_1"])
+@pytest.mark.parametrize("fixed", [False, True], ids=["buggy", "fixed"])
+def test_default_watch_reports_outputs_that_cannot_reach_their_targets(program, says, fixed):
+    model, loss_fn, x, y = program(fixed)
+    mon = _train_default(model, loss_fn, x, y)
+    found = [f for f in mon.findings if f.kind == "unreachable_output"]
+    if fixed:
+        assert found == [], [str(f) for f in found]
+        return
+    assert len(found) == 1, [str(f) for f in found]
+    (f,) = found
+    assert (f.severity, f.layer) == ("warning", "2"), str(f)
+    assert says in f.message, f.message
+    # the value is the recorded signal of the step the finding was last updated at
+    (last,) = [r for r in mon.records() if r.step == f.last_step]
+    key = "output_sum_push" if "output_sum_push" in f.evidence else "output_push_frac"
+    assert f.value == pytest.approx(abs(last.signals[key]))

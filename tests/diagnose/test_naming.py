@@ -190,3 +190,116 @@ def test_a_zero_gradient_run_is_named_where_the_signal_stops(above_weight, named
     (f,) = found([_with_params(i, layer, params) for i in range(5)], "dead_units")
     assert f.layer == named and f.evidence["zero_grad_layers"] == ["l0", "l5"]
     assert f.evidence["stops_at"] == named
+
+
+# ----------------------------------------------------------------------------- a trunk cut off
+def _step_records(steps):
+    """Records from ``[(layer grads, param grads), ...]``, one per step."""
+    return [StepRecord(i, list(STACK), {"grad_norm": dict(g)}, param_stats={"grad_norm": dict(p)})
+            for i, (g, p) in enumerate(steps)]
+
+
+def _grads(zero, kernels=None, steps_of_zeros=1, total=6):
+    """``zero`` layers exactly zero for ``steps_of_zeros`` steps (weight and bias), then every
+    layer 0.5; ``kernels``: weight-gradient norms of named layers during the zeros."""
+    steps = []
+    for i in range(total):
+        g, p = {}, {}
+        for n in STACK:
+            w = 0.0 if i < steps_of_zeros and n in zero else 0.4
+            if i < steps_of_zeros and kernels and n in kernels:
+                w = kernels[n]
+            b = 0.0 if i < steps_of_zeros and n in zero else 0.3
+            p[f"{n}.weight"], p[f"{n}.bias"] = w, b
+            g[n] = math.hypot(w, b)
+        steps.append((g, p))
+    return _step_records(steps)
+
+
+def test_a_trunk_cut_off_below_a_zeroed_gain_is_reported_at_once_at_the_gain():
+    # every layer below l6 gets exactly zero at step 0 only, l6's weights get a gradient
+    # (a zeroed norm gain regrown by the first AdamW step), l7 above it: the hf zeroed_norm cases
+    (f,) = found(_grads(STACK[:6]), "dead_units")
+    assert (f.layer, f.step, f.severity) == ("l6", 0, "warning"), str(f)
+    assert f.evidence["zero_grad_layers"] == ["l0", "l5"] and f.evidence["stops_at"] == "l6"
+    assert "the whole trunk is cut off there" in f.message and "'l6'" in f.message
+
+
+@pytest.mark.parametrize("zero, kernels", [
+    pytest.param(STACK[:7], None, id="zero_initialised_last_layer"),  # own_zero_init_branches_adam's head
+    pytest.param(STACK[2:6], None, id="zero_branches_with_a_live_trunk"),  # l0, l1 still get a gradient
+    pytest.param(STACK[:6], {"l6": 0.0}, id="dead_relu_above_learns_its_bias_only"),
+])
+def test_fixed_twin_one_step_of_zeros_that_is_no_cut_trunk(zero, kernels):
+    assert found(_grads(zero, kernels), "dead_units") == []
+
+
+def test_a_zero_gradient_run_that_grows_keeps_the_stop_where_it_began():
+    # a ReLU after l0 dies at step 0 (l0 gets nothing, l1 learns its bias only), one after l1
+    # at step 2 (l1 gets nothing, l2 learns its bias only): so48934338's lr 0.1. The first
+    # stop is the culprit; the key stays the same, so the finding starts at step 0
+    steps = []
+    for i in range(8):
+        zero = ["l0"] if i < 2 else ["l0", "l1"]
+        bias_only = "l1" if i < 2 else "l2"
+        g, p = {}, {}
+        for n in STACK:
+            w, b = (0.0, 0.0) if n in zero else ((0.0, 0.3) if n == bias_only else (0.4, 0.3))
+            p[f"{n}.weight"], p[f"{n}.bias"] = w, b
+            g[n] = math.hypot(w, b)
+        steps.append((g, p))
+    (f,) = found(_step_records(steps), "dead_units")
+    assert (f.layer, f.step) == ("l0", 0), str(f)
+    assert f.evidence["zero_grad_layers"] == ["l0", "l1"]  # (the latest run's range)
+
+
+def _zeroed_norm_net(zero_norm):
+    """A residual MLP whose final LayerNorm feeds a head. ``zero_norm``: that norm's weight is
+    zeroed (the bug); else the head is zero-initialised (a common init: ReZero, DiT)."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(8, 32)
+            self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(32, 32), nn.ReLU()) for _ in range(2))
+            self.norm = nn.LayerNorm(32)
+            self.head = nn.Linear(32, 4)
+            with torch.no_grad():
+                if zero_norm:
+                    self.norm.weight.zero_()
+                else:
+                    self.head.weight.zero_()
+                    self.head.bias.zero_()
+
+        def forward(self, x):
+            h = self.inp(x)
+            for b in self.blocks:
+                h = h + b(h)
+            return self.head(self.norm(h))
+
+    return Net()
+
+
+@pytest.mark.parametrize("zero_norm", [True, False], ids=["zeroed_norm", "fixed_twin_zero_initialised_head"])
+def test_watch_reports_a_zeroed_norm_and_not_a_zero_initialised_head(zero_norm):
+    model = _zeroed_norm_net(zero_norm)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 4, (64,), generator=g)
+    with quiet():
+        with gradlens.watch(model, opt) as mon:
+            for i in range(8):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+    records = mon.records()
+    below = ["inp", "blocks.0.0", "blocks.1.0"]
+    # both cut the trunk at step 0 (independent check: the recorded gradients), only one is a bug
+    assert all(records[0].stats["grad_norm"][n] == 0.0 for n in below)
+    assert all(records[1].stats["grad_norm"][n] > 0.0 for n in below)
+    fs = [f for f in mon.findings if f.kind == "dead_units"]
+    if zero_norm:
+        assert [(f.layer, f.step) for f in fs] == [("norm", 0)], [str(f) for f in fs]
+    else:
+        assert fs == [], [str(f) for f in fs]

@@ -23,8 +23,11 @@ SAT_BAND = 1e-2  # the documented band: 1% of the output range (softmax: / K)
 
 
 # ----------------------------------------------------------------------------- references
-def _expected(out, grad=None, limits=None):
-    """The signals of ``out`` (and of dL/d(out) ``grad``), by hand, in float64."""
+def _expected(out, grad=None, limits=None, kind=None):
+    """The signals of ``out`` (and of dL/d(out) ``grad``), by hand, in float64.
+
+    ``kind``: ``"relu"`` for a ReLU output (lower limit 0, no band), ``"softmax"`` for a
+    softmax one (its ``limits`` too); bounded outputs are told by ``limits``."""
     o = out.detach().double().reshape(-1)
     e = {
         "output_mean": o.mean().item(),
@@ -41,10 +44,25 @@ def _expected(out, grad=None, limits=None):
         g = grad.detach().double().reshape(-1)
         e["output_grad_norm"] = g.norm().item()
         e["output_grad_nonfinite"] = float((~torch.isfinite(g)).sum())
+        # pushed past a limit: at the limit with a gradient whose descent step points outside
+        e["output_push_frac"] = math.nan
+        # (an element whose product with the gradient is subnormal in float32 may count either
+        # way: whether subnormals flush to zero depends on the kernel; such a value is a range)
+        tiny = torch.finfo(torch.float32).tiny
+        if limits is not None:
+            lo, hi, band = limits
+            at, push = (o - lo < band) | (hi - o < band), g * (o - (lo + hi) / 2)
+            strict, loose = (at & (push < -tiny)).double().mean().item(), (at & (push < 0)).double().mean().item()
+            e["output_push_frac"] = strict if strict == loose else (strict, loose)
+        elif kind == "relu":
+            e["output_push_frac"] = ((o <= 0) & (g > 0)).double().mean().item()
+        e["output_sum_push"] = (g.mean() / g.square().mean().sqrt()).item() if kind == "softmax" else math.nan
     return e
 
 
 def _close(a, b, rel):
+    if isinstance(b, tuple):  # a range (see _expected)
+        return b[0] - 1e-7 <= a <= b[1] + 1e-7
     if math.isnan(b):
         return math.isnan(a)
     if math.isinf(b):
@@ -131,25 +149,48 @@ def _relu6_out():
     return m
 
 
-# (id, model, loss, limits (lo, hi, band) or None)
+def _relu_out():
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU())
+
+
+def _multi_hot(out, y):
+    # multi-label targets (rows summing to 2) under MSE: a softmax cannot reach them
+    t = torch.zeros_like(out)
+    t[:, :2] = 1.0
+    return (out - t).pow(2).mean()
+
+
+def _one_hot(out, y):
+    t = torch.zeros_like(out)
+    t[:, 0] = 1.0
+    return (out - t).pow(2).mean()
+
+
+# (id, model, loss, limits (lo, hi, band) or None, kind)
 SETTINGS = [
-    ("linear-unbounded", _linear_out, _mse_to(1.0), None),
-    ("sigmoid-saturated-regression", _sigmoid_saturated, _mse_to(50.0), (0.0, 1.0, SAT_BAND)),
-    ("tanh", _tanh_out, _mse_to(0.0), (-1.0, 1.0, 2 * SAT_BAND)),
-    ("softmax-200-near-uniform", _softmax(0.01), _mse_to(0.0), (0.0, 1.0, SAT_BAND / 200)),
-    ("softmax-200-confident", _softmax(200.0), _mse_to(0.0), (0.0, 1.0, SAT_BAND / 200)),
-    ("relu6", _relu6_out, _mse_to(3.0), (0.0, 6.0, 6 * SAT_BAND)),
+    ("linear-unbounded", _linear_out, _mse_to(1.0), None, None),
+    ("sigmoid-saturated-regression", _sigmoid_saturated, _mse_to(50.0), (0.0, 1.0, SAT_BAND), None),
+    ("sigmoid-saturated-reachable", _sigmoid_saturated, _mse_to(0.5), (0.0, 1.0, SAT_BAND), None),
+    ("tanh", _tanh_out, _mse_to(0.0), (-1.0, 1.0, 2 * SAT_BAND), None),
+    ("tanh-past-its-limits", _tanh_out, _mse_to(3.0), (-1.0, 1.0, 2 * SAT_BAND), None),
+    ("softmax-200-near-uniform", _softmax(0.01), _mse_to(0.0), (0.0, 1.0, SAT_BAND / 200), "softmax"),
+    ("softmax-200-confident", _softmax(200.0), _mse_to(0.0), (0.0, 1.0, SAT_BAND / 200), "softmax"),
+    ("softmax-200-multi-hot", _softmax(1.0), _multi_hot, (0.0, 1.0, SAT_BAND / 200), "softmax"),
+    ("softmax-200-one-hot", _softmax(1.0), _one_hot, (0.0, 1.0, SAT_BAND / 200), "softmax"),
+    ("relu6", _relu6_out, _mse_to(3.0), (0.0, 6.0, 6 * SAT_BAND), None),
+    ("relu-negative-targets", _relu_out, _mse_to(-1.0), None, "relu"),
+    ("relu-positive-targets", _relu_out, _mse_to(1.0), None, "relu"),
 ]
 
 
-@pytest.mark.parametrize("make,loss_fn,limits", [s[1:] for s in SETTINGS], ids=[s[0] for s in SETTINGS])
-def test_signals_equal_a_reference_by_hand(make, loss_fn, limits):
+@pytest.mark.parametrize("make,loss_fn,limits,kind", [s[1:] for s in SETTINGS], ids=[s[0] for s in SETTINGS])
+def test_signals_equal_a_reference_by_hand(make, loss_fn, limits, kind):
     batches = _batches(4, 16, 6)
     mon, refs, _, _ = _twin_run(make, batches, loss_fn)
     records = mon.records()
     assert [r.step for r in records] == [0, 1, 2, 3]
     for record, (out, g) in zip(records, refs):
-        _assert_signals(record.signals, _expected(out, g, limits))
+        _assert_signals(record.signals, _expected(out, g, limits, kind))
         assert set(record.signals) == set(SIGNAL_STATS)
 
 
@@ -329,15 +370,17 @@ def test_gradient_accumulation_pools_every_micro_batch():
     with gradlens.watch(model, opt) as mon:
         opt.zero_grad()
         for x in xs:
-            (model(x).pow(2).mean() / len(xs)).backward()
+            ((model(x) - 3.0).pow(2).mean() / len(xs)).backward()  # (3: past tanh's limit, pushed)
         opt.step()
     outs, grads = [], []
     for x in xs:
         out = twin(x)
-        (g,) = torch.autograd.grad(out.pow(2).mean() / len(xs), out)
+        (g,) = torch.autograd.grad((out - 3.0).pow(2).mean() / len(xs), out)
         outs.append(out)
         grads.append(g)
-    _assert_signals(mon.records()[0].signals, _expected(torch.cat(outs), torch.cat(grads), (-1.0, 1.0, 0.02)))
+    signals = mon.records()[0].signals
+    _assert_signals(signals, _expected(torch.cat(outs), torch.cat(grads), (-1.0, 1.0, 0.02)))
+    assert 0 < signals["output_push_frac"] < 1  # (pooled over the micro-batches, not the first one's)
 
 
 def test_no_grad_forwards_are_not_recorded_and_a_frozen_output_has_no_gradient_signals():
@@ -398,7 +441,7 @@ def test_lbfgs_records_the_first_closure_evaluation():
 def test_only_logged_steps_pay(monkeypatch):
     seen = []
     real = _output._forward_stats
-    monkeypatch.setattr(_output, "_forward_stats", lambda *a: seen.append(1) or real(*a))
+    monkeypatch.setattr(_output, "_forward_stats", lambda *a, **k: seen.append(1) or real(*a, **k))
     mon, refs, _, _ = _twin_run(_linear_out, _batches(6, 4, 6), _mse_to(0.0), every=3)
     assert [r.step for r in mon.records()] == [0, 3] and len(seen) == 2
     for record, (out, g) in zip(mon.records(), [refs[0], refs[3]]):
@@ -468,7 +511,8 @@ def test_each_value_declares_its_cross_rank_reduction():
         "grad_nonfinite": "sum",
         "min": "min", "max": "max",
         "grad_norm": "norm_mean",  # ||d(mean of the ranks' losses)/d(outputs)||
-    }
+        "push_count": "sum",  # outputs pushed past a limit
+    }  # (a softmax output adds "push_sum": "mean", whose values the DDP test below checks)
 
 
 # ----------------------------------------------------------------------------- hooks, identity, option
@@ -534,7 +578,7 @@ def test_output_stats_false_turns_it_off_and_bad_values_name_the_argument():
 def test_cadence_among_logged_steps(option, recorded, monkeypatch):
     seen = []
     real = _output._forward_stats
-    monkeypatch.setattr(_output, "_forward_stats", lambda *a: seen.append(1) or real(*a))
+    monkeypatch.setattr(_output, "_forward_stats", lambda *a, **k: seen.append(1) or real(*a, **k))
     assert _output.OUTPUT_EVERY == 5
     mon, refs, _, _ = _twin_run(_linear_out, _batches(12, 4, 6), _mse_to(0.0), output_stats=option)
     assert [r.step for r in mon.records() if r.signals] == recorded and len(seen) == len(recorded)
@@ -599,15 +643,26 @@ def test_tensorboard_round_trip_and_report_rebuild_the_same_signals(tmp_path):
 _DDP_STEPS = 3
 
 
-def _ddp_rank(rank, out_dir):
+def _ddp_model(softmax):
+    from watch_helpers import mlp
+
+    return nn.Sequential(mlp(), nn.Softmax(dim=1)) if softmax else mlp()
+
+
+def _ddp_rank_softmax(rank, out_dir):
+    """:func:`_ddp_rank` with a softmax output (push count and sum of g reduced too)."""
+    return _ddp_rank(rank, out_dir, softmax=True)
+
+
+def _ddp_rank(rank, out_dir, softmax=False):
     """One DDP rank on its half of a fixed batch; the signals it recorded."""
     from torch.nn import functional as F
 
-    from watch_helpers import full_batch, mlp, rank_slice
+    from watch_helpers import full_batch, rank_slice
 
     x, y = full_batch(8)
     xs, ys = rank_slice(x, rank, 2), rank_slice(y, rank, 2)
-    ddp = nn.parallel.DistributedDataParallel(mlp())
+    ddp = nn.parallel.DistributedDataParallel(_ddp_model(softmax))
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
     with gradlens.watch(ddp, opt, output_stats=1) as mon:
         for _ in range(_DDP_STEPS):
@@ -617,17 +672,19 @@ def _ddp_rank(rank, out_dir):
     return {"signals": [r.signals for r in mon.records()]}
 
 
-def test_under_ddp_every_rank_records_the_signals_of_the_global_batch(tmp_path):
+@pytest.mark.parametrize("softmax", [False, True], ids=["unbounded", "softmax"])
+def test_under_ddp_every_rank_records_the_signals_of_the_global_batch(tmp_path, softmax):
     from torch.nn import functional as F
 
-    from watch_helpers import full_batch, gloo_available, mlp, spawn_ranks
+    from watch_helpers import full_batch, gloo_available, spawn_ranks
 
     if not gloo_available():
         pytest.skip("torch.distributed with gloo is unavailable")
-    ranks = spawn_ranks(_ddp_rank, tmp_path, world=2, deadline_s=90)
+    ranks = spawn_ranks(_ddp_rank_softmax if softmax else _ddp_rank, tmp_path, world=2, deadline_s=90)
     # reference: one process on the full batch; the mean of the ranks' MSE losses
     # (equal halves) is the full batch's MSE, so its dL/d(output) is the reference
-    model = mlp()
+    model = _ddp_model(softmax)
+    limits, kind = ((0.0, 1.0, SAT_BAND / 3), "softmax") if softmax else (None, None)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = full_batch(8)
     for step in range(_DDP_STEPS):
@@ -639,4 +696,4 @@ def test_under_ddp_every_rank_records_the_signals_of_the_global_batch(tmp_path):
         opt.step()
         for rank in ranks:
             # (the weights agree up to rounding: DDP averages the ranks' gradients)
-            _assert_signals(rank["signals"][step], _expected(out, g), rel=1e-5, exact_extremes=False)
+            _assert_signals(rank["signals"][step], _expected(out, g, limits, kind), rel=1e-5, exact_extremes=False)

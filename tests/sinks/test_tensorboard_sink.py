@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import gradlens
 from gradlens import _tags
-from gradlens._record import StepRecord
+from gradlens._record import SIGNAL_STATS, StepRecord
 from gradlens.report import load_run
 from gradlens.sinks.tensorboard import TensorBoardSink
 
@@ -51,9 +51,10 @@ def test_tag_budget_of_a_10_layer_cnn(tmp_path):
     _train(_cnn10(), tmp_path / "full", param_scalars=True)
     lean, full = (_acc(tmp_path / d) for d in ("lean", "full"))
     tags = lean.Tags()["scalars"]
-    # 10 layers x (4 log10 norms + 2 counts) + the loss + the 8 model-output signals
-    assert len(tags) == 61 + 8, len(tags)
-    assert len(full.Tags()["scalars"]) == 61 + 8 + 20 * 6
+    # 10 layers x (4 log10 norms + 2 counts) + the loss + the 10 model-output signals
+    assert len(SIGNAL_STATS) == 10
+    assert len(tags) == 61 + 10, len(tags)
+    assert len(full.Tags()["scalars"]) == 61 + 10 + 20 * 6
     # counts are written once on a healthy run, the norms at every step
     assert [len(lean.Scalars(t)) for t in tags if t.startswith(("nonfinite/", "missing_grad/"))] == [1] * 20
     assert all(len(lean.Scalars(t)) == 3 for t in tags if "_log10/" in t and "update_ratio" not in t)

@@ -34,6 +34,23 @@ What is recorded:
   autograd node (an output that does not require grad), or with the node of a
   ``torch.compile``'d graph, the model's last registered module decides
   (``nn.Sigmoid``, ``nn.Tanh``, ...). Any other output: NaN.
+* **pushed past a limit** (``output_push_frac``): the fraction of output elements
+  that sit at a limit of the output activation while dL/d(output) pushes them past it
+  (a gradient step would move them where the activation cannot go): within the
+  saturation band of a bounded output's limit with the gradient pointing outward, or,
+  for a ReLU output (``ReluBackward0``, lower limit 0, no band), at 0 with a positive
+  gradient (the loss wants the output negative: for MSE, L1 or Huber only a negative
+  target does that). NaN for any other output. Measured in the output-gradient hook
+  from a mask kept from the forward (one op there, three in the backward).
+* **softmax sum push** (``output_sum_push``): for a softmax output, the mean of
+  dL/d(output) over its elements over their root mean square, ``mean(g) / rms(g)``
+  (in [-1, 1]). A softmax's rows sum to 1, so it cannot follow the part of the
+  gradient along the all-ones direction (its Jacobian maps that direction to 0):
+  0 for MSE on one-hot targets, negative when the targets' rows sum to more than 1
+  (multi-label targets), ``-1/sqrt(K)`` for NLL on ``log(p)`` over K classes at any
+  point, and positive for Keras-style cross-entropy on ``p / sum(p)`` once it learns
+  (scale-invariant: its gradient is orthogonal to ``p``, not to the ones). One op (a
+  sum) in the output-gradient hook. NaN for any other output.
 * **non-finite counts** count NaN and Inf elements together (like ``nonfinite``).
   ``output_grad_norm`` is accumulated in float64, so a norm of finite elements
   past float32's range shows as Inf with ``output_grad_nonfinite`` 0.
@@ -74,6 +91,9 @@ from gradlens.monitor.sources.base import Cycle, Source, Work
 
 __all__ = ["OutputSignals", "output_tensor", "output_limits", "OUTPUT_EVERY"]
 
+#: autograd nodes of a ReLU output: lower limit 0, no upper one (only ``output_push_frac``)
+_RELU_NODES = frozenset(("ReluBackward0",))
+
 #: ``watch(output_stats=True)`` records the signals on every this many logged steps
 #: (the first included; an int picks another cadence, 1: every logged step). Measured
 #: on every logged step they add ~3 points to the CPU MLP step of
@@ -104,6 +124,9 @@ _MAX_HOPS = 4
 # weighted mean of the forwards' squared means, too); under torch.distributed they are
 # split into slots by their cross-rank reduction.
 _FWD, _FWD_SAT, _GRAD = "forward", "forward_sat", "grad"
+# per backward into an output with a limit: (||g||, nonfinite, pushed element count[, sum of g
+# for a softmax]) in one slot; under torch.distributed the last ones in their own
+_GRAD_PUSH, _GRAD_SOFTMAX, _PUSH_N, _PUSH_SUM = "grad_push", "grad_softmax", "push_count", "push_sum"
 _MEANS, _MEANS_SAT, _MSQ, _SUMS, _MIN, _MAX, _GNORM, _GNF = (
     "means", "means_sat", "msq", "sums", "min", "max", "grad_norm", "grad_nonfinite")
 #: outputs up to this many elements get fresh temporaries (cheaper than the scratch
@@ -142,6 +165,33 @@ def _signed(dim: int) -> int:
     return dim - 2**64 if dim >= 2**63 else dim
 
 
+def _source_node(node: Any) -> Any:
+    """The autograd node that made an output, looking through a few view/select nodes."""
+    for _ in range(_MAX_HOPS):
+        if type(node).__name__ not in _VIEW_NODES:
+            return node
+        nxt = node.next_functions
+        if not nxt or nxt[0][0] is None:
+            return None
+        node = nxt[0][0]
+    return node
+
+
+def _push_mask(x: Tensor, out: Tensor) -> Optional[Tuple[Tensor, bool]]:
+    """What the output-gradient hook needs for ``output_push_frac`` of an output without
+    saturation limits: ``(mask, True)`` for a ReLU output, ``mask`` being ``x <= 0`` (pushed
+    where ``g > 0`` too); None for other outputs.
+
+    (A bounded output's mask comes from :func:`_forward_stats`: ``x - mid`` where ``x`` is
+    within the band of a limit, 0 elsewhere, so that ``mask * g < 0`` marks an element
+    pushed outward.)"""
+    node = out.grad_fn
+    node = _source_node(node) if node is not None else None
+    if node is not None and type(node).__name__ in _RELU_NODES:
+        return torch.le(x, 0), True
+    return None
+
+
 def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -> Optional[Tuple[float, float, float]]:
     """``(lo, hi, band)`` of a bounded output (``band``: the saturation band in
     output units), from its autograd node; ``fallback`` limits (the last module's)
@@ -152,14 +202,9 @@ def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -
             return None
         lo, hi = fallback
         return lo, hi, _stats.SAT_BAND * (hi - lo)
-    for _ in range(_MAX_HOPS):
-        name = type(node).__name__
-        if name not in _VIEW_NODES:
-            break
-        nxt = node.next_functions
-        if not nxt or nxt[0][0] is None:
-            return None
-        node = nxt[0][0]
+    node = _source_node(node)
+    if node is None:
+        return None
     kind = _BOUNDED_NODES.get(type(node).__name__)
     if kind is None:
         if "CompiledFunction" in type(node).__name__ and fallback is not None:  # a torch.compile'd graph
@@ -179,12 +224,14 @@ def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -
 
 def _forward_stats(
     x: Tensor, limits: Optional[Tuple[float, float, float]], count: Tensor, zero: Tensor,
-    buf: Optional[Tensor] = None,
-) -> Tensor:
+    buf: Optional[Tensor] = None, keep: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """(mean, [sat_frac,] var, nonfinite, count, min, max) of ``x``, float32, on its
-    device (``var``: the population variance). ``count`` and ``zero``: cached 0-d
-    float32 tensors on ``x``'s device (its element count, 0). ``buf``: an optional
-    float32 scratch buffer shaped like ``x``.
+    device (``var``: the population variance), and, with ``keep`` and ``limits``, the
+    push mask of a bounded output (:func:`_push_mask`, from the same ops as the saturated
+    fraction), else None. ``count`` and ``zero``: cached 0-d float32 tensors on ``x``'s
+    device (its element count, 0). ``buf``: an optional float32 scratch buffer shaped
+    like ``x``.
 
     Small CPU outputs (below ``_SCRATCH_MIN_NUMEL`` elements) take ``torch.var_mean``,
     one op: in a training step every small op costs ~15 us (cold caches; measured in
@@ -215,14 +262,19 @@ def _forward_stats(
         if cpu:
             mean = xf.mean()  # (var_mean's mean of +-inf is NaN; the plain mean is +-inf)
     if limits is None:
-        return torch.stack([mean, var, nf, count, lo_x, hi_x])
+        return torch.stack([mean, var, nf, count, lo_x, hi_x]), None
     lo, hi, band = limits
     mid, half = (lo + hi) / 2, (hi - lo) / 2
     # saturated: within `band` of either limit, i.e. |x - mid| > half - band
+    if keep:  # the push mask (see _push_mask) outlives the step's forward: a fresh tensor
+        d = torch.sub(xf, mid)
+        at = torch.gt(d.abs(), half - band)
+        sat = at.mean(dtype=torch.float32)
+        return torch.stack([mean, sat, var, nf, count, lo_x, hi_x]), d.mul_(at)
     sat_buf = buf if buf is not None else torch.empty_like(xf)
     torch.sub(xf, mid, out=sat_buf).abs_()
     sat = torch.gt(sat_buf, half - band, out=sat_buf).mean()
-    return torch.stack([mean, sat, var, nf, count, lo_x, hi_x])
+    return torch.stack([mean, sat, var, nf, count, lo_x, hi_x]), None
 
 
 class OutputSignals(Source):
@@ -296,13 +348,22 @@ class OutputSignals(Source):
         n = out.numel()
         consts = self._constants(n, out.device)
         with torch.no_grad():
-            self._fwd.append(_forward_stats(out.detach(), limits, consts[0], consts[1], self._scratch(out)))
+            x = out.detach()
+            vec, mask = _forward_stats(x, limits, consts[0], consts[1], self._scratch(out), keep=out.requires_grad)
+            self._fwd.append(vec)
+            push = None
+            if mask is not None:
+                push = (mask, False)
+            elif out.requires_grad and limits is None:
+                push = _push_mask(x, out)
         self._n.append(n)
         if out.requires_grad:
             grads = self._grads
-            out.register_hook(lambda g: self._on_grad(g, grads))
+            softmax = push is not None and type(_source_node(out.grad_fn)).__name__ == "SoftmaxBackward0"
+            out.register_hook(lambda g: self._on_grad(g, grads, push, softmax))
 
-    def _on_grad(self, grad: Tensor, grads: List[Tensor]) -> None:
+    def _on_grad(self, grad: Tensor, grads: List[Tensor], push: Optional[Tuple[Tensor, bool]] = None,
+                 softmax: bool = False) -> None:
         if compiling() or grads is not self._grads:
             return  # a backward after its step closed (or the source was closed)
         with torch.no_grad():
@@ -312,7 +373,22 @@ class OutputSignals(Source):
                 nf = self._constants(1, g.device)[1]
             else:  # (an overflowed norm over finite elements counts 0 here)
                 nf = _stats.nonfinite_count(g, norm)
-            grads.append(torch.stack([norm, nf]))
+            if push is None:
+                grads.append(torch.stack([norm, nf]))
+            else:
+                mask, relu = push
+                # pushed: a ReLU output at 0 whose gradient is positive (descent wants it negative);
+                # a bounded one within the band of a limit whose gradient points outward
+                if relu:
+                    count = torch.gt(g, 0).logical_and_(mask).sum(dtype=torch.float32)
+                else:
+                    count = torch.mul(mask, g).lt_(0).sum(dtype=torch.float32)
+                # (one stack, one slot; never a NaN placeholder: a NaN in the packet makes the
+                # host check the step as broken, ~1 ms)
+                if softmax:
+                    grads.append(torch.stack([norm, nf, count, g.sum(dtype=torch.float32)]))
+                else:
+                    grads.append(torch.stack([norm, nf, count]))
 
     def _scratch(self, x: Tensor) -> Optional[Tensor]:
         # one reusable float32 buffer per device for the temporaries of large outputs
@@ -370,14 +446,23 @@ class OutputSignals(Source):
                 packet.put("signal", _MIN, v[k + 2 : k + 3], reduce="min")
                 packet.put("signal", _MAX, v[k + 3 : k + 4], reduce="max")
         if grads:
+            # per backward (||g||, nonfinite[, pushed count, sum of g]); backwards that disagree
+            # (rare: a forward with a limit and one without) keep the common part only
+            if len({t.numel() for t in grads}) > 1:
+                k = min(t.numel() for t in grads)
+                grads = [t[:k] for t in grads]
             g = grads[0] if len(grads) == 1 else torch.stack(grads)
-            if g.dim() == 2:  # several backwards: one norm over all, counts summed
-                g = torch.stack([g[:, 0].double().square().sum().sqrt().float(), g[:, 1].sum()])
+            if g.dim() == 2:  # several backwards: one norm over all, counts (and sums) added
+                g = torch.cat([g[:, 0].double().square().sum().sqrt().float().reshape(1), g[:, 1:].sum(0)])
             if not split:
-                packet.put("signal", _GRAD, g)
+                packet.put("signal", (_GRAD, _GRAD_PUSH, _GRAD_SOFTMAX)[g.numel() - 2], g)
             else:
                 packet.put("signal", _GNORM, g[:1], reduce="norm_mean")
-                packet.put("signal", _GNF, g[1:], reduce="sum")
+                packet.put("signal", _GNF, g[1:2], reduce="sum")
+                if g.numel() > 2:
+                    packet.put("signal", _PUSH_N, g[2:3], reduce="sum")
+                if g.numel() > 3:  # the sum of g as a mean over ranks: over the norm_mean norm, global
+                    packet.put("signal", _PUSH_SUM, g[3:], reduce="mean")
 
     def step_done(self, cycle: Cycle) -> None:
         self._fwd, self._n, self._grads = [], [], []
@@ -434,9 +519,22 @@ def _signals(v: Dict[str, List[float]]) -> Dict[str, float]:
         out["output_min"], out["output_max"] = lo, hi
         out["output_sat_frac"] = means[1] if len(means) > 2 else math.nan
         out["output_nonfinite"] = nonfinite
-    grad = v.get(_GRAD)
+    grad = v.get(_GRAD) or v.get(_GRAD_PUSH) or v.get(_GRAD_SOFTMAX)
     if grad is None and _GNORM in v:
         grad = [v[_GNORM][0], v[_GNF][0]]
     if grad is not None:
         out["output_grad_norm"], out["output_grad_nonfinite"] = grad[0], grad[1]
+        push = None  # (pushed count, sum of g or NaN)
+        if len(grad) > 2:
+            push = [grad[2], grad[3] if len(grad) > 3 else math.nan]
+        elif _PUSH_N in v:
+            push = [v[_PUSH_N][0], v[_PUSH_SUM][0] if _PUSH_SUM in v else math.nan]
+        frac = offset = math.nan
+        if push is not None and (fwd is not None or _SUMS in v):
+            count, total = push
+            frac = count / n if n > 0 else math.nan
+            # mean(g) / rms(g) = sum(g) / (||g|| sqrt(n)); NaN without a gradient or a softmax
+            offset = total / (grad[0] * math.sqrt(n)) if n > 0 and grad[0] > 0 and math.isfinite(grad[0]) else math.nan
+        out["output_push_frac"] = float(np.float32(frac))
+        out["output_sum_push"] = float(np.float32(offset))
     return out
