@@ -448,7 +448,15 @@ def _steps_of(data: Any):
             raise TypeError(f"flow_figure(data=...) expects StepRecords or a DataFrame, got a list of {type(r).__name__}")
         norms = stats.get("grad_norm")
         if norms:
-            yield r.step, list(r.layers), norms, stats.get("nonfinite")
+            nonfinite = stats.get("nonfinite")
+            yield r.step, _grad_layers(r.layers, norms, nonfinite), norms, nonfinite
+
+
+def _grad_layers(layers: Iterable[str], norms: Dict[str, float], nonfinite: Optional[Dict[str, float]]) -> List[str]:
+    """The layers of a record that have gradient statistics: a row that holds only
+    activation statistics (a traced or probed module without parameters) is no row of
+    the gradient-flow figure."""
+    return [name for name in layers if name in norms or (nonfinite is not None and name in nonfinite)]
 
 
 def _steps_of_frame(df: Any):
@@ -460,6 +468,8 @@ def _steps_of_frame(df: Any):
 
     frame = df[["step", "layer", "grad_norm"] + (["nonfinite"] if "nonfinite" in cols else [])]
     frame = frame.dropna(subset=["layer"])
+    if "nonfinite" in frame:  # rows without gradient statistics (activation-only modules)
+        frame = frame[~(frame["grad_norm"].isna() & frame["nonfinite"].isna())]
     if "param" in cols:  # per-parameter rows: norms combine as sqrt(sum of squares)
         frame = frame.assign(grad_norm=frame["grad_norm"].astype(float) ** 2)
         agg = {"grad_norm": "sum"}

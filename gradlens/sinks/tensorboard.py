@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from gradlens import _tags
 from gradlens._record import LAYER_STATS, StepRecord
 from gradlens.sinks import Sink
-from gradlens.sinks.figure import FINITE, MISSING, TB_WIDTH, ZERO, FlowHistory, render_flow
+from gradlens.sinks.figure import FINITE, MISSING, TB_WIDTH, ZERO, FlowHistory, _grad_layers, render_flow
 
 __all__ = ["TensorBoardSink", "layout_proto"]
 
@@ -196,7 +196,9 @@ class TensorBoardSink(Sink):
         if layers != self._layers:
             w.add_text(_tags.LAYERS_TAG, json.dumps(list(layers)), step)
             self._layers = layers
-            self._tag.clear()
+            # (a layer's tags keep the position of its first record: a module that
+            # gets a row only on some steps, such as a probed tanh, must not move the
+            # other layers' series to new tags)
         stats = frozenset(record.stats)
         if not stats <= self._stats_in_layout:
             self._stats_in_layout |= stats
@@ -213,7 +215,8 @@ class TensorBoardSink(Sink):
                 items.extend(self._items(stat, values, self._ptag, self._new_param_tag))
         self._scalars(items, step)
         if self.flow_every:
-            self._flow.add(step, layers, record.stats.get("grad_norm", {}), record.stats.get("nonfinite"))
+            norms, bad = record.stats.get("grad_norm", {}), record.stats.get("nonfinite")
+            self._flow.add(step, _grad_layers(layers, norms, bad), norms, bad)
             self._n += 1
             if self._n % self.flow_every == 0:
                 self._write_figures(step)

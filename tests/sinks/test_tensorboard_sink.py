@@ -152,3 +152,23 @@ def test_zero_and_nonfinite_norms_in_log10(tmp_path):
     rec = load_run(str(tmp_path)).records[0]
     assert rec.get("grad_norm", "a") == 0.0 and rec.get("grad_norm", "b") == math.inf
     assert rec.get("grad_norm", "d") == pytest.approx(1e-30, rel=1e-6)
+
+
+def test_a_row_seen_on_some_steps_only_does_not_move_the_other_layers_series(tmp_path):
+    # the default saturation probe gives the Tanh a row on probed steps only (every 10th
+    # logged step); each layer's series must stay one tag from the first step to the last
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlens.watch(model, opt, logdir=tmp_path) as mon:
+        for _ in range(12):
+            opt.zero_grad()
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+    assert {tuple(r.layers) for r in mon.records()} == {("0", "1", "2"), ("0", "2")}  # the set does change
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    for layer in ("0", "2"):
+        tags = [t for t in acc.Tags()["scalars"] if (_tags.decode_tag(t) or (None,) * 3)[1:3] == ("grad_norm", layer)]
+        assert len(tags) == 1, tags
+        assert [e.step for e in acc.Scalars(tags[0])] == list(range(12))
