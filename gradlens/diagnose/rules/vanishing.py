@@ -31,13 +31,13 @@ vanishing as one that stays below it.
 from __future__ import annotations
 
 import math
-from collections import deque
-from typing import Deque, List
+from typing import List
 
 from gradlens._record import StepRecord
 from gradlens.diagnose.rules.base import (
     Condition, Rule, fmt, grad_layers, kernel_grad_norm, largest_step, median,
 )
+from gradlens.diagnose.rules.stalled import Levels
 
 __all__ = ["Vanishing"]
 
@@ -50,35 +50,21 @@ class Vanishing(Rule):
 
     def reset(self) -> None:
         """Forget the loss levels."""
-        n = max(1, int(self.t.get("stalled_window", 20)))
-        self._first: List[float] = []  # the first n finite losses
-        self._recent: Deque[float] = deque(maxlen=n)  # the latest n, once past the first n
-        self._recent_sum = 0.0
-
-    def _observe_loss(self, loss) -> None:
-        if loss is None or not math.isfinite(loss):
-            return
-        if len(self._first) < self._recent.maxlen:
-            self._first.append(float(loss))
-            return
-        if len(self._recent) == self._recent.maxlen:
-            self._recent_sum -= self._recent[0]
-        self._recent.append(float(loss))
-        self._recent_sum += float(loss)
+        self._loss = Levels()
 
     def _loss_drop(self) -> float:
         """Relative drop of the latest window's mean loss below the first window's; NaN until
         two whole windows were seen."""
-        n = self._recent.maxlen
-        if len(self._recent) < n:
+        n = max(1, int(self.t.get("stalled_window", 20)))
+        if len(self._loss) < 2 * n:
             return math.nan
-        start = sum(self._first) / n
+        start = self._loss.start(n)
         if start == 0:
             return math.nan
-        return (start - self._recent_sum / n) / abs(start)
+        return (start - self._loss.recent(n)) / abs(start)
 
     def check(self, record: StepRecord) -> List[Condition]:
-        self._observe_loss(record.loss)
+        self._loss.add(record.step, record.loss)
         gl = grad_layers(record)
         if len(gl) < 2:
             return []
