@@ -172,7 +172,11 @@ class FirstWeights:
         """Remember the weight norm of each layer seen finite for the first time."""
         for name, w in record.stats.get("weight_norm", {}).items():
             if name not in self._first and finite(w):
-                self._first[name] = w
+                self._first[name] = float(w)
+
+    def first(self, name: str) -> Optional[float]:
+        """The first finite weight norm of ``name`` (None while unseen)."""
+        return self._first.get(name)
 
     def started_at_zero(self, name: str) -> bool:
         """Whether the first finite weight norm of ``name`` was zero (unseen layers: no)."""

@@ -39,7 +39,7 @@ class Scale(Rule):
 
     def reset(self) -> None:
         self._first_weight = FirstWeights()
-        self._first: Dict[str, Dict[str, float]] = {"weight_norm": {}, "act_std": {}}
+        self._first_std: Dict[str, float] = {}  # first finite output std per layer (weights: _first_weight)
 
     def check(self, record: StepRecord) -> List[Condition]:
         self._first_weight.update(record)
@@ -48,9 +48,8 @@ class Scale(Rule):
         sized = self._first_weight.sized(record.layers, weights)
         # a layer that grew out of scale is the growth test's; this one is for a scale it had
         # from the start (an init or a constant factor)
-        first = self._first["weight_norm"]
         t_growth = self.t["scale_growth"]
-        grown = {n for n, w in sized if first.get(n, w) > 0 and w / first.get(n, w) >= t_growth}
+        grown = {n for n, w in sized if w / self._first_weight.first(n) >= t_growth}
         over = self._oversized(sized, grown)
         if over is not None:
             out.append(over)
@@ -83,33 +82,40 @@ class Scale(Rule):
         values = record.stats.get(stat)
         if not values:
             return None
-        first = self._first[stat]
+        first = self._first_std
         t = self.t["scale_growth"]
-        best: Optional[Tuple[str, float, float]] = None
+        best: Optional[Tuple[str, float, float, float]] = None
         for name in record.layers:
             v = values.get(name)
             if not finite(v):
                 continue
-            if name not in first:
-                first[name] = float(v)
-                continue
-            if first[name] <= 0 or (stat == "weight_norm" and self._first_weight.started_at_zero(name)):
-                continue
-            # activations: measured from unit scale at least (what Glorot/He inits aim at), so
-            # a tiny-init net's outputs recovering from 1e-8 to 0.1 are not "growth"
-            q = v / (first[name] if stat == "weight_norm" else max(first[name], 1.0))
+            if stat == "weight_norm":
+                f0 = self._first_weight.first(name)  # recorded by check()'s update, at this record at the latest
+                if f0 is None or f0 <= 0:
+                    continue
+                q = v / f0
+            else:
+                if name not in first:
+                    first[name] = float(v)
+                    continue
+                f0 = first[name]
+                if f0 <= 0:
+                    continue
+                # activations: measured from unit scale at least (what Glorot/He inits aim at), so
+                # a tiny-init net's outputs recovering from 1e-8 to 0.1 are not "growth"
+                q = v / max(f0, 1.0)
             if q >= t and (best is None or q > best[2]):  # input side on ties
-                best = (name, float(v), q)
+                best = (name, float(v), q, f0)
         if best is None:
             return None
-        name, v, q = best
+        name, v, q, f0 = best
         norm = "||W||" if stat == "weight_norm" else "the output std"
         advice = "lower the learning rate, clip gradients or add weight decay / normalisation"
         return Condition(
             key="growth:" + stat, layer=name, value=q, threshold=t, severity="warning",
             message=(f"{what} grow by orders of magnitude: {norm} of {name!r} is {fmt(v)}, {fmt(q)}x "
-                     f"its first value {fmt(first[name])} (threshold {fmt(t)}x): {advice}"),
-            evidence={stat: v, "first": first[name], "growth": q},
+                     f"its first value {fmt(f0)} (threshold {fmt(t)}x): {advice}"),
+            evidence={stat: v, "first": f0, "growth": q},
             advice=advice, urgent=urgent(q, t, self.t),
             summary=f"{norm} {fmt(v)}, {fmt(q)}x its first value",
         )
