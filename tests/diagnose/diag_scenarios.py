@@ -560,6 +560,33 @@ def run_reference(sc: Scenario, *, steps: Optional[int] = None):
     return rec
 
 
+def train_watched(model, opt, x, y, loss_fn, steps, *, batch=None, on_loss=None, **watch_options):
+    """Train ``model`` for ``steps`` steps of ``opt`` under ``gradlens.watch(model, opt,
+    **watch_options)``, inside :func:`quiet`, each loss observed; return the (closed) monitor.
+
+    Step ``i`` reads ``x[j:j + batch]`` with ``j = i * batch % len(x)`` (the whole of ``x``
+    when ``batch`` is None); ``on_loss(loss)`` sees each loss after the monitor.
+    """
+    import gradlens
+
+    with quiet():
+        with gradlens.watch(model, opt, **watch_options) as mon:
+            for i in range(steps):
+                if batch is None:
+                    xb, yb = x, y
+                else:
+                    j = (i * batch) % x.shape[0]
+                    xb, yb = x[j:j + batch], y[j:j + batch]
+                opt.zero_grad()
+                loss = loss_fn(model(xb), yb)
+                mon.observe_loss(loss)
+                if on_loss is not None:
+                    on_loss(loss)
+                loss.backward()
+                opt.step()
+    return mon
+
+
 def watch_available() -> bool:
     """Whether ``gradlens.watch`` (the monitor) is importable in this checkout."""
     import importlib.util

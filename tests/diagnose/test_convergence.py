@@ -19,7 +19,7 @@ from gradlens._record import StepRecord
 from gradlens.diagnose import Diagnoser, diagnose
 from gradlens.diagnose.rules.oscillation import swings
 from gradlens.diagnose.thresholds import THRESHOLDS
-from diag_scenarios import circles as _circles
+from diag_scenarios import circles as _circles, train_watched
 
 LAYERS = ["fc1", "fc2", "fc3"]
 W = int(THRESHOLDS["stalled_window"].value)  # 20
@@ -284,17 +284,8 @@ def test_every_new_threshold_is_overridable():
 
 def _train(model, opt, x, y, loss_fn, steps, *, batch=64, thresholds=None):
     losses = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with gradlens.watch(model, opt, thresholds=thresholds) as mon:
-            for i in range(steps):
-                j = (i * batch) % x.shape[0]
-                opt.zero_grad()
-                loss = loss_fn(model(x[j:j + batch]), y[j:j + batch])
-                mon.observe_loss(loss)
-                losses.append(loss.item())
-                loss.backward()
-                opt.step()
+    mon = train_watched(model, opt, x, y, loss_fn, steps, batch=batch, thresholds=thresholds,
+                        on_loss=lambda loss: losses.append(loss.item()))
     return mon.findings, losses
 
 
@@ -326,16 +317,7 @@ def test_gradlens_report_finds_the_same_stall_offline(tmp_path):
     model = _circle_net()
     x, y = _circles()
     opt = torch.optim.SGD(model.parameters(), lr=1e-7)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with gradlens.watch(model, opt, logdir=str(tmp_path)) as mon:
-            for i in range(50):
-                j = (i * 64) % 512
-                opt.zero_grad()
-                loss = F.binary_cross_entropy(model(x[j:j + 64]), y[j:j + 64])
-                mon.observe_loss(loss)
-                loss.backward()
-                opt.step()
+    mon = train_watched(model, opt, x, y, F.binary_cross_entropy, 50, batch=64, logdir=str(tmp_path))
     live = [(f.kind, f.severity, f.layer, f.step) for f in mon.findings if f.kind == "stalled"]
     offline = [(f.kind, f.severity, f.layer, f.step) for f in load_run(str(tmp_path)).findings if f.kind == "stalled"]
     assert live == offline == [("stalled", "warning", None, 2 * W - 1)]
@@ -438,17 +420,7 @@ def _sigmoid_regression(out_act, **watch_options):
     x = torch.randn(512, 8, generator=g)
     y = 10 * (x @ torch.randn(8, 1, generator=g))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with gradlens.watch(model, opt, **watch_options) as mon:
-            for i in range(80):
-                j = (i * 64) % 512
-                opt.zero_grad()
-                loss = F.mse_loss(model(x[j:j + 64]), y[j:j + 64])
-                mon.observe_loss(loss)
-                loss.backward()
-                opt.step()
-    return mon
+    return train_watched(model, opt, x, y, F.mse_loss, 80, batch=64, **watch_options)
 
 
 @pytest.mark.parametrize("out_act, reported", [(nn.Sigmoid, True), (None, False)], ids=["sigmoid_output", "fixed_linear"])
@@ -484,18 +456,7 @@ def test_default_watch_reports_an_unreachable_output_from_the_output_signals(out
 
 def _train_default(model, loss_fn, x, y, *, steps=80, lr=1e-2, batch=32):
     """``steps`` Adam steps of ``model`` on (x, y) in order under default ``gradlens.watch``."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with gradlens.watch(model, opt) as mon:
-            for i in range(steps):
-                j = (i * batch) % x.shape[0]
-                opt.zero_grad()
-                loss = loss_fn(model(x[j:j + batch]), y[j:j + batch])
-                mon.observe_loss(loss)
-                loss.backward()
-                opt.step()
-    return mon
+    return train_watched(model, torch.optim.Adam(model.parameters(), lr=lr), x, y, loss_fn, steps, batch=batch)
 
 
 def _bce_on_probabilities(p, y):

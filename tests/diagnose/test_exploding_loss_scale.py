@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
 
-from diag_scenarios import quiet
+from diag_scenarios import train_watched
 
 LAYERS = ["fc1", "fc2", "fc3"]
 
@@ -90,17 +89,7 @@ def _regression(lr, steps=40):
                 nn.init.xavier_uniform_(m.weight)
                 m.bias.zero_()
         model[2].weight.uniform_(-0.05, 0.05)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    with quiet():
-        with gradlens.watch(model, opt) as mon:
-            for i in range(steps):
-                j = (i * 32) % 50
-                opt.zero_grad()
-                loss = F.mse_loss(model(x[j:j + 32]), y[j:j + 32])
-                mon.observe_loss(loss)
-                loss.backward()
-                opt.step()
-    return mon
+    return train_watched(model, torch.optim.SGD(model.parameters(), lr=lr), x, y, F.mse_loss, steps, batch=32)
 
 
 def test_end_to_end_a_regression_on_large_targets_is_not_exploding():

@@ -21,7 +21,7 @@ import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
 
-from diag_scenarios import quiet
+from diag_scenarios import quiet, train_watched
 
 STACK = [f"l{i}" for i in range(8)]
 
@@ -128,15 +128,7 @@ def _train(model, steps=10):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 16, generator=g)
     y = torch.randint(0, 4, (64,), generator=g)
-    with quiet():
-        with gradlens.watch(model, opt) as mon:
-            for _ in range(steps):
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x), y)
-                mon.observe_loss(loss)
-                loss.backward()
-                opt.step()
-    return mon.findings
+    return train_watched(model, opt, x, y, F.cross_entropy, steps).findings
 
 
 def test_end_to_end_a_tiny_init_tanh_stack_is_named_at_its_first_layer():

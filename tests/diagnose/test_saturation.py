@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
+
+from diag_scenarios import train_watched
 
 LAYERS = ["fc1", "tanh1", "fc2", "out"]
 GRADS = {"fc1": 0.5, "fc2": 0.4, "out": 0.3}
@@ -149,13 +150,7 @@ def _data(seed=0):
 
 
 def _train(model, opt, steps, x, y, **watch):
-    with gradlens.watch(model, opt, **watch) as mon:
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            mon.observe_loss(loss)
-            loss.backward()
-            opt.step()
+    mon = train_watched(model, opt, x, y, nn.functional.cross_entropy, steps, **watch)
     return [f for f in mon.findings if f.kind == "saturation" and f.is_problem]
 
 
@@ -189,13 +184,8 @@ def test_a_saturated_net_that_learns_is_not_reported():
     x, y = _data(1)
     x = x * 3
     opt = torch.optim.SGD(model.parameters(), lr=3.0)
-    with gradlens.watch(model, opt, activations=1) as mon:  # (activations=1: the fraction every step)
-        for _ in range(30):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            mon.observe_loss(loss)
-            loss.backward()
-            opt.step()
+    # (activations=1: the fraction every step)
+    mon = train_watched(model, opt, x, y, nn.functional.cross_entropy, 30, activations=1)
     sat = [r.get("act_sat_frac", "1") for r in mon.records()]
     assert min(sat) >= 0.5  # saturated on every step (the plain-fraction rule warned)
     assert mon.records()[-1].loss < 0.5 * mon.records()[0].loss

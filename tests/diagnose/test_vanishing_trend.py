@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import gradlens
 from gradlens._record import StepRecord
 from gradlens.diagnose import diagnose
 
-from diag_scenarios import circles as _circles, quiet
+from diag_scenarios import circles as _circles, train_watched
 
 LAYERS = ["fc1", "fc2", "fc3"]
 
@@ -101,15 +100,7 @@ def _lenet(act):
 
 
 def _train(model, opt, x, y, loss_fn, batch, steps=30):
-    with quiet():
-        with gradlens.watch(model, opt) as mon:
-            for i in range(steps):
-                j = (i * batch) % x.shape[0]
-                opt.zero_grad()
-                loss = loss_fn(model(x[j:j + batch]), y[j:j + batch])
-                mon.observe_loss(loss)
-                loss.backward()
-                opt.step()
+    mon = train_watched(model, opt, x, y, loss_fn, steps, batch=batch)
     return [f for f in mon.findings if f.is_problem]
 
 
