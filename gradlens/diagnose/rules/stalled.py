@@ -91,6 +91,20 @@ class Levels:
         end = len(self.values) - back
         return sum(self.values[end - w:end]) / w
 
+    def improvement(self, w: int) -> float:
+        """Relative drop of the latest ``w`` values' mean below the first ``w``'s,
+        ``(start - recent) / |start|``; NaN before ``2 w`` values or with a zero start.
+
+        >>> lv = Levels()
+        >>> _ = [lv.add(s, v) for s, v in enumerate([4.0, 4.0, 3.0, 3.0])]
+        >>> lv.improvement(2), lv.improvement(3)
+        (0.25, nan)
+        """
+        if len(self.values) < 2 * w:
+            return math.nan
+        start = self.start(w)
+        return (start - self.recent(w)) / abs(start) if start != 0 else math.nan
+
     def last(self, w: int) -> List[float]:
         """The latest ``w`` values."""
         return self.values[-w:]

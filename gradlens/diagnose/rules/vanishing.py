@@ -30,7 +30,6 @@ vanishing as one that stays below it.
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 from gradlens._record import StepRecord
@@ -51,17 +50,6 @@ class Vanishing(Rule):
     def reset(self) -> None:
         """Forget the loss levels."""
         self._loss = Levels()
-
-    def _loss_drop(self) -> float:
-        """Relative drop of the latest window's mean loss below the first window's; NaN until
-        two whole windows were seen."""
-        n = max(1, int(self.t.get("stalled_window", 20)))
-        if len(self._loss) < 2 * n:
-            return math.nan
-        start = self._loss.start(n)
-        if start == 0:
-            return math.nan
-        return (start - self._loss.recent(n)) / abs(start)
 
     def check(self, record: StepRecord) -> List[Condition]:
         self._loss.add(record.step, record.loss)
@@ -85,7 +73,7 @@ class Vanishing(Rule):
         flat = None
         if ratio > t_ratio:
             # near the threshold: negligible, falling at every layer, and nothing is learned
-            drop = self._loss_drop()
+            drop = self._loss.improvement(max(1, int(self.t.get("stalled_window", 20))))
             if not (k_first <= t_abs and steady and drop < self.t["stalled_min_improvement"]):
                 return []
             flat = drop
