@@ -66,6 +66,7 @@ class Levels:
     def __init__(self) -> None:
         self.values: List[float] = []
         self.steps: List[int] = []
+        self._starts: Dict[int, float] = {}  # w -> start(w), once the first w values are in
 
     def __len__(self) -> int:
         return len(self.values)
@@ -83,8 +84,13 @@ class Levels:
         return True
 
     def start(self, w: int) -> float:
-        """Mean of the first ``w`` values."""
-        return sum(self.values[:w]) / w
+        """Mean of the first ``w`` values (kept once they are all in: add() never drops them)."""
+        mean = self._starts.get(w)
+        if mean is None:
+            mean = sum(self.values[:w]) / w
+            if w <= len(self.values) and w <= 2048:
+                self._starts[w] = mean
+        return mean
 
     def recent(self, w: int, back: int = 0) -> float:
         """Mean of the ``w`` values ending ``back`` values before the latest."""
