@@ -53,6 +53,13 @@ class Divergence(Rule):
             refs[f"cross-entropy expected at initialisation ln({int(classes)})"] = chance
         return refs
 
+    def _lowest_reference(self) -> Optional[float]:
+        """The smallest value of :meth:`_references` (without naming them: every record)."""
+        chance = chance_loss(self.t["loss_classes"])
+        if self._first is None:
+            return chance
+        return self._first if chance is None else min(self._first, chance)
+
     def check(self, record: StepRecord) -> List[Condition]:
         loss = record.loss
         if loss is None or not is_real(loss):
@@ -72,15 +79,15 @@ class Divergence(Rule):
                 )
             ]
         loss = float(loss)
-        refs = self._references()
+        factor = self.t["divergence_factor"]
+        lowest = self._lowest_reference()
+        # named only when it diverges: the references as they were before this record
+        refs = self._references() if lowest is not None and loss >= factor * lowest else None
         if self._first is None and loss > 0:
             self._first, self._first_step = loss, record.step
-        if not refs:
+        if refs is None:
             return []
         name, ref = min(refs.items(), key=lambda kv: kv[1])
-        factor = self.t["divergence_factor"]
-        if loss < factor * ref:
-            return []
         return [
             Condition(
                 key="",
