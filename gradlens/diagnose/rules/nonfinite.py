@@ -173,14 +173,13 @@ class NonFinite(Rule):
 
     def check(self, record: StepRecord) -> List[Condition]:
         s = record.stats
-        act_bad = [n for n in record.layers if _positive(s.get("act_nonfinite", {}).get(n))]
+        acts, weights = s.get("act_nonfinite", {}), s.get("weight_norm", {})
+        counts, grads = s.get("nonfinite", {}), s.get("grad_norm", {})
+        act_bad = [n for n in record.layers if _positive(acts.get(n))]
         # NaN in a norm may mean "not measured" (StepRecord contract): only an infinite
         # norm or a positive non-finite count is evidence.
-        w_bad = [n for n in record.layers if _inf(s.get("weight_norm", {}).get(n))]
-        g_bad = [
-            n for n in record.layers
-            if _positive(s.get("nonfinite", {}).get(n)) or _inf(s.get("grad_norm", {}).get(n))
-        ]
+        w_bad = [n for n in record.layers if _inf(weights.get(n))]
+        g_bad = [n for n in record.layers if _positive(counts.get(n)) or _inf(grads.get(n))]
         loss_bad = record.loss is not None and not math.isfinite(record.loss)
         site = record.nonfinite_site if isinstance(record.nonfinite_site, dict) else None
         out_bad = record.signals.get("output_nonfinite") if record.signals else None
