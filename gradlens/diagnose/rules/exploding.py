@@ -64,6 +64,7 @@ class Exploding(Rule):
         self._total: List[float] = []
         self._per_layer: Dict[str, List[float]] = {}
         self._base: Optional[float] = None  # median of _total, once the baseline is full
+        self._bases: Dict[str, float] = {}  # median of each _per_layer, from then on
         self._out_grad = 1.0  # the latest measured ||dL/d(output)||, at least 1 (see _loss_scale)
 
     def check(self, record: StepRecord) -> List[Condition]:
@@ -187,11 +188,12 @@ class Exploding(Rule):
             return []
         if self._base is None:
             self._base = median(self._total)
+            self._bases = {name: median(values) for name, values in self._per_layer.items()}
         base = self._base
         t_growth = self.t["exploding_growth"]
         if base <= 0 or total / base < t_growth:
             return []
-        bases = {name: median(values) for name, values in self._per_layer.items()}
+        bases = self._bases
         growth = {name: g / bases[name] for name, g in gl if bases.get(name, 0.0) > 0}
         culprit = max(growth, key=growth.get) if growth else max(gl, key=lambda x: x[1])[0]
         value = total / base
