@@ -58,6 +58,7 @@ class Saturation(Rule):
         self._grad = Levels()
         self._probed = False  # some record carried act_sat_frac: only such records are judged
         self._last: Dict[str, Optional[Condition]] = {}  # key -> its condition at its last measurement
+        self._seen: Optional[Tuple[StepRecord, Dict[str, Tuple[str, float]]]] = None  # observed()'s reading
 
     def observed(self, record: StepRecord) -> bool:
         # every record feeds the series (the engine asks each rule about each record);
@@ -65,7 +66,9 @@ class Saturation(Rule):
         if record.loss is not None:
             self._loss.add(record.step, record.loss)
         self._grad.add(record.step, record.signals.get("output_grad_norm"))
-        if not self._saturations(record):
+        measured = self._saturations(record)
+        self._seen = (record, measured)  # (check() reads it again from here)
+        if not measured:
             return False
         series = self._series()
         return series is None or len(series[1]) >= max(1, int(self.t["saturation_min_losses"]))
@@ -105,7 +108,8 @@ class Saturation(Rule):
 
     def check(self, record: StepRecord) -> List[Condition]:
         t_sat = self.t["saturation_fraction"]
-        measured = self._saturations(record)
+        seen, self._seen = self._seen, None
+        measured = seen[1] if seen is not None and seen[0] is record else self._saturations(record)
         order = {n: i for i, n in enumerate(record.layers)}
         high = sorted(((k, n, f) for k, (n, f) in measured.items() if f >= t_sat),
                       key=lambda knf: order.get(knf[1], len(order)))
