@@ -314,7 +314,7 @@ class OutputSignals(Source):
     def _due(self, cycle: Any) -> bool:
         # a logged step, on the signals' cadence among logged steps (cycle.logged:
         # the upcoming record's index among logged ones)
-        return cycle.step % cycle.every == 0 and cycle.logged % self._every == 0
+        return cycle.is_logged_step() and cycle.logged % self._every == 0
 
     def _arm(self, on: bool) -> None:
         """The forward hook is on only while a recorded step runs (other forwards run
@@ -331,9 +331,9 @@ class OutputSignals(Source):
     def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
         # (compiling() first: under torch.compile tracing nothing else may be read,
         # or the graph would guard on this source's state and recompile)
+        # (armed only for a recorded step: step_done decided, and the cycle's step and
+        # logged count change only when the next step_done runs)
         if compiling() or not self._open or not torch.is_grad_enabled():
-            return
-        if not self._due(self._cycle):  # (armed for a recorded step: normally true)
             return
         out = output_tensor(output)
         if out is None or out.numel() == 0:
