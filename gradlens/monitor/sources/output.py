@@ -192,34 +192,34 @@ def _push_mask(x: Tensor, out: Tensor) -> Optional[Tuple[Tensor, bool]]:
     return None
 
 
+def _banded(limits: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float, float]]:
+    """``(lo, hi, band)`` with the plain saturation band of ``limits`` (None stays None)."""
+    if limits is None:
+        return None
+    lo, hi = limits
+    return lo, hi, _stats.SAT_BAND * (hi - lo)
+
+
 def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -> Optional[Tuple[float, float, float]]:
     """``(lo, hi, band)`` of a bounded output (``band``: the saturation band in
     output units), from its autograd node; ``fallback`` limits (the last module's)
     for an output without one; None for an unbounded output."""
     node = out.grad_fn
     if node is None:
-        if fallback is None:
-            return None
-        lo, hi = fallback
-        return lo, hi, _stats.SAT_BAND * (hi - lo)
+        return _banded(fallback)
     node = _source_node(node)
     if node is None:
         return None
     kind = _BOUNDED_NODES.get(type(node).__name__)
-    if kind is None:
-        if "CompiledFunction" in type(node).__name__ and fallback is not None:  # a torch.compile'd graph
-            lo, hi = fallback
-            return lo, hi, _stats.SAT_BAND * (hi - lo)
-        return None
+    if kind is None:  # (a torch.compile'd graph: the last module's limits)
+        return _banded(fallback) if "CompiledFunction" in type(node).__name__ else None
     if kind == "softmax":
         result = node._saved_result
         k = result.shape[_signed(node._saved_dim)] if result.dim() else 1
         return 0.0, 1.0, _stats.SAT_BAND / max(k, 1)
     if kind == "hardtanh":
-        lo, hi = float(node._saved_min_val), float(node._saved_max_val)
-        return lo, hi, _stats.SAT_BAND * (hi - lo)
-    lo, hi = kind
-    return lo, hi, _stats.SAT_BAND * (hi - lo)
+        return _banded((float(node._saved_min_val), float(node._saved_max_val)))
+    return _banded(kind)
 
 
 def _forward_stats(
