@@ -150,9 +150,13 @@ class Tracer:
             the one-forward origin probe).
         sat_only: the saturation probe: forward hooks only, on the bounded modules of
             ``modules`` only (the others are ignored), saturated counts only.
+        armed: put the hooks on now (False: at the first ``arm(True)``).
     """
 
-    def __init__(self, modules: List[Tuple[str, nn.Module]], *, stats: bool = True, sat_only: bool = False) -> None:
+    def __init__(
+        self, modules: List[Tuple[str, nn.Module]], *, stats: bool = True, sat_only: bool = False,
+        armed: bool = True,
+    ) -> None:
         self.calls: List[_Call] = []
         self.grad_norms: Dict[str, List[Tensor]] = {}
         self._sat_only = sat_only
@@ -166,7 +170,7 @@ class Tracer:
         self.enabled = True
         self._limits = {name: sat_limits(module) for name, module in modules}
         self._modules = modules
-        self.arm(True)
+        self.arm(armed)
 
     def arm(self, on: bool) -> None:
         """Put the module hooks on, or take them off until the next ``arm(True)`` (a
