@@ -182,7 +182,7 @@ class Tracer:
             # behind hooks the user added meanwhile (those could change the output seen)
             for name, module in self._modules:
                 if self._sat_only:
-                    self._hooks.add(module.register_forward_hook(self._sat_post(name), prepend=True))
+                    self._hooks.add(module.register_forward_hook(self._sat_post(name, module), prepend=True))
                     continue
                 self._hooks.add(module.register_forward_pre_hook(self._pre(name), prepend=True))
                 self._hooks.add(module.register_forward_hook(self._post(name, module), prepend=True))
@@ -282,9 +282,9 @@ class Tracer:
 
         return hook
 
-    def _sat_post(self, name: str) -> Any:
+    def _sat_post(self, name: str, module: nn.Module) -> Any:
         limits = self._limits[name]
-        zeros = _zero_is_dead(limits) and isinstance(dict(self._modules)[name], nn.Hardtanh)
+        zeros = _zero_is_dead(limits) and isinstance(module, nn.Hardtanh)
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not self._on():
