@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import HookSet, compiling
 
-__all__ = ["Tracer", "Traced", "sat_limits", "features_last", "saturated_count", "SCRATCH_MAX_NUMEL"]
+__all__ = ["Tracer", "Traced", "sat_limits", "features_last", "near_limits", "saturated_count", "SCRATCH_MAX_NUMEL"]
 
 #: Outputs up to this many elements (16 MiB in float32) reuse one scratch buffer per
 #: device for their statistics' temporaries; larger ones allocate per call. The
@@ -71,6 +71,19 @@ def _zero_is_dead(limits: Tuple[float, float]) -> bool:
     return limits[0] == 0.0
 
 
+def near_limits(x: Tensor, lo: float, hi: float, band: float, out: Tensor) -> Tensor:
+    """``out`` (float32, ``x``'s shape) filled with 1.0 where ``x`` lies strictly within
+    ``band`` of ``lo`` or ``hi`` (``|x - mid| > half - band``), else 0.0, and returned. Two
+    ops in place (one for limits symmetric around 0); the saturation test of
+    :func:`saturated_count` and of the model-output signals."""
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    if mid == 0.0:
+        torch.abs(x, out=out)
+    else:
+        torch.sub(x, mid, out=out).abs_()
+    return torch.gt(out, half - band, out=out)
+
+
 def saturated_count(x: Tensor, limits: Tuple[float, float], *, zeros: bool = False,
                     scratch: Optional[Tensor] = None) -> Tensor:
     """Elements of ``x`` within ``SAT_BAND`` of the range from either limit (the band of
@@ -91,13 +104,7 @@ def saturated_count(x: Tensor, limits: Tuple[float, float], *, zeros: bool = Fal
             xf = xf.float()
         buf = scratch if scratch is not None else torch.empty_like(xf)
         lo, hi = limits
-        band = _stats.SAT_BAND * (hi - lo)
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        if mid == 0.0:
-            torch.abs(xf, out=buf)
-        else:
-            torch.sub(xf, mid, out=buf).abs_()
-        sat = torch.gt(buf, half - band, out=buf).sum()
+        sat = near_limits(xf, lo, hi, _stats.SAT_BAND * (hi - lo), buf).sum()
         if not zeros:
             return sat.reshape(1)
         zero = torch.eq(xf, 0, out=buf).sum()

@@ -86,7 +86,7 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import compiling
 from gradlens.monitor.packet import Packet, StepPacket
-from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, sat_limits
+from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, near_limits, sat_limits
 from gradlens.monitor.sources.base import Cycle, Source, Work
 
 __all__ = ["OutputSignals", "output_tensor", "output_limits", "OUTPUT_EVERY"]
@@ -271,9 +271,7 @@ def _forward_stats(
         at = torch.gt(d.abs(), half - band)
         sat = at.mean(dtype=torch.float32)
         return torch.stack([mean, sat, var, nf, count, lo_x, hi_x]), d.mul_(at)
-    sat_buf = buf if buf is not None else torch.empty_like(xf)
-    torch.sub(xf, mid, out=sat_buf).abs_()
-    sat = torch.gt(sat_buf, half - band, out=sat_buf).mean()
+    sat = near_limits(xf, lo, hi, band, buf if buf is not None else torch.empty_like(xf)).mean()
     return torch.stack([mean, sat, var, nf, count, lo_x, hi_x]), None
 
 
