@@ -94,8 +94,10 @@ class FlowHistory:
 
     def add(self, step: int, layers: Sequence[str], norms: Dict[str, float],
             nonfinite: Optional[Dict[str, float]] = None) -> None:
-        """Append one logged step: ``norms[layer]``; ``nonfinite[layer] > 0`` marks it non-finite."""
-        layers = tuple(layers)
+        """Append one logged step: ``norms[layer]``; ``nonfinite[layer] > 0`` marks it non-finite.
+        A layer in ``layers`` with neither (a row of activation statistics only: a traced or
+        probed module without parameters) is no row of the figure."""
+        layers = tuple(name for name in layers if name in norms or (nonfinite is not None and name in nonfinite))
         if layers != self._seen_layers:  # newest order first, layers gone since after it
             self._seen_layers = layers
             self.layers = list(layers) + [name for name in self.layers if name not in set(layers)]
@@ -448,15 +450,7 @@ def _steps_of(data: Any):
             raise TypeError(f"flow_figure(data=...) expects StepRecords or a DataFrame, got a list of {type(r).__name__}")
         norms = stats.get("grad_norm")
         if norms:
-            nonfinite = stats.get("nonfinite")
-            yield r.step, _grad_layers(r.layers, norms, nonfinite), norms, nonfinite
-
-
-def _grad_layers(layers: Iterable[str], norms: Dict[str, float], nonfinite: Optional[Dict[str, float]]) -> List[str]:
-    """The layers of a record that have gradient statistics: a row that holds only
-    activation statistics (a traced or probed module without parameters) is no row of
-    the gradient-flow figure."""
-    return [name for name in layers if name in norms or (nonfinite is not None and name in nonfinite)]
+            yield r.step, list(r.layers), norms, stats.get("nonfinite")
 
 
 def _steps_of_frame(df: Any):

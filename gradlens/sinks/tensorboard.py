@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from gradlens import _tags
 from gradlens._record import LAYER_STATS, StepRecord
 from gradlens.sinks import Sink
-from gradlens.sinks.figure import FINITE, MISSING, TB_WIDTH, ZERO, FlowHistory, _grad_layers, render_flow
+from gradlens.sinks.figure import FINITE, MISSING, TB_WIDTH, ZERO, FlowHistory, render_flow
 
 __all__ = ["TensorBoardSink", "layout_proto"]
 
@@ -215,8 +215,7 @@ class TensorBoardSink(Sink):
                 items.extend(self._items(stat, values, self._ptag, self._new_param_tag))
         self._scalars(items, step)
         if self.flow_every:
-            norms, bad = record.stats.get("grad_norm", {}), record.stats.get("nonfinite")
-            self._flow.add(step, _grad_layers(layers, norms, bad), norms, bad)
+            self._flow.add(step, layers, record.stats.get("grad_norm", {}), record.stats.get("nonfinite"))
             self._n += 1
             if self._n % self.flow_every == 0:
                 self._write_figures(step)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import HookSet, compiling
 
-__all__ = ["Tracer", "Traced", "sat_limits", "features_last", "saturated_count", "SCRATCH_MAX_NUMEL"]
+__all__ = ["Tracer", "Traced", "sat_limits", "features_last", "near_limits", "saturated_count", "SCRATCH_MAX_NUMEL"]
 
 #: Outputs up to this many elements (16 MiB in float32) reuse one scratch buffer per
 #: device for their statistics' temporaries; larger ones allocate per call. The
@@ -71,6 +71,19 @@ def _zero_is_dead(limits: Tuple[float, float]) -> bool:
     return limits[0] == 0.0
 
 
+def near_limits(x: Tensor, lo: float, hi: float, band: float, out: Tensor) -> Tensor:
+    """``out`` (float32, ``x``'s shape) filled with 1.0 where ``x`` lies strictly within
+    ``band`` of ``lo`` or ``hi`` (``|x - mid| > half - band``), else 0.0, and returned. Two
+    ops in place (one for limits symmetric around 0); the saturation test of
+    :func:`saturated_count` and of the model-output signals."""
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    if mid == 0.0:
+        torch.abs(x, out=out)
+    else:
+        torch.sub(x, mid, out=out).abs_()
+    return torch.gt(out, half - band, out=out)
+
+
 def saturated_count(x: Tensor, limits: Tuple[float, float], *, zeros: bool = False,
                     scratch: Optional[Tensor] = None) -> Tensor:
     """Elements of ``x`` within ``SAT_BAND`` of the range from either limit (the band of
@@ -91,13 +104,7 @@ def saturated_count(x: Tensor, limits: Tuple[float, float], *, zeros: bool = Fal
             xf = xf.float()
         buf = scratch if scratch is not None else torch.empty_like(xf)
         lo, hi = limits
-        band = _stats.SAT_BAND * (hi - lo)
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        if mid == 0.0:
-            torch.abs(xf, out=buf)
-        else:
-            torch.sub(xf, mid, out=buf).abs_()
-        sat = torch.gt(buf, half - band, out=buf).sum()
+        sat = near_limits(xf, lo, hi, _stats.SAT_BAND * (hi - lo), buf).sum()
         if not zeros:
             return sat.reshape(1)
         zero = torch.eq(xf, 0, out=buf).sum()
@@ -150,9 +157,13 @@ class Tracer:
             the one-forward origin probe).
         sat_only: the saturation probe: forward hooks only, on the bounded modules of
             ``modules`` only (the others are ignored), saturated counts only.
+        armed: put the hooks on now (False: at the first ``arm(True)``).
     """
 
-    def __init__(self, modules: List[Tuple[str, nn.Module]], *, stats: bool = True, sat_only: bool = False) -> None:
+    def __init__(
+        self, modules: List[Tuple[str, nn.Module]], *, stats: bool = True, sat_only: bool = False,
+        armed: bool = True,
+    ) -> None:
         self.calls: List[_Call] = []
         self.grad_norms: Dict[str, List[Tensor]] = {}
         self._sat_only = sat_only
@@ -166,7 +177,7 @@ class Tracer:
         self.enabled = True
         self._limits = {name: sat_limits(module) for name, module in modules}
         self._modules = modules
-        self.arm(True)
+        self.arm(armed)
 
     def arm(self, on: bool) -> None:
         """Put the module hooks on, or take them off until the next ``arm(True)`` (a
@@ -178,7 +189,7 @@ class Tracer:
             # behind hooks the user added meanwhile (those could change the output seen)
             for name, module in self._modules:
                 if self._sat_only:
-                    self._hooks.add(module.register_forward_hook(self._sat_post(name), prepend=True))
+                    self._hooks.add(module.register_forward_hook(self._sat_post(name, module), prepend=True))
                     continue
                 self._hooks.add(module.register_forward_pre_hook(self._pre(name), prepend=True))
                 self._hooks.add(module.register_forward_hook(self._post(name, module), prepend=True))
@@ -278,9 +289,9 @@ class Tracer:
 
         return hook
 
-    def _sat_post(self, name: str) -> Any:
+    def _sat_post(self, name: str, module: nn.Module) -> Any:
         limits = self._limits[name]
-        zeros = _zero_is_dead(limits) and isinstance(dict(self._modules)[name], nn.Hardtanh)
+        zeros = _zero_is_dead(limits) and isinstance(module, nn.Hardtanh)
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not self._on():

@@ -96,12 +96,9 @@ class Activations(Source):
             if output_signals:
                 *_, last = layouts.root.modules()
                 modules = [(n, m) for n, m in modules if m is not last]
-            sat = Tracer(modules, sat_only=True)
-            sat.arm(False)  # until start(): no hook before every option was validated
-            if sat.modules:
-                self.sat_probe = sat
-            else:
-                sat.remove()
+            # (unarmed until start(): no hook before every option was validated)
+            sat = Tracer(modules, sat_only=True, armed=False)
+            self.sat_probe = sat if sat.modules else None
 
     def start(self) -> None:
         """Arm the saturation probe for step 0 (the monitor's hooks go on last)."""

@@ -86,7 +86,7 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import compiling
 from gradlens.monitor.packet import Packet, StepPacket
-from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, sat_limits
+from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, near_limits, sat_limits
 from gradlens.monitor.sources.base import Cycle, Source, Work
 
 __all__ = ["OutputSignals", "output_tensor", "output_limits", "OUTPUT_EVERY"]
@@ -192,34 +192,34 @@ def _push_mask(x: Tensor, out: Tensor) -> Optional[Tuple[Tensor, bool]]:
     return None
 
 
+def _banded(limits: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float, float]]:
+    """``(lo, hi, band)`` with the plain saturation band of ``limits`` (None stays None)."""
+    if limits is None:
+        return None
+    lo, hi = limits
+    return lo, hi, _stats.SAT_BAND * (hi - lo)
+
+
 def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -> Optional[Tuple[float, float, float]]:
     """``(lo, hi, band)`` of a bounded output (``band``: the saturation band in
     output units), from its autograd node; ``fallback`` limits (the last module's)
     for an output without one; None for an unbounded output."""
     node = out.grad_fn
     if node is None:
-        if fallback is None:
-            return None
-        lo, hi = fallback
-        return lo, hi, _stats.SAT_BAND * (hi - lo)
+        return _banded(fallback)
     node = _source_node(node)
     if node is None:
         return None
     kind = _BOUNDED_NODES.get(type(node).__name__)
-    if kind is None:
-        if "CompiledFunction" in type(node).__name__ and fallback is not None:  # a torch.compile'd graph
-            lo, hi = fallback
-            return lo, hi, _stats.SAT_BAND * (hi - lo)
-        return None
+    if kind is None:  # (a torch.compile'd graph: the last module's limits)
+        return _banded(fallback) if "CompiledFunction" in type(node).__name__ else None
     if kind == "softmax":
         result = node._saved_result
         k = result.shape[_signed(node._saved_dim)] if result.dim() else 1
         return 0.0, 1.0, _stats.SAT_BAND / max(k, 1)
     if kind == "hardtanh":
-        lo, hi = float(node._saved_min_val), float(node._saved_max_val)
-        return lo, hi, _stats.SAT_BAND * (hi - lo)
-    lo, hi = kind
-    return lo, hi, _stats.SAT_BAND * (hi - lo)
+        return _banded((float(node._saved_min_val), float(node._saved_max_val)))
+    return _banded(kind)
 
 
 def _forward_stats(
@@ -271,9 +271,7 @@ def _forward_stats(
         at = torch.gt(d.abs(), half - band)
         sat = at.mean(dtype=torch.float32)
         return torch.stack([mean, sat, var, nf, count, lo_x, hi_x]), d.mul_(at)
-    sat_buf = buf if buf is not None else torch.empty_like(xf)
-    torch.sub(xf, mid, out=sat_buf).abs_()
-    sat = torch.gt(sat_buf, half - band, out=sat_buf).mean()
+    sat = near_limits(xf, lo, hi, band, buf if buf is not None else torch.empty_like(xf)).mean()
     return torch.stack([mean, sat, var, nf, count, lo_x, hi_x]), None
 
 
@@ -314,7 +312,7 @@ class OutputSignals(Source):
     def _due(self, cycle: Any) -> bool:
         # a logged step, on the signals' cadence among logged steps (cycle.logged:
         # the upcoming record's index among logged ones)
-        return cycle.step % cycle.every == 0 and cycle.logged % self._every == 0
+        return cycle.is_logged_step() and cycle.logged % self._every == 0
 
     def _arm(self, on: bool) -> None:
         """The forward hook is on only while a recorded step runs (other forwards run
@@ -331,9 +329,9 @@ class OutputSignals(Source):
     def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
         # (compiling() first: under torch.compile tracing nothing else may be read,
         # or the graph would guard on this source's state and recompile)
+        # (armed only for a recorded step: step_done decided, and the cycle's step and
+        # logged count change only when the next step_done runs)
         if compiling() or not self._open or not torch.is_grad_enabled():
-            return
-        if not self._due(self._cycle):  # (armed for a recorded step: normally true)
             return
         out = output_tensor(output)
         if out is None or out.numel() == 0:
