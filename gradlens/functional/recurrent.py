@@ -383,28 +383,19 @@ def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
     per_step = [v + (o,) for v, o in zip(bufs.fwd, out_steps)]
     addcmul, mul, tanh = torch.addcmul, torch.mul, torch.tanh
     h, c = h0, c0
-    if w_hr is None:
-        for a, i, f, s, o, tc, c_new, m in per_step:
-            # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  s = σ(-2 a_g), g = tanh(a_g) = 1 - 2 s
-            a.addmm_(h, w_hh_t)
-            a.sigmoid_()
-            # c_t = f c_{t-1} + i g = (i + f c_{t-1}) - 2 i s
-            addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
-            # h_t = o tanh(c_t)
-            tanh(c_new, out=tc)
-            mul(o, tc, out=m)
-            h, c = m, c_new
-    else:
-        w_hr_t = _transposed(w_hr)
-        for a, i, f, s, o, tc, c_new, m, h_new in per_step:
-            a.addmm_(h, w_hh_t)
-            a.sigmoid_()
-            addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
-            # projected: h_t = (o tanh(c_t)) W_hr^T
-            tanh(c_new, out=tc)
-            mul(o, tc, out=m)
-            torch.mm(m, w_hr_t, out=h_new)
-            h, c = h_new, c_new
+    w_hr_t = None if w_hr is None else _transposed(w_hr)
+    for a, i, f, s, o, tc, c_new, m, *h_new in per_step:
+        # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  s = σ(-2 a_g), g = tanh(a_g) = 1 - 2 s
+        a.addmm_(h, w_hh_t)
+        a.sigmoid_()
+        # c_t = f c_{t-1} + i g = (i + f c_{t-1}) - 2 i s
+        addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
+        # h_t = o tanh(c_t)   (projected: h_t = (o tanh(c_t)) W_hr^T; without a projection h_t is m)
+        tanh(c_new, out=tc)
+        mul(o, tc, out=m)
+        if h_new:
+            m = torch.mm(m, w_hr_t, out=h_new[0])
+        h, c = m, c_new
     return (O, h.clone(), c.clone()), bufs
 
 
