@@ -315,12 +315,17 @@ def _multilabel(n=600, d=20, k=3, s=0, unlabeled=False):
 
 
 def _keras_init(model: nn.Module, kind: str) -> nn.Module:
-    """Keras 1 ``init='uniform'`` / ``'normal'``: U(-0.05, 0.05) / N(0, 0.05) kernels, zero biases."""
+    """Keras 1 ``init='uniform'`` / ``'normal'``: U(-0.05, 0.05) / N(0, 0.05) kernels; Keras 2's
+    default ``'glorot'`` (glorot_uniform): Xavier-uniform kernels; zero biases in each case. The
+    layers are built first and re-initialised after, in order (the RNG draws the cases' numbers
+    came from; :func:`mlp`'s ``init`` draws per layer as it builds)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear):
                 if kind == "uniform":
                     m.weight.uniform_(-0.05, 0.05)
+                elif kind == "glorot":
+                    nn.init.xavier_uniform_(m.weight)
                 else:
                     m.weight.normal_(0.0, 0.05)
                 m.bias.zero_()
@@ -436,21 +441,29 @@ def _p39217567():
 
 
 # --- 48934338 (row 13): y = 5x^2 + noise^3 on x in [0, 5), relu MLP, MSE, SGD lr 0.1 (fix: 0.001)
+def so48934338_data(g: torch.Generator):
+    """The post's data, in order: ``x`` = 0, 0.1, ..., 4.9 and ``y = 5 x^2 + noise^3`` (noise from ``g``)."""
+    x = torch.arange(0.0, 5.0, 0.1)[:, None]
+    return x, 5 * x ** 2 + torch.randn(50, 1, generator=g) ** 3
+
+
+def so48934338_model() -> nn.Sequential:
+    """The post's model, from torch's global RNG: Dense(50, relu) + Dense(30, relu) + Dense(1), Keras
+    glorot_uniform kernels, init='uniform' on the second layer, zero biases."""
+    model = _keras_init(mlp([1, 50, 30, 1], nn.ReLU), "glorot")
+    with torch.no_grad():
+        model[2].weight.uniform_(-0.05, 0.05)
+    return model
+
+
 def _p48934338(lr):
     def build():
         seed(322)
         g = torch.Generator().manual_seed(322)
-        x = torch.arange(0.0, 5.0, 0.1)[:, None]
-        y = 5 * x ** 2 + torch.randn(50, 1, generator=g) ** 3
+        x, y = so48934338_data(g)
         order = torch.randperm(50, generator=g)  # Keras fit shuffles
         x, y = x[order], y[order]
-        model = mlp([1, 50, 30, 1], nn.ReLU)
-        with torch.no_grad():  # Keras: glorot_uniform kernels, init='uniform' on the second layer, zero biases
-            for m in model:
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    m.bias.zero_()
-            model[2].weight.uniform_(-0.05, 0.05)
+        model = so48934338_model()
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         return model, opt, train_step(model, opt, x, y, F.mse_loss, batch=32)
     return build
@@ -555,13 +568,8 @@ def _p44066044(fixed):
         x = torch.rand(512, 11, generator=g) * scale
         z = (x - x.mean(0)) / x.std(0)
         y = ((z[:, 0] + z[:, 3] - z[:, 6]) > 0).float()[:, None]
-        model = nn.Sequential(nn.Linear(11, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 1),
-                              nn.Sigmoid() if fixed else nn.ReLU())
-        with torch.no_grad():
-            for m in model:
-                if isinstance(m, nn.Linear):
-                    m.weight.normal_(0.0, 0.05)
-                    m.bias.zero_()
+        model = _keras_init(nn.Sequential(nn.Linear(11, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 1),
+                                          nn.Sigmoid() if fixed else nn.ReLU()), "normal")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         return model, opt, train_step(model, opt, z if fixed else x, y, keras_bce, batch=5)
     return build
@@ -657,12 +665,7 @@ def _p50481178():
     def build():
         seed(332)
         x, y = _multilabel(1000, d=4, k=1, s=332, unlabeled=True)
-        model = mlp([4, 10, 20, 30, 40, 50, 1], nn.ReLU, out_act=nn.Sigmoid)
-        with torch.no_grad():  # Keras glorot_uniform kernels, zero biases
-            for m in model:
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    m.bias.zero_()
+        model = _keras_init(mlp([4, 10, 20, 30, 40, 50, 1], nn.ReLU, out_act=nn.Sigmoid), "glorot")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         return model, opt, train_step(model, opt, x, y, keras_bce, batch=10)
     return build
