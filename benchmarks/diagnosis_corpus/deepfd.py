@@ -346,18 +346,13 @@ def _p44164749(lr):
 
 # --- 50306988 (row 4): two uniform clusters, Dense(2, sigmoid) + Dense(1, sigmoid), BCE, Adam 1e-3
 def _p50306988(lr):
-    def build():
-        seed(315)
+    def data():
         g = torch.Generator().manual_seed(315)
         a = 0.2 + 0.2 * torch.rand(100, 2, generator=g)
         b = 0.5 + 0.2 * torch.rand(100, 2, generator=g)
         order = torch.randperm(200, generator=g)
-        x = torch.cat([a, b])[order]
-        y = torch.cat([torch.zeros(100, 1), torch.ones(100, 1)])[order]
-        model = mlp([2, 2, 1], nn.Sigmoid, out_act=nn.Sigmoid)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        return model, opt, train_step(model, opt, x, y, keras_bce, batch=32)
-    return build
+        return torch.cat([a, b])[order], torch.cat([torch.zeros(100, 1), torch.ones(100, 1)])[order]
+    return mlp_program(315, [2, 2, 1], nn.Sigmoid, data, keras_bce, lr=lr, out_act=nn.Sigmoid, batch=32)
 
 
 # --- 38648195 (row 6): make_multilabel_classification, softmax output under MSE, SGD 0.01
@@ -492,15 +487,13 @@ def _adult(n=1024, s=0):
 
 # --- 47724077 (row 14): Adult census unscaled, Dense(21, relu) + Dense(2, softmax), CE, Adam 1e-3
 def _p47724077(fixed):
-    def build():
-        seed(323)
+    def data():
         x, y = _adult(s=323)
         if fixed:  # ++ StandardScaler, ++ Adam(learning_rate=0.01)
             x = (x - x.mean(0)) / x.std(0)
-        model = nn.Sequential(nn.Linear(14, 21), nn.ReLU(), nn.Linear(21, 2), nn.Softmax(dim=1))
-        opt = torch.optim.Adam(model.parameters(), lr=0.01 if fixed else 1e-3)
-        return model, opt, train_step(model, opt, x, y, keras_categorical_ce, batch=100)
-    return build
+        return x, y
+    return mlp_program(323, [14, 21, 2], nn.ReLU, data, keras_categorical_ce, lr=0.01 if fixed else 1e-3,
+                       out_act=lambda: nn.Softmax(dim=1), batch=100)
 
 
 def _iris(s=0):
@@ -513,11 +506,12 @@ def _iris(s=0):
     return x, y
 
 
-# --- 59278771 (row 16): iris unscaled, Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical CE, Adam
-def _p59278771(fixed):
+def _iris_program(s, fixed=False):
+    """Iris unscaled, Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical CE, Adam 1e-3, batch 5
+    (two posts' program, seed ``s``); ``fixed``: 59278771's patch."""
     def build():
-        seed(324)
-        x, y = _iris(s=324)
+        seed(s)
+        x, y = _iris(s=s)
         if fixed:  # ++ MinMaxScaler, ++ Dense(8, relu), ++ softmax
             x = (x - x.min(0).values) / (x.max(0).values - x.min(0).values)
             model = _keras_init(mlp([4, 4, 8, 3], nn.ReLU, out_act=lambda: nn.Softmax(dim=1)), "normal")
@@ -526,6 +520,11 @@ def _p59278771(fixed):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         return model, opt, train_step(model, opt, x, y, keras_categorical_ce, batch=5)
     return build
+
+
+# --- 59278771 (row 16): iris unscaled, Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical CE, Adam
+def _p59278771(fixed):
+    return _iris_program(324, fixed)
 
 
 # --- 34673164 (row 19, DeepFD: 'origin', accuracy already 1): 16 features, tanh 64-64 + dropout,
@@ -578,13 +577,7 @@ def _p44066044(fixed):
 # --- 51930566 (row 24, DeepFD: 'origin', accuracy already 1): iris unscaled (the second split
 #     overwrites the scaled one), Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical CE, Adam
 def _p51930566():
-    def build():
-        seed(328)
-        x, y = _iris(s=328)
-        model = _keras_init(mlp([4, 4, 3], nn.ReLU, out_act=nn.Sigmoid), "normal")
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        return model, opt, train_step(model, opt, x, y, keras_categorical_ce, batch=5)
-    return build
+    return _iris_program(328)
 
 
 # --- 45442843 (row 26): one unscaled feature, Dense(1, sigmoid) + Dense(1) + softmax (always 1), MAE, RMSprop
