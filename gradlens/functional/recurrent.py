@@ -517,9 +517,9 @@ def _lstm_bptt_fast(bufs, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, rev
     if need[2]:
         grads[2] = D[first, :, 4 * H:] * Fg[first]
     n_in = x.shape[-1]
-    ones = X.shape[1] > n_in  # X = [x_t, 1] with biases
-    if need[3] or (ones and (need[5] or need[6])):
-        # dW_ih = Σ_t d a_t^T x_t, and with the ones column of X:  [dW_ih, db] = Σ_t d a_t^T [x_t, 1]
+    if need[3] or need[5] or need[6]:
+        # dW_ih = Σ_t d a_t^T x_t, and with biases (they come in pairs; X = [x_t, 1]):
+        # [dW_ih, db] = Σ_t d a_t^T [x_t, 1]
         dw_b = flat.t().mm(X)
         grads[3] = dw_b[:, :n_in] if need[3] else None
     if need[4]:
@@ -531,7 +531,7 @@ def _lstm_bptt_fast(bufs, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, rev
         grads[4] = torch.addmm(D4[first].t().mm(h0), rest.t(), O[prev].reshape(-1, O.shape[-1]))
     if need[5] or need[6]:
         # db_ih = db_hh = Σ_t d a_t
-        db = dw_b[:, n_in] if ones else flat.sum(0)
+        db = dw_b[:, n_in]
         grads[5] = db if need[5] else None
         grads[6] = (db.clone() if need[5] else db) if need[6] else None
     if need[7]:
