@@ -278,7 +278,7 @@ class _LstmBuffers:
         self.A = x.new_empty(seq_len, batch, 5 * hid)
         self.C = x.new_empty(seq_len, batch, hid)
         self.M = torch.empty_like(self.C) if proj else None
-        self.X = x.new_empty(seq_len, batch, n_in + 1).view(seq_len * batch, n_in + 1) if bias else None
+        self.X = x.new_empty(seq_len * batch, n_in + 1) if bias else None
         if bias:
             self.X[:, n_in].fill_(1)
         self.x_rows: Optional[_T] = None
