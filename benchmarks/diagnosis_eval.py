@@ -35,7 +35,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -101,6 +101,13 @@ def _median(xs: Sequence[float]) -> float:
 
 def _pct(a: int, b: int) -> str:
     return f"{a}/{b} = {a / b:.0%}" if b else "-"
+
+
+def _rates(s: Dict[str, float]) -> Tuple[float, float]:
+    """A summary's recall with the right kind and right-layer rate (NaN where it has no case)."""
+    recall = s["found"] / s["buggy"] if s["buggy"] else float("nan")
+    layer = s["culprit_ok"] / s["layered"] if s["layered"] else float("nan")
+    return recall, layer
 
 
 def summarize(rows: List[dict]) -> Dict[str, float]:
@@ -218,18 +225,17 @@ def evaluate(*, sources: Optional[Sequence[str]] = None, quick: bool = False, ma
     if extra:
         result["independent"] = extra[0][1]
     result["all"] = total
-    recall = total["found"] / total["buggy"] if total["buggy"] else float("nan")
-    layer = total["culprit_ok"] / total["layered"] if total["layered"] else float("nan")
+    recall, layer = _rates(total)
     print("", file=out)
     print(f"overall: recall with the right kind {recall:.0%} (target >= {TARGET_RECALL:.0%}), "
           f"right layer {layer:.0%} (target >= {TARGET_CULPRIT:.0%}), healthy programs with a warning "
           f"{total['healthy_alarmed']}/{total['healthy']} (target 0)", file=out)
     if extra:
         ind = extra[0][1]
-        print(f"independent sources (all but own): recall with the right kind "
-              f"{ind['found'] / ind['buggy'] if ind['buggy'] else float('nan'):.0%}, right layer "
-              f"{ind['culprit_ok'] / ind['layered'] if ind['layered'] else float('nan'):.0%}, healthy programs with "
-              f"a warning {ind['healthy_alarmed']}/{ind['healthy']}", file=out)
+        ind_recall, ind_layer = _rates(ind)
+        print(f"independent sources (all but own): recall with the right kind {ind_recall:.0%}, right layer "
+              f"{ind_layer:.0%}, healthy programs with a warning {ind['healthy_alarmed']}/{ind['healthy']}",
+              file=out)
     missing = sorted({k for r in all_rows for b in r["case"].bugs for k in LABELS[b].kinds} - _implemented_kinds())
     if missing:
         no_kind = sorted({b for r in all_rows for b in r["case"].bugs if not set(LABELS[b].kinds) - set(missing)})

@@ -162,29 +162,9 @@ VARIANTS = [
 
 def time_pairs(step_a: Callable[[], None], step_b: Callable[[], None], steps: int, warmup: int,
                device: torch.device, clock: Optional[Callable[[], float]] = None) -> Tuple[List[float], List[float]]:
-    """Times of ``steps`` plain (A) and variant (B) steps, alternating in one loop."""
-    ta: List[float] = []
-    tb: List[float] = []
-    # CPU: this thread's CPU time (time.thread_time), so that other processes on a
-    # shared machine do not count; CUDA: wall time after a synchronisation. (Multi-
-    # process steps pass wall time: a rank waiting in a collective uses no CPU.)
-    if clock is None:
-        clock = time.thread_time if device.type == "cpu" else time.perf_counter
-    for i in range(warmup + steps):
-        # alternate the order (A B, then B A) so neither copy always runs second
-        first, second = (step_a, step_b) if i % 2 == 0 else (step_b, step_a)
-        _sync(device)
-        t0 = clock()
-        first()
-        _sync(device)
-        t1 = clock()
-        second()
-        _sync(device)
-        t2 = clock()
-        if i >= warmup:
-            da, db = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
-            ta.append(da)
-            tb.append(db)
+    """Times of ``steps`` plain (A) and variant (B) steps, alternating in one loop (A B, then B A,
+    so neither copy always runs second): :func:`time_rotating` of the two."""
+    ta, tb = time_rotating([step_a, step_b], steps, warmup, device, clock)
     return ta, tb
 
 
@@ -291,10 +271,14 @@ def _watch_kwargs(variant: str) -> Dict[str, object]:
 
 
 def time_rotating(steps: List[Callable[[], None]], n: int, warmup: int,
-                  device: torch.device) -> List[List[float]]:
+                  device: torch.device, clock: Optional[Callable[[], float]] = None) -> List[List[float]]:
     """Times of ``n`` rounds of every step of ``steps``, in one loop; the order rotates by
     one each round so that no step always follows the same one."""
-    clock = time.thread_time if device.type == "cpu" else time.perf_counter
+    # CPU: this thread's CPU time (time.thread_time), so that other processes on a
+    # shared machine do not count; CUDA: wall time after a synchronisation. (Multi-
+    # process steps pass wall time: a rank waiting in a collective uses no CPU.)
+    if clock is None:
+        clock = time.thread_time if device.type == "cpu" else time.perf_counter
     k = len(steps)
     times: List[List[float]] = [[] for _ in steps]
     for i in range(warmup + n):

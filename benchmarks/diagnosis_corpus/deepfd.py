@@ -315,12 +315,17 @@ def _multilabel(n=600, d=20, k=3, s=0, unlabeled=False):
 
 
 def _keras_init(model: nn.Module, kind: str) -> nn.Module:
-    """Keras 1 ``init='uniform'`` / ``'normal'``: U(-0.05, 0.05) / N(0, 0.05) kernels, zero biases."""
+    """Keras 1 ``init='uniform'`` / ``'normal'``: U(-0.05, 0.05) / N(0, 0.05) kernels; Keras 2's
+    default ``'glorot'`` (glorot_uniform): Xavier-uniform kernels; zero biases in each case. The
+    layers are built first and re-initialised after, in order (the RNG draws the cases' numbers
+    came from; :func:`mlp`'s ``init`` draws per layer as it builds)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear):
                 if kind == "uniform":
                     m.weight.uniform_(-0.05, 0.05)
+                elif kind == "glorot":
+                    nn.init.xavier_uniform_(m.weight)
                 else:
                     m.weight.normal_(0.0, 0.05)
                 m.bias.zero_()
@@ -341,18 +346,13 @@ def _p44164749(lr):
 
 # --- 50306988 (row 4): two uniform clusters, Dense(2, sigmoid) + Dense(1, sigmoid), BCE, Adam 1e-3
 def _p50306988(lr):
-    def build():
-        seed(315)
+    def data():
         g = torch.Generator().manual_seed(315)
         a = 0.2 + 0.2 * torch.rand(100, 2, generator=g)
         b = 0.5 + 0.2 * torch.rand(100, 2, generator=g)
         order = torch.randperm(200, generator=g)
-        x = torch.cat([a, b])[order]
-        y = torch.cat([torch.zeros(100, 1), torch.ones(100, 1)])[order]
-        model = mlp([2, 2, 1], nn.Sigmoid, out_act=nn.Sigmoid)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        return model, opt, train_step(model, opt, x, y, keras_bce, batch=32)
-    return build
+        return torch.cat([a, b])[order], torch.cat([torch.zeros(100, 1), torch.ones(100, 1)])[order]
+    return mlp_program(315, [2, 2, 1], nn.Sigmoid, data, keras_bce, lr=lr, out_act=nn.Sigmoid, batch=32)
 
 
 # --- 38648195 (row 6): make_multilabel_classification, softmax output under MSE, SGD 0.01
@@ -436,21 +436,29 @@ def _p39217567():
 
 
 # --- 48934338 (row 13): y = 5x^2 + noise^3 on x in [0, 5), relu MLP, MSE, SGD lr 0.1 (fix: 0.001)
+def so48934338_data(g: torch.Generator):
+    """The post's data, in order: ``x`` = 0, 0.1, ..., 4.9 and ``y = 5 x^2 + noise^3`` (noise from ``g``)."""
+    x = torch.arange(0.0, 5.0, 0.1)[:, None]
+    return x, 5 * x ** 2 + torch.randn(50, 1, generator=g) ** 3
+
+
+def so48934338_model() -> nn.Sequential:
+    """The post's model, from torch's global RNG: Dense(50, relu) + Dense(30, relu) + Dense(1), Keras
+    glorot_uniform kernels, init='uniform' on the second layer, zero biases."""
+    model = _keras_init(mlp([1, 50, 30, 1], nn.ReLU), "glorot")
+    with torch.no_grad():
+        model[2].weight.uniform_(-0.05, 0.05)
+    return model
+
+
 def _p48934338(lr):
     def build():
         seed(322)
         g = torch.Generator().manual_seed(322)
-        x = torch.arange(0.0, 5.0, 0.1)[:, None]
-        y = 5 * x ** 2 + torch.randn(50, 1, generator=g) ** 3
+        x, y = so48934338_data(g)
         order = torch.randperm(50, generator=g)  # Keras fit shuffles
         x, y = x[order], y[order]
-        model = mlp([1, 50, 30, 1], nn.ReLU)
-        with torch.no_grad():  # Keras: glorot_uniform kernels, init='uniform' on the second layer, zero biases
-            for m in model:
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    m.bias.zero_()
-            model[2].weight.uniform_(-0.05, 0.05)
+        model = so48934338_model()
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         return model, opt, train_step(model, opt, x, y, F.mse_loss, batch=32)
     return build
@@ -479,15 +487,13 @@ def _adult(n=1024, s=0):
 
 # --- 47724077 (row 14): Adult census unscaled, Dense(21, relu) + Dense(2, softmax), CE, Adam 1e-3
 def _p47724077(fixed):
-    def build():
-        seed(323)
+    def data():
         x, y = _adult(s=323)
         if fixed:  # ++ StandardScaler, ++ Adam(learning_rate=0.01)
             x = (x - x.mean(0)) / x.std(0)
-        model = nn.Sequential(nn.Linear(14, 21), nn.ReLU(), nn.Linear(21, 2), nn.Softmax(dim=1))
-        opt = torch.optim.Adam(model.parameters(), lr=0.01 if fixed else 1e-3)
-        return model, opt, train_step(model, opt, x, y, keras_categorical_ce, batch=100)
-    return build
+        return x, y
+    return mlp_program(323, [14, 21, 2], nn.ReLU, data, keras_categorical_ce, lr=0.01 if fixed else 1e-3,
+                       out_act=lambda: nn.Softmax(dim=1), batch=100)
 
 
 def _iris(s=0):
@@ -500,11 +506,12 @@ def _iris(s=0):
     return x, y
 
 
-# --- 59278771 (row 16): iris unscaled, Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical CE, Adam
-def _p59278771(fixed):
+def _iris_program(s, fixed=False):
+    """Iris unscaled, Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical CE, Adam 1e-3, batch 5
+    (two posts' program, seed ``s``); ``fixed``: 59278771's patch."""
     def build():
-        seed(324)
-        x, y = _iris(s=324)
+        seed(s)
+        x, y = _iris(s=s)
         if fixed:  # ++ MinMaxScaler, ++ Dense(8, relu), ++ softmax
             x = (x - x.min(0).values) / (x.max(0).values - x.min(0).values)
             model = _keras_init(mlp([4, 4, 8, 3], nn.ReLU, out_act=lambda: nn.Softmax(dim=1)), "normal")
@@ -513,6 +520,11 @@ def _p59278771(fixed):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         return model, opt, train_step(model, opt, x, y, keras_categorical_ce, batch=5)
     return build
+
+
+# --- 59278771 (row 16): iris unscaled, Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical CE, Adam
+def _p59278771(fixed):
+    return _iris_program(324, fixed)
 
 
 # --- 34673164 (row 19, DeepFD: 'origin', accuracy already 1): 16 features, tanh 64-64 + dropout,
@@ -555,13 +567,8 @@ def _p44066044(fixed):
         x = torch.rand(512, 11, generator=g) * scale
         z = (x - x.mean(0)) / x.std(0)
         y = ((z[:, 0] + z[:, 3] - z[:, 6]) > 0).float()[:, None]
-        model = nn.Sequential(nn.Linear(11, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 1),
-                              nn.Sigmoid() if fixed else nn.ReLU())
-        with torch.no_grad():
-            for m in model:
-                if isinstance(m, nn.Linear):
-                    m.weight.normal_(0.0, 0.05)
-                    m.bias.zero_()
+        model = _keras_init(nn.Sequential(nn.Linear(11, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 1),
+                                          nn.Sigmoid() if fixed else nn.ReLU()), "normal")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         return model, opt, train_step(model, opt, z if fixed else x, y, keras_bce, batch=5)
     return build
@@ -570,13 +577,7 @@ def _p44066044(fixed):
 # --- 51930566 (row 24, DeepFD: 'origin', accuracy already 1): iris unscaled (the second split
 #     overwrites the scaled one), Dense(4, relu) + Dense(3, sigmoid) N(0, 0.05), categorical CE, Adam
 def _p51930566():
-    def build():
-        seed(328)
-        x, y = _iris(s=328)
-        model = _keras_init(mlp([4, 4, 3], nn.ReLU, out_act=nn.Sigmoid), "normal")
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        return model, opt, train_step(model, opt, x, y, keras_categorical_ce, batch=5)
-    return build
+    return _iris_program(328)
 
 
 # --- 45442843 (row 26): one unscaled feature, Dense(1, sigmoid) + Dense(1) + softmax (always 1), MAE, RMSprop
@@ -657,12 +658,7 @@ def _p50481178():
     def build():
         seed(332)
         x, y = _multilabel(1000, d=4, k=1, s=332, unlabeled=True)
-        model = mlp([4, 10, 20, 30, 40, 50, 1], nn.ReLU, out_act=nn.Sigmoid)
-        with torch.no_grad():  # Keras glorot_uniform kernels, zero biases
-            for m in model:
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    m.bias.zero_()
+        model = _keras_init(mlp([4, 10, 20, 30, 40, 50, 1], nn.ReLU, out_act=nn.Sigmoid), "glorot")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         return model, opt, train_step(model, opt, x, y, keras_bce, batch=10)
     return build

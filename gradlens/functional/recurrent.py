@@ -278,7 +278,7 @@ class _LstmBuffers:
         self.A = x.new_empty(seq_len, batch, 5 * hid)
         self.C = x.new_empty(seq_len, batch, hid)
         self.M = torch.empty_like(self.C) if proj else None
-        self.X = x.new_empty(seq_len, batch, n_in + 1).view(seq_len * batch, n_in + 1) if bias else None
+        self.X = x.new_empty(seq_len * batch, n_in + 1) if bias else None
         if bias:
             self.X[:, n_in].fill_(1)
         self.x_rows: Optional[_T] = None
@@ -383,28 +383,19 @@ def _lstm_sweep_fast(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
     per_step = [v + (o,) for v, o in zip(bufs.fwd, out_steps)]
     addcmul, mul, tanh = torch.addcmul, torch.mul, torch.tanh
     h, c = h0, c0
-    if w_hr is None:
-        for a, i, f, s, o, tc, c_new, m in per_step:
-            # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  s = σ(-2 a_g), g = tanh(a_g) = 1 - 2 s
-            a.addmm_(h, w_hh_t)
-            a.sigmoid_()
-            # c_t = f c_{t-1} + i g = (i + f c_{t-1}) - 2 i s
-            addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
-            # h_t = o tanh(c_t)
-            tanh(c_new, out=tc)
-            mul(o, tc, out=m)
-            h, c = m, c_new
-    else:
-        w_hr_t = _transposed(w_hr)
-        for a, i, f, s, o, tc, c_new, m, h_new in per_step:
-            a.addmm_(h, w_hh_t)
-            a.sigmoid_()
-            addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
-            # projected: h_t = (o tanh(c_t)) W_hr^T
-            tanh(c_new, out=tc)
-            mul(o, tc, out=m)
-            torch.mm(m, w_hr_t, out=h_new)
-            h, c = h_new, c_new
+    w_hr_t = None if w_hr is None else _transposed(w_hr)
+    for a, i, f, s, o, tc, c_new, m, *h_new in per_step:
+        # gates = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh;  i, f, o = σ(.);  s = σ(-2 a_g), g = tanh(a_g) = 1 - 2 s
+        a.addmm_(h, w_hh_t)
+        a.sigmoid_()
+        # c_t = f c_{t-1} + i g = (i + f c_{t-1}) - 2 i s
+        addcmul(i, f, c, out=c_new).addcmul_(i, s, value=-2)
+        # h_t = o tanh(c_t)   (projected: h_t = (o tanh(c_t)) W_hr^T; without a projection h_t is m)
+        tanh(c_new, out=tc)
+        mul(o, tc, out=m)
+        if h_new:
+            m = torch.mm(m, w_hr_t, out=h_new[0])
+        h, c = m, c_new
     return (O, h.clone(), c.clone()), bufs
 
 
@@ -526,9 +517,9 @@ def _lstm_bptt_fast(bufs, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, rev
     if need[2]:
         grads[2] = D[first, :, 4 * H:] * Fg[first]
     n_in = x.shape[-1]
-    ones = X.shape[1] > n_in  # X = [x_t, 1] with biases
-    if need[3] or (ones and (need[5] or need[6])):
-        # dW_ih = Σ_t d a_t^T x_t, and with the ones column of X:  [dW_ih, db] = Σ_t d a_t^T [x_t, 1]
+    if need[3] or need[5] or need[6]:
+        # dW_ih = Σ_t d a_t^T x_t, and with biases (they come in pairs; X = [x_t, 1]):
+        # [dW_ih, db] = Σ_t d a_t^T [x_t, 1]
         dw_b = flat.t().mm(X)
         grads[3] = dw_b[:, :n_in] if need[3] else None
     if need[4]:
@@ -540,7 +531,7 @@ def _lstm_bptt_fast(bufs, x, h0, c0, w_ih, w_hh, w_hr, O, d_out, d_hn, d_cn, rev
         grads[4] = torch.addmm(D4[first].t().mm(h0), rest.t(), O[prev].reshape(-1, O.shape[-1]))
     if need[5] or need[6]:
         # db_ih = db_hh = Σ_t d a_t
-        db = dw_b[:, n_in] if ones else flat.sum(0)
+        db = dw_b[:, n_in]
         grads[5] = db if need[5] else None
         grads[6] = (db.clone() if need[5] else db) if need[6] else None
     if need[7]:

@@ -281,19 +281,26 @@ def test_bad_input_raises(call, exc, match):
         call()
 
 
+def _lstm_runs(seed=0, **problem):
+    """A float32 LSTM problem (``_problem`` settings) run by ours, then by torch: yields, one side at a
+    time (so each side's backward can run before the other's forward), fresh ``requires_grad`` clones
+    of the inputs, the outputs and a random linear loss of them."""
+    ours, theirs, make = _problem("lstm", **problem)
+    base = make(torch.float32, torch.device("cpu"), torch.Generator().manual_seed(seed))
+    for fn in (ours, theirs):
+        args = [a.clone().requires_grad_() for a in base]
+        outs = fn(*args)
+        gen = torch.Generator().manual_seed(seed + 1)
+        yield args, outs, sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
+
+
 @pytest.mark.parametrize("setting", [{}, {"proj": 2}, {"bidir": True, "layers": 2, "batch_first": True}],
                          ids=["1layer", "proj", "bidir-2layers"])
 def test_lstm_second_backward_through_retained_graph(setting):
     """The first-order LSTM backward overwrites its forward buffers: a second backward through the
     same graph (``retain_graph=True``) replays the forward and gives torch's gradients again."""
-    ours, theirs, make = _problem("lstm", seq=5, batch=3, hid=4, **setting)
-    base = make(torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
     grads = []
-    for fn in (ours, theirs):
-        args = [a.clone().requires_grad_() for a in base]
-        outs = fn(*args)
-        gen = torch.Generator().manual_seed(1)
-        loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
+    for args, _, loss in _lstm_runs(seq=5, batch=3, hid=4, **setting):
         first = torch.autograd.grad(loss, args, retain_graph=True)
         second = torch.autograd.grad(loss, args)
         grads.append((first, second))
@@ -318,17 +325,8 @@ def test_lstm_first_order_in_blocks_matches_torch(block_steps, setting, monkeypa
 
 def _lstm_step(seq, batch=3, hid=4, proj=0, bidir=False, seed=0):
     """One first-order forward and backward of a float32 LSTM: (outputs, grads) as fresh clones and as returned."""
-    ours, theirs, make = _problem("lstm", seq=seq, batch=batch, hid=hid, proj=proj, bidir=bidir)
-    base = make(torch.float32, torch.device("cpu"), torch.Generator().manual_seed(seed))
-    result = []
-    for fn in (ours, theirs):
-        args = [a.clone().requires_grad_() for a in base]
-        outs = fn(*args)
-        gen = torch.Generator().manual_seed(seed + 1)
-        loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
-        grads = torch.autograd.grad(loss, args)
-        result.append((outs, grads))
-    return result
+    return [(outs, torch.autograd.grad(loss, args))
+            for args, outs, loss in _lstm_runs(seed, seq=seq, batch=batch, hid=hid, proj=proj, bidir=bidir)]
 
 
 @pytest.mark.parametrize("setting", [{}, {"proj": 2, "bidir": True}], ids=["1layer", "proj-bidir"])
