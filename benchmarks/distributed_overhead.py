@@ -24,6 +24,7 @@ Tests never assert on these timings; ``--quick`` is a smoke run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -173,6 +174,7 @@ def _rank(rank: int, init_file: str, out: str, steps: int, block: int, warmup: i
         try:
             dist.barrier()  # (no rank tears its connections down while the other still reads)
         finally:
+            gc.collect()  # free the wrapped models' reference cycles while the group lives (pytorch/pytorch#179291)
             dist.destroy_process_group()
 
 

@@ -7,6 +7,7 @@ global statistics on every rank (the same numbers everywhere) and rank 0 prints 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 
@@ -82,5 +83,8 @@ def run(argv, engine: str, wrap) -> int:
         report(mon, rank, world, engine)
         dist.barrier()  # no rank tears the group down while another still reports
     finally:
+        # a DDP/FSDP model sits in reference cycles: free it while the group still lives,
+        # not at interpreter shutdown, where gloo can abort the process (pytorch/pytorch#179291)
+        gc.collect()
         dist.destroy_process_group()
     return 0

@@ -9,6 +9,7 @@ it needs no process group: the device gradlens' collective picks for a backend.
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 
@@ -43,6 +44,7 @@ def group_of_one(tmp_path):
         pytest.skip("needs gloo and no process group yet")
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     yield
+    gc.collect()  # free the tests' DDP models (reference cycles) while the group lives (see watch_helpers)
     dist.destroy_process_group()
 
 

@@ -10,6 +10,7 @@ FSDP run in this process in a 1-rank gloo group (a FileStore under tmp).
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections import OrderedDict
 
@@ -71,6 +72,7 @@ def process_group(tmp_path_factory):
     store = dist.FileStore(str(tmp_path_factory.mktemp("pg") / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     yield
+    gc.collect()  # free the tests' DDP models (reference cycles) while the group lives (see watch_helpers)
     dist.destroy_process_group()
 
 

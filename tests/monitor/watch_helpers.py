@@ -49,7 +49,13 @@ def gloo_available() -> bool:
 
 def _rank_main(rank: int, run, init_file: str, out_dir: str, world: int) -> None:
     """One spawned rank: a gloo process group, ``run(rank, out_dir) -> dict`` written to
-    ``out_dir/rank{rank}.json``, the group destroyed whatever happens."""
+    ``out_dir/rank{rank}.json``, the group destroyed whatever happens.
+
+    Before the group is destroyed, a garbage collection frees what ``run`` left in
+    reference cycles (a DistributedDataParallel model and its reducer form one): left to
+    interpreter shutdown, gloo's last references to them could abort the process
+    (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#179291)."""
+    import gc
     import json
     from datetime import timedelta
 
@@ -64,6 +70,7 @@ def _rank_main(rank: int, run, init_file: str, out_dir: str, world: int) -> None
             json.dump(out, f)
         dist.barrier()  # (after a run that went well) no rank tears down while another still reads
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 
