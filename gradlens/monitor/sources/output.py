@@ -177,16 +177,14 @@ def _source_node(node: Any) -> Any:
     return node
 
 
-def _push_mask(x: Tensor, out: Tensor) -> Optional[Tuple[Tensor, bool]]:
+def _push_mask(x: Tensor, node: Any) -> Optional[Tuple[Tensor, bool]]:
     """What the output-gradient hook needs for ``output_push_frac`` of an output without
     saturation limits: ``(mask, True)`` for a ReLU output, ``mask`` being ``x <= 0`` (pushed
     where ``g > 0`` too); None for other outputs.
 
     (A bounded output's mask comes from :func:`_forward_stats`: ``x - mid`` where ``x`` is
     within the band of a limit, 0 elsewhere, so that ``mask * g < 0`` marks an element
-    pushed outward.)"""
-    node = out.grad_fn
-    node = _source_node(node) if node is not None else None
+    pushed outward.) ``node``: the output's source node (:func:`_source_node`), or None."""
     if node is not None and type(node).__name__ in _RELU_NODES:
         return torch.le(x, 0), True
     return None
@@ -207,7 +205,12 @@ def output_limits(out: Tensor, fallback: Optional[Tuple[float, float]] = None) -
     node = out.grad_fn
     if node is None:
         return _banded(fallback)
-    node = _source_node(node)
+    return _node_limits(_source_node(node), fallback)
+
+
+def _node_limits(node: Any, fallback: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float, float]]:
+    """:func:`output_limits` of an output that has an autograd node, from its source node
+    (:func:`_source_node`; None: the walk ended on a leaf, unbounded)."""
     if node is None:
         return None
     kind = _BOUNDED_NODES.get(type(node).__name__)
@@ -336,7 +339,10 @@ class OutputSignals(Source):
         out = output_tensor(output)
         if out is None or out.numel() == 0:
             return
-        limits = output_limits(out, self._fallback)
+        # (the output's source node, walked once: its limits, a ReLU's push mask, softmax)
+        grad_fn = out.grad_fn
+        node = _source_node(grad_fn) if grad_fn is not None else None
+        limits = _banded(self._fallback) if grad_fn is None else _node_limits(node, self._fallback)
         if self._bounded is None:
             self._bounded = limits is not None
         elif self._bounded != (limits is not None):
@@ -353,11 +359,11 @@ class OutputSignals(Source):
             if mask is not None:
                 push = (mask, False)
             elif out.requires_grad and limits is None:
-                push = _push_mask(x, out)
+                push = _push_mask(x, node)
         self._n.append(n)
         if out.requires_grad:
             grads = self._grads
-            softmax = push is not None and type(_source_node(out.grad_fn)).__name__ == "SoftmaxBackward0"
+            softmax = push is not None and type(node).__name__ == "SoftmaxBackward0"
             out.register_hook(lambda g: self._on_grad(g, grads, push, softmax))
 
     def _on_grad(self, grad: Tensor, grads: List[Tensor], push: Optional[Tuple[Tensor, bool]] = None,
