@@ -44,6 +44,7 @@ __all__ = [
     "activation_stats",
     "nonfinite_count",
     "SAT_BAND",
+    "near_limits",
     "ACT_FIELDS",
 ]
 
@@ -379,6 +380,20 @@ def nonfinite_count(x: Tensor, reduced: Tensor) -> Tensor:
     return _count_nonfinite(x)
 
 
+def near_limits(x: Tensor, lo: float, hi: float, band: float, out: Tensor) -> Tensor:
+    """``out`` (float32, ``x``'s shape) filled with 1.0 where ``x`` lies strictly within
+    ``band`` of ``lo`` or ``hi`` (``|x - mid| > half - band``), else 0.0, and returned. Two
+    ops in place (one for limits symmetric around 0); the saturation test of
+    :func:`activation_stats`, of the saturation probe's ``saturated_count`` and of the
+    model-output signals."""
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    if mid == 0.0:
+        torch.abs(x, out=out)
+    else:
+        torch.sub(x, mid, out=out).abs_()
+    return torch.gt(out, half - band, out=out)
+
+
 def activation_stats(
     x: Tensor,
     *,
@@ -426,10 +441,6 @@ def activation_stats(
             sat = total.new_zeros(())
         else:
             lo, hi = limits
-            band = SAT_BAND * (hi - lo)
-            mid, half = (lo + hi) / 2, (hi - lo) / 2
-            # saturated: strictly within `band` of either limit, min(x - lo, hi - x) < band,
-            # i.e. |x - mid| > half - band (in place, no temporary)
-            torch.sub(xf, mid, out=buf).abs_()
-            sat = torch.gt(buf, half - band, out=buf).sum()
+            # saturated: strictly within the band of either limit (in place, no temporary)
+            sat = near_limits(xf, lo, hi, SAT_BAND * (hi - lo), buf).sum()
         return torch.cat([torch.stack([total, sumsq, nonfinite, sat]), per_unit]), per_unit.numel()

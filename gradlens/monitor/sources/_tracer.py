@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from gradlens.monitor import stats as _stats
+from gradlens.monitor.stats import near_limits
 from gradlens.monitor.attach import HookSet, compiling
 
 __all__ = ["Tracer", "Traced", "sat_limits", "features_last", "near_limits", "saturated_count", "SCRATCH_MAX_NUMEL"]
@@ -69,19 +70,6 @@ def _zero_is_dead(limits: Tuple[float, float]) -> bool:
     # a lower limit of exactly 0 on a Hardtanh (ReLU6): its exact zeros are ReLU's dead
     # region (the dead_units rule's business), counted apart so the rule can subtract them
     return limits[0] == 0.0
-
-
-def near_limits(x: Tensor, lo: float, hi: float, band: float, out: Tensor) -> Tensor:
-    """``out`` (float32, ``x``'s shape) filled with 1.0 where ``x`` lies strictly within
-    ``band`` of ``lo`` or ``hi`` (``|x - mid| > half - band``), else 0.0, and returned. Two
-    ops in place (one for limits symmetric around 0); the saturation test of
-    :func:`saturated_count` and of the model-output signals."""
-    mid, half = (lo + hi) / 2, (hi - lo) / 2
-    if mid == 0.0:
-        torch.abs(x, out=out)
-    else:
-        torch.sub(x, mid, out=out).abs_()
-    return torch.gt(out, half - band, out=out)
 
 
 def saturated_count(x: Tensor, limits: Tuple[float, float], *, zeros: bool = False,

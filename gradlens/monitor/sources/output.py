@@ -86,7 +86,8 @@ from torch import Tensor, nn
 from gradlens.monitor import stats as _stats
 from gradlens.monitor.attach import compiling
 from gradlens.monitor.packet import Packet, StepPacket
-from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, near_limits, sat_limits
+from gradlens.monitor.sources._tracer import SCRATCH_MAX_NUMEL, sat_limits
+from gradlens.monitor.stats import near_limits
 from gradlens.monitor.sources.base import Cycle, Source, Work
 
 __all__ = ["OutputSignals", "output_tensor", "output_limits", "OUTPUT_EVERY"]
